@@ -1,0 +1,1 @@
+//! GGUF: reading by mmap with full validation, writing, and the ggml block formats.
