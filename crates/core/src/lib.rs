@@ -1,1 +1,12 @@
-//! metallic core.
+//! metallic core: the backend contract, model configuration and forward pass,
+//! matmul dispatch, profiling, tokenizer, chat templates, sampling and the
+//! generation loop. It never names a backend; callers choose one at run time.
+
+pub mod backend;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod exec;
+pub mod generate;
+pub mod model;
+pub mod profiler;

@@ -1,1 +1,426 @@
-//! CPU backend.
+//! CPU backend of metallic: weights stay in the GGUF map, activations and
+//! the KV cache are f32 host buffers, work is spread over a rayon pool.
+
+mod attention;
+mod elementwise;
+mod linear;
+pub mod matmul;
+mod rope;
+mod tensor;
+
+use std::time::Instant;
+
+use metallic::backend::{
+    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, QkvLayout, Rope, TimingKind,
+    WeightView,
+};
+use metallic::error::{Error, Result};
+use metallic::sampler::{Sampler, SamplerParams};
+use metallic_gguf::quant;
+
+pub use linear::CpuLinear;
+pub use tensor::CpuTensor;
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+/// Sampling on the CPU: the core sampler plus a scratch copy of the logits.
+pub struct CpuSampler {
+    sampler: Sampler,
+    scratch: Vec<f32>,
+}
+
+fn f32s<'a>(t: &'a CpuTensor, what: &str) -> Result<&'a [f32]> {
+    match t {
+        CpuTensor::F32(v) => Ok(v),
+        _ => Err(Error::backend("cpu", format!("{what}: expected an f32 tensor"))),
+    }
+}
+
+fn f32s_mut<'a>(t: &'a mut CpuTensor, what: &str) -> Result<&'a mut [f32]> {
+    match t {
+        CpuTensor::F32(v) => Ok(v),
+        _ => Err(Error::backend("cpu", format!("{what}: expected an f32 tensor"))),
+    }
+}
+
+fn i32s<'a>(t: &'a CpuTensor, what: &str) -> Result<&'a [i32]> {
+    match t {
+        CpuTensor::I32(v) => Ok(v),
+        _ => Err(Error::backend("cpu", format!("{what}: expected an i32 tensor"))),
+    }
+}
+
+fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::backend(
+            "cpu",
+            format!("{what}: buffer of {have} elements, {need} needed"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_positions(pos: &[i32], m: usize, capacity: usize) -> Result<()> {
+    check_len("positions", pos.len(), m)?;
+    for &p in &pos[..m] {
+        if p < 0 || p as usize >= capacity {
+            return Err(Error::backend(
+                "cpu",
+                format!("position {p} outside the cache of {capacity}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl CpuBackend {
+    /// `threads == 0` uses every available core.
+    pub fn new(threads: usize) -> Result<CpuBackend> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("metallic-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::backend("cpu", e.to_string()))?;
+        Ok(CpuBackend { pool, threads })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
+/// A short description of the host CPU: model name and widest SIMD level.
+pub fn cpu_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("{model} ({})", simd_level())
+}
+
+pub fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "AVX2+FMA";
+        }
+        if std::arch::is_x86_feature_detected!("sse4.2") {
+            return "SSE4.2";
+        }
+        "SSE2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Linear = CpuLinear;
+    type Sampler = CpuSampler;
+    type Mark = Instant;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn device_description(&self) -> String {
+        format!("{}, {} threads", cpu_description(), self.threads)
+    }
+
+    fn alloc(&self, dtype: DType, len: usize, _what: &str) -> Result<CpuTensor> {
+        Ok(CpuTensor::zeros(dtype, len))
+    }
+
+    fn upload_vector(&self, w: &WeightView) -> Result<CpuTensor> {
+        let mut v = vec![0.0f32; w.n_elements()];
+        quant::dequantize(w.ggml_type(), w.bytes(), &mut v)?;
+        Ok(CpuTensor::F32(v))
+    }
+
+    fn upload_linear(&self, parts: &[WeightView], biases: Option<&[WeightView]>) -> Result<CpuLinear> {
+        let bias = match biases {
+            None => None,
+            Some(bs) => {
+                let mut all = Vec::new();
+                for b in bs {
+                    let mut v = vec![0.0f32; b.n_elements()];
+                    quant::dequantize(b.ggml_type(), b.bytes(), &mut v)?;
+                    all.extend_from_slice(&v);
+                }
+                Some(all)
+            }
+        };
+        CpuLinear::new(parts, bias)
+    }
+
+    fn linear_info(&self, w: &CpuLinear) -> LinearInfo {
+        w.info.clone()
+    }
+
+    fn write_i32(&self, dst: &mut CpuTensor, offset: usize, src: &[i32]) -> Result<()> {
+        match dst {
+            CpuTensor::I32(v) => {
+                check_len("write_i32", v.len(), offset + src.len())?;
+                v[offset..offset + src.len()].copy_from_slice(src);
+                Ok(())
+            }
+            _ => Err(Error::backend("cpu", "write_i32 into a float tensor")),
+        }
+    }
+
+    fn read_f32(&self, src: &CpuTensor, offset: usize, out: &mut [f32]) -> Result<()> {
+        let s = f32s(src, "read_f32")?;
+        check_len("read_f32", s.len(), offset + out.len())?;
+        out.copy_from_slice(&s[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn read_i32(&self, src: &CpuTensor, offset: usize, out: &mut [i32]) -> Result<()> {
+        let s = i32s(src, "read_i32")?;
+        check_len("read_i32", s.len(), offset + out.len())?;
+        out.copy_from_slice(&s[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn embed(&self, table: &CpuLinear, ids: &CpuTensor, m: usize, out: &mut CpuTensor) -> Result<()> {
+        let ids = i32s(ids, "embed ids")?;
+        let out = f32s_mut(out, "embed out")?;
+        let k = table.info.k;
+        check_len("embed ids", ids.len(), m)?;
+        check_len("embed out", out.len(), m * k)?;
+        for (i, &id) in ids[..m].iter().enumerate() {
+            let (part, r) = usize::try_from(id)
+                .ok()
+                .and_then(|id| table.locate(id))
+                .ok_or_else(|| {
+                    Error::backend("cpu", format!("token id {id} outside the vocabulary"))
+                })?;
+            quant::dequantize(part.ty, part.row(r), &mut out[i * k..(i + 1) * k])?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        m: usize,
+        n: usize,
+        eps: f32,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let (x, w) = (f32s(x, "rms_norm x")?, f32s(w, "rms_norm w")?);
+        let out = f32s_mut(out, "rms_norm out")?;
+        check_len("rms_norm x", x.len(), m * n)?;
+        check_len("rms_norm w", w.len(), n)?;
+        check_len("rms_norm out", out.len(), m * n)?;
+        self.pool
+            .install(|| elementwise::rms_norm(x, w, m, n, eps, out));
+        Ok(())
+    }
+
+    fn matmul_impls(&self) -> &[MatmulImpl] {
+        matmul::IMPLS
+    }
+
+    fn default_matmul_impl(&self, _shape: &MatmulShape) -> usize {
+        0
+    }
+
+    fn matmul(&self, imp: usize, x: &CpuTensor, w: &CpuLinear, m: usize, out: &mut CpuTensor) -> Result<()> {
+        let x = f32s(x, "matmul x")?;
+        let out = f32s_mut(out, "matmul out")?;
+        match imp {
+            0 => self.pool.install(|| matmul::gemv(x, w, m, out)),
+            _ => Err(Error::backend("cpu", format!("no matmul implementation #{imp}"))),
+        }
+    }
+
+    fn rope(
+        &self,
+        qkv: &mut CpuTensor,
+        pos: &CpuTensor,
+        m: usize,
+        layout: &QkvLayout,
+        rope: &Rope<'_, CpuTensor>,
+    ) -> Result<()> {
+        let pos = i32s(pos, "rope positions")?;
+        check_len("rope positions", pos.len(), m)?;
+        let factors = match rope.freq_factors {
+            Some(t) => {
+                let f = f32s(t, "rope factors")?;
+                check_len("rope factors", f.len(), rope.dim / 2)?;
+                Some(f)
+            }
+            None => None,
+        };
+        let qkv = f32s_mut(qkv, "rope qkv")?;
+        check_len("rope qkv", qkv.len(), m * layout.row_width())?;
+        rope::apply(qkv, pos, m, layout, rope, factors);
+        Ok(())
+    }
+
+    fn kv_store(
+        &self,
+        qkv: &CpuTensor,
+        cache: &mut KvLayer<CpuTensor>,
+        capacity: usize,
+        pos: &CpuTensor,
+        m: usize,
+        layout: &QkvLayout,
+    ) -> Result<()> {
+        let pos = i32s(pos, "kv positions")?;
+        check_positions(pos, m, capacity)?;
+        let qkv = f32s(qkv, "kv qkv")?;
+        check_len("kv qkv", qkv.len(), m * layout.row_width())?;
+        let need = layout.n_kv_heads * capacity * layout.head_dim;
+        let KvLayer { k, v } = cache;
+        let kc = f32s_mut(k, "k cache")?;
+        let vc = f32s_mut(v, "v cache")?;
+        check_len("k cache", kc.len(), need)?;
+        check_len("v cache", vc.len(), need)?;
+        attention::kv_store(qkv, kc, vc, capacity, pos, m, layout);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        qkv: &CpuTensor,
+        cache: &KvLayer<CpuTensor>,
+        capacity: usize,
+        pos: &CpuTensor,
+        m: usize,
+        _kv_len: usize,
+        layout: &QkvLayout,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let pos = i32s(pos, "attention positions")?;
+        check_positions(pos, m, capacity)?;
+        let qkv = f32s(qkv, "attention qkv")?;
+        let (k, v) = (f32s(&cache.k, "k cache")?, f32s(&cache.v, "v cache")?);
+        let out = f32s_mut(out, "attention out")?;
+        check_len("attention qkv", qkv.len(), m * layout.row_width())?;
+        check_len("attention out", out.len(), m * layout.n_heads * layout.head_dim)?;
+        let need = layout.n_kv_heads * capacity * layout.head_dim;
+        check_len("k cache", k.len(), need)?;
+        check_len("v cache", v.len(), need)?;
+        self.pool.install(|| {
+            attention::attention(qkv, k, v, capacity, pos, m, layout, out)
+        });
+        Ok(())
+    }
+
+    fn swiglu(&self, gate_up: &CpuTensor, m: usize, ffn: usize, out: &mut CpuTensor) -> Result<()> {
+        let gu = f32s(gate_up, "swiglu in")?;
+        let out = f32s_mut(out, "swiglu out")?;
+        check_len("swiglu in", gu.len(), m * 2 * ffn)?;
+        check_len("swiglu out", out.len(), m * ffn)?;
+        self.pool.install(|| elementwise::swiglu(gu, m, ffn, out));
+        Ok(())
+    }
+
+    fn add(&self, x: &mut CpuTensor, y: &CpuTensor, len: usize) -> Result<()> {
+        let y = f32s(y, "add y")?;
+        let x = f32s_mut(x, "add x")?;
+        check_len("add x", x.len(), len)?;
+        check_len("add y", y.len(), len)?;
+        elementwise::add(&mut x[..len], &y[..len]);
+        Ok(())
+    }
+
+    fn copy(
+        &self,
+        src: &CpuTensor,
+        src_offset: usize,
+        dst: &mut CpuTensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        let s = f32s(src, "copy src")?;
+        let d = f32s_mut(dst, "copy dst")?;
+        check_len("copy src", s.len(), src_offset + len)?;
+        check_len("copy dst", d.len(), dst_offset + len)?;
+        d[dst_offset..dst_offset + len].copy_from_slice(&s[src_offset..src_offset + len]);
+        Ok(())
+    }
+
+    fn new_sampler(&self, params: &SamplerParams, vocab: usize) -> Result<CpuSampler> {
+        Ok(CpuSampler {
+            sampler: Sampler::new(*params, vocab),
+            scratch: vec![0.0; vocab],
+        })
+    }
+
+    fn sampler_accept(&self, s: &mut CpuSampler, tokens: &[u32]) -> Result<()> {
+        for &t in tokens {
+            s.sampler.accept(t);
+        }
+        Ok(())
+    }
+
+    fn sample(
+        &self,
+        logits: &CpuTensor,
+        row: usize,
+        vocab: usize,
+        s: &mut CpuSampler,
+        ids: &mut CpuTensor,
+    ) -> Result<()> {
+        let l = f32s(logits, "sample logits")?;
+        check_len("sample logits", l.len(), (row + 1) * vocab)?;
+        s.scratch.resize(vocab, 0.0);
+        s.scratch.copy_from_slice(&l[row * vocab..(row + 1) * vocab]);
+        let tok = s.sampler.sample(&mut s.scratch);
+        s.sampler.accept(tok);
+        self.write_i32(ids, 0, &[tok as i32])
+    }
+
+    fn advance(&self, pos: &mut CpuTensor, m: usize) -> Result<()> {
+        match pos {
+            CpuTensor::I32(v) if m >= 1 && v.len() >= m => {
+                v[0] = v[m - 1] + 1;
+                Ok(())
+            }
+            _ => Err(Error::backend("cpu", "advance: bad position tensor")),
+        }
+    }
+
+    fn mark(&self) -> Result<Instant> {
+        Ok(Instant::now())
+    }
+
+    fn elapsed_ms(&self, start: &Instant, end: &Instant) -> Result<f64> {
+        Ok(end.duration_since(*start).as_secs_f64() * 1e3)
+    }
+
+    fn timing_kind(&self) -> TimingKind {
+        TimingKind::Host
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,345 @@
+//! The contract between the model code and a compute device.
+//!
+//! The model never names a backend: it uploads weights through this trait and
+//! calls its ops in forward order. Ops on a device are queued, not waited on;
+//! only `read_*` and `synchronize` block. Positions live in device memory, so a
+//! decode step needs no host data and can be captured and replayed (see
+//! [`Backend::replayable`]).
+
+use std::sync::Arc;
+
+use metallic_gguf::{GgmlType, GgufFile, TensorInfo};
+
+use crate::config::RopeStyle;
+use crate::error::Result;
+use crate::sampler::SamplerParams;
+
+/// Element type of activation, cache and index tensors (weights keep their
+/// GGUF type and live in [`Backend::Linear`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    I32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 => 4,
+            DType::F16 => 2,
+        }
+    }
+}
+
+/// A tensor of the GGUF file, borrowed from the map for as long as the file lives.
+#[derive(Clone)]
+pub struct WeightView {
+    file: Arc<GgufFile>,
+    info: TensorInfo,
+}
+
+impl WeightView {
+    pub fn new(file: Arc<GgufFile>, info: TensorInfo) -> Self {
+        WeightView { file, info }
+    }
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+    pub fn ggml_type(&self) -> GgmlType {
+        self.info.ggml_type
+    }
+    /// Length of a row (the innermost dimension, GGUF's ne[0]).
+    pub fn cols(&self) -> usize {
+        self.info.dims.first().copied().unwrap_or(1) as usize
+    }
+    /// Number of rows (product of the outer dimensions).
+    pub fn rows(&self) -> usize {
+        self.info.dims.iter().skip(1).product::<u64>() as usize
+    }
+    pub fn n_elements(&self) -> usize {
+        self.info.n_elements as usize
+    }
+    pub fn bytes(&self) -> &[u8] {
+        self.file.tensor_data(&self.info)
+    }
+    pub fn file(&self) -> &Arc<GgufFile> {
+        &self.file
+    }
+    pub fn info(&self) -> &TensorInfo {
+        &self.info
+    }
+}
+
+/// Shape of a weight matrix as uploaded: `parts` stacked by rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinearInfo {
+    /// Output features: the sum of the parts' rows.
+    pub n: usize,
+    /// Input features.
+    pub k: usize,
+    /// The weights' type (of the first part when parts differ).
+    pub dtype: GgmlType,
+    /// Every part has the same type.
+    pub uniform: bool,
+    pub has_bias: bool,
+}
+
+/// The three names under which the seed profile reports matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MatmulOp {
+    /// Activation x weight^T.
+    Matmul,
+    /// Activation x weight^T + bias.
+    MatmulBiasAdd,
+    /// Scaled batched products inside attention.
+    MatmulAlphaBeta,
+}
+
+impl MatmulOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulOp::Matmul => "matmul",
+            MatmulOp::MatmulBiasAdd => "matmul_bias_add",
+            MatmulOp::MatmulAlphaBeta => "matmul_alpha_beta",
+        }
+    }
+}
+
+/// Everything a matmul implementation needs to decide whether it can run a
+/// product: `C[m, n] = A[m, k] * op(B)` repeated `batch` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulShape {
+    pub op: MatmulOp,
+    /// Type of the B operand (the weight); activations are f32.
+    pub dtype: GgmlType,
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ta: bool,
+    pub tb: bool,
+}
+
+impl std::fmt::Display for MatmulShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "op={} | dtype={} | batch={} | m={} | n={} | k={} | tA={} | tB={}",
+            self.op.name(),
+            self.dtype.name(),
+            self.batch,
+            self.m,
+            self.n,
+            self.k,
+            self.ta as u8,
+            self.tb as u8
+        )
+    }
+}
+
+/// One registered matmul implementation of a backend.
+#[derive(Clone, Copy)]
+pub struct MatmulImpl {
+    pub name: &'static str,
+    pub supports: fn(&MatmulShape) -> bool,
+}
+
+/// Rotary embedding of a step, applied in place to the Q and K heads of the
+/// fused QKV activation.
+pub struct Rope<'a, T> {
+    pub style: RopeStyle,
+    pub theta: f32,
+    /// Rotated leading dimensions of a head.
+    pub dim: usize,
+    /// Multiplies positions (1 / linear scaling factor).
+    pub pos_scale: f32,
+    /// Per-frequency divisors (Llama 3 `rope_freqs.weight`), `dim / 2` values.
+    pub freq_factors: Option<&'a T>,
+}
+
+/// Layout of the fused QKV activation `[m, (heads + 2 kv_heads) * head_dim]`:
+/// Q heads, then K heads, then V heads.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvLayout {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl QkvLayout {
+    pub fn row_width(&self) -> usize {
+        (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+    }
+}
+
+/// Key/value cache of one layer: `[kv_heads, capacity, head_dim]` each.
+pub struct KvLayer<T> {
+    pub k: T,
+    pub v: T,
+}
+
+/// Whether `elapsed_ms` measures device execution or host wall time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimingKind {
+    /// Device events: time the device spent between two marks.
+    Device,
+    /// A monotonic host clock: on a synchronous backend this is the op's time.
+    Host,
+}
+
+/// Device memory as reported by the backend.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryInfo {
+    pub used_by_us: u64,
+    pub free: u64,
+    pub total: u64,
+}
+
+pub trait Backend: Send + Sync {
+    /// Activations, caches, index vectors and f32 parameter vectors.
+    type Tensor: Send + Sync;
+    /// An uploaded weight matrix in its GGUF block format, maybe with bias.
+    type Linear: Send + Sync;
+    /// Sampler state (penalty history, random stream) where sampling runs.
+    type Sampler: Send;
+    /// A point in the op stream for timing.
+    type Mark;
+
+    /// Short name used in reports and on the command line (`cpu`, `cuda`).
+    fn name(&self) -> &'static str;
+    /// Human description of the device (CPU model and SIMD, GPU name).
+    fn device_description(&self) -> String;
+    fn memory(&self) -> Option<MemoryInfo> {
+        None
+    }
+
+    fn alloc(&self, dtype: DType, len: usize, what: &str) -> Result<Self::Tensor>;
+    /// A 1-D f32 parameter (norm weight, rope factors), converted from any float type.
+    fn upload_vector(&self, w: &WeightView) -> Result<Self::Tensor>;
+    /// A weight matrix whose rows are the parts' rows stacked in order
+    /// (Q|K|V, gate|up), with biases stacked the same way when given.
+    fn upload_linear(
+        &self,
+        parts: &[WeightView],
+        biases: Option<&[WeightView]>,
+    ) -> Result<Self::Linear>;
+    fn linear_info(&self, w: &Self::Linear) -> LinearInfo;
+    fn write_i32(&self, dst: &mut Self::Tensor, offset: usize, src: &[i32]) -> Result<()>;
+    /// Blocks until the queued work that writes `src` is done.
+    fn read_f32(&self, src: &Self::Tensor, offset: usize, out: &mut [f32]) -> Result<()>;
+    fn read_i32(&self, src: &Self::Tensor, offset: usize, out: &mut [i32]) -> Result<()>;
+
+    /// `out[i] = dequant(table row ids[i])` for `m` ids.
+    fn embed(
+        &self,
+        table: &Self::Linear,
+        ids: &Self::Tensor,
+        m: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// Row-wise RMS norm of `x[m, n]`, scaled by `w`.
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        m: usize,
+        n: usize,
+        eps: f32,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// The registered matmul implementations, in preference order.
+    fn matmul_impls(&self) -> &[MatmulImpl];
+    /// Implementation index used when nothing is forced or tuned.
+    fn default_matmul_impl(&self, shape: &MatmulShape) -> usize;
+    /// `out[m, n] = x[m, k] * w^T (+ bias)` with implementation `imp`.
+    fn matmul(
+        &self,
+        imp: usize,
+        x: &Self::Tensor,
+        w: &Self::Linear,
+        m: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// Rotate Q and K heads of `qkv` in place at positions `pos[0..m]`.
+    fn rope(
+        &self,
+        qkv: &mut Self::Tensor,
+        pos: &Self::Tensor,
+        m: usize,
+        layout: &QkvLayout,
+        rope: &Rope<'_, Self::Tensor>,
+    ) -> Result<()>;
+    /// Copy the K and V heads of `qkv` into the cache at positions `pos[0..m]`.
+    fn kv_store(
+        &self,
+        qkv: &Self::Tensor,
+        cache: &mut KvLayer<Self::Tensor>,
+        capacity: usize,
+        pos: &Self::Tensor,
+        m: usize,
+        layout: &QkvLayout,
+    ) -> Result<()>;
+    /// Causal attention of the Q heads of `qkv` over the cache: row `i` sees
+    /// positions `0..=pos[i]`. `kv_len` is the host's knowledge of the longest
+    /// row (for shape records and launch bounds); kernels read `pos`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        qkv: &Self::Tensor,
+        cache: &KvLayer<Self::Tensor>,
+        capacity: usize,
+        pos: &Self::Tensor,
+        m: usize,
+        kv_len: usize,
+        layout: &QkvLayout,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// `out[m, ffn] = silu(gate) * up` from `gate_up[m, 2 ffn]`.
+    fn swiglu(
+        &self,
+        gate_up: &Self::Tensor,
+        m: usize,
+        ffn: usize,
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// `x[0..len] += y[0..len]`.
+    fn add(&self, x: &mut Self::Tensor, y: &Self::Tensor, len: usize) -> Result<()>;
+    /// `dst[dst_offset..][..len] = src[src_offset..][..len]` (same dtype).
+    fn copy(
+        &self,
+        src: &Self::Tensor,
+        src_offset: usize,
+        dst: &mut Self::Tensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()>;
+
+    fn new_sampler(&self, params: &SamplerParams, vocab: usize) -> Result<Self::Sampler>;
+    /// Feed tokens into the penalty history (the prompt, or tokens chosen elsewhere).
+    fn sampler_accept(&self, sampler: &mut Self::Sampler, tokens: &[u32]) -> Result<()>;
+    /// Draw a token from `logits[row]`, store it at `ids[0]` and into the history.
+    fn sample(
+        &self,
+        logits: &Self::Tensor,
+        row: usize,
+        vocab: usize,
+        sampler: &mut Self::Sampler,
+        ids: &mut Self::Tensor,
+    ) -> Result<()>;
+    /// `pos[0] = pos[m - 1] + 1`: the next decode position, on the device.
+    fn advance(&self, pos: &mut Self::Tensor, m: usize) -> Result<()>;
+
+    /// Run `step` so that later calls with the same `key` may replay it
+    /// without calling it (CUDA graphs). Only valid when the step's kernels
+    /// take every varying input from device memory. The default just runs it.
+    fn replayable(&self, _key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        step()
+    }
+
+    fn mark(&self) -> Result<Self::Mark>;
+    /// Milliseconds between two marks; may wait for the second one.
+    fn elapsed_ms(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64>;
+    fn timing_kind(&self) -> TimingKind;
+    fn synchronize(&self) -> Result<()>;
+}

