@@ -41,6 +41,23 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* q, int& sc, int& m
     }
 }
 
+// The same from the 12 scale bytes held in three words (no local memory).
+__device__ __forceinline__ int scale_byte(u32 a, u32 b, u32 c, int i) {
+    u32 w = i < 4 ? a : i < 8 ? b : c;
+    return (int)((w >> ((i & 3) * 8)) & 0xFF);
+}
+
+__device__ __forceinline__ void scale_min_k4_w(int j, u32 a, u32 b, u32 c, int& sc, int& m) {
+    if (j < 4) {
+        sc = scale_byte(a, b, c, j) & 63;
+        m = scale_byte(a, b, c, j + 4) & 63;
+    } else {
+        int q4 = scale_byte(a, b, c, j + 4);
+        sc = (q4 & 0xF) | ((scale_byte(a, b, c, j - 4) >> 6) << 4);
+        m = (q4 >> 4) | ((scale_byte(a, b, c, j) >> 6) << 4);
+    }
+}
+
 // Values [32c, 32c + 32) of row `row`, computed with the same operations in the
 // same order as the reference dequantisation (no fused multiply-adds), so that
 // the results are bit-identical to the host's.

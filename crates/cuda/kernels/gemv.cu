@@ -178,11 +178,10 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
         int j64 = (u % 8) / 2, h = u % 2;
         uint4 v = ldg_stream(w.p0 + sb * 128 + j64 * 32 + 16 * h);
         uint4 hd = __ldg(reinterpret_cast<const uint4*>(w.p1 + sb * 16));
-        const u8* hb = reinterpret_cast<const u8*>(&hd);
         float d = h2f((u16)(hd.x & 0xffff)), dmin = h2f((u16)(hd.x >> 16));
         int sca, ma, scb, mb;
-        scale_min_k4(2 * j64, hb + 4, sca, ma);
-        scale_min_k4(2 * j64 + 1, hb + 4, scb, mb);
+        scale_min_k4_w(2 * j64, hd.y, hd.z, hd.w, sca, ma);
+        scale_min_k4_w(2 * j64 + 1, hd.y, hd.z, hd.w, scb, mb);
         uint4 lo = nib_lo(v), hi = nib_hi(v);
         int ga = (u / 8) * 8 + 2 * j64;  // activation group of the low nibbles
 #pragma unroll
