@@ -1,10 +1,22 @@
 //! Plain float element types: F32, F16 (IEEE half) and BF16, and the scalar conversions the
 //! block formats use for their `f16` scale fields.
 
-/// ggml's `GGML_FP16_TO_FP32`: exact.
+/// ggml's `GGML_FP16_TO_FP32`: exact. NaN payloads are carried over bit for bit, signalling
+/// NaNs included (as numpy, and so gguf-py, converts; ggml's F16C path would quiet them).
 #[inline]
 pub fn f16_to_f32(bits: u16) -> f32 {
-    half::f16::from_bits(bits).to_f32()
+    let sign = u32::from(bits & 0x8000) << 16;
+    let exp = u32::from((bits >> 10) & 0x1f);
+    let man = u32::from(bits & 0x03ff);
+    match exp {
+        0x1f => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
+        0 => {
+            // Zero or subnormal: man * 2^-24, exact in f32.
+            let magnitude = man as f32 * f32::from_bits(0x3380_0000);
+            f32::from_bits(sign | magnitude.to_bits())
+        }
+        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
+    }
 }
 
 /// ggml's `GGML_FP32_TO_FP16`: round to nearest, ties to even (as F16C hardware and ggml's
@@ -92,5 +104,23 @@ mod tests {
         assert_eq!(f32_to_f16(1.0 + 3.0 * f32::powi(2.0, -11)), 0x3c02);
         assert_eq!(f32_to_f16(65520.0), 0x7c00);
         assert_eq!(f16_to_f32(0x3c00), 1.0);
+    }
+
+    #[test]
+    fn f16_to_f32_agrees_with_half_on_every_non_nan_pattern() {
+        for bits in 0..=u16::MAX {
+            let h = half::f16::from_bits(bits);
+            if h.is_nan() {
+                assert!(f16_to_f32(bits).is_nan());
+            } else {
+                assert_eq!(
+                    f16_to_f32(bits).to_bits(),
+                    h.to_f32().to_bits(),
+                    "{bits:#06x}"
+                );
+            }
+        }
+        // A signalling NaN stays signalling with its payload.
+        assert_eq!(f16_to_f32(0x7c01).to_bits(), 0x7f80_2000);
     }
 }

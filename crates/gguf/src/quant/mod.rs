@@ -24,6 +24,8 @@ pub mod q8_0;
 pub mod q8_k;
 pub mod search;
 
+/// Re-exported so kernels in other crates use the same version for block views.
+pub use bytemuck;
 pub use float::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
 pub use q2_k::BlockQ2K;
 pub use q3_k::BlockQ3K;
@@ -220,6 +222,38 @@ pub fn cast_blocks<B: QuantBlock>(bytes: &[u8]) -> Result<&[B], GgufError> {
             align: std::mem::align_of::<B>(),
         },
     })
+}
+
+/// C's float-to-integer conversion as ggml's reference quantisers get it on x86-64
+/// (`cvttss2si`): truncation toward zero, with NaN and out-of-range values giving `i32::MIN`.
+/// The narrower C conversions (`(int8_t)f`, `(uint8_t)f`) are this followed by truncation to
+/// the low bits, which `as i8` / `as u8` on the result reproduce. Out-of-range input is
+/// undefined behaviour in C; numpy's `astype` (gguf-py) gives the same values, which is what
+/// makes blocks of huge or subnormal inputs (whose inverse scale overflows) match bit for bit.
+#[inline]
+pub(crate) fn c_float_to_int(x: f32) -> i32 {
+    const LIMIT: f32 = 2_147_483_648.0;
+    if x.is_nan() || !(-LIMIT..LIMIT).contains(&x) {
+        i32::MIN
+    } else {
+        x as i32
+    }
+}
+
+/// Copies `bytes` (any alignment) into blocks; fails when it is not a whole number of them.
+pub fn blocks_to_vec<B: QuantBlock>(bytes: &[u8]) -> Result<Vec<B>, GgufError> {
+    let size = std::mem::size_of::<B>();
+    if bytes.len() % size != 0 {
+        return Err(GgufError::PartialBlock {
+            ty: B::GGML_TYPE,
+            len: bytes.len(),
+            type_size: size,
+        });
+    }
+    Ok(bytes
+        .chunks_exact(size)
+        .map(bytemuck::pod_read_unaligned)
+        .collect())
 }
 
 fn dequantize_blocks<B: QuantBlock>(bytes: &[u8], out: &mut [f32]) -> Result<(), GgufError> {

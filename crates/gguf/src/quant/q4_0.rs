@@ -1,5 +1,6 @@
 //! Q4_0: blocks of 32 values as 4-bit signed levels times one f16 scale (`x = d * (q - 8)`).
 
+use super::c_float_to_int;
 use super::float::{f16_to_f32, f32_to_f16};
 use crate::GgmlType;
 
@@ -47,10 +48,9 @@ impl BlockQ4_0 {
         for j in 0..QK4_0 / 2 {
             let x0 = x[j] * id;
             let x1 = x[j + QK4_0 / 2] * id;
-            // ggml: MIN(15, (int8_t)(x + 8.5f)). The sum is >= 0 for finite input; the lower
-            // clamp only keeps non-finite input (undefined in C) inside the nibble.
-            let xi0 = ((x0 + 8.5) as i8).clamp(0, 15) as u8;
-            let xi1 = ((x1 + 8.5) as i8).clamp(0, 15) as u8;
+            // ggml: MIN(15, (int8_t)(x + 8.5f)); the sum is never below zero.
+            let xi0 = (c_float_to_int(x0 + 8.5) as i8).min(15) as u8;
+            let xi1 = (c_float_to_int(x1 + 8.5) as i8).min(15) as u8;
             qs[j] = xi0 | (xi1 << 4);
         }
         BlockQ4_0 {

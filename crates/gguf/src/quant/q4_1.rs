@@ -1,6 +1,7 @@
 //! Q4_1: blocks of 32 values as 4-bit unsigned levels with an f16 scale and minimum
 //! (`x = d * q + m`).
 
+use super::c_float_to_int;
 use super::float::{f16_to_f32, f32_to_f16};
 use crate::GgmlType;
 
@@ -51,8 +52,9 @@ impl BlockQ4_1 {
         for j in 0..QK4_1 / 2 {
             let x0 = (x[j] - min) * id;
             let x1 = (x[j + QK4_1 / 2] - min) * id;
-            let xi0 = ((x0 + 0.5) as i8).clamp(0, 15) as u8;
-            let xi1 = ((x1 + 0.5) as i8).clamp(0, 15) as u8;
+            // ggml: MIN(15, (int8_t)(x + 0.5f)); the sum is never below zero.
+            let xi0 = (c_float_to_int(x0 + 0.5) as i8).min(15) as u8;
+            let xi1 = (c_float_to_int(x1 + 0.5) as i8).min(15) as u8;
             qs[j] = xi0 | (xi1 << 4);
         }
         BlockQ4_1 {

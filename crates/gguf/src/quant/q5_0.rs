@@ -1,6 +1,7 @@
 //! Q5_0: blocks of 32 values as 5-bit signed levels times one f16 scale (`x = d * (q - 16)`).
 //! The low 4 bits are packed like Q4_0; the fifth bits sit in a 32-bit little-endian mask.
 
+use super::c_float_to_int;
 use super::float::{f16_to_f32, f32_to_f16};
 use crate::GgmlType;
 
@@ -52,8 +53,9 @@ impl BlockQ5_0 {
         for j in 0..QK5_0 / 2 {
             let x0 = x[j] * id;
             let x1 = x[j + QK5_0 / 2] * id;
-            let xi0 = ((x0 + 16.5) as i8).clamp(0, 31) as u8;
-            let xi1 = ((x1 + 16.5) as i8).clamp(0, 31) as u8;
+            // ggml: MIN(31, (int8_t)(x + 16.5f)); the sum is never below zero.
+            let xi0 = (c_float_to_int(x0 + 16.5) as i8).min(31) as u8;
+            let xi1 = (c_float_to_int(x1 + 16.5) as i8).min(31) as u8;
             qs[j] = (xi0 & 0x0f) | ((xi1 & 0x0f) << 4);
             qh |= u32::from((xi0 & 0x10) >> 4) << j;
             qh |= u32::from((xi1 & 0x10) >> 4) << (j + QK5_0 / 2);

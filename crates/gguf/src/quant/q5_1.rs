@@ -1,6 +1,7 @@
 //! Q5_1: blocks of 32 values as 5-bit unsigned levels with an f16 scale and minimum
 //! (`x = d * q + m`); bit layout as Q5_0.
 
+use super::c_float_to_int;
 use super::float::{f16_to_f32, f32_to_f16};
 use crate::GgmlType;
 
@@ -57,10 +58,10 @@ impl BlockQ5_1 {
         for j in 0..QK5_1 / 2 {
             let x0 = (x[j] - min) * id;
             let x1 = (x[j + QK5_1 / 2] - min) * id;
-            // ggml: (uint8_t)(x + 0.5f). The sum lies in [0.5, 31.5] for finite input; the
-            // clamp only matters for non-finite input (undefined in C).
-            let xi0 = ((x0 + 0.5) as u8).min(31);
-            let xi1 = ((x1 + 0.5) as u8).min(31);
+            // ggml: (uint8_t)(x + 0.5f), which lies in 0..=31 for finite input. The clamp is
+            // gguf-py's and changes nothing there.
+            let xi0 = (c_float_to_int(x0 + 0.5) as u8).min(31);
+            let xi1 = (c_float_to_int(x1 + 0.5) as u8).min(31);
             qs[j] = (xi0 & 0x0f) | ((xi1 & 0x0f) << 4);
             qh |= u32::from((xi0 & 0x10) >> 4) << j;
             qh |= u32::from((xi1 & 0x10) >> 4) << (j + QK5_1 / 2);

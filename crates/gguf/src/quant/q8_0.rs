@@ -1,5 +1,6 @@
 //! Q8_0: blocks of 32 values as 8-bit signed levels times one f16 scale (`x = d * q`).
 
+use super::c_float_to_int;
 use super::float::{f16_to_f32, f32_to_f16};
 use crate::GgmlType;
 
@@ -39,7 +40,7 @@ impl BlockQ8_0 {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut qs = [0i8; QK8_0];
         for (q, &v) in qs.iter_mut().zip(x) {
-            *q = (v * id).round() as i8;
+            *q = c_float_to_int((v * id).round()) as i8;
         }
         BlockQ8_0 {
             d: f32_to_f16(d),
