@@ -1,3 +1,4 @@
 //! metallic core.
 
 pub mod chat;
+pub mod sampler;
