@@ -3,7 +3,8 @@
 //! `apply_chat_template(..., tokenize=False)`.
 //!
 //! The template runs in minijinja configured like transformers' Jinja environment (see
-//! [`environment`]); messages are normalized like transformers does (see [`inputs`]).
+//! `chat/environment.rs`); messages are normalized like transformers does (see
+//! `chat/inputs.rs`).
 //! Known remaining differences from Jinja2, all outside what chat templates normally do:
 //! `~` and `|string` print booleans as `true`/`false` (Jinja2: `True`/`False`; plain
 //! `{{ ... }}` output does match), and Python-only methods beyond pycompat's set (e.g.
