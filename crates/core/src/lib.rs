@@ -14,3 +14,4 @@ pub mod profiler;
 pub mod sampler;
 pub mod stop;
 pub mod synth;
+pub mod tokenizer;
