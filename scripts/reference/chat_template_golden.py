@@ -182,7 +182,7 @@ TOOL_CONVERSATION_NULL_CONTENT = [
 # templates use, so differences between transformers' Jinja2 and our engine show up here
 # rather than in some future model's template.
 PROBE_TEMPLATE = """{%- macro show(m, i) -%}
-[{{ i }}|{{ m.role | upper }}|{{ m.content.strip() }}|{{ m.content.split() }}|{{ m.content.split(',', 1) }}|{{ m.content.title() }}|{{ m.content.lstrip('x ') }}|{{ m.content.rstrip() }}|{{ m.content[1:4] }}|{{ m.content[::-1] }}|{{ m.content|length }}|{{ m.content.startswith('a') }}|{{ m.content.endswith(('z', 'y')) }}|{{ 'hello' in m.content }}|{{ m.content.replace(',', ';') }}|{{ m.content.upper() }}|{{ m.content.capitalize() }}]
+[{{ i }}|{{ m.role | upper }}|{{ m.content.strip() }}|{{ m.content.split() }}|{{ m.content.split(',', 1) }}|{{ m.content.rsplit(',', 1) }}|{{ m.content.rsplit(None, 1) }}|{{ m.content.title() }}|{{ m.content.lstrip('x ') }}|{{ m.content.rstrip() }}|{{ m.content[1:4] }}|{{ m.content[::-1] }}|{{ m.content|length }}|{{ m.content.startswith('a') }}|{{ m.content.endswith(('z', 'y')) }}|{{ 'hello' in m.content }}|{{ m.content.replace(',', ';') }}|{{ m.content.upper() }}|{{ m.content.capitalize() }}]
 {%- endmacro -%}
 {%- set ns = namespace(n=0) -%}
 {%- for m in messages[::-1] -%}

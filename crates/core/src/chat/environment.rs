@@ -16,7 +16,7 @@ use minijinja::value::{from_args, Kwargs, Rest, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
 
 use super::pyjson::{dumps, DumpOptions};
-use super::pystr::{py_split, py_strip, py_title, write_py_str, Ends};
+use super::pystr::{py_rsplit, py_split, py_strip, py_title, write_py_str, Ends};
 
 /// Marks an error raised by the template's own `raise_exception(...)`, so rendering can
 /// report it as such rather than as an engine failure.
@@ -104,7 +104,8 @@ pub(crate) fn build(clock: Clock) -> Result<Environment<'static>, Error> {
 }
 
 /// Python string methods whose Rust counterparts differ (whitespace set, `split()` on
-/// runs of whitespace, `title`); everything else goes to minijinja-contrib's pycompat.
+/// runs of whitespace, `title`) or that pycompat lacks (`rsplit`); everything else goes
+/// to minijinja-contrib's pycompat.
 fn python_methods(
     state: &mut State,
     value: &Value,
@@ -120,9 +121,14 @@ fn python_methods(
             "strip" => return strip(Ends::Both),
             "lstrip" => return strip(Ends::Start),
             "rstrip" => return strip(Ends::End),
-            "split" => {
+            "split" | "rsplit" => {
                 let (sep, maxsplit): (Option<&str>, Option<i64>) = from_args(args)?;
-                let parts = py_split(s, sep, maxsplit.unwrap_or(-1))
+                let split = if method == "split" {
+                    py_split
+                } else {
+                    py_rsplit
+                };
+                let parts = split(s, sep, maxsplit.unwrap_or(-1))
                     .map_err(|e| Error::new(ErrorKind::InvalidOperation, e))?;
                 return Ok(Value::from(
                     parts.into_iter().map(Value::from).collect::<Vec<_>>(),

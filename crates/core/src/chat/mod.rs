@@ -5,10 +5,11 @@
 //! The template runs in minijinja configured like transformers' Jinja environment (see
 //! `chat/environment.rs`); messages are normalized like transformers does (see
 //! `chat/inputs.rs`).
+//!
 //! Known remaining differences from Jinja2, all outside what chat templates normally do:
-//! `~` and `|string` print booleans as `true`/`false` (Jinja2: `True`/`False`; plain
-//! `{{ ... }}` output does match), and Python-only methods beyond pycompat's set (e.g.
-//! `str.rsplit`) are unknown-method errors.
+//! tuples print as lists (`(1, 2)` prints `[1, 2]`); iterating over `none` renders
+//! nothing where Python raises; Python methods beyond pycompat's set and `rsplit` (e.g.
+//! `str.partition`, `list.index`) are unknown-method errors.
 
 pub mod builtin;
 mod environment;

@@ -67,6 +67,45 @@ pub(crate) fn py_split(s: &str, sep: Option<&str>, maxsplit: i64) -> Result<Vec<
     }
 }
 
+/// `str.rsplit(sep, maxsplit)`: like [`py_split`] but splitting from the right, so the
+/// unsplit remainder (and its leading whitespace) is at the front.
+pub(crate) fn py_rsplit(s: &str, sep: Option<&str>, maxsplit: i64) -> Result<Vec<String>, String> {
+    let max = if maxsplit < 0 {
+        usize::MAX
+    } else {
+        maxsplit as usize
+    };
+    let mut out: Vec<String> = match sep {
+        Some("") => return Err("empty separator".to_string()),
+        Some(sep) => s
+            .rsplitn(max.saturating_add(1), sep)
+            .map(str::to_string)
+            .collect(),
+        None => {
+            let mut out = Vec::new();
+            let mut rest = s.trim_end_matches(is_py_whitespace);
+            let mut splits = 0;
+            while !rest.is_empty() {
+                if splits == max {
+                    out.push(rest.to_string());
+                    break;
+                }
+                let start = rest
+                    .char_indices()
+                    .rev()
+                    .find(|(_, c)| is_py_whitespace(*c))
+                    .map_or(0, |(i, c)| i + c.len_utf8());
+                out.push(rest[start..].to_string());
+                rest = rest[..start].trim_end_matches(is_py_whitespace);
+                splits += 1;
+            }
+            out
+        }
+    };
+    out.reverse();
+    Ok(out)
+}
+
 /// `str.title`: a cased character is upper-cased when it follows an uncased one and
 /// lower-cased otherwise (so "they're" becomes "They'Re", as in Python).
 pub(crate) fn py_title(s: &str) -> String {
@@ -289,6 +328,15 @@ mod tests {
         assert_eq!(py_split("a,b,c", Some(","), 1).unwrap(), ["a", "b,c"]);
         assert!(py_split("abc", Some(""), -1).is_err());
         assert!(py_split("   ", None, -1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rsplit_matches_python() {
+        assert_eq!(py_rsplit("  a b\t c  ", None, -1).unwrap(), ["a", "b", "c"]);
+        assert_eq!(py_rsplit(" a b c ", None, 1).unwrap(), [" a b", "c"]);
+        assert_eq!(py_rsplit("a,b,c", Some(","), 1).unwrap(), ["a,b", "c"]);
+        assert_eq!(py_rsplit("ab", Some("b"), -1).unwrap(), ["a", ""]);
+        assert!(py_rsplit("", None, -1).unwrap().is_empty());
     }
 
     #[test]
