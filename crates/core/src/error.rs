@@ -44,8 +44,14 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+
+    #[error(transparent)]
+    Sampler(#[from] crate::sampler::SamplerError),
+
+    #[error(transparent)]
+    Chat(#[from] crate::chat::ChatError),
 
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

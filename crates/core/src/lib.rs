@@ -3,6 +3,7 @@
 //! generation loop. It never names a backend; callers choose one at run time.
 
 pub mod backend;
+pub mod chat;
 pub mod config;
 pub mod dispatch;
 pub mod error;
@@ -10,3 +11,7 @@ pub mod exec;
 pub mod generate;
 pub mod model;
 pub mod profiler;
+pub mod sampler;
+pub mod stop;
+pub mod synth;
+pub mod tokenizer;

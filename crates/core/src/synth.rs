@@ -295,7 +295,7 @@ fn strings(v: impl IntoIterator<Item = String>) -> Value {
 }
 
 /// Build the GGUF of a synthetic model.
-pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter> {
+pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
     let p = opts.preset;
     let tok = opts.tokenizer;
     if tok.tokens.len() > p.vocab {
@@ -376,13 +376,14 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter> {
         let ty = fallback_type(opts.dtype, cols);
         let data = random(seed, name, cols * rows, 0.0, std);
         let bytes = quant::quantize(ty, &data)?;
-        w.add_tensor(name, ty, &[cols as u64, rows as u64], bytes);
+        w.add_tensor(name, ty, &[cols as u64, rows as u64], bytes)?;
         Ok(())
     };
-    let vector = |w: &mut GgufWriter, name: &str, len: usize, mean: f32, std: f32| {
+    let vector = |w: &mut GgufWriter, name: &str, len: usize, mean: f32, std: f32| -> Result<()> {
         let data = random(seed, name, len, mean, std);
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.add_tensor(name, GgmlType::F32, &[len as u64], bytes);
+        w.add_tensor(name, GgmlType::F32, &[len as u64], bytes)?;
+        Ok(())
     };
 
     // Scales chosen so activations stay O(1) through the layers and the
@@ -395,26 +396,26 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter> {
     if let Some((factor, low, high, orig)) = p.llama3_rope {
         let f = llama3_rope_freqs(p.rope_theta, head_dim, factor, low, high, orig);
         let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.add_tensor("rope_freqs.weight", GgmlType::F32, &[f.len() as u64], bytes);
+        w.add_tensor("rope_freqs.weight", GgmlType::F32, &[f.len() as u64], bytes)?;
     }
     for l in 0..p.layers {
         let n = |s: &str| format!("blk.{l}.{s}");
-        vector(&mut w, &n("attn_norm.weight"), p.hidden, 1.0, 0.1);
+        vector(&mut w, &n("attn_norm.weight"), p.hidden, 1.0, 0.1)?;
         matrix(&mut w, &n("attn_q.weight"), p.hidden, q_w, std)?;
         matrix(&mut w, &n("attn_k.weight"), p.hidden, kv_w, std)?;
         matrix(&mut w, &n("attn_v.weight"), p.hidden, kv_w, std)?;
         if p.qkv_bias {
-            vector(&mut w, &n("attn_q.bias"), q_w, 0.0, 0.1);
-            vector(&mut w, &n("attn_k.bias"), kv_w, 0.0, 0.1);
-            vector(&mut w, &n("attn_v.bias"), kv_w, 0.0, 0.1);
+            vector(&mut w, &n("attn_q.bias"), q_w, 0.0, 0.1)?;
+            vector(&mut w, &n("attn_k.bias"), kv_w, 0.0, 0.1)?;
+            vector(&mut w, &n("attn_v.bias"), kv_w, 0.0, 0.1)?;
         }
         matrix(&mut w, &n("attn_output.weight"), q_w, p.hidden, std)?;
-        vector(&mut w, &n("ffn_norm.weight"), p.hidden, 1.0, 0.1);
+        vector(&mut w, &n("ffn_norm.weight"), p.hidden, 1.0, 0.1)?;
         matrix(&mut w, &n("ffn_gate.weight"), p.hidden, p.ffn, std)?;
         matrix(&mut w, &n("ffn_up.weight"), p.hidden, p.ffn, std)?;
         matrix(&mut w, &n("ffn_down.weight"), p.ffn, p.hidden, std)?;
     }
-    vector(&mut w, "output_norm.weight", p.hidden, 1.0, 0.1);
+    vector(&mut w, "output_norm.weight", p.hidden, 1.0, 0.1)?;
     if !p.tied {
         matrix(&mut w, "output.weight", p.hidden, p.vocab, emb_std)?;
     }

@@ -369,7 +369,7 @@ impl Backend for CpuBackend {
 
     fn new_sampler(&self, params: &SamplerParams, vocab: usize) -> Result<CpuSampler> {
         Ok(CpuSampler {
-            sampler: Sampler::new(*params, vocab),
+            sampler: Sampler::new(*params, vocab)?,
             scratch: vec![0.0; vocab],
         })
     }
@@ -393,7 +393,7 @@ impl Backend for CpuBackend {
         check_len("sample logits", l.len(), (row + 1) * vocab)?;
         s.scratch.resize(vocab, 0.0);
         s.scratch.copy_from_slice(&l[row * vocab..(row + 1) * vocab]);
-        let tok = s.sampler.sample(&mut s.scratch);
+        let tok = s.sampler.sample(&mut s.scratch)?;
         s.sampler.accept(tok);
         self.write_i32(ids, 0, &[tok as i32])
     }
