@@ -120,3 +120,55 @@ pub fn decode(t: WType, p: &Planes, rows: usize, k: usize) -> Vec<f32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metallic_gguf::{quant, GgmlType};
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    /// Every value of the split planes, read the way the kernels read them,
+    /// must equal the reference dequantisation of the GGUF blocks bit for bit.
+    #[test]
+    fn planes_decode_to_the_reference_values() {
+        let (rows, k) = (3, 512);
+        for (t, g) in [
+            (WType::F32, GgmlType::F32),
+            (WType::F16, GgmlType::F16),
+            (WType::BF16, GgmlType::BF16),
+            (WType::Q8_0, GgmlType::Q8_0),
+            (WType::Q4_0, GgmlType::Q4_0),
+            (WType::Q4_1, GgmlType::Q4_1),
+            (WType::Q4K, GgmlType::Q4_K),
+            (WType::Q6K, GgmlType::Q6_K),
+        ] {
+            let src = values(rows * k, t as u64 + 1);
+            let raw = quant::quantize(g, &src).unwrap();
+            let want = quant::dequantize_to_vec(g, &raw).unwrap();
+            let planes = repack(t, &raw).unwrap();
+            for off in planes.offsets {
+                assert_eq!(off % ALIGN, 0, "{t:?}: planes start aligned");
+            }
+            let got = decode(t, &planes, rows, k);
+            assert_eq!(got.len(), want.len());
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{t:?} value {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn partial_blocks_are_rejected() {
+        assert!(repack(WType::Q8_0, &[0u8; 35]).is_err());
+        assert!(repack(WType::Q6K, &[0u8; 209]).is_err());
+    }
+}
