@@ -1,1 +1,3 @@
 //! metallic core.
+
+pub mod tokenizer;
