@@ -507,3 +507,43 @@ fn arbitrary_text_and_ids_never_panic() {
         }
     }
 }
+
+#[test]
+fn tokenizer_is_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Tokenizer>();
+    let tok = qwen2();
+    let strings: Vec<&String> = corpus().iter().take(200).collect();
+    let want: Vec<Vec<u32>> = strings.iter().map(|s| tok.encode(s, true)).collect();
+    // Encoders that find the shared memo busy use their own; results must not depend on it.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let tok = tok.clone();
+            let (strings, want) = (&strings, &want);
+            scope.spawn(move || {
+                for round in 0..3 {
+                    for (i, s) in strings.iter().enumerate().skip((t + round) % 3) {
+                        assert_eq!(&tok.encode(s, true), &want[i]);
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn tokenizer_config_supplies_special_ids() {
+    let json = read(repo_path("assets/qwen2/tokenizer.json"));
+    let mut spec = TokenizerSpec::from_hf_json(&json, Some(151_664)).unwrap();
+    assert_eq!((spec.bos_id, spec.eos_id, spec.add_bos), (None, None, false));
+    spec.apply_hf_config(&read(repo_path("assets/qwen2/tokenizer_config.json")))
+        .unwrap();
+    // Qwen's tokenizer_config.json: eos <|im_end|>, pad <|endoftext|>, no BOS.
+    assert_eq!(spec.eos_id, Some(151_645));
+    assert_eq!(spec.padding_id, Some(151_643));
+    assert_eq!(spec.bos_id, None);
+    assert!(!spec.add_bos && !spec.add_eos);
+    assert_eq!(spec.token_types[151_643], 3);
+    assert_eq!(spec.token_types[151_657], 4, "<tool_call> is an added, non-special token");
+    assert_eq!(spec.pre, "qwen2");
+}
