@@ -100,9 +100,9 @@ impl GgufFile {
     /// read; tensor data is paged in when used.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io {
+        let io = |error| GgufError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
@@ -289,13 +289,9 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     let n_kv_at = cur.offset();
     let n_kv = cur.u64(Field::Header("metadata_kv_count"))?;
 
-    // Both counts share the rest of the file; reject absurd ones before reading anything.
-    cur.check_count(
-        n_tensors,
-        MIN_TENSOR_INFO_SIZE,
-        n_tensors_at,
-        Field::Header("tensor_count"),
-    )?;
+    // Bound each count by the bytes left before allocating for it. (The tensor count is
+    // checked after the metadata, against what is left then, so that a truncated file reports
+    // where it ends rather than an implausible tensor count.)
     let n_kv = cur.check_count(
         n_kv,
         MIN_KV_SIZE,

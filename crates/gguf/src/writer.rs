@@ -229,9 +229,9 @@ impl<'a> GgufWriter<'a> {
     /// Writes the file to `path` (created or truncated).
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<(), GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io {
+        let io = |error| GgufError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let mut w = BufWriter::new(File::create(path).map_err(io)?);
         self.write_to(&mut w)?;
