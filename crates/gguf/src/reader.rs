@@ -43,9 +43,14 @@ impl TensorInfo {
         self.dims.first().copied().unwrap_or(1)
     }
 
-    /// Number of rows (product of the outer dims).
+    /// Number of rows (product of the outer dims; saturates for an info not read from a file,
+    /// whose dims were never checked).
     pub fn n_rows(&self) -> u64 {
-        self.dims.iter().skip(1).product()
+        self.dims
+            .iter()
+            .skip(1)
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 
     /// Bytes per row.
@@ -252,6 +257,12 @@ impl GgufFile {
         self.bytes.as_slice().is_empty()
     }
 }
+
+// Models are shared between threads (CPU backend workers); keep the file Send + Sync.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<GgufFile>();
+};
 
 /// `(start, end)` of tensor data as `usize` indices when it lies inside a buffer of `len`.
 fn data_range(data_offset: u64, offset: u64, n_bytes: u64, len: usize) -> Option<(usize, usize)> {

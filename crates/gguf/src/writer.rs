@@ -216,7 +216,7 @@ impl<'a> GgufWriter<'a> {
             pos = offsets[i] + t.data.len() as u64;
         }
         write_zeros(w, data_len.saturating_sub(pos))?;
-        Ok(header.len() as u64 + data_len)
+        Ok((header.len() as u64).saturating_add(data_len))
     }
 
     /// The whole file in memory.
