@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "metallic", version, about = "LLM inference on GGUF models, CPU and CUDA")]
+#[command(
+    name = "metallic",
+    version,
+    about = "LLM inference on GGUF models, CPU and CUDA"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("metallic: error: {e:#}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -535,7 +535,10 @@ fn tokenizer_is_shared_across_threads() {
 fn tokenizer_config_supplies_special_ids() {
     let json = read(repo_path("assets/qwen2/tokenizer.json"));
     let mut spec = TokenizerSpec::from_hf_json(&json, Some(151_664)).unwrap();
-    assert_eq!((spec.bos_id, spec.eos_id, spec.add_bos), (None, None, false));
+    assert_eq!(
+        (spec.bos_id, spec.eos_id, spec.add_bos),
+        (None, None, false)
+    );
     spec.apply_hf_config(&read(repo_path("assets/qwen2/tokenizer_config.json")))
         .unwrap();
     // Qwen's tokenizer_config.json: eos <|im_end|>, pad <|endoftext|>, no BOS.
@@ -544,6 +547,9 @@ fn tokenizer_config_supplies_special_ids() {
     assert_eq!(spec.bos_id, None);
     assert!(!spec.add_bos && !spec.add_eos);
     assert_eq!(spec.token_types[151_643], 3);
-    assert_eq!(spec.token_types[151_657], 4, "<tool_call> is an added, non-special token");
+    assert_eq!(
+        spec.token_types[151_657], 4,
+        "<tool_call> is an added, non-special token"
+    );
     assert_eq!(spec.pre, "qwen2");
 }
