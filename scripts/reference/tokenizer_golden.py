@@ -6,7 +6,12 @@ Writes (paths relative to the repository root):
                                                  random strings, and one ~100 kB text
   crates/core/tests/data/tokenizer_golden.json   ids per corpus string for two tokenizers,
                                                  with special-token parsing on ("special")
-                                                 and off ("plain", null where identical)
+                                                 and off ("plain", null where identical);
+                                                 ids of the hand-picked strings for a Llama 3
+                                                 shaped tokenizer over the Qwen2 vocabulary;
+                                                 and the piece boundaries of the four
+                                                 pre-tokenizers on every string but the
+                                                 big text
 
 Reference tokenizers:
   qwen2    assets/qwen2/tokenizer.json with the added tokens above id 151664 removed
@@ -34,7 +39,7 @@ import random
 import sys
 
 import tokenizers
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(TOP, "crates", "core", "tests", "data")
@@ -267,6 +272,74 @@ def smollm2_reference():
     return tok
 
 
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+# Merges removed from the Llama-3-shaped tokenizer, by the token they build. Qwen2's vocabulary
+# is BPE-closed (every token is what BPE makes of its own text), so `ignore_merges` would never
+# change a result; without these merges the whole-word tokens are only reachable through it.
+LLAMA3_DROPPED_WORDS = [" the", " world", "Hello", "ing", " quick", " При", "的"]
+
+
+def byte_level(text):
+    """GPT-2's byte-to-character spelling of `text`."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD))
+                 + list(range(0xAE, 0x100)))
+    spell, moved = {}, 0
+    for b in range(256):
+        if b in printable:
+            spell[b] = chr(b)
+        else:
+            spell[b] = chr(256 + moved)
+            moved += 1
+    return "".join(spell[b] for b in text.encode("utf-8"))
+
+
+LLAMA3_DROPPED_MERGES = [byte_level(w) for w in LLAMA3_DROPPED_WORDS]
+
+
+def llama3_on_qwen2_vocab():
+    """Llama 3's tokenizer.json shape (its split regex, no normalizer, `ignore_merges`) over
+    the Qwen2 vocabulary less LLAMA3_DROPPED_MERGES: no Llama 3 vocabulary is available
+    offline, and this exercises the same code paths (digit groups of three, whole-word tokens
+    skipping the merges)."""
+    with open(QWEN2_JSON, encoding="utf-8") as f:
+        spec = json.load(f)
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] <= QWEN25_MAX_ID]
+    spec["normalizer"] = None
+    spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = LLAMA3_REGEX
+    spec["model"]["ignore_merges"] = True
+    dropped = set(LLAMA3_DROPPED_MERGES)
+    before = len(spec["model"]["merges"])
+    spec["model"]["merges"] = [m for m in spec["model"]["merges"] if "".join(m) not in dropped]
+    assert before - len(spec["model"]["merges"]) == len(dropped), "a dropped word has no merge"
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def pre_tokenizer_pieces(corpus):
+    """End offsets (UTF-8 bytes) of the pieces each pre-tokenizer splits a string into."""
+    kinds = {
+        "qwen2": pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated"),
+        "llama3": pre_tokenizers.Split(Regex(LLAMA3_REGEX), behavior="isolated"),
+        "gpt2": pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        "smollm": pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]),
+    }
+    out = {}
+    for name, pt in kinds.items():
+        ends = []
+        for s in corpus:
+            # Offsets come back in characters; convert to byte offsets.
+            ends.append([len(s[:b].encode("utf-8")) for _, (_, b) in pt.pre_tokenize_str(s)])
+        out[name] = ends
+    return out
+
+
 def encode_all(tok, corpus):
     tok.encode_special_tokens = False
     special = [tok.encode(s, add_special_tokens=False).ids for s in corpus]
@@ -309,6 +382,11 @@ def main():
         "tokenizers_version": tokenizers.__version__,
         "qwen2": encode_all(qwen2_reference(), corpus),
         "smollm2": encode_all(smollm2_reference(), corpus),
+        # Hand-picked strings only, to keep the file small.
+        "llama3_qwen2_vocab": encode_all(llama3_on_qwen2_vocab(), corpus[:len(HAND)]),
+        "llama3_dropped_merges": LLAMA3_DROPPED_MERGES,
+        # Every string but the big text.
+        "pieces": pre_tokenizer_pieces(corpus[:-1]),
     }
     with open(os.path.join(DATA, "tokenizer_golden.json"), "w", encoding="utf-8") as f:
         json.dump(golden, f, separators=(",", ":"))

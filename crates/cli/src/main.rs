@@ -1,1 +1,55 @@
-fn main() {}
+//! The `metallic` command.
+
+mod common;
+mod device;
+mod generate;
+mod inspect;
+mod report;
+mod tokenize;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "metallic",
+    version,
+    about = "LLM inference on GGUF models, CPU and CUDA"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt.
+    Generate(generate::GenerateArgs),
+    /// Show the token ids of a text under a model's tokenizer.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Show a GGUF file's metadata and tensor table.
+    Inspect {
+        file: PathBuf,
+        /// Machine-readable output (long arrays summarised, see `metallic inspect --help`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Tokenize(a) => tokenize::run(&a),
+        Command::Inspect { file, json } => inspect::run(&file, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

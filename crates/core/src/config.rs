@@ -44,7 +44,9 @@ pub enum RopeStyle {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (`rope.scaling.type = linear`).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -105,7 +107,7 @@ impl ModelConfig {
                     .into(),
             ));
         }
-        if n_heads % n_kv_heads != 0 {
+        if !n_heads.is_multiple_of(n_kv_heads) {
             return Err(Error::Config(format!(
                 "head_count {n_heads} is not a multiple of head_count_kv {n_kv_heads}"
             )));
@@ -113,7 +115,7 @@ impl ModelConfig {
         let head_dim = match opt_u("attention.key_length") {
             Some(d) => d as usize,
             None => {
-                if hidden % n_heads != 0 {
+                if !hidden.is_multiple_of(n_heads) {
                     return Err(Error::Config(format!(
                         "embedding_length {hidden} is not a multiple of head_count {n_heads}"
                     )));
@@ -134,15 +136,16 @@ impl ModelConfig {
             )));
         }
         let rope_dim = opt_u("rope.dimension_count").unwrap_or(head_dim as u64) as usize;
-        if rope_dim > head_dim || rope_dim % 2 != 0 {
+        if rope_dim > head_dim || !rope_dim.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "rope.dimension_count {rope_dim} must be even and at most the head dimension {head_dim}"
             )));
         }
         let rope_theta = opt_f("rope.freq_base").unwrap_or(10000.0);
         let rms_eps = opt_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-6);
-        if !(rope_theta.is_finite() && rope_theta > 0.0) || !(rms_eps.is_finite() && rms_eps >= 0.0)
-        {
+        let rope_ok = rope_theta.is_finite() && rope_theta > 0.0;
+        let eps_ok = rms_eps.is_finite() && rms_eps >= 0.0;
+        if !rope_ok || !eps_ok {
             return Err(Error::Config(format!(
                 "rope.freq_base {rope_theta} / layer_norm_rms_epsilon {rms_eps} out of range"
             )));

@@ -182,9 +182,7 @@ impl<'b, B: Backend> Exec<'b, B> {
             ta: false,
             tb: true,
         };
-        let imp = self
-            .dispatch
-            .choose(&shape, |s| b.default_matmul_impl(s))?;
+        let imp = self.dispatch.choose(&shape, |s| b.default_matmul_impl(s))?;
         let name = self.dispatch.impl_name(imp);
         self.op(OpKind::Matmul(shape.op), name, Some(shape), |b| {
             b.matmul(imp, x, w, m, out)

@@ -178,7 +178,7 @@ pub fn generate<B: Backend>(
         out_ids.push(tok);
         let td = Instant::now();
         let piece = detok.push(tok);
-        let r = matcher.push(&piece);
+        let r = matcher.push(piece);
         ex.host_op(OpKind::Detokenize, td);
         if !r.emit.is_empty() {
             on_text(&r.emit);

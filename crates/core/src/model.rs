@@ -46,10 +46,7 @@ fn expect_shape(w: &WeightView, cols: usize, rows: usize) -> Result<()> {
     if w.cols() != cols || w.rows() != rows || w.info().dims.len() > 2 {
         return Err(Error::Weight {
             name: w.name().to_string(),
-            reason: format!(
-                "shape {:?}, expected [{cols}, {rows}]",
-                w.info().dims
-            ),
+            reason: format!("shape {:?}, expected [{cols}, {rows}]", w.info().dims),
         });
     }
     Ok(())
@@ -220,7 +217,9 @@ impl<B: Backend> Model<B> {
                 )
             })?;
             ex.matmul(&st.attn, &layer.wo, m, &mut st.h)?;
-            ex.op(OpKind::Add, b_name, None, |b| b.add(&mut st.x, &st.h, m * h))?;
+            ex.op(OpKind::Add, b_name, None, |b| {
+                b.add(&mut st.x, &st.h, m * h)
+            })?;
             ex.op(OpKind::RmsNorm, b_name, None, |b| {
                 b.rms_norm(&st.x, &layer.ffn_norm, m, h, c.rms_eps, &mut st.h)
             })?;
@@ -229,7 +228,9 @@ impl<B: Backend> Model<B> {
                 b.swiglu(&st.gate_up, m, c.ffn, &mut st.act)
             })?;
             ex.matmul(&st.act, &layer.down, m, &mut st.h)?;
-            ex.op(OpKind::Add, b_name, None, |b| b.add(&mut st.x, &st.h, m * h))?;
+            ex.op(OpKind::Add, b_name, None, |b| {
+                b.add(&mut st.x, &st.h, m * h)
+            })?;
         }
         ex.set_layer(None);
         let lm_head = self.output.as_ref().unwrap_or(&self.embed);

@@ -133,7 +133,9 @@ pub const PRESETS: &[Preset] = &[
 pub fn preset(arch: Arch, name: &str) -> Result<&'static Preset> {
     PRESETS
         .iter()
-        .find(|p| p.arch == arch && (p.name == name || p.name.trim_start_matches("qwen2.5-") == name))
+        .find(|p| {
+            p.arch == arch && (p.name == name || p.name.trim_start_matches("qwen2.5-") == name)
+        })
         .ok_or_else(|| {
             let names: Vec<_> = PRESETS
                 .iter()
@@ -216,7 +218,7 @@ fn random(seed: u64, name: &str, len: usize, mean: f32, std: f32) -> Vec<f32> {
 
 /// llama.cpp's fallback when a row does not divide into the type's blocks.
 pub fn fallback_type(ty: GgmlType, cols: usize) -> GgmlType {
-    if cols % ty.block_size() == 0 {
+    if cols.is_multiple_of(ty.block_size()) {
         return ty;
     }
     let fb = match ty {
@@ -226,7 +228,7 @@ pub fn fallback_type(ty: GgmlType, cols: usize) -> GgmlType {
         GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
         _ => GgmlType::F16,
     };
-    if cols % fb.block_size() == 0 {
+    if cols.is_multiple_of(fb.block_size()) {
         fb
     } else {
         GgmlType::F16
@@ -291,7 +293,10 @@ pub struct SynthOptions<'a> {
 }
 
 fn strings(v: impl IntoIterator<Item = String>) -> Value {
-    Value::Array(ValueType::String, v.into_iter().map(Value::String).collect())
+    Value::Array(
+        ValueType::String,
+        v.into_iter().map(Value::String).collect(),
+    )
 }
 
 /// Build the GGUF of a synthetic model.
@@ -316,13 +321,25 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
     meta("general.type", Value::String("model".into()));
     meta(
         "general.name",
-        Value::String(format!("metallic synthetic {} (seed {})", p.name, opts.seed)),
+        Value::String(format!(
+            "metallic synthetic {} (seed {})",
+            p.name, opts.seed
+        )),
     );
     meta(&format!("{a}.block_count"), Value::U32(p.layers as u32));
     meta(&format!("{a}.context_length"), Value::U32(p.context as u32));
-    meta(&format!("{a}.embedding_length"), Value::U32(p.hidden as u32));
-    meta(&format!("{a}.feed_forward_length"), Value::U32(p.ffn as u32));
-    meta(&format!("{a}.attention.head_count"), Value::U32(p.heads as u32));
+    meta(
+        &format!("{a}.embedding_length"),
+        Value::U32(p.hidden as u32),
+    );
+    meta(
+        &format!("{a}.feed_forward_length"),
+        Value::U32(p.ffn as u32),
+    );
+    meta(
+        &format!("{a}.attention.head_count"),
+        Value::U32(p.heads as u32),
+    );
     meta(
         &format!("{a}.attention.head_count_kv"),
         Value::U32(p.kv_heads as u32),
@@ -334,7 +351,10 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
     );
     if p.arch == Arch::Llama {
         meta(&format!("{a}.vocab_size"), Value::U32(p.vocab as u32));
-        meta(&format!("{a}.rope.dimension_count"), Value::U32(head_dim as u32));
+        meta(
+            &format!("{a}.rope.dimension_count"),
+            Value::U32(head_dim as u32),
+        );
     }
     meta("general.file_type", Value::U32(file_type(opts.dtype)));
     meta("general.quantization_version", Value::U32(2));
@@ -372,13 +392,14 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
     }
 
     let seed = opts.seed;
-    let matrix = |w: &mut GgufWriter, name: &str, cols: usize, rows: usize, std: f32| -> Result<()> {
-        let ty = fallback_type(opts.dtype, cols);
-        let data = random(seed, name, cols * rows, 0.0, std);
-        let bytes = quant::quantize(ty, &data)?;
-        w.add_tensor(name, ty, &[cols as u64, rows as u64], bytes)?;
-        Ok(())
-    };
+    let matrix =
+        |w: &mut GgufWriter, name: &str, cols: usize, rows: usize, std: f32| -> Result<()> {
+            let ty = fallback_type(opts.dtype, cols);
+            let data = random(seed, name, cols * rows, 0.0, std);
+            let bytes = quant::quantize(ty, &data)?;
+            w.add_tensor(name, ty, &[cols as u64, rows as u64], bytes)?;
+            Ok(())
+        };
     let vector = |w: &mut GgufWriter, name: &str, len: usize, mean: f32, std: f32| -> Result<()> {
         let data = random(seed, name, len, mean, std);
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();

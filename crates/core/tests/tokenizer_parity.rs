@@ -55,9 +55,13 @@ struct Golden {
     plain: Vec<Option<Vec<u32>>>,
 }
 
-fn golden(name: &str) -> Golden {
+fn golden_json() -> &'static Value {
     static G: OnceLock<Value> = OnceLock::new();
-    let v = G.get_or_init(|| serde_json::from_str(&read(data_path("tokenizer_golden.json"))).unwrap());
+    G.get_or_init(|| serde_json::from_str(&read(data_path("tokenizer_golden.json"))).unwrap())
+}
+
+fn golden(name: &str) -> Golden {
+    let v = golden_json();
     let ids = |x: &Value| -> Vec<u32> {
         x.as_array()
             .unwrap()
@@ -66,7 +70,12 @@ fn golden(name: &str) -> Golden {
             .collect()
     };
     Golden {
-        special: v[name]["special"].as_array().unwrap().iter().map(ids).collect(),
+        special: v[name]["special"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect(),
         plain: v[name]["plain"]
             .as_array()
             .unwrap()
@@ -95,12 +104,19 @@ fn smollm2() -> &'static Tokenizer {
     })
 }
 
-/// What decode(encode(s)) gives back: `s` itself, or its NFC where the vocabulary normalises.
+/// What decode(encode(s)) gives back: `s` itself, or its NFC where the vocabulary normalises,
+/// less any byte the vocabulary has no token for (SmolLM2 lacks 21 of the 256, e.g. 0x1D and
+/// the 0xF1 lead byte; Hugging Face drops such bytes, so the rest may be invalid UTF-8).
 fn roundtrip_of(tok: &Tokenizer, s: &str) -> String {
-    match tok.pre_tokenizer() {
+    let text: String = match tok.pre_tokenizer() {
         PreTokenizerKind::Qwen2 => s.nfc().collect(),
         _ => s.to_string(),
+    };
+    if text.bytes().all(|b| tok.byte_id(b).is_some()) {
+        return text;
     }
+    let kept: Vec<u8> = text.bytes().filter(|&b| tok.byte_id(b).is_some()).collect();
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 fn show(s: &str) -> String {
@@ -111,18 +127,23 @@ fn show(s: &str) -> String {
     format!("{short:?} ({} bytes)", s.len())
 }
 
-/// Every corpus string, special parsing on and off, must give the reference ids.
+/// Every corpus string the golden covers (all, or the hand-picked prefix), special parsing on
+/// and off, must give the reference ids.
 fn assert_matches_golden(tok: &Tokenizer, name: &str) {
     let corpus = corpus();
     let g = golden(name);
-    assert_eq!(g.special.len(), corpus.len());
+    assert!(g.special.len() >= 300 && g.special.len() <= corpus.len());
     let mut failures = Vec::new();
-    for (i, s) in corpus.iter().enumerate() {
+    for (i, s) in corpus.iter().enumerate().take(g.special.len()) {
         let want_plain = g.plain[i].as_ref().unwrap_or(&g.special[i]);
         for (parse, want) in [(true, &g.special[i]), (false, want_plain)] {
             let got = tok.encode(s, parse);
             if &got != want {
-                let at = got.iter().zip(want.iter()).take_while(|(a, b)| a == b).count();
+                let at = got
+                    .iter()
+                    .zip(want.iter())
+                    .take_while(|(a, b)| a == b)
+                    .count();
                 failures.push(format!(
                     "#{i} parse_special={parse} {}: first difference at id {at}: got {:?} want {:?}",
                     show(s),
@@ -150,13 +171,82 @@ fn smollm2_ids_match_hf_tokenizers() {
     assert_matches_golden(smollm2(), "smollm2");
 }
 
+/// Llama 3's tokenizer.json shape (its regex with digit groups of three, no normaliser,
+/// `ignore_merges`) over the Qwen2 vocabulary, since no Llama 3 vocabulary is available
+/// offline. A few merges are removed (listed in the golden) so that some whole-word tokens
+/// are reachable only by skipping the merges.
+#[test]
+fn llama3_shaped_ids_match_hf_tokenizers() {
+    let json = read(repo_path("assets/qwen2/tokenizer.json"));
+    let mut spec = TokenizerSpec::from_hf_json(&json, Some(151_664)).unwrap();
+    let dropped: Vec<&str> = golden_json()["llama3_dropped_merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let before = spec.merges.len();
+    spec.merges
+        .retain(|m| !dropped.contains(&m.replace(' ', "").as_str()));
+    assert_eq!(spec.merges.len() + dropped.len(), before);
+    let tok = Tokenizer::from_spec(TokenizerSpec {
+        pre: "llama-bpe".into(),
+        ..spec
+    })
+    .unwrap();
+    assert_matches_golden(&tok, "llama3_qwen2_vocab");
+}
+
+/// The four pre-tokenizers split every corpus string (bar the big text) at the same places as
+/// the regexes do in `tokenizers` (Oniguruma).
+#[test]
+fn pre_tokenizers_split_like_hf_regexes() {
+    let pieces = &golden_json()["pieces"];
+    for (name, kind) in [
+        ("qwen2", PreTokenizerKind::Qwen2),
+        ("llama3", PreTokenizerKind::Llama3),
+        ("gpt2", PreTokenizerKind::Gpt2),
+        ("smollm", PreTokenizerKind::SmolLm),
+    ] {
+        let want = pieces[name].as_array().unwrap();
+        assert_eq!(want.len() + 1, corpus().len());
+        for (s, want) in corpus().iter().zip(want) {
+            let want: Vec<usize> = want
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as usize)
+                .collect();
+            let got: Vec<usize> = kind
+                .pieces(s)
+                .iter()
+                .scan(0, |end, p| {
+                    *end += p.len();
+                    Some(*end)
+                })
+                .collect();
+            assert_eq!(got, want, "{name} {}: {:?}", show(s), kind.pieces(s));
+        }
+    }
+}
+
 #[test]
 fn corpus_covers_what_it_should() {
     let c = corpus();
     assert!(c.len() >= 300, "{} strings", c.len());
     assert!(c.iter().any(|s| s.is_empty()));
     assert!(c.iter().any(|s| s.len() >= 100_000));
-    for needle in ["\u{feff}", "\0", "\u{3000}", "\u{85}", "\u{2028}", "\u{a0}", "\r", "👨‍👩‍👧‍👦", "<|im_sta"] {
+    for needle in [
+        "\u{feff}",
+        "\0",
+        "\u{3000}",
+        "\u{85}",
+        "\u{2028}",
+        "\u{a0}",
+        "\r",
+        "👨‍👩‍👧‍👦",
+        "<|im_sta",
+    ] {
         assert!(c.iter().any(|s| s.contains(needle)), "no {needle:?}");
     }
 }
@@ -168,7 +258,12 @@ fn decode_roundtrips_corpus() {
     for s in corpus() {
         for parse in [true, false] {
             for tok in [qwen2(), smollm2()] {
-                assert_eq!(tok.decode(&tok.encode(s, parse)), roundtrip_of(tok, s), "{}", show(s));
+                assert_eq!(
+                    tok.decode(&tok.encode(s, parse)),
+                    roundtrip_of(tok, s),
+                    "{}",
+                    show(s)
+                );
             }
         }
     }
@@ -185,10 +280,16 @@ fn stream_decoder_waits_for_complete_utf8() {
     let mut pieces = Vec::new();
     for &id in &ids {
         let out = dec.push(id).to_string();
-        assert!(!out.contains('\u{FFFD}'), "emitted an incomplete character: {out:?}");
+        assert!(
+            !out.contains('\u{FFFD}'),
+            "emitted an incomplete character: {out:?}"
+        );
         pieces.push(out);
     }
-    assert!(pieces.iter().any(String::is_empty), "never held bytes back: {pieces:?}");
+    assert!(
+        pieces.iter().any(String::is_empty),
+        "never held bytes back: {pieces:?}"
+    );
     assert_eq!(pieces.concat() + &dec.finish(), "👨‍👩‍👧‍👦!");
 
     // Streaming equals whole decoding on every corpus string.
@@ -207,10 +308,9 @@ fn stream_decoder_waits_for_complete_utf8() {
 #[test]
 fn stream_decoder_flushes_invalid_utf8_lossily() {
     let tok = qwen2();
-    // The byte tokens for 0xF0 0x9F (the start of a 4-byte character) and a lone 0xFF.
-    let lead = tok.encode("😀", true);
-    let first = lead[0];
-    assert_eq!(tok.token_bytes(first).unwrap()[0], 0xF0);
+    // The lead byte of a 4-byte character on its own.
+    let first = tok.byte_id(0xF0).unwrap();
+    assert_eq!(tok.token_bytes(first).unwrap(), [0xF0]);
     let mut dec = tok.stream_decoder();
     assert_eq!(dec.push(first), "");
     assert_eq!(dec.finish(), "\u{FFFD}");
@@ -269,7 +369,10 @@ fn unknown_pre_tokenizer_is_an_error() {
         model: "llama".into(),
         ..spec("qwen2")
     };
-    assert!(matches!(Tokenizer::from_spec(sp), Err(TokenizerError::UnsupportedModel(_))));
+    assert!(matches!(
+        Tokenizer::from_spec(sp),
+        Err(TokenizerError::UnsupportedModel(_))
+    ));
 }
 
 #[test]
@@ -278,7 +381,13 @@ fn malformed_specs_are_errors_not_panics() {
         model: "gpt2".into(),
         pre: "gpt-2".into(),
         tokens: vec!["a".into(), "b".into(), "ab".into()],
-        merges: vec!["a b".into(), "nonsense".into(), "x y".into(), " ".into(), "".into()],
+        merges: vec![
+            "a b".into(),
+            "nonsense".into(),
+            "x y".into(),
+            " ".into(),
+            "".into(),
+        ],
         ..Default::default()
     };
     let tok = Tokenizer::from_spec(base.clone()).unwrap();
@@ -292,10 +401,22 @@ fn malformed_specs_are_errors_not_panics() {
         f(&mut s);
         Tokenizer::from_spec(s)
     };
-    assert!(matches!(bad(&|s| s.bos_id = Some(3)), Err(TokenizerError::IdOutOfRange { .. })));
-    assert!(matches!(bad(&|s| s.add_bos = true), Err(TokenizerError::MissingSpecialId(_))));
-    assert!(matches!(bad(&|s| s.token_types = vec![1]), Err(TokenizerError::LengthMismatch { .. })));
-    assert!(matches!(bad(&|s| s.tokens.clear()), Err(TokenizerError::EmptyVocab)));
+    assert!(matches!(
+        bad(&|s| s.bos_id = Some(3)),
+        Err(TokenizerError::IdOutOfRange { .. })
+    ));
+    assert!(matches!(
+        bad(&|s| s.add_bos = true),
+        Err(TokenizerError::MissingSpecialId(_))
+    ));
+    assert!(matches!(
+        bad(&|s| s.token_types = vec![1]),
+        Err(TokenizerError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        bad(&|s| s.tokens.clear()),
+        Err(TokenizerError::EmptyVocab)
+    ));
     assert!(TokenizerSpec::from_hf_json("{", None).is_err());
     assert!(TokenizerSpec::from_hf_json("{}", None).is_err());
     assert!(TokenizerSpec::from_hf_json("[1,2]", None).is_err());
@@ -322,7 +443,10 @@ fn encode_with_bos_follows_the_flags() {
     assert_eq!(mk(false, false).encode_with_bos("a", true), [2]);
     assert_eq!(mk(true, true).encode("a", true), [2]);
     // SmolLM2's GGUF says add_bos_token = false.
-    assert_eq!(smollm2().encode_with_bos("hi", true), smollm2().encode("hi", true));
+    assert_eq!(
+        smollm2().encode_with_bos("hi", true),
+        smollm2().encode("hi", true)
+    );
 }
 
 #[test]
@@ -382,4 +506,50 @@ fn arbitrary_text_and_ids_never_panic() {
             assert_eq!(streamed, whole);
         }
     }
+}
+
+#[test]
+fn tokenizer_is_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Tokenizer>();
+    let tok = qwen2();
+    let strings: Vec<&String> = corpus().iter().take(200).collect();
+    let want: Vec<Vec<u32>> = strings.iter().map(|s| tok.encode(s, true)).collect();
+    // Encoders that find the shared memo busy use their own; results must not depend on it.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let tok = tok.clone();
+            let (strings, want) = (&strings, &want);
+            scope.spawn(move || {
+                for round in 0..3 {
+                    for (i, s) in strings.iter().enumerate().skip((t + round) % 3) {
+                        assert_eq!(&tok.encode(s, true), &want[i]);
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn tokenizer_config_supplies_special_ids() {
+    let json = read(repo_path("assets/qwen2/tokenizer.json"));
+    let mut spec = TokenizerSpec::from_hf_json(&json, Some(151_664)).unwrap();
+    assert_eq!(
+        (spec.bos_id, spec.eos_id, spec.add_bos),
+        (None, None, false)
+    );
+    spec.apply_hf_config(&read(repo_path("assets/qwen2/tokenizer_config.json")))
+        .unwrap();
+    // Qwen's tokenizer_config.json: eos <|im_end|>, pad <|endoftext|>, no BOS.
+    assert_eq!(spec.eos_id, Some(151_645));
+    assert_eq!(spec.padding_id, Some(151_643));
+    assert_eq!(spec.bos_id, None);
+    assert!(!spec.add_bos && !spec.add_eos);
+    assert_eq!(spec.token_types[151_643], 3);
+    assert_eq!(
+        spec.token_types[151_657], 4,
+        "<tool_call> is an added, non-special token"
+    );
+    assert_eq!(spec.pre, "qwen2");
 }

@@ -1,5 +1,6 @@
 //! Causal grouped-query attention over the f32 KV cache.
 
+use crate::shared_out::SharedOut;
 use metallic::backend::QkvLayout;
 use rayon::prelude::*;
 
@@ -28,11 +29,6 @@ pub fn kv_store(
     }
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 /// `out[i, h*hd..]` = softmax(q_h . K^T * scale) V over positions `0..=pos[i]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -49,12 +45,11 @@ pub fn attention(
     let width = l.row_width();
     let group = l.n_heads / l.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let optr = OutPtr(out.as_mut_ptr());
+    let optr = SharedOut::new(out);
     let out_width = l.n_heads * hd;
-    (0..m * l.n_heads).into_par_iter().for_each_init(
-        || Vec::<f32>::new(),
-        |scores, task| {
-            let optr = optr;
+    (0..m * l.n_heads)
+        .into_par_iter()
+        .for_each_init(Vec::<f32>::new, |scores, task| {
             let (i, h) = (task / l.n_heads, task % l.n_heads);
             let len = pos[i] as usize + 1;
             let kvh = h / group;
@@ -77,7 +72,7 @@ pub fn attention(
             let inv = 1.0 / sum;
             // SAFETY: each (row, head) task owns its own hd-wide slice of out.
             let o = unsafe {
-                std::slice::from_raw_parts_mut(optr.0.add(i * out_width + h * hd), hd)
+                std::slice::from_raw_parts_mut(optr.ptr().add(i * out_width + h * hd), hd)
             };
             o.fill(0.0);
             for (t, &p) in scores.iter().enumerate() {
@@ -87,6 +82,5 @@ pub fn attention(
                     *oj += w * vj;
                 }
             }
-        },
-    );
+        });
 }

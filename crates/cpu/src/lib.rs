@@ -6,6 +6,7 @@ mod elementwise;
 mod linear;
 pub mod matmul;
 mod rope;
+mod shared_out;
 mod tensor;
 
 use std::time::Instant;
@@ -35,21 +36,30 @@ pub struct CpuSampler {
 fn f32s<'a>(t: &'a CpuTensor, what: &str) -> Result<&'a [f32]> {
     match t {
         CpuTensor::F32(v) => Ok(v),
-        _ => Err(Error::backend("cpu", format!("{what}: expected an f32 tensor"))),
+        _ => Err(Error::backend(
+            "cpu",
+            format!("{what}: expected an f32 tensor"),
+        )),
     }
 }
 
 fn f32s_mut<'a>(t: &'a mut CpuTensor, what: &str) -> Result<&'a mut [f32]> {
     match t {
         CpuTensor::F32(v) => Ok(v),
-        _ => Err(Error::backend("cpu", format!("{what}: expected an f32 tensor"))),
+        _ => Err(Error::backend(
+            "cpu",
+            format!("{what}: expected an f32 tensor"),
+        )),
     }
 }
 
 fn i32s<'a>(t: &'a CpuTensor, what: &str) -> Result<&'a [i32]> {
     match t {
         CpuTensor::I32(v) => Ok(v),
-        _ => Err(Error::backend("cpu", format!("{what}: expected an i32 tensor"))),
+        _ => Err(Error::backend(
+            "cpu",
+            format!("{what}: expected an i32 tensor"),
+        )),
     }
 }
 
@@ -160,7 +170,11 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::F32(v))
     }
 
-    fn upload_linear(&self, parts: &[WeightView], biases: Option<&[WeightView]>) -> Result<CpuLinear> {
+    fn upload_linear(
+        &self,
+        parts: &[WeightView],
+        biases: Option<&[WeightView]>,
+    ) -> Result<CpuLinear> {
         let bias = match biases {
             None => None,
             Some(bs) => {
@@ -205,7 +219,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn embed(&self, table: &CpuLinear, ids: &CpuTensor, m: usize, out: &mut CpuTensor) -> Result<()> {
+    fn embed(
+        &self,
+        table: &CpuLinear,
+        ids: &CpuTensor,
+        m: usize,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
         let ids = i32s(ids, "embed ids")?;
         let out = f32s_mut(out, "embed out")?;
         let k = table.info.k;
@@ -250,12 +270,22 @@ impl Backend for CpuBackend {
         0
     }
 
-    fn matmul(&self, imp: usize, x: &CpuTensor, w: &CpuLinear, m: usize, out: &mut CpuTensor) -> Result<()> {
+    fn matmul(
+        &self,
+        imp: usize,
+        x: &CpuTensor,
+        w: &CpuLinear,
+        m: usize,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
         let x = f32s(x, "matmul x")?;
         let out = f32s_mut(out, "matmul out")?;
         match imp {
             0 => self.pool.install(|| matmul::gemv(x, w, m, out)),
-            _ => Err(Error::backend("cpu", format!("no matmul implementation #{imp}"))),
+            _ => Err(Error::backend(
+                "cpu",
+                format!("no matmul implementation #{imp}"),
+            )),
         }
     }
 
@@ -323,13 +353,16 @@ impl Backend for CpuBackend {
         let (k, v) = (f32s(&cache.k, "k cache")?, f32s(&cache.v, "v cache")?);
         let out = f32s_mut(out, "attention out")?;
         check_len("attention qkv", qkv.len(), m * layout.row_width())?;
-        check_len("attention out", out.len(), m * layout.n_heads * layout.head_dim)?;
+        check_len(
+            "attention out",
+            out.len(),
+            m * layout.n_heads * layout.head_dim,
+        )?;
         let need = layout.n_kv_heads * capacity * layout.head_dim;
         check_len("k cache", k.len(), need)?;
         check_len("v cache", v.len(), need)?;
-        self.pool.install(|| {
-            attention::attention(qkv, k, v, capacity, pos, m, layout, out)
-        });
+        self.pool
+            .install(|| attention::attention(qkv, k, v, capacity, pos, m, layout, out));
         Ok(())
     }
 
@@ -392,7 +425,8 @@ impl Backend for CpuBackend {
         let l = f32s(logits, "sample logits")?;
         check_len("sample logits", l.len(), (row + 1) * vocab)?;
         s.scratch.resize(vocab, 0.0);
-        s.scratch.copy_from_slice(&l[row * vocab..(row + 1) * vocab]);
+        s.scratch
+            .copy_from_slice(&l[row * vocab..(row + 1) * vocab]);
         let tok = s.sampler.sample(&mut s.scratch)?;
         s.sampler.accept(tok);
         self.write_i32(ids, 0, &[tok as i32])

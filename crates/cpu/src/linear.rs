@@ -27,9 +27,9 @@ pub struct CpuLinear {
 
 impl CpuLinear {
     pub fn new(parts: &[WeightView], bias: Option<Vec<f32>>) -> Result<CpuLinear> {
-        let first = parts
-            .first()
-            .ok_or_else(|| Error::InvalidArgument("a linear layer needs at least one part".into()))?;
+        let first = parts.first().ok_or_else(|| {
+            Error::InvalidArgument("a linear layer needs at least one part".into())
+        })?;
         let k = first.cols();
         let mut out = Vec::with_capacity(parts.len());
         let mut n = 0;
@@ -50,7 +50,10 @@ impl CpuLinear {
             }
             let row_bytes = ty.row_bytes(k).ok_or_else(|| Error::Weight {
                 name: p.name().into(),
-                reason: format!("row length {k} is not a multiple of the {} block", ty.name()),
+                reason: format!(
+                    "row length {k} is not a multiple of the {} block",
+                    ty.name()
+                ),
             })?;
             if p.bytes().len() != row_bytes * p.rows() {
                 return Err(Error::Weight {

@@ -3,6 +3,7 @@
 //! `gemv` dequantises each weight row once and dots it with every activation
 //! row; it is the reference every faster kernel is tested against.
 
+use crate::shared_out::SharedOut;
 use metallic::backend::{MatmulImpl, MatmulShape};
 use metallic::error::{Error, Result};
 use metallic_gguf::{quant, GgmlType};
@@ -39,12 +40,6 @@ pub const IMPLS: &[MatmulImpl] = &[MatmulImpl {
     supports: gemv_supports,
 }];
 
-/// Raw output pointer shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent accumulators let the compiler vectorise the loop.
@@ -70,27 +65,24 @@ pub fn gemv(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
             "matmul buffers too small for m={m} n={n} k={k}"
         )));
     }
-    let optr = OutPtr(out.as_mut_ptr());
+    let optr = SharedOut::new(out);
     const ROWS: usize = 16;
     let n_chunks = n.div_ceil(ROWS);
-    (0..n_chunks)
-        .into_par_iter()
-        .try_for_each_init(
-            || vec![0.0f32; k],
-            |row, c| -> Result<()> {
-                let optr = optr;
-                for r in c * ROWS..((c + 1) * ROWS).min(n) {
-                    let (part, pr) = w.locate(r).expect("row within n");
-                    quant::dequantize(part.ty, part.row(pr), row).map_err(Error::from)?;
-                    let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
-                    for i in 0..m {
-                        let v = dot(&x[i * k..(i + 1) * k], row) + b;
-                        // SAFETY: column r of every row is written by this task only,
-                        // and i * n + r < m * n <= out.len() (checked above).
-                        unsafe { *optr.0.add(i * n + r) = v };
-                    }
+    (0..n_chunks).into_par_iter().try_for_each_init(
+        || vec![0.0f32; k],
+        |row, c| -> Result<()> {
+            for r in c * ROWS..((c + 1) * ROWS).min(n) {
+                let (part, pr) = w.locate(r).expect("row within n");
+                quant::dequantize(part.ty, part.row(pr), row).map_err(Error::from)?;
+                let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
+                for i in 0..m {
+                    let v = dot(&x[i * k..(i + 1) * k], row) + b;
+                    // SAFETY: column r of every row is written by this task only,
+                    // and i * n + r < m * n <= out.len() (checked above).
+                    unsafe { *optr.ptr().add(i * n + r) = v };
                 }
-                Ok(())
-            },
-        )
+            }
+            Ok(())
+        },
+    )
 }

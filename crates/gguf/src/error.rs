@@ -13,17 +13,17 @@ use crate::value::ValueType;
 /// Everything that can go wrong reading, validating, writing or (de)quantising GGUF data.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    /// Opening, mapping or writing a file failed.
-    #[error("{path}: {source}")]
+    /// Opening, mapping or writing a file failed. (The I/O error is part of the message rather
+    /// than a `source()`, so error chains do not print it twice.)
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// Writing to a stream failed.
     #[error("write failed: {0}")]
-    Write(#[source] std::io::Error),
+    Write(std::io::Error),
 
     /// The first four bytes are not `GGUF`.
     #[error("bad magic {found:02x?} at offset 0: not a GGUF file (expected the bytes \"GGUF\")")]
@@ -46,7 +46,7 @@ pub enum GgufError {
 
     /// A count (of metadata entries, tensors, array elements) that cannot possibly fit in the
     /// bytes left in the file. Checked before anything is allocated for it.
-    #[error("{field} at offset {offset} claims {count} entries, but the {remaining} bytes left can hold at most {max}")]
+    #[error("{field} at offset {offset} claims {count} entries, but the {remaining} bytes left in the file can hold at most {max} (truncated or corrupt file)")]
     CountTooLarge {
         field: String,
         offset: u64,

@@ -43,9 +43,14 @@ impl TensorInfo {
         self.dims.first().copied().unwrap_or(1)
     }
 
-    /// Number of rows (product of the outer dims).
+    /// Number of rows (product of the outer dims; saturates for an info not read from a file,
+    /// whose dims were never checked).
     pub fn n_rows(&self) -> u64 {
-        self.dims.iter().skip(1).product()
+        self.dims
+            .iter()
+            .skip(1)
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 
     /// Bytes per row.
@@ -100,9 +105,9 @@ impl GgufFile {
     /// read; tensor data is paged in when used.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io {
+        let io = |error| GgufError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
@@ -253,6 +258,12 @@ impl GgufFile {
     }
 }
 
+// Models are shared between threads (CPU backend workers); keep the file Send + Sync.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<GgufFile>();
+};
+
 /// `(start, end)` of tensor data as `usize` indices when it lies inside a buffer of `len`.
 fn data_range(data_offset: u64, offset: u64, n_bytes: u64, len: usize) -> Option<(usize, usize)> {
     let start = data_offset.checked_add(offset)?;
@@ -289,13 +300,9 @@ fn parse(buf: &[u8]) -> Result<Parsed, GgufError> {
     let n_kv_at = cur.offset();
     let n_kv = cur.u64(Field::Header("metadata_kv_count"))?;
 
-    // Both counts share the rest of the file; reject absurd ones before reading anything.
-    cur.check_count(
-        n_tensors,
-        MIN_TENSOR_INFO_SIZE,
-        n_tensors_at,
-        Field::Header("tensor_count"),
-    )?;
+    // Bound each count by the bytes left before allocating for it. (The tensor count is
+    // checked after the metadata, against what is left then, so that a truncated file reports
+    // where it ends rather than an implausible tensor count.)
     let n_kv = cur.check_count(
         n_kv,
         MIN_KV_SIZE,

@@ -216,7 +216,7 @@ impl<'a> GgufWriter<'a> {
             pos = offsets[i] + t.data.len() as u64;
         }
         write_zeros(w, data_len.saturating_sub(pos))?;
-        Ok(header.len() as u64 + data_len)
+        Ok((header.len() as u64).saturating_add(data_len))
     }
 
     /// The whole file in memory.
@@ -229,9 +229,9 @@ impl<'a> GgufWriter<'a> {
     /// Writes the file to `path` (created or truncated).
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<(), GgufError> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io {
+        let io = |error| GgufError::Io {
             path: path.to_owned(),
-            source,
+            error,
         };
         let mut w = BufWriter::new(File::create(path).map_err(io)?);
         self.write_to(&mut w)?;

@@ -229,7 +229,11 @@ mod tests {
         bytes[b'a' as usize] = 0;
         bytes[b'b' as usize] = 1;
         bytes[b'c' as usize] = 2;
-        Bpe::new(bytes, [(1, 2, 4), (0, 1, 3), (0, 4, 5), (0, 0, 6), (6, 6, 7)], None)
+        Bpe::new(
+            bytes,
+            [(1, 2, 4), (0, 1, 3), (0, 4, 5), (0, 0, 6), (6, 6, 7)],
+            None,
+        )
     }
 
     fn both(bpe: &Bpe, word: &[u8]) -> Vec<u32> {

@@ -70,6 +70,7 @@ pub(super) fn piece_to_bytes(piece: &str) -> Option<Vec<u8>> {
 }
 
 /// Spell raw bytes in the byte alphabet (the inverse of [`piece_to_bytes`]).
+#[cfg(test)]
 pub(super) fn bytes_to_piece(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| BYTE_TO_CHAR[b as usize]).collect()
 }

@@ -28,11 +28,19 @@ pub enum TokenizerError {
 
     /// Parallel per-token arrays disagree in length.
     #[error("{field} has {got} entries but the vocabulary has {expected} tokens")]
-    LengthMismatch { field: &'static str, expected: usize, got: usize },
+    LengthMismatch {
+        field: &'static str,
+        expected: usize,
+        got: usize,
+    },
 
     /// A special-token id (bos, eos, ...) points outside the vocabulary.
     #[error("{field} = {id} is outside the vocabulary of {vocab_size} tokens")]
-    IdOutOfRange { field: &'static str, id: u32, vocab_size: usize },
+    IdOutOfRange {
+        field: &'static str,
+        id: u32,
+        vocab_size: usize,
+    },
 
     /// `add_bos`/`add_eos` is set but the matching token id is not.
     #[error("{0} is requested but its token id is not set")]

@@ -68,7 +68,10 @@ fn detect_pre(pre: &Value) -> Result<&'static str, TokenizerError> {
     name.ok_or_else(|| {
         let mut shown = pre.to_string();
         if shown.len() > 300 {
-            let cut = (0..=300).rev().find(|&i| shown.is_char_boundary(i)).unwrap_or(0);
+            let cut = (0..=300)
+                .rev()
+                .find(|&i| shown.is_char_boundary(i))
+                .unwrap_or(0);
             shown.truncate(cut);
             shown.push('…');
         }
@@ -86,7 +89,9 @@ fn template_specials(post: &Value) -> (Option<u32>, Option<u32>) {
             .map(template_specials)
             .fold((None, None), |acc, x| (acc.0.or(x.0), acc.1.or(x.1))),
         Some("TemplateProcessing") => {
-            let id_of = |name: &Value| post["special_tokens"][name.as_str().unwrap_or("")]["ids"][0].as_u64();
+            let id_of = |name: &Value| {
+                post["special_tokens"][name.as_str().unwrap_or("")]["ids"][0].as_u64()
+            };
             let (mut bos, mut eos, mut seen_sequence) = (None, None, false);
             for item in post["single"].as_array().into_iter().flatten() {
                 if item.get("Sequence").is_some() {
@@ -224,11 +229,10 @@ impl TokenizerSpec {
                 },
                 _ => return Ok(None),
             };
-            let id = self
-                .tokens
-                .iter()
-                .position(|t| t == text)
-                .ok_or_else(|| malformed(field, format!("{text:?} is not in the vocabulary")))?;
+            let id =
+                self.tokens.iter().position(|t| t == text).ok_or_else(|| {
+                    malformed(field, format!("{text:?} is not in the vocabulary"))
+                })?;
             Ok(Some(id as u32))
         };
         let bos = lookup("bos_token")?;
@@ -264,10 +268,14 @@ mod tests {
 
     #[test]
     fn tokenizer_json_becomes_gguf_layout() {
-        let pre = r#"{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}"#;
+        let pre =
+            r#"{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}"#;
         let spec = TokenizerSpec::from_hf_json(&tiny(pre), None).unwrap();
         assert_eq!(spec.pre, "gpt-2");
-        assert_eq!(spec.tokens, ["a", "b", "ab", "[PAD3]", "[PAD4]", "<|s|>", "[PAD6]", "<u>"]);
+        assert_eq!(
+            spec.tokens,
+            ["a", "b", "ab", "[PAD3]", "[PAD4]", "<|s|>", "[PAD6]", "<u>"]
+        );
         assert_eq!(spec.token_types, [1, 1, 1, 5, 5, 3, 5, 4]);
         assert_eq!(spec.merges, ["a b"]);
         let capped = TokenizerSpec::from_hf_json(&tiny(pre), Some(6)).unwrap();

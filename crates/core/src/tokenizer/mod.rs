@@ -12,6 +12,7 @@ mod bpe;
 mod byte_level;
 mod error;
 mod fx_hash;
+mod gguf;
 mod hf_json;
 mod normalize;
 mod pretokenize;
@@ -93,6 +94,11 @@ fn is_literal_type(ty: i32) -> bool {
 }
 
 impl Tokenizer {
+    /// Build from GGUF metadata (`tokenizer.ggml.*`).
+    pub fn from_gguf(file: &metallic_gguf::GgufFile) -> Result<Tokenizer, TokenizerError> {
+        Self::from_spec(TokenizerSpec::from_gguf(file)?)
+    }
+
     /// Build from a spec: validates ids and lengths, resolves merges to id pairs (merges that
     /// name pieces outside the vocabulary are skipped), and picks the pre-tokenizer.
     pub fn from_spec(spec: TokenizerSpec) -> Result<Tokenizer, TokenizerError> {
@@ -151,7 +157,10 @@ impl Tokenizer {
         let mut offsets = Vec::with_capacity(n + 1);
         offsets.push(0u32);
         for (piece, &ty) in pieces.iter().zip(&token_types) {
-            match (!is_literal_type(ty)).then(|| byte_level::piece_to_bytes(piece)).flatten() {
+            match (!is_literal_type(ty))
+                .then(|| byte_level::piece_to_bytes(piece))
+                .flatten()
+            {
                 Some(b) => bytes.extend_from_slice(&b),
                 None => bytes.extend_from_slice(piece.as_bytes()),
             }
@@ -277,16 +286,18 @@ impl Tokenizer {
             Some(s) => s,
             None => local.insert(EncodeState::default()),
         };
-        inner.added.split(text, parse_special, &mut |segment| match segment {
-            Segment::Token(id) => out.push(id),
-            Segment::Text(t) => {
-                if inner.pre.normalizes_nfc() {
-                    inner.encode_text(&normalize::nfc(t), out, state);
-                } else {
-                    inner.encode_text(t, out, state);
+        inner
+            .added
+            .split(text, parse_special, &mut |segment| match segment {
+                Segment::Token(id) => out.push(id),
+                Segment::Text(t) => {
+                    if inner.pre.normalizes_nfc() {
+                        inner.encode_text(&normalize::nfc(t), out, state);
+                    } else {
+                        inner.encode_text(t, out, state);
+                    }
                 }
-            }
-        });
+            });
     }
 
     /// Text of `ids`: their bytes concatenated, invalid UTF-8 replaced by U+FFFD. Exact for
@@ -317,6 +328,12 @@ impl Tokenizer {
         let start = *inner.offsets.get(i)? as usize;
         let end = *inner.offsets.get(i + 1)? as usize;
         inner.bytes.get(start..end)
+    }
+
+    /// The token of a single raw byte, if the vocabulary has one (byte-level vocabularies
+    /// usually have all 256; SmolLM2's lacks 21, which encoding then drops).
+    pub fn byte_id(&self, b: u8) -> Option<u32> {
+        self.inner.bpe.byte_id(b)
     }
 
     /// The vocabulary entry of `id` as stored (byte-level spelling, e.g. `"Ġthe"`).

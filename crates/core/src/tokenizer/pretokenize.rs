@@ -77,9 +77,16 @@ impl PreTokenizerKind {
         self == Self::Llama3
     }
 
+    /// The pieces of `text` (no normalisation applied), for inspection and tests.
+    pub fn pieces(self, text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        self.split(text, &mut |p| out.push(p));
+        out
+    }
+
     /// Call `f` with each piece of `text`, in order. The pieces concatenate to `text`.
     #[inline]
-    pub(super) fn split(self, text: &str, f: &mut impl FnMut(&str)) {
+    pub(super) fn split<'a>(self, text: &'a str, f: &mut impl FnMut(&'a str)) {
         match self {
             Self::Gpt2 => split_with(text, f, gpt2_match),
             Self::Qwen2 => split_with(text, f, |s, i| llama3_match(s, i, 1)),
@@ -90,7 +97,7 @@ impl PreTokenizerKind {
 }
 
 #[inline]
-fn split_with(text: &str, f: &mut impl FnMut(&str), next: impl Fn(&str, usize) -> usize) {
+fn split_with<'a>(text: &'a str, f: &mut impl FnMut(&'a str), next: impl Fn(&str, usize) -> usize) {
     let mut i = 0;
     while i < text.len() {
         let end = next(text, i);
@@ -99,7 +106,7 @@ fn split_with(text: &str, f: &mut impl FnMut(&str), next: impl Fn(&str, usize) -
     }
 }
 
-fn split_digits_then_gpt2(text: &str, f: &mut impl FnMut(&str)) {
+fn split_digits_then_gpt2<'a>(text: &'a str, f: &mut impl FnMut(&'a str)) {
     let mut stretch = 0;
     let mut i = 0;
     while i < text.len() {
@@ -160,7 +167,11 @@ fn contraction(s: &str, j: usize, fold: bool) -> Option<usize> {
     };
     let second = |want: u8| {
         let b = *s.as_bytes().get(j + 1)?;
-        let ok = if fold { b.to_ascii_lowercase() == want } else { b == want };
+        let ok = if fold {
+            b.to_ascii_lowercase() == want
+        } else {
+            b == want
+        };
         ok.then_some(j + 2)
     };
     match lower {

@@ -1,0 +1,23 @@
+//! Running a command on the backend the user chose.
+
+use anyhow::{Context, Result};
+use metallic::backend::Backend;
+use metallic_cpu::CpuBackend;
+
+use crate::common::Device;
+
+/// A command body that works on any backend.
+pub trait OnBackend {
+    type Out;
+    fn run<B: Backend>(self, backend: B) -> Result<Self::Out>;
+}
+
+pub fn on_device<W: OnBackend>(device: Device, threads: usize, work: W) -> Result<W::Out> {
+    match device {
+        Device::Cpu => {
+            let b = CpuBackend::new(threads).context("starting the CPU backend")?;
+            work.run(b)
+        }
+        Device::Cuda => anyhow::bail!("the CUDA backend is not part of this build yet"),
+    }
+}
