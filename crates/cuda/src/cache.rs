@@ -51,7 +51,9 @@ impl KernelCache {
     }
 
     pub fn path(&self, name: &str, key: u64) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{name}-{key:016x}.cubin")))
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{name}-{key:016x}.cubin")))
     }
 
     /// The cached module, or `None` when absent or damaged (a damaged file is removed).

@@ -52,6 +52,7 @@ pub const SAMPLE: KernelSource = KernelSource {
     text: include_str!("../kernels/sample.cu"),
 };
 
+#[cfg(test)]
 pub const ALL: &[&KernelSource] = &[
     &GEMV,
     &DEQUANT,
@@ -99,6 +100,8 @@ pub fn options(major: i32, minor: i32, verbose: bool) -> Vec<String> {
 /// A compiled module and NVRTC's log (ptxas resource usage when verbose).
 pub struct Compiled {
     pub cubin: Vec<u8>,
+    /// Read by tests and when tuning kernels (ptxas resource usage).
+    #[allow(dead_code)]
     pub log: String,
 }
 
@@ -137,4 +140,31 @@ fn cubin(prog: nvrtc_sys::nvrtcProgram) -> CudaResult<Vec<u8>> {
         .result()
         .ctx("nvrtcGetCUBIN")?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel file must compile for Hopper (sm_90) and for the oldest
+    /// supported architecture (sm_75). Needs only NVRTC, no GPU: skipped with
+    /// a message where NVRTC cannot be found.
+    #[test]
+    fn every_kernel_compiles_for_hopper_and_turing() {
+        if let Err(e) = crate::probe::nvrtc() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        for (major, minor) in [(9, 0), (7, 5)] {
+            for src in ALL {
+                let c = compile(src, major, minor, true).unwrap_or_else(|e| {
+                    panic!("kernels/{}.cu for sm_{major}{minor}: {e}", src.name)
+                });
+                assert!(!c.cubin.is_empty());
+                if std::env::var_os("METALLIC_PTXAS_LOG").is_some() {
+                    eprintln!("== {} sm_{major}{minor}\n{}", src.name, c.log);
+                }
+            }
+        }
+    }
 }

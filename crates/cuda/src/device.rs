@@ -134,10 +134,12 @@ impl Device {
         // Tensors here are raw allocations; cudarc's per-slice event tracking
         // would record events inside captured graphs.
         unsafe { ctx.disable_event_tracking() };
-        let attr = |a| ctx.attribute(a).map_err(|e| CudaError::Driver {
-            context: "reading a device attribute",
-            source: e,
-        });
+        let attr = |a| {
+            ctx.attribute(a).map_err(|e| CudaError::Driver {
+                context: "reading a device attribute",
+                source: e,
+            })
+        };
         use sys::CUdevice_attribute as A;
         let cc = (
             attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
@@ -318,7 +320,12 @@ impl Device {
         }
         check(
             unsafe {
-                sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr() as *const c_void, src.len(), self.stream.0)
+                sys::cuMemcpyHtoDAsync_v2(
+                    dst,
+                    src.as_ptr() as *const c_void,
+                    src.len(),
+                    self.stream.0,
+                )
             },
             "cuMemcpyHtoDAsync",
         )
@@ -338,7 +345,12 @@ impl Device {
             let staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
             check(
                 unsafe {
-                    sys::cuMemcpyDtoHAsync_v2(staging.0 as *mut c_void, src, dst.len(), self.stream.0)
+                    sys::cuMemcpyDtoHAsync_v2(
+                        staging.0 as *mut c_void,
+                        src,
+                        dst.len(),
+                        self.stream.0,
+                    )
                 },
                 "cuMemcpyDtoHAsync",
             )?;
@@ -348,22 +360,17 @@ impl Device {
         } else {
             check(
                 unsafe {
-                    sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr() as *mut c_void, src, dst.len(), self.stream.0)
+                    sys::cuMemcpyDtoHAsync_v2(
+                        dst.as_mut_ptr() as *mut c_void,
+                        src,
+                        dst.len(),
+                        self.stream.0,
+                    )
                 },
                 "cuMemcpyDtoHAsync",
             )?;
             self.synchronize()
         }
-    }
-
-    pub fn memset_zero(&self, dst: u64, bytes: usize) -> CudaResult<()> {
-        if !self.note(&[0x5E70, dst, bytes as u64]) || bytes == 0 {
-            return Ok(());
-        }
-        check(
-            unsafe { sys::cuMemsetD8Async(dst, 0, bytes, self.stream.0) },
-            "cuMemsetD8Async",
-        )
     }
 
     pub fn synchronize(&self) -> CudaResult<()> {
@@ -457,9 +464,17 @@ impl DeviceBuffer {
         Ok(b)
     }
 
+    /// A zero-filled buffer. The fill is enqueued even during the dry run of a
+    /// replayable step (buffers made lazily there, such as attention scratch,
+    /// must start zeroed); allocating during a capture is refused earlier.
     pub fn zeroed(dev: &Arc<Device>, bytes: usize, what: &str) -> CudaResult<DeviceBuffer> {
         let b = DeviceBuffer::new(dev, bytes, what)?;
-        dev.memset_zero(b.ptr, bytes.max(1).div_ceil(256) * 256)?;
+        check(
+            unsafe {
+                sys::cuMemsetD8Async(b.ptr, 0, bytes.max(1).div_ceil(256) * 256, dev.stream.0)
+            },
+            "cuMemsetD8Async",
+        )?;
         Ok(b)
     }
 }

@@ -73,7 +73,10 @@ impl Graphs {
             let map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = map.get(&key) {
                 if e.fingerprint == fp {
-                    check(unsafe { sys::cuGraphLaunch(e.exec, dev.stream.0) }, "cuGraphLaunch")?;
+                    check(
+                        unsafe { sys::cuGraphLaunch(e.exec, dev.stream.0) },
+                        "cuGraphLaunch",
+                    )?;
                     self.replays.fetch_add(1, Relaxed);
                     return Ok(());
                 }
@@ -130,7 +133,10 @@ impl Graphs {
             graph,
             exec,
         };
-        check(unsafe { sys::cuGraphLaunch(entry.exec, dev.stream.0) }, "cuGraphLaunch")?;
+        check(
+            unsafe { sys::cuGraphLaunch(entry.exec, dev.stream.0) },
+            "cuGraphLaunch",
+        )?;
         self.captures.fetch_add(1, Relaxed);
         self.by_key
             .lock()
@@ -140,6 +146,9 @@ impl Graphs {
     }
 
     pub fn clear(&self) {
-        self.by_key.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }

@@ -76,7 +76,12 @@ fn load_image(image: &[u8]) -> Option<Module> {
 
 /// Load one kernel file: from the cache when a valid entry exists, else
 /// compiled by NVRTC (and then cached).
-fn load_module(src: &KernelSource, dev: &Device, cache: &KernelCache, nvrtc: (i32, i32)) -> CudaResult<Module> {
+fn load_module(
+    src: &KernelSource,
+    dev: &Device,
+    cache: &KernelCache,
+    nvrtc: (i32, i32),
+) -> CudaResult<Module> {
     let key = cache_key(src, dev, nvrtc);
     if let Some(image) = cache.load(src.name, key) {
         if let Some(m) = load_image(&image) {
@@ -183,7 +188,9 @@ impl Kernels {
             sample_argmax: function(&sample_m, "sample_argmax")?,
             sample_filter,
             sampler_accept: function(&sample_m, "sampler_accept")?,
-            _modules: vec![gemv_m, dequant_m, norm_m, rope_m, kv_m, attn_m, elem_m, sample_m],
+            _modules: vec![
+                gemv_m, dequant_m, norm_m, rope_m, kv_m, attn_m, elem_m, sample_m,
+            ],
         })
     }
 }

@@ -48,8 +48,8 @@ pub use crate::linear::CudaLinear;
 use crate::matmul::Blas;
 pub use crate::sampler::CudaSampler;
 pub use crate::tensor::CudaTensor;
-use crate::timing::EventPool;
 pub use crate::timing::CudaMark;
+use crate::timing::EventPool;
 
 /// Rows of queries one prefill attention block handles (one warp each).
 const ATTN_PREFILL_ROWS: usize = 8;
@@ -112,12 +112,17 @@ impl CudaBackend {
     /// Graphs captured and replayed so far.
     pub fn graph_stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.graphs.captures.load(Relaxed), self.graphs.replays.load(Relaxed))
+        (
+            self.graphs.captures.load(Relaxed),
+            self.graphs.replays.load(Relaxed),
+        )
     }
 
     fn attn_scratch(&self, heads: usize, floats: usize) -> CudaResult<(u64, u64)> {
         let mut g = self.attn.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = g.as_ref().is_some_and(|s| s.part_floats >= floats && s.heads >= heads);
+        let fits = g
+            .as_ref()
+            .is_some_and(|s| s.part_floats >= floats && s.heads >= heads);
         if !fits {
             *g = None;
             let part = DeviceBuffer::new(&self.dev, floats * 4, "attention partials")?;
@@ -152,7 +157,8 @@ impl Backend for CudaBackend {
     fn device_description(&self) -> String {
         let (_, total) = self.dev.mem_info();
         format!(
-            "{} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{})",
+            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{})",
+            self.dev.ordinal,
             self.dev.name,
             self.dev.cc.0,
             self.dev.cc.1,
@@ -192,7 +198,11 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn upload_linear(&self, parts: &[WeightView], biases: Option<&[WeightView]>) -> Result<CudaLinear> {
+    fn upload_linear(
+        &self,
+        parts: &[WeightView],
+        biases: Option<&[WeightView]>,
+    ) -> Result<CudaLinear> {
         Ok(linear::upload(&self.dev, parts, biases)?)
     }
 
@@ -202,7 +212,8 @@ impl Backend for CudaBackend {
 
     fn write_i32(&self, dst: &mut CudaTensor, offset: usize, src: &[i32]) -> Result<()> {
         let p = dst.ptr_of(DType::I32, offset + src.len(), "write_i32")?;
-        let bytes: &[u8] = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, src.len() * 4) };
+        let bytes: &[u8] =
+            unsafe { std::slice::from_raw_parts(src.as_ptr() as *const u8, src.len() * 4) };
         self.dev.bind()?;
         self.dev.copy_htod(p + 4 * offset as u64, bytes)?;
         Ok(())
@@ -210,7 +221,8 @@ impl Backend for CudaBackend {
 
     fn read_f32(&self, src: &CudaTensor, offset: usize, out: &mut [f32]) -> Result<()> {
         let p = src.ptr_of(DType::F32, offset + out.len(), "read_f32")?;
-        let bytes: &mut [u8] = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
+        let bytes: &mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
         self.dev.bind()?;
         self.dev.copy_dtoh(bytes, p + 4 * offset as u64)?;
         Ok(())
@@ -218,13 +230,20 @@ impl Backend for CudaBackend {
 
     fn read_i32(&self, src: &CudaTensor, offset: usize, out: &mut [i32]) -> Result<()> {
         let p = src.ptr_of(DType::I32, offset + out.len(), "read_i32")?;
-        let bytes: &mut [u8] = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
+        let bytes: &mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
         self.dev.bind()?;
         self.dev.copy_dtoh(bytes, p + 4 * offset as u64)?;
         Ok(())
     }
 
-    fn embed(&self, table: &CudaLinear, ids: &CudaTensor, m: usize, out: &mut CudaTensor) -> Result<()> {
+    fn embed(
+        &self,
+        table: &CudaLinear,
+        ids: &CudaTensor,
+        m: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         let k = table.info.k;
         let idp = ids.ptr_of(DType::I32, m, "embed ids")?;
         let op = out.ptr_of(DType::F32, m * k, "embed out")?;
@@ -232,7 +251,11 @@ impl Backend for CudaBackend {
             return Err(invalid("embedding table of several parts"));
         };
         self.dev.bind()?;
-        let threads = if seg.ty.is_quantized() { m * (k / 32) } else { m * k };
+        let threads = if seg.ty.is_quantized() {
+            m * (k / 32)
+        } else {
+            m * k
+        };
         let p = seg.planes;
         self.ew(
             self.k.embed[seg.ty as usize],
@@ -251,7 +274,15 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn rms_norm(&self, x: &CudaTensor, w: &CudaTensor, m: usize, n: usize, eps: f32, out: &mut CudaTensor) -> Result<()> {
+    fn rms_norm(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        m: usize,
+        n: usize,
+        eps: f32,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         let xp = x.ptr_of(DType::F32, m * n, "rms_norm x")?;
         let wp = w.ptr_of(DType::F32, n, "rms_norm w")?;
         let op = out.ptr_of(DType::F32, m * n, "rms_norm out")?;
@@ -262,7 +293,13 @@ impl Backend for CudaBackend {
             (m as u32, 1, 1),
             threads,
             0,
-            &[Arg(xp), Arg(wp), Arg::from(n as i32), Arg::from(eps), Arg(op)],
+            &[
+                Arg(xp),
+                Arg(wp),
+                Arg::from(n as i32),
+                Arg::from(eps),
+                Arg(op),
+            ],
         )?;
         Ok(())
     }
@@ -275,7 +312,14 @@ impl Backend for CudaBackend {
         matmul::default_impl(shape)
     }
 
-    fn matmul(&self, imp: usize, x: &CudaTensor, w: &CudaLinear, m: usize, out: &mut CudaTensor) -> Result<()> {
+    fn matmul(
+        &self,
+        imp: usize,
+        x: &CudaTensor,
+        w: &CudaLinear,
+        m: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         let xp = x.ptr_of(DType::F32, m * w.info.k, "matmul x")?;
         let op = out.ptr_of(DType::F32, m * w.info.n, "matmul out")?;
         self.dev.bind()?;
@@ -283,10 +327,20 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn rope(&self, qkv: &mut CudaTensor, pos: &CudaTensor, m: usize, layout: &QkvLayout, rope: &Rope<'_, CudaTensor>) -> Result<()> {
+    fn rope(
+        &self,
+        qkv: &mut CudaTensor,
+        pos: &CudaTensor,
+        m: usize,
+        layout: &QkvLayout,
+        rope: &Rope<'_, CudaTensor>,
+    ) -> Result<()> {
         let hd = layout.head_dim;
-        if rope.dim > hd || rope.dim % 2 != 0 {
-            return Err(invalid(format!("rope dimension {} for heads of {hd}", rope.dim)));
+        if rope.dim > hd || !rope.dim.is_multiple_of(2) {
+            return Err(invalid(format!(
+                "rope dimension {} for heads of {hd}",
+                rope.dim
+            )));
         }
         let width = layout.row_width();
         let qp = qkv.ptr_of(DType::F32, m * width, "rope qkv")?;
@@ -319,7 +373,15 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn kv_store(&self, qkv: &CudaTensor, cache: &mut KvLayer<CudaTensor>, capacity: usize, pos: &CudaTensor, m: usize, layout: &QkvLayout) -> Result<()> {
+    fn kv_store(
+        &self,
+        qkv: &CudaTensor,
+        cache: &mut KvLayer<CudaTensor>,
+        capacity: usize,
+        pos: &CudaTensor,
+        m: usize,
+        layout: &QkvLayout,
+    ) -> Result<()> {
         let width = layout.row_width();
         let need = layout.n_kv_heads * capacity * layout.head_dim;
         let qp = qkv.ptr_of(DType::F32, m * width, "kv qkv")?;
@@ -358,7 +420,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let (nh, nkv, hd) = (layout.n_heads, layout.n_kv_heads, layout.head_dim);
         if hd == 0 || hd > 256 || nkv == 0 || nh % nkv != 0 {
-            return Err(invalid(format!("attention layout {nh} heads / {nkv} kv heads / dim {hd}")));
+            return Err(invalid(format!(
+                "attention layout {nh} heads / {nkv} kv heads / dim {hd}"
+            )));
         }
         let width = layout.row_width();
         let need = nkv * capacity * hd;
@@ -421,11 +485,21 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn swiglu(&self, gate_up: &CudaTensor, m: usize, ffn: usize, out: &mut CudaTensor) -> Result<()> {
+    fn swiglu(
+        &self,
+        gate_up: &CudaTensor,
+        m: usize,
+        ffn: usize,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
         let gp = gate_up.ptr_of(DType::F32, m * 2 * ffn, "swiglu in")?;
         let op = out.ptr_of(DType::F32, m * ffn, "swiglu out")?;
         self.dev.bind()?;
-        self.ew(self.k.swiglu, m * ffn, &[Arg(gp), Arg::from(m as i32), Arg::from(ffn as i32), Arg(op)])
+        self.ew(
+            self.k.swiglu,
+            m * ffn,
+            &[Arg(gp), Arg::from(m as i32), Arg::from(ffn as i32), Arg(op)],
+        )
     }
 
     fn add(&self, x: &mut CudaTensor, y: &CudaTensor, len: usize) -> Result<()> {
@@ -435,7 +509,14 @@ impl Backend for CudaBackend {
         self.ew(self.k.add, len, &[Arg(xp), Arg(yp), Arg::from(len as i64)])
     }
 
-    fn copy(&self, src: &CudaTensor, src_offset: usize, dst: &mut CudaTensor, dst_offset: usize, len: usize) -> Result<()> {
+    fn copy(
+        &self,
+        src: &CudaTensor,
+        src_offset: usize,
+        dst: &mut CudaTensor,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
         if src.dtype != dst.dtype {
             return Err(invalid("copy between tensors of different types"));
         }
@@ -443,7 +524,11 @@ impl Backend for CudaBackend {
         let sp = src.ptr_of(src.dtype, src_offset + len, "copy src")?;
         let dp = dst.ptr_of(dst.dtype, dst_offset + len, "copy dst")?;
         self.dev.bind()?;
-        self.dev.copy_dtod(dp + sz * dst_offset as u64, sp + sz * src_offset as u64, len * sz as usize)?;
+        self.dev.copy_dtod(
+            dp + sz * dst_offset as u64,
+            sp + sz * src_offset as u64,
+            len * sz as usize,
+        )?;
         Ok(())
     }
 
@@ -459,10 +544,17 @@ impl Backend for CudaBackend {
         self.dev.bind()?;
         // Only the last `window` tokens can matter; earlier ones would be evicted.
         let tail = &tokens[tokens.len().saturating_sub(s.window)..];
-        let ids: Vec<u8> = tail.iter().flat_map(|&t| (t.min(i32::MAX as u32) as i32).to_le_bytes()).collect();
+        let ids: Vec<u8> = tail
+            .iter()
+            .flat_map(|&t| (t.min(i32::MAX as u32) as i32).to_le_bytes())
+            .collect();
         if s.upload.as_ref().is_none_or(|b| b.bytes < ids.len()) {
             s.upload = None;
-            s.upload = Some(DeviceBuffer::new(&self.dev, ids.len(), "sampler token upload")?);
+            s.upload = Some(DeviceBuffer::new(
+                &self.dev,
+                ids.len(),
+                "sampler token upload",
+            )?);
         }
         let up = s.upload.as_ref().expect("just set").ptr;
         self.dev.copy_htod(up, &ids)?;
@@ -484,11 +576,22 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn sample(&self, logits: &CudaTensor, row: usize, vocab: usize, s: &mut CudaSampler, ids: &mut CudaTensor) -> Result<()> {
+    fn sample(
+        &self,
+        logits: &CudaTensor,
+        row: usize,
+        vocab: usize,
+        s: &mut CudaSampler,
+        ids: &mut CudaTensor,
+    ) -> Result<()> {
         if vocab != s.vocab {
-            return Err(invalid(format!("sampler made for {} tokens, logits have {vocab}", s.vocab)));
+            return Err(invalid(format!(
+                "sampler made for {} tokens, logits have {vocab}",
+                s.vocab
+            )));
         }
-        let lp = logits.ptr_of(DType::F32, (row + 1) * vocab, "sample logits")? + 4 * (row * vocab) as u64;
+        let lp = logits.ptr_of(DType::F32, (row + 1) * vocab, "sample logits")?
+            + 4 * (row * vocab) as u64;
         let idp = ids.ptr_of(DType::I32, 1, "sample ids")?;
         self.dev.bind()?;
         let p = s.params;
@@ -517,11 +620,25 @@ impl Backend for CudaBackend {
             self.ew(
                 self.k.sample_prepare,
                 vocab,
-                &[Arg(lp), Arg(s.work.ptr), Arg::from(v), Arg(s.counts.ptr), Arg::from(0i32), Arg::from(1.0f32), Arg::from(0.0f32), Arg::from(0.0f32)],
+                &[
+                    Arg(lp),
+                    Arg(s.work.ptr),
+                    Arg::from(v),
+                    Arg(s.counts.ptr),
+                    Arg::from(0i32),
+                    Arg::from(1.0f32),
+                    Arg::from(0.0f32),
+                    Arg::from(0.0f32),
+                ],
             )?;
             s.work.ptr
         };
-        let common = [Arg(s.state.ptr), Arg(s.counts.ptr), Arg(s.hist.ptr), Arg::from(s.window as i32)];
+        let common = [
+            Arg(s.state.ptr),
+            Arg(s.counts.ptr),
+            Arg(s.hist.ptr),
+            Arg::from(s.window as i32),
+        ];
         if p.temperature <= 0.0 {
             let blocks = sampler::ARGMAX_BLOCKS.min(vocab.div_ceil(1024)).max(1);
             let a = s.argmax.ptr;
@@ -531,7 +648,18 @@ impl Backend for CudaBackend {
                 (blocks as u32, 1, 1),
                 1024,
                 0,
-                &[Arg(src), Arg::from(v), Arg(a), Arg(a + 4 * n), Arg(a + 8 * n), Arg(idp), common[0], common[1], common[2], common[3]],
+                &[
+                    Arg(src),
+                    Arg::from(v),
+                    Arg(a),
+                    Arg(a + 4 * n),
+                    Arg(a + 8 * n),
+                    Arg(idp),
+                    common[0],
+                    common[1],
+                    common[2],
+                    common[3],
+                ],
             )?;
         } else {
             let top_k = p.top_k.min(i32::MAX as usize) as i32;
@@ -564,7 +692,13 @@ impl Backend for CudaBackend {
         }
         let pp = pos.ptr_of(DType::I32, m, "advance positions")?;
         self.dev.bind()?;
-        self.dev.launch(self.k.advance, (1, 1, 1), 32, 0, &[Arg(pp), Arg::from(m as i32)])?;
+        self.dev.launch(
+            self.k.advance,
+            (1, 1, 1),
+            32,
+            0,
+            &[Arg(pp), Arg::from(m as i32)],
+        )?;
         Ok(())
     }
 

@@ -85,7 +85,10 @@ pub(crate) fn upload(
     let mut types = Vec::with_capacity(parts.len());
     for p in parts {
         if p.cols() != k {
-            return Err(weight_err(p.name(), format!("row length {} differs from {k}", p.cols())));
+            return Err(weight_err(
+                p.name(),
+                format!("row length {} differs from {k}", p.cols()),
+            ));
         }
         let ty = WType::from_ggml(p.ggml_type()).ok_or_else(|| {
             CudaError::Unsupported(format!(
@@ -95,7 +98,13 @@ pub(crate) fn upload(
             ))
         })?;
         if k % ty.block() != 0 {
-            return Err(weight_err(p.name(), format!("row length {k} is not a multiple of the {}-value block", ty.block())));
+            return Err(weight_err(
+                p.name(),
+                format!(
+                    "row length {k} is not a multiple of the {}-value block",
+                    ty.block()
+                ),
+            ));
         }
         let row_bytes = p
             .ggml_type()
@@ -139,10 +148,17 @@ pub(crate) fn upload(
                 all.extend_from_slice(&v);
             }
             if all.len() != n {
-                return Err(weight_err(first.name(), format!("bias of {} values for {n} rows", all.len())));
+                return Err(weight_err(
+                    first.name(),
+                    format!("bias of {} values for {n} rows", all.len()),
+                ));
             }
             let bytes: Vec<u8> = all.iter().flat_map(|v| v.to_le_bytes()).collect();
-            Some(DeviceBuffer::from_host(dev, &bytes, &format!("bias of `{}`", first.name()))?)
+            Some(DeviceBuffer::from_host(
+                dev,
+                &bytes,
+                &format!("bias of `{}`", first.name()),
+            )?)
         }
     };
     Ok(CudaLinear {

@@ -34,9 +34,9 @@ fn gemv_smem(m: usize, k: usize) -> usize {
 
 fn gemv_type_ok(t: GgmlType, k: usize, m: usize) -> bool {
     match WType::from_ggml(t) {
-        Some(WType::F32) => k % 4 == 0,
-        Some(WType::F16 | WType::BF16) => k % 8 == 0,
-        Some(w) => k % w.block() == 0 && gemv_smem(m, k) <= GEMV_SMEM_LIMIT,
+        Some(WType::F32) => k.is_multiple_of(4),
+        Some(WType::F16 | WType::BF16) => k.is_multiple_of(8),
+        Some(w) => k.is_multiple_of(w.block()) && gemv_smem(m, k) <= GEMV_SMEM_LIMIT,
         None => false,
     }
 }
@@ -53,8 +53,8 @@ fn gemv_f32_supports(s: &MatmulShape) -> bool {
     plain(s)
         && s.m <= GEMV_MAX_M
         && match WType::from_ggml(s.dtype) {
-            Some(WType::F32) => s.k % 4 == 0,
-            Some(WType::F16 | WType::BF16) => s.k % 8 == 0,
+            Some(WType::F32) => s.k.is_multiple_of(4),
+            Some(WType::F16 | WType::BF16) => s.k.is_multiple_of(8),
             Some(_) => true,
             None => false,
         }
@@ -89,6 +89,7 @@ pub fn default_impl(s: &MatmulShape) -> usize {
 }
 
 /// One matrix-vector launch over a segment.
+#[allow(clippy::too_many_arguments)]
 fn launch_gemv(
     dev: &Device,
     f: Func,
@@ -110,7 +111,11 @@ fn launch_gemv(
         // work is amortised over many rows while filling every SM several times.
         blocks = blocks.min(sm * 32 / warps);
     }
-    let smem = if quant_smem { gemv_smem(m, k) as u32 } else { 0 };
+    let smem = if quant_smem {
+        gemv_smem(m, k) as u32
+    } else {
+        0
+    };
     let p = seg.planes;
     dev.launch(
         f,
@@ -127,7 +132,11 @@ fn launch_gemv(
             Arg(x),
             Arg(out + 4 * seg.row0 as u64),
             Arg::from(ldo as i32),
-            Arg(if bias == 0 { 0 } else { bias + 4 * seg.row0 as u64 }),
+            Arg(if bias == 0 {
+                0
+            } else {
+                bias + 4 * seg.row0 as u64
+            }),
         ],
     )
 }
@@ -161,7 +170,12 @@ impl Drop for Blas {
     }
 }
 
-fn grow(dev: &Arc<Device>, slot: &mut Option<DeviceBuffer>, bytes: usize, what: &str) -> CudaResult<u64> {
+fn grow(
+    dev: &Arc<Device>,
+    slot: &mut Option<DeviceBuffer>,
+    bytes: usize,
+    what: &str,
+) -> CudaResult<u64> {
     if slot.as_ref().is_none_or(|b| b.bytes < bytes) {
         *slot = None;
         *slot = Some(DeviceBuffer::new(dev, bytes, what)?);
@@ -176,10 +190,15 @@ impl Blas {
         let handle = cudarc::cublas::result::create_handle().ctx("cublasCreate")?;
         let workspace = DeviceBuffer::new(dev, WORKSPACE_BYTES, "cuBLAS workspace")?;
         unsafe {
-            cudarc::cublas::result::set_stream(handle, dev.stream.0 as cb::cudaStream_t).ctx("cublasSetStream")?;
-            cb::cublasSetWorkspace_v2(handle, workspace.ptr as *mut std::ffi::c_void, WORKSPACE_BYTES)
-                .result()
-                .ctx("cublasSetWorkspace")?;
+            cudarc::cublas::result::set_stream(handle, dev.stream.0 as cb::cudaStream_t)
+                .ctx("cublasSetStream")?;
+            cb::cublasSetWorkspace_v2(
+                handle,
+                workspace.ptr as *mut std::ffi::c_void,
+                WORKSPACE_BYTES,
+            )
+            .result()
+            .ctx("cublasSetWorkspace")?;
         }
         Ok(Blas {
             handle,
@@ -203,7 +222,17 @@ impl Blas {
         k: usize,
         ldc: usize,
     ) -> CudaResult<()> {
-        if !dev.note(&[0xB1A5, ty as u64, w, x, c, rows as u64, m as u64, k as u64, ldc as u64]) {
+        if !dev.note(&[
+            0xB1A5,
+            ty as u64,
+            w,
+            x,
+            c,
+            rows as u64,
+            m as u64,
+            k as u64,
+            ldc as u64,
+        ]) {
             return Ok(());
         }
         let alpha = 1.0f32;
@@ -256,13 +285,17 @@ pub(crate) fn matmul(
     match imp {
         IMPL_GEMV | IMPL_GEMV_F32 => {
             if m == 0 || m > GEMV_MAX_M {
-                return Err(CudaError::Invalid(format!("gemv runs 1..={GEMV_MAX_M} rows, not {m}")));
+                return Err(CudaError::Invalid(format!(
+                    "gemv runs 1..={GEMV_MAX_M} rows, not {m}"
+                )));
             }
             for seg in &w.segs {
                 let quant = seg.ty.is_quantized();
                 let dp4a = imp == IMPL_GEMV && quant;
                 if dp4a && gemv_smem(m, k) > GEMV_SMEM_LIMIT {
-                    return Err(CudaError::Invalid(format!("gemv: k = {k} too long for m = {m}")));
+                    return Err(CudaError::Invalid(format!(
+                        "gemv: k = {k} too long for m = {m}"
+                    )));
                 }
                 let f = if imp == IMPL_GEMV {
                     k_.gemv[seg.ty as usize][m - 1]
@@ -274,13 +307,24 @@ pub(crate) fn matmul(
             Ok(())
         }
         IMPL_CUBLAS => {
-            let blas = blas.map_err(|e| CudaError::Invalid(format!("cuBLAS is unavailable: {e}")))?;
+            let blas =
+                blas.map_err(|e| CudaError::Invalid(format!("cuBLAS is unavailable: {e}")))?;
             let mut scratch = blas.scratch.lock().unwrap_or_else(|e| e.into_inner());
             let mut x16: [u64; 2] = [0, 0]; // f16, bf16 copies of x, made on first need
             for seg in &w.segs {
                 match seg.ty {
                     WType::F32 => {
-                        blas.gemm(dev, cb::cudaDataType::CUDA_R_32F, seg.planes[0], x, out + 4 * seg.row0 as u64, seg.rows, m, k, n)?;
+                        blas.gemm(
+                            dev,
+                            cb::cudaDataType::CUDA_R_32F,
+                            seg.planes[0],
+                            x,
+                            out + 4 * seg.row0 as u64,
+                            seg.rows,
+                            m,
+                            k,
+                            n,
+                        )?;
                     }
                     WType::BF16 | WType::F16 => {
                         let (slot, f, ty) = if seg.ty == WType::BF16 {
@@ -291,14 +335,29 @@ pub(crate) fn matmul(
                         if x16[slot] == 0 {
                             x16[slot] = convert_x(dev, &mut scratch, f, slot, x, m * k)?;
                         }
-                        blas.gemm(dev, ty, seg.planes[0], x16[slot], out + 4 * seg.row0 as u64, seg.rows, m, k, n)?;
+                        blas.gemm(
+                            dev,
+                            ty,
+                            seg.planes[0],
+                            x16[slot],
+                            out + 4 * seg.row0 as u64,
+                            seg.rows,
+                            m,
+                            k,
+                            n,
+                        )?;
                     }
                     t => {
                         if x16[0] == 0 {
                             x16[0] = convert_x(dev, &mut scratch, k_.f32_to_f16, 0, x, m * k)?;
                         }
                         let tile_rows = (TILE_VALUES / k).clamp(1, seg.rows);
-                        let wbuf = grow(dev, &mut scratch.weights, tile_rows * k * 2, "dequantised weight tile")?;
+                        let wbuf = grow(
+                            dev,
+                            &mut scratch.weights,
+                            tile_rows * k * 2,
+                            "dequantised weight tile",
+                        )?;
                         let deq = k_.dequant[t as usize];
                         let mut r0 = 0;
                         while r0 < seg.rows {
@@ -342,21 +401,42 @@ pub(crate) fn matmul(
                     elementwise_grid(m * n),
                     256,
                     0,
-                    &[Arg(out), Arg(bias), Arg::from(m as i32), Arg::from(n as i32), Arg::from(n as i32)],
+                    &[
+                        Arg(out),
+                        Arg(bias),
+                        Arg::from(m as i32),
+                        Arg::from(n as i32),
+                        Arg::from(n as i32),
+                    ],
                 )?;
             }
             Ok(())
         }
-        _ => Err(CudaError::Invalid(format!("no matmul implementation #{imp}"))),
+        _ => Err(CudaError::Invalid(format!(
+            "no matmul implementation #{imp}"
+        ))),
     }
 }
 
 /// The activations converted to a 16-bit type in a scratch buffer (slot 0: f16,
 /// slot 1: bf16 — both live in one buffer, halves apart).
-fn convert_x(dev: &Arc<Device>, scratch: &mut Scratch, f: Func, slot: usize, x: u64, len: usize) -> CudaResult<u64> {
+fn convert_x(
+    dev: &Arc<Device>,
+    scratch: &mut Scratch,
+    f: Func,
+    slot: usize,
+    x: u64,
+    len: usize,
+) -> CudaResult<u64> {
     let half = len * 2;
     let base = grow(dev, &mut scratch.acts, 2 * half, "16-bit activations")?;
     let dst = base + (slot * half) as u64;
-    dev.launch(f, elementwise_grid(len), 256, 0, &[Arg(x), Arg(dst), Arg::from(len as i64)])?;
+    dev.launch(
+        f,
+        elementwise_grid(len),
+        256,
+        0,
+        &[Arg(x), Arg(dst), Arg::from(len as i64)],
+    )?;
     Ok(dst)
 }

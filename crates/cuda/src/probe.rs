@@ -31,7 +31,9 @@ pub fn driver() -> CudaResult<DriverInfo> {
     let mut version = 0;
     let r = unsafe { sys::cuDriverGetVersion(&mut version) };
     if r != sys::CUresult::CUDA_SUCCESS {
-        return Err(CudaError::NoDevice(format!("cuDriverGetVersion failed: {r:?}")));
+        return Err(CudaError::NoDevice(format!(
+            "cuDriverGetVersion failed: {r:?}"
+        )));
     }
     if version < MIN_DRIVER_VERSION {
         return Err(CudaError::DriverTooOld {
@@ -49,7 +51,9 @@ pub fn driver() -> CudaResult<DriverInfo> {
     let mut devices = 0;
     let r = unsafe { sys::cuDeviceGetCount(&mut devices) };
     if r != sys::CUresult::CUDA_SUCCESS || devices == 0 {
-        return Err(CudaError::NoDevice("the driver reports no CUDA device".into()));
+        return Err(CudaError::NoDevice(
+            "the driver reports no CUDA device".into(),
+        ));
     }
     Ok(DriverInfo { version, devices })
 }

@@ -41,7 +41,7 @@ pub fn repack(t: WType, raw: &[u8]) -> Result<Planes, String> {
             offsets: [0; 4],
         });
     }
-    if raw.len() % bsize != 0 {
+    if !raw.len().is_multiple_of(bsize) {
         return Err(format!(
             "{} bytes is not a whole number of {bsize}-byte blocks",
             raw.len()
@@ -66,6 +66,7 @@ pub fn repack(t: WType, raw: &[u8]) -> Result<Planes, String> {
 
 /// Host mirror of the kernels' `decode32`: the values of a repacked matrix
 /// (`rows` x `k`), used to test the layout against the reference formats.
+#[cfg(test)]
 pub fn decode(t: WType, p: &Planes, rows: usize, k: usize) -> Vec<f32> {
     use metallic_gguf::quant::{bf16_to_f32, f16_to_f32};
     let plane = |i: usize| &p.data[p.offsets[i]..];
@@ -99,9 +100,14 @@ pub fn decode(t: WType, p: &Planes, rows: usize, k: usize) -> Vec<f32> {
                     let h = &plane(1)[sb * 16..sb * 16 + 16];
                     let d = f16_to_f32(u16_at(h, 0));
                     let dmin = f16_to_f32(u16_at(h, 1));
-                    let (sc, m) = metallic_gguf::quant::get_scale_min_k4(j, h[4..16].try_into().unwrap());
+                    let (sc, m) =
+                        metallic_gguf::quant::get_scale_min_k4(j, h[4..16].try_into().unwrap());
                     let byte = plane(0)[sb * 128 + (j / 2) * 32 + l];
-                    let q = if j % 2 == 0 { byte & 15 } else { byte >> 4 };
+                    let q = if j.is_multiple_of(2) {
+                        byte & 15
+                    } else {
+                        byte >> 4
+                    };
                     d * f32::from(sc) * f32::from(q) - dmin * f32::from(m)
                 }
                 WType::Q6K => {
@@ -112,7 +118,8 @@ pub fn decode(t: WType, p: &Planes, rows: usize, k: usize) -> Vec<f32> {
                     let qh = plane(1)[sb * 64 + 32 * n + l];
                     let sc = plane(2)[sb * 16 + 8 * n + l / 16 + 2 * i] as i8;
                     let d = f16_to_f32(u16_at(plane(3), sb));
-                    let q = (((ql >> ((i >> 1) * 4)) & 15) | (((qh >> (2 * i)) & 3) << 4)) as i32 - 32;
+                    let q =
+                        (((ql >> ((i >> 1) * 4)) & 15) | (((qh >> (2 * i)) & 3) << 4)) as i32 - 32;
                     d * f32::from(sc) * q as f32
                 }
             };
@@ -130,7 +137,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0
             })
             .collect()

@@ -55,11 +55,15 @@ fn check_params(p: &SamplerParams) -> CudaResult<()> {
         ("frequency_penalty", p.frequency_penalty),
     ] {
         if !v.is_finite() {
-            return Err(CudaError::Invalid(format!("invalid sampler parameter `{name}`")));
+            return Err(CudaError::Invalid(format!(
+                "invalid sampler parameter `{name}`"
+            )));
         }
     }
     if p.repeat_penalty <= 0.0 {
-        return Err(CudaError::Invalid("invalid sampler parameter `repeat_penalty`".into()));
+        return Err(CudaError::Invalid(
+            "invalid sampler parameter `repeat_penalty`".into(),
+        ));
     }
     Ok(())
 }
@@ -70,7 +74,11 @@ pub fn penalties_active(p: &SamplerParams) -> bool {
 }
 
 impl CudaSampler {
-    pub(crate) fn new(dev: &Arc<Device>, params: &SamplerParams, vocab: usize) -> CudaResult<CudaSampler> {
+    pub(crate) fn new(
+        dev: &Arc<Device>,
+        params: &SamplerParams,
+        vocab: usize,
+    ) -> CudaResult<CudaSampler> {
         check_params(params)?;
         if vocab == 0 || vocab > i32::MAX as usize {
             return Err(CudaError::Invalid(format!("vocabulary of {vocab} tokens")));
@@ -86,7 +94,11 @@ impl CudaSampler {
         }
         st.extend_from_slice(&[0u8; 16]);
         let state = DeviceBuffer::from_host(dev, &st, "sampler state")?;
-        let counts = DeviceBuffer::zeroed(dev, if window > 0 { vocab * 4 } else { 4 }, "sampler token counts")?;
+        let counts = DeviceBuffer::zeroed(
+            dev,
+            if window > 0 { vocab * 4 } else { 4 },
+            "sampler token counts",
+        )?;
         let hist = DeviceBuffer::zeroed(dev, window.max(1) * 4, "sampler history")?;
         let work = DeviceBuffer::new(dev, vocab * 4, "sampler logits")?;
         let argmax = DeviceBuffer::zeroed(dev, ARGMAX_BLOCKS * 8 + 4, "sampler argmax partials")?;

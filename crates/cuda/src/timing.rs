@@ -66,14 +66,20 @@ pub(crate) fn record(dev: &Device, pool: &Arc<EventPool>) -> CudaResult<CudaMark
         event,
         pool: pool.clone(),
     };
-    check(unsafe { sys::cuEventRecord(event, dev.stream.0) }, "cuEventRecord")?;
+    check(
+        unsafe { sys::cuEventRecord(event, dev.stream.0) },
+        "cuEventRecord",
+    )?;
     Ok(mark)
 }
 
 /// Milliseconds between two marks; waits for the second.
 pub(crate) fn elapsed_ms(dev: &Device, start: &CudaMark, end: &CudaMark) -> CudaResult<f64> {
     dev.bind()?;
-    check(unsafe { sys::cuEventSynchronize(end.event) }, "cuEventSynchronize")?;
+    check(
+        unsafe { sys::cuEventSynchronize(end.event) },
+        "cuEventSynchronize",
+    )?;
     let mut ms = 0f32;
     check(
         unsafe { sys::cuEventElapsedTime_v2(&mut ms, start.event, end.event) },
