@@ -109,7 +109,12 @@ impl CpuBackend {
 
 /// A short description of the host CPU: model name and widest SIMD level.
 pub fn cpu_description() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
+    format!("{} ({})", cpu_model(), simd_level())
+}
+
+/// The CPU's model name (from /proc/cpuinfo where there is one).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
             s.lines()
@@ -117,8 +122,7 @@ pub fn cpu_description() -> String {
                 .and_then(|l| l.split(':').nth(1))
                 .map(|s| s.trim().to_string())
         })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    format!("{model} ({})", simd_level())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 pub fn simd_level() -> &'static str {
