@@ -34,10 +34,18 @@ fn greedy<B: Backend>(b: &B, file: &Arc<GgufFile>, prompt: &[u32], n: usize) -> 
     g.ids
 }
 
+/// assets/ of this checkout, or of the working directory (test binaries run
+/// on another machine from the repository root there).
 fn smollm2_file() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.exists().then_some(p)
+    let name = "assets/SmolLM2-135M-Instruct.Q4_1.gguf";
+    [
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(name),
+        PathBuf::from(name),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
 }
 
 /// The real SmolLM2-135M-Instruct Q4_1 file (assets/, fetched by

@@ -56,7 +56,7 @@ fn every_impl_matches_cpu_for_every_weight_type() {
         let f = tensor_file(&[("w", ty, k, n, w), ("b", GgmlType::F32, n, 1, bias)]);
         let (wv, bv) = (view(&f, "w"), view(&f, "b"));
         let lc = cpu
-            .upload_linear(&[wv.clone()], Some(&[bv.clone()]))
+            .upload_linear(std::slice::from_ref(&wv), Some(std::slice::from_ref(&bv)))
             .unwrap();
         let lg = gpu.upload_linear(&[wv], Some(&[bv])).unwrap();
         for m in [1usize, 3, 8, 33] {
