@@ -4,6 +4,7 @@
 #   scripts/device-check.sh pack [DEST]   (here: build and collect; DEST defaults
 #                                          to .device-cuda in the repository root)
 #   DEST/device-check.sh run              (there: from the repository root)
+#   /tmp/mc/device-check.sh smollm2 DIR   (there, a later call: DIR carries smollm2.part2)
 #
 # `pack` builds the release `metallic` binary, the metallic-cuda test binaries
 # and the profile example, strips them and copies them with this script and
@@ -41,6 +42,26 @@ for line in sys.stdin:
   du -sh "$dest"; ls -l "$dest" "$dest/bin" "$dest/tests"
 }
 
+# Join SmolLM2 parts carried in $1 now or kept in /tmp by an earlier call.
+join_smollm2() {
+  cp "$1"/smollm2.part* /tmp/ 2>/dev/null || true
+  [ -s "$1/smollm2.sha256" ] && cp "$1/smollm2.sha256" /tmp/
+  if [ -s /tmp/smollm2.part1 ] && [ -s /tmp/smollm2.part2 ] && [ -s /tmp/smollm2.sha256 ]; then
+    mkdir -p assets
+    cat /tmp/smollm2.part1 /tmp/smollm2.part2 > assets/SmolLM2-135M-Instruct.Q4_1.gguf
+    (cd assets && sha256sum -c /tmp/smollm2.sha256) || rm -f assets/SmolLM2-135M-Instruct.Q4_1.gguf
+  fi
+}
+
+# A later call that carries the rest of SmolLM2 (DIR/smollm2.part2): join it
+# with the part kept by `run` and run the SmolLM2 greedy test.
+smollm2() {
+  join_smollm2 "$1"
+  [ -s assets/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "SmolLM2 parts missing or damaged"; return 1; }
+  export METALLIC_REQUIRE_GPU=1 METALLIC_CACHE_DIR=${METALLIC_CACHE_DIR:-/tmp/metallic-cache}
+  /tmp/mc/tests/generate-* smollm2 --include-ignored --nocapture
+}
+
 run() {
   local D out
   D=$(cd "$(dirname "$0")" && pwd)
@@ -48,12 +69,9 @@ run() {
   export METALLIC_REQUIRE_GPU=1 METALLIC_CACHE_DIR=${METALLIC_CACHE_DIR:-/tmp/metallic-cache}
   local m="$D/bin/metallic" fails=0
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
-  # SmolLM2 from parts, if any were carried.
-  if ls "$D"/smollm2.part* /tmp/smollm2.part* >/dev/null 2>&1 && [ -s "$D/smollm2.sha256" ]; then
-    mkdir -p assets
-    cat $(ls "$D"/smollm2.part* /tmp/smollm2.part* 2>/dev/null | sort -t. -k2) > assets/SmolLM2-135M-Instruct.Q4_1.gguf
-    (cd assets && sha256sum -c "$D/smollm2.sha256") || rm -f assets/SmolLM2-135M-Instruct.Q4_1.gguf
-  fi
+  # Keep a copy for later calls on the same machine (see `smollm2`).
+  mkdir -p /tmp/mc && cp -r "$D"/. /tmp/mc/ && rm -f /tmp/mc/smollm2.part*
+  join_smollm2 "$D"
   echo "== tests"
   for t in "$D"/tests/*; do
     echo "-- $(basename "$t")"
@@ -92,5 +110,6 @@ run() {
 case "${1:-}" in
   pack) shift; pack "$@" ;;
   run) run ;;
+  smollm2) shift; smollm2 "$@" ;;
   *) echo "usage: $0 pack [DEST] | run" >&2; exit 2 ;;
 esac

@@ -62,13 +62,28 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
         int n = min(32, t1 - base);
 #pragma unroll
         for (int i = 0; i < MAX_DPL; i++) acc[i] *= corr;
-        for (int j = 0; j < n; j++) {
-            float pj = __shfl_sync(FULL_MASK, p, j);
-            const float* vr = vb + (long long)(base + j) * hd;
+        // Full tiles unrolled, so that the 32 rows' loads are in flight together
+        // rather than one dependent latency per key.
+        if (n == 32) {
 #pragma unroll
-            for (int i = 0; i < MAX_DPL; i++) {
-                int d = lane + 32 * i;
-                if (d < hd) acc[i] += pj * vr[d];
+            for (int j = 0; j < 32; j++) {
+                float pj = __shfl_sync(FULL_MASK, p, j);
+                const float* vr = vb + (long long)(base + j) * hd;
+#pragma unroll
+                for (int i = 0; i < MAX_DPL; i++) {
+                    int d = lane + 32 * i;
+                    if (d < hd) acc[i] += pj * vr[d];
+                }
+            }
+        } else {
+            for (int j = 0; j < n; j++) {
+                float pj = __shfl_sync(FULL_MASK, p, j);
+                const float* vr = vb + (long long)(base + j) * hd;
+#pragma unroll
+                for (int i = 0; i < MAX_DPL; i++) {
+                    int d = lane + 32 * i;
+                    if (d < hd) acc[i] += pj * vr[d];
+                }
             }
         }
         mw = nm;

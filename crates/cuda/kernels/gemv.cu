@@ -5,10 +5,11 @@
 // chunks of the row; the partial sums meet in a shuffle reduction.
 //
 //  * gemv_<f32|f16|bf16>_m<M>: float weights times f32 activations.
-//  * gemv_<quant>_m<M>: quantised weights. Each block first quantises the
-//    activations to int8 in shared memory (per 32 values: scale d, and the
-//    sums of the quants of each 16-value half), then the inner loop is dp4a
-//    integer dot products, one float multiply per block of weights.
+//  * gemv_<quant>_m<M>: quantised weights. quantize_act first turns the
+//    activations into int8 (per 32 values: scale d, and the sums of the quants
+//    of each 16-value half) once per product; each block copies them to shared
+//    memory, then the inner loop is dp4a integer dot products, one float
+//    multiply per block of weights. (`x` is then that quantised buffer.)
 //  * gemvx_<quant>_m<M>: quantised weights decoded to f32 and multiplied with
 //    the f32 activations: slower, but with no activation rounding.
 //
@@ -97,23 +98,26 @@ struct XGroup {
     int s1;
 };
 
-// Quantise x[M, k] into shared memory: int8 quants [M][k], then XGroup [M][k/32].
-// Rounding as ggml's quantize_row_q8_1: d = amax / 127, q = round(x / d).
-template <int M>
-__device__ __forceinline__ void quantize_x(const float* x, int k, i8* xq, XGroup* xg) {
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int groups = M * (k / 32);
-    for (int g = threadIdx.x >> 5; g < groups; g += warps) {
-        float v = x[(long long)g * 32 + lane];
-        float amax = warp_max(fabsf(v));
-        float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
-        int q = (int)roundf(v * id);
-        xq[g * 32 + lane] = (i8)q;
-        int s0 = warp_sum_i(lane < 16 ? q : 0);
-        int s1 = warp_sum_i(lane < 16 ? 0 : q);
-        if (lane == 0) xg[g] = XGroup{d, d * (float)(s0 + s1), s0, s1};
-    }
+// Quantise x[m, k] once per product, into the layout the kernels copy to
+// shared memory: int8 quants [m][k], then XGroup [m][k/32]. One warp per
+// 32-value group. Rounding as ggml's quantize_row_q8_1: d = amax / 127,
+// q = round(x / d).
+extern "C" __global__ void quantize_act(const float* x, int m, int k, u8* out) {
+    const int lane = threadIdx.x & 31;
+    const int g = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    const int groups = m * (k / 32);
+    if (g >= groups) return;
+    i8* xq = reinterpret_cast<i8*>(out);
+    XGroup* xg = reinterpret_cast<XGroup*>(out + (long long)m * k);
+    float v = x[(long long)g * 32 + lane];
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int q = (int)roundf(v * id);
+    xq[(long long)g * 32 + lane] = (i8)q;
+    int s0 = warp_sum_i(lane < 16 ? q : 0);
+    int s1 = warp_sum_i(lane < 16 ? 0 : q);
+    if (lane == 0) xg[g] = XGroup{d, d * (float)(s0 + s1), s0, s1};
 }
 
 __device__ __forceinline__ int dot16(uint4 w, uint4 a, int c = 0) {
@@ -238,10 +242,17 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
 
 template <int T, int M>
 __device__ void gemv_quant(GEMV_ARGS) {
+    // `x` holds the activations already quantised by quantize_act; every
+    // block copies them (M * k * 1.5 bytes, from L2) into shared memory.
     extern __shared__ __align__(16) u8 smem[];
     i8* xq = reinterpret_cast<i8*>(smem);
     XGroup* xg = reinterpret_cast<XGroup*>(smem + M * k);
-    quantize_x<M>(x, k, xq, xg);
+    {
+        const uint4* src = reinterpret_cast<const uint4*>(x);
+        uint4* dst = reinterpret_cast<uint4*>(smem);
+        const int n16 = (M * k + M * (k / 32) * 16) / 16;
+        for (int i = threadIdx.x; i < n16; i += blockDim.x) dst[i] = __ldg(src + i);
+    }
     __syncthreads();
     const W w{p0, p1, p2, p3};
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;

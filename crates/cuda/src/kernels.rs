@@ -37,6 +37,7 @@ pub(crate) struct Kernels {
     pub embed: [Func; WType::COUNT],
     /// Quantised types only (null for float types).
     pub dequant: [Func; WType::COUNT],
+    pub quantize_act: Func,
     pub f32_to_f16: Func,
     pub f32_to_bf16: Func,
     pub bias_add: Func,
@@ -112,14 +113,26 @@ fn function(m: &Module, name: &str) -> CudaResult<Func> {
     Ok(Func(f))
 }
 
-/// Allow a kernel up to `bytes` of dynamic shared memory.
-fn allow_smem(f: Func, bytes: u32) -> CudaResult<()> {
+/// Allow a kernel as much dynamic shared memory as the device lets one block
+/// have (`optin`), less what the kernel declares statically.
+fn allow_smem(f: Func, optin: u32) -> CudaResult<()> {
+    let mut stat = 0i32;
+    check(
+        unsafe {
+            sys::cuFuncGetAttribute(
+                &mut stat,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                f.0,
+            )
+        },
+        "cuFuncGetAttribute",
+    )?;
     check(
         unsafe {
             sys::cuFuncSetAttribute(
                 f.0,
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                bytes as i32,
+                optin as i32 - stat,
             )
         },
         "cuFuncSetAttribute",
@@ -173,6 +186,7 @@ impl Kernels {
             gemvx,
             embed,
             dequant,
+            quantize_act: function(&gemv_m, "quantize_act")?,
             f32_to_f16: function(&dequant_m, "f32_to_f16")?,
             f32_to_bf16: function(&dequant_m, "f32_to_bf16")?,
             bias_add: function(&dequant_m, "bias_add")?,

@@ -63,6 +63,8 @@ pub struct CudaBackend {
     graphs: Graphs,
     events: Arc<EventPool>,
     attn: Mutex<Option<AttnScratch>>,
+    /// Activations quantised for the dp4a gemv kernels.
+    xq: Mutex<Option<DeviceBuffer>>,
 }
 
 /// Partial results of split decode attention: per head and split, (max, sum,
@@ -96,6 +98,7 @@ impl CudaBackend {
             graphs: Graphs::default(),
             events: EventPool::new(),
             attn: Mutex::new(None),
+            xq: Mutex::new(None),
         })
     }
 
@@ -323,7 +326,17 @@ impl Backend for CudaBackend {
         let xp = x.ptr_of(DType::F32, m * w.info.k, "matmul x")?;
         let op = out.ptr_of(DType::F32, m * w.info.n, "matmul out")?;
         self.dev.bind()?;
-        matmul::matmul(&self.dev, &self.k, self.blas.as_ref(), imp, xp, w, m, op)?;
+        matmul::matmul(
+            &self.dev,
+            &self.k,
+            self.blas.as_ref(),
+            &self.xq,
+            imp,
+            xp,
+            w,
+            m,
+            op,
+        )?;
         Ok(())
     }
 
@@ -436,7 +449,7 @@ impl Backend for CudaBackend {
         if m == 1 {
             // Splits are fixed by the capacity, not the current length, so that
             // the launch is the same at every step of a replayed decode.
-            let splits = capacity.div_ceil(512).clamp(1, ATTN_MAX_SPLITS);
+            let splits = capacity.div_ceil(128).clamp(1, ATTN_MAX_SPLITS);
             let (part, counters) = self.attn_scratch(nh, nh * splits * (hd + 2))?;
             self.dev.launch(
                 self.k.attn_decode,

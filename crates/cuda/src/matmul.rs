@@ -274,6 +274,7 @@ pub(crate) fn matmul(
     dev: &Arc<Device>,
     k_: &Kernels,
     blas: Result<&Blas, &CudaError>,
+    xq_scratch: &Mutex<Option<DeviceBuffer>>,
     imp: usize,
     x: u64,
     w: &CudaLinear,
@@ -289,14 +290,36 @@ pub(crate) fn matmul(
                     "gemv runs 1..={GEMV_MAX_M} rows, not {m}"
                 )));
             }
-            for seg in &w.segs {
-                let quant = seg.ty.is_quantized();
-                let dp4a = imp == IMPL_GEMV && quant;
-                if dp4a && gemv_smem(m, k) > GEMV_SMEM_LIMIT {
+            let any_quant = w.segs.iter().any(|s| s.ty.is_quantized());
+            let xq = if imp == IMPL_GEMV && any_quant {
+                if gemv_smem(m, k) > GEMV_SMEM_LIMIT {
                     return Err(CudaError::Invalid(format!(
                         "gemv: k = {k} too long for m = {m}"
                     )));
                 }
+                // Sized for the largest batch at once, so that a decode step
+                // (m = 1) and a prefill chunk share one buffer.
+                let mut slot = xq_scratch.lock().unwrap_or_else(|e| e.into_inner());
+                let buf = grow(
+                    dev,
+                    &mut slot,
+                    gemv_smem(GEMV_MAX_M, k),
+                    "quantised activations",
+                )?;
+                dev.launch(
+                    k_.quantize_act,
+                    elementwise_grid(m * k),
+                    256,
+                    0,
+                    &[Arg(x), Arg::from(m as i32), Arg::from(k as i32), Arg(buf)],
+                )?;
+                buf
+            } else {
+                0
+            };
+            for seg in &w.segs {
+                let dp4a = imp == IMPL_GEMV && seg.ty.is_quantized();
+                let x = if dp4a { xq } else { x };
                 let f = if imp == IMPL_GEMV {
                     k_.gemv[seg.ty as usize][m - 1]
                 } else {

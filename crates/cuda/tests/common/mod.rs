@@ -46,7 +46,7 @@ pub fn tokenizer_spec(pre: &str) -> TokenizerSpec {
         model: "gpt2".into(),
         pre: pre.into(),
         tokens: (0..512).map(|i| format!("t{i}_")).collect(),
-        token_types: Vec::new(),
+        token_types: vec![1; 512],
         merges: Vec::new(),
         bos_id: None,
         eos_id: None,
