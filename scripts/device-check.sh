@@ -59,7 +59,7 @@ smollm2() {
   join_smollm2 "$1"
   [ -s assets/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "SmolLM2 parts missing or damaged"; return 1; }
   export METALLIC_REQUIRE_GPU=1 METALLIC_CACHE_DIR=${METALLIC_CACHE_DIR:-/tmp/metallic-cache}
-  /tmp/mc/tests/generate-* smollm2 --include-ignored --nocapture
+  /tmp/mc/tests/generate-* smollm2 --include-ignored --nocapture --test-threads=1
 }
 
 run() {

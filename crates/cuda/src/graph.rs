@@ -63,12 +63,13 @@ impl Graphs {
             // Nested replayable steps run inline in the outer one.
             return step();
         }
-        let fp = {
+        let mut dry_run = || -> Result<u64, E> {
             let _g = ModeGuard(dev);
             dev.set_mode(Mode::DryRun);
             step()?;
-            dev.fingerprint()
+            Ok(dev.fingerprint())
         };
+        let mut fp = dry_run()?;
         {
             let map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(e) = map.get(&key) {
@@ -81,6 +82,15 @@ impl Graphs {
                     return Ok(());
                 }
             }
+        }
+        // Scratch buffers made or grown lazily during that dry run moved some
+        // addresses mid-step; dry-run again until the step's work is stable.
+        for _ in 0..4 {
+            let again = dry_run()?;
+            if again == fp {
+                break;
+            }
+            fp = again;
         }
         // Capture (again).
         check(

@@ -25,6 +25,10 @@ pub const IMPL_GEMV: usize = 0;
 pub const IMPL_CUBLAS: usize = 1;
 pub const IMPL_GEMV_F32: usize = 2;
 
+/// The quantised-activation scratch is first sized for rows of this length,
+/// so that the products of one step do not regrow it mid-step.
+const XQ_MIN_K: usize = 16384;
+
 /// Shared memory the dp4a kernels may use for the quantised activations.
 const GEMV_SMEM_LIMIT: usize = 160 * 1024;
 
@@ -303,7 +307,7 @@ pub(crate) fn matmul(
                 let buf = grow(
                     dev,
                     &mut slot,
-                    gemv_smem(GEMV_MAX_M, k),
+                    gemv_smem(GEMV_MAX_M, k.max(XQ_MIN_K)),
                     "quantised activations",
                 )?;
                 dev.launch(
