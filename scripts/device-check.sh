@@ -103,6 +103,32 @@ run() {
   head -40 "$out/profile_q8_0.txt"
   METALLIC_PROFILING_ENABLED=1 "$m" generate --device cuda -m /tmp/qwen25-05b-Q8_0.gguf -n 95 --ignore-eos \
     "The capital of France is" > "$out/profile_cli.txt" 2>&1 || true
+  echo "== per-kernel device time of one graphed decode step (ncu, Q8_0)"
+  if command -v ncu >/dev/null; then
+    timeout 300 ncu --graph-profiling node --csv --metrics gpu__time_duration.sum -c 2000 \
+      "$m" generate --device cuda -m /tmp/qwen25-05b-Q8_0.gguf -n 4 --ignore-eos "The capital of France is" \
+      > "$out/ncu.csv" 2> "$out/ncu.err" || echo "ncu failed (see ncu.err)"
+    python3 - "$out/ncu.csv" <<'PY' | tee "$out/ncu_step.txt"
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1], errors="replace")) if len(r) > 14 and r[12] == "gpu__time_duration.sum"]
+names = [r[4] for r in rows]
+# The last decode step: from the last embedding kernel to the end.
+start = max(i for i, n in enumerate(names) if n.startswith("embed_"))
+step = rows[start:]
+unit = step[0][13]
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(unit, 1.0)
+agg = collections.OrderedDict()
+for r in step:
+    k = r[4].split("(")[0] + " grid" + r[8]
+    c, t = agg.get(k, (0, 0.0))
+    agg[k] = (c + 1, t + float(r[14].replace(",", "")) * scale)
+total = sum(t for _, t in agg.values())
+print(f"{len(step)} kernels, {total:.1f} us of kernel time in the last decode step")
+print(f"{'calls':>6} {'total us':>9} {'mean us':>8} {'%':>5}  kernel grid")
+for k, (c, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
+    print(f"{c:>6} {t:>9.1f} {t / c:>8.2f} {100 * t / total:>5.1f}  {k}")
+PY
+  fi
   echo "== $fails failure(s)"
   [ "$fails" -eq 0 ]
 }
