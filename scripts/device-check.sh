@@ -98,6 +98,10 @@ run() {
   for dt in Q8_0 Q4_0 F16; do
     "$m" bench --device cuda -m "/tmp/qwen25-05b-$dt.gguf" -p 512 -n 128 -r 5 2>&1 | tee -a "$out/bench.log" | grep -E "^\||pp|tg" || fails=$((fails + 1))
   done
+  echo "== generate with the default sampler (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05)"
+  for dt in Q8_0 F16; do
+    "$m" generate --device cuda -m "/tmp/qwen25-05b-$dt.gguf" -n 128 --ignore-eos "The capital of France is" 2>&1 >/dev/null | grep "decode" || fails=$((fails + 1))
+  done
   echo "== profile (95-token decode, Qwen2.5-0.5B layout, Q8_0)"
   "$D/bin/profile_decode" /tmp/qwen25-05b-Q8_0.gguf 95 > "$out/profile_q8_0.txt" 2>&1 || fails=$((fails + 1))
   head -40 "$out/profile_q8_0.txt"
@@ -116,14 +120,14 @@ names = [r[4] for r in rows]
 start = max(i for i, n in enumerate(names) if n.startswith("embed_"))
 step = rows[start:]
 unit = step[0][13]
-scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(unit, 1.0)
+scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}[unit]
 agg = collections.OrderedDict()
 for r in step:
     k = r[4].split("(")[0] + " grid" + r[8]
     c, t = agg.get(k, (0, 0.0))
     agg[k] = (c + 1, t + float(r[14].replace(",", "")) * scale)
 total = sum(t for _, t in agg.values())
-print(f"{len(step)} kernels, {total:.1f} us of kernel time in the last decode step")
+print(f"{len(step)} kernels, {total:.1f} us of kernel time in the last decode step (ncu: serialised, its own clocks)")
 print(f"{'calls':>6} {'total us':>9} {'mean us':>8} {'%':>5}  kernel grid")
 for k, (c, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
     print(f"{c:>6} {t:>9.1f} {t / c:>8.2f} {100 * t / total:>5.1f}  {k}")

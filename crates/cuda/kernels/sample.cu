@@ -331,10 +331,56 @@ __device__ double next_f64(SamplerState* st) {
     return (double)(result >> 11) * (1.0 / 9007199254740992.0);
 }
 
-// One block of SAMPLE_THREADS threads.
+// Top-k over a large vocabulary, first phase: block b takes the contiguous
+// id range [b * chunk, (b + 1) * chunk) and writes its own top_k (in the order
+// logit descending, id ascending) to slot b of cand_v / cand_i, in id order,
+// padded with -inf. The global top_k lies in the union of the slots, and the
+// finite entries of the slots, read in order, have ascending ids: so the
+// filter below can run on the slots by index and map the index it draws to an
+// id at the end, with the same ties and walks as on the whole vocabulary.
+extern "C" __global__ void sample_topk_blocks(const float* w, int V, int top_k, float* cand_v,
+                                              int* cand_i) {
+    __shared__ Shared s;
+    const int chunk = (V + gridDim.x - 1) / gridDim.x;
+    const int lo = min(V, (int)blockIdx.x * chunk), hi = min(V, lo + chunk);
+    float* ov = cand_v + (long long)blockIdx.x * top_k;
+    int* oi = cand_i + (long long)blockIdx.x * top_k;
+    for (int i = threadIdx.x; i < top_k; i += blockDim.x) {
+        ov[i] = NEG_INF;
+        oi[i] = 0x7fffffff;
+    }
+    __syncthreads();
+    if (hi <= lo) return;
+    Ctx c{w + lo, hi - lo, 0.0f, 1.0f};
+    Bound B{fkey(NEG_INF), -1};  // every finite logit
+    Bound b;
+    if (select_prefix(s, c, M_COUNT, B, (double)top_k, false, &b)) B = b;
+    // Emit the kept values in id order: contiguous segments, then a scan.
+    const int n = hi - lo, nt = blockDim.x;
+    const int seg = (n + nt - 1) / nt;
+    const int a = min(n, (int)threadIdx.x * seg), e = min(n, a + seg);
+    int mine = 0;
+    for (int t = a; t < e; t++) {
+        float l = c.w[t];
+        mine += (l != NEG_INF && in_bound(fkey(l), t, B)) ? 1 : 0;
+    }
+    int at = (int)block_exclusive_scan(s, (double)mine);
+    for (int t = a; t < e; t++) {
+        float l = c.w[t];
+        if (l != NEG_INF && in_bound(fkey(l), t, B) && at < top_k) {
+            ov[at] = l;
+            oi[at] = lo + t;
+            at++;
+        }
+    }
+}
+
+// One block of SAMPLE_THREADS threads. `map` (null for none) turns the index
+// drawn in `w` into a token id (see sample_topk_blocks).
 extern "C" __global__ void sample_filter(const float* w, int V, int top_k, float top_p,
                                          float min_p, float temperature, SamplerState* st,
-                                         unsigned* counts, int* hist, int window, int* out_id) {
+                                         unsigned* counts, int* hist, int window, int* out_id,
+                                         const int* map) {
     __shared__ Shared s;
     __shared__ double u_shared;
     Ctx c{w, V, 0.0f, 1.0f / temperature};
@@ -414,7 +460,8 @@ extern "C" __global__ void sample_filter(const float* w, int V, int top_k, float
         }
     }
     if (threadIdx.x == 0) {
+        if (tok >= 0 && map) tok = map[tok];
         *out_id = tok;
-        accept_token(tok, V, st, counts, hist, window);
+        accept_token(tok, 0x7fffffff, st, counts, hist, window);
     }
 }

@@ -52,6 +52,7 @@ pub(crate) struct Kernels {
     pub sample_prepare: Func,
     pub sample_argmax: Func,
     pub sample_filter: Func,
+    pub sample_topk_blocks: Func,
     pub sampler_accept: Func,
 }
 
@@ -201,6 +202,7 @@ impl Kernels {
             sample_prepare: function(&sample_m, "sample_prepare")?,
             sample_argmax: function(&sample_m, "sample_argmax")?,
             sample_filter,
+            sample_topk_blocks: function(&sample_m, "sample_topk_blocks")?,
             sampler_accept: function(&sample_m, "sampler_accept")?,
             _modules: vec![
                 gemv_m, dequant_m, norm_m, rope_m, kv_m, attn_m, elem_m, sample_m,

@@ -676,14 +676,35 @@ impl Backend for CudaBackend {
             )?;
         } else {
             let top_k = p.top_k.min(i32::MAX as usize) as i32;
+            // With a small top-k over a large vocabulary, cut the candidates
+            // to each block's top-k first: one block then filters a few
+            // thousand values instead of the whole vocabulary.
+            let two_phase = p.top_k > 0
+                && p.top_k <= sampler::TOPK_MAX
+                && vocab > 4 * sampler::TOPK_BLOCKS * p.top_k;
+            let (fsrc, fv, map) = if two_phase {
+                let n = sampler::TOPK_BLOCKS * p.top_k;
+                let cv = s.cand.ptr;
+                let ci = s.cand.ptr + (4 * sampler::TOPK_BLOCKS * sampler::TOPK_MAX) as u64;
+                self.dev.launch(
+                    self.k.sample_topk_blocks,
+                    (sampler::TOPK_BLOCKS as u32, 1, 1),
+                    256,
+                    0,
+                    &[Arg(src), Arg::from(v), Arg::from(top_k), Arg(cv), Arg(ci)],
+                )?;
+                (cv, n as i32, ci)
+            } else {
+                (src, v, 0)
+            };
             self.dev.launch(
                 self.k.sample_filter,
                 (1, 1, 1),
                 1024,
                 0,
                 &[
-                    Arg(src),
-                    Arg::from(v),
+                    Arg(fsrc),
+                    Arg::from(fv),
                     Arg::from(top_k),
                     Arg::from(p.top_p),
                     Arg::from(p.min_p),
@@ -693,6 +714,7 @@ impl Backend for CudaBackend {
                     common[2],
                     common[3],
                     Arg(idp),
+                    Arg(map),
                 ],
             )?;
         }

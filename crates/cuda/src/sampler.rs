@@ -12,6 +12,9 @@ use crate::error::{CudaError, CudaResult};
 
 /// Blocks of the greedy argmax (its partials are sized for this many).
 pub const ARGMAX_BLOCKS: usize = 128;
+/// Blocks of the first top-k phase, and the largest k it takes.
+pub const TOPK_BLOCKS: usize = 128;
+pub const TOPK_MAX: usize = 128;
 
 pub struct CudaSampler {
     pub(crate) params: SamplerParams,
@@ -28,6 +31,8 @@ pub struct CudaSampler {
     pub(crate) work: DeviceBuffer,
     /// Argmax partials: f32 values, then i32 ids, then the u32 block counter.
     pub(crate) argmax: DeviceBuffer,
+    /// First-phase top-k candidates: values [TOPK_BLOCKS * TOPK_MAX], then ids.
+    pub(crate) cand: DeviceBuffer,
     /// Host tokens on their way into the window.
     pub(crate) upload: Option<DeviceBuffer>,
 }
@@ -102,7 +107,9 @@ impl CudaSampler {
         let hist = DeviceBuffer::zeroed(dev, window.max(1) * 4, "sampler history")?;
         let work = DeviceBuffer::new(dev, vocab * 4, "sampler logits")?;
         let argmax = DeviceBuffer::zeroed(dev, ARGMAX_BLOCKS * 8 + 4, "sampler argmax partials")?;
+        let cand = DeviceBuffer::new(dev, TOPK_BLOCKS * TOPK_MAX * 8, "sampler top-k candidates")?;
         Ok(CudaSampler {
+            cand,
             params: *params,
             vocab,
             window,

@@ -213,7 +213,9 @@ fn draw<B: Backend>(
 fn device_sampler_draws_what_the_host_sampler_draws() {
     let Some(gpu) = cuda_or_skip() else { return };
     let cpu = CpuBackend::new(0).unwrap();
-    let vocab = 5000;
+    // Large enough that top-k of 5 and 40 take the two-phase path (top-k per
+    // block first), while top-k 1000 and top-k off filter the whole vocabulary.
+    let vocab = 60_000;
     let mut vals: Vec<f32> = randn(vocab, 42).iter().map(|v| v * 3.0).collect();
     vals[17] = vals[3]; // a tie
     vals[100] = f32::NAN; // NaN counts as -inf
