@@ -80,6 +80,8 @@ fn model() -> &'static Path {
 fn metallic(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_metallic"));
     c.args(args);
+    // Hermetic: no autotune cache of the user's (tests that want one set their own).
+    c.env("XDG_CACHE_HOME", scratch().join("empty-cache"));
     for k in [
         "METALLIC_PROFILING_ENABLED",
         "METALLIC_METRICS_JSONL_PATH",
@@ -423,4 +425,89 @@ fn jsonl_has_every_event_and_the_trace_nests_tokens_layers_ops() {
         }
     }
     assert_eq!(in_layers, 12 * LAYERS * n);
+}
+
+#[test]
+fn autotune_times_each_new_shape_once_and_later_runs_use_the_cache() {
+    let cache_home = scratch().join("autotune-cache");
+    let _ = std::fs::remove_dir_all(&cache_home);
+    let home = cache_home.to_str().unwrap();
+    let file = cache_home.join("metallic").join("matmul-autotune.json");
+    let tune = [("XDG_CACHE_HOME", home), ("METALLIC_MATMUL_AUTOTUNE", "1")];
+
+    generate(3, &[], &tune);
+    let first = std::fs::read_to_string(&file).expect("autotune wrote its cache");
+    let v: Value = serde_json::from_str(&first).unwrap();
+    let tables = v["tables"].as_object().unwrap();
+    assert_eq!(tables.len(), 1);
+    let (key, table) = tables.iter().next().unwrap();
+    assert!(key.contains("impls gemv,vecdot,gemm"), "{key}");
+    // Decode: 4 layer shapes + lm_head; prefill: the 4 layer shapes at m = prompt length.
+    let shapes = table.as_object().unwrap();
+    assert_eq!(shapes.len(), 9, "{first}");
+    for (shape, e) in shapes {
+        assert!(shape.contains("dtype=Q8_0"), "{shape}");
+        let times = e["median_ms"].as_object().unwrap();
+        assert_eq!(times.len(), 3, "every implementation timed: {shape}");
+        let winner = e["winner"].as_str().unwrap();
+        let best = times
+            .iter()
+            .map(|t| t.1.as_f64().unwrap())
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(times[winner].as_f64().unwrap(), best, "{shape}");
+    }
+
+    // Same shapes again: nothing is re-timed, so the file is untouched.
+    generate(3, &[], &tune);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+
+    // Later runs follow the cache even without autotune: make gemv win everywhere.
+    let mut forced = v.clone();
+    for e in forced["tables"][key.as_str()]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+    {
+        e["winner"] = "gemv".into();
+    }
+    std::fs::write(&file, serde_json::to_string(&forced).unwrap()).unwrap();
+    let out = generate(
+        3,
+        &[],
+        &[
+            ("XDG_CACHE_HOME", home),
+            ("METALLIC_PROFILING_ENABLED", "1"),
+        ],
+    );
+    let s = parse_summary(&String::from_utf8(out.stderr).unwrap());
+    assert_eq!(s.backends.len(), 1);
+    assert_eq!(s.backends[0].0, "gemv");
+    // METALLIC_MATMUL_AUTOTUNE=0 ignores the cache: back to the default rule.
+    let out = generate(
+        3,
+        &[],
+        &[
+            ("XDG_CACHE_HOME", home),
+            ("METALLIC_PROFILING_ENABLED", "1"),
+            ("METALLIC_MATMUL_AUTOTUNE", "0"),
+        ],
+    );
+    let s = parse_summary(&String::from_utf8(out.stderr).unwrap());
+    assert!(s.backends.iter().all(|b| b.0 != "gemv"), "{:?}", s.backends);
+}
+
+#[test]
+fn forcing_an_unknown_matmul_implementation_fails_with_the_known_names() {
+    let m = model().to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_metallic"))
+        .args(["generate", "--model", m, "hi", "-n", "2"])
+        .env("METALLIC_MATMUL_BACKEND", "mps")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown matmul implementation `mps`") && err.contains("gemv, vecdot, gemm"),
+        "{err}"
+    );
 }

@@ -2,6 +2,7 @@
 //! matmul dispatch, profiling, tokenizer, chat templates, sampling and the
 //! generation loop. It never names a backend; callers choose one at run time.
 
+pub mod autotune;
 pub mod backend;
 pub mod chat;
 pub mod config;
