@@ -4,6 +4,8 @@ mod common;
 mod device;
 mod generate;
 mod inspect;
+mod probe;
+mod probe_chart;
 mod report;
 mod tokenize;
 
@@ -29,6 +31,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Show the token ids of a text under a model's tokenizer.
     Tokenize(tokenize::TokenizeArgs),
+    /// Time every matmul implementation on the Qwen2.5 shapes (or a recorded profile's).
+    Probe(probe::ProbeArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect {
         file: PathBuf,
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tokenize::run(&a),
         Command::Inspect { file, json } => inspect::run(&file, json),
+        Command::Probe(a) => probe::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

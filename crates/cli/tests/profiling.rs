@@ -511,3 +511,84 @@ fn forcing_an_unknown_matmul_implementation_fails_with_the_known_names() {
         "{err}"
     );
 }
+
+#[test]
+fn probe_times_every_impl_on_a_recorded_profile_and_writes_csv_json_svg() {
+    let dir = scratch().join("probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let jsonl = dir.join("profile.jsonl");
+    generate(
+        3,
+        &[],
+        &[("METALLIC_METRICS_JSONL_PATH", jsonl.to_str().unwrap())],
+    );
+    let (csv, json, svg) = (dir.join("p.csv"), dir.join("p.json"), dir.join("p.svg"));
+    let p = |x: &PathBuf| x.to_str().unwrap().to_string();
+    let args = [
+        "probe",
+        "--from",
+        &p(&jsonl),
+        "-t",
+        "2",
+        "--reps",
+        "3",
+        "--budget-ms",
+        "1",
+        "--rotate-mb",
+        "1",
+        "--stream-mb",
+        "8",
+        "--csv",
+        &p(&csv),
+        "--json",
+        &p(&json),
+        "--chart",
+        &p(&svg),
+    ];
+    let out = metallic(&args, &[]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("streaming-read floor"), "{table}");
+
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let floor = v["stream_gb_s"].as_f64().unwrap();
+    assert!(floor > 0.0);
+    // The profile's 9 distinct shapes (decode + prefill), each on all three implementations.
+    assert_eq!(rows.len(), 9 * 3);
+    let mut per_shape: HashMap<String, (usize, usize)> = HashMap::new();
+    for r in rows {
+        let s = &r["shape"];
+        let key = format!("{} {} {} {}", s["op"], s["m"], s["n"], s["k"]);
+        let e = per_shape.entry(key).or_default();
+        e.0 += 1;
+        e.1 += r["winner"].as_bool().unwrap() as usize;
+        let (med, p10, p90) = (
+            r["median_ms"].as_f64().unwrap(),
+            r["p10_ms"].as_f64().unwrap(),
+            r["p90_ms"].as_f64().unwrap(),
+        );
+        assert!(
+            p10 <= med && med <= p90 && r["reps"].as_u64().unwrap() >= 3,
+            "{r}"
+        );
+        let gb_s = r["gb_s"].as_f64().unwrap();
+        assert!((gb_s - r["bytes"].as_f64().unwrap() / (med * 1e6)).abs() < 1e-6 * gb_s);
+        assert!((r["pct_of_floor"].as_f64().unwrap() - 100.0 * gb_s / floor).abs() < 1e-6 * gb_s);
+    }
+    assert_eq!(per_shape.len(), 9);
+    assert!(
+        per_shape.values().all(|&(n, w)| n == 3 && w == 1),
+        "{per_shape:?}"
+    );
+
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 9 * 3);
+    assert!(csv.starts_with("label,op,dtype,m,n,k,impl,"));
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(
+        svg.matches("<rect x=").count() - 3,
+        9 * 3,
+        "one bar per row plus the legend"
+    );
+}
