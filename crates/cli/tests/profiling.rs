@@ -3,6 +3,8 @@
 //! (`QWEN25_SHAPES.md`), its counts are checked against the number of calls
 //! the forward pass makes, and the Chrome trace's nesting is checked.
 
+#![cfg(feature = "profiling")]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

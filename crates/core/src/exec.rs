@@ -14,7 +14,9 @@ use crate::autotune::{self, Entry, Mode, TuneCache};
 use crate::backend::{Backend, MatmulOp, MatmulShape};
 use crate::dispatch::MatmulDispatch;
 use crate::error::Result;
-use crate::profiler::{OpEvent, OpKind, Phase, Recorder, StepEvent};
+#[cfg(feature = "profiling")]
+use crate::profiler::{OpEvent, StepEvent};
+use crate::profiler::{OpKind, Phase, Recorder};
 
 pub struct Exec<'b, B: Backend> {
     pub backend: &'b B,
@@ -23,6 +25,7 @@ pub struct Exec<'b, B: Backend> {
     layer: Option<u32>,
     phase: Phase,
     step: u32,
+    #[cfg_attr(not(feature = "profiling"), allow(dead_code))]
     step_start: Option<(u64, Option<B::Mark>, u32)>,
     /// The autotune cache, opened at the first shape that needs it.
     tune_cache: Option<TuneCache>,
