@@ -16,6 +16,16 @@ unsafe fn f16_load(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// The two f16 values at `p` (a block's d and, for Q4_1, m) as lanes 0 and 1.
+/// A 32-bit load into a zeroed register: a 16-bit insert would merge into
+/// whatever register the compiler picks, often a loop accumulator, and chain
+/// every block behind the previous one.
+#[inline(always)]
+unsafe fn f16_pair(p: *const u8) -> __m128 {
+    let bits = std::ptr::read_unaligned(p as *const i32);
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
+}
+
 #[inline(always)]
 unsafe fn hsum256(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -43,37 +53,39 @@ unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
 }
 
-/// Q4 rows: `off` is the level offset (8 for Q4_0), `min_at` the byte offset
-/// of Q4_1's minimum (None for Q4_0).
+/// Q4 rows (Q4_0 when `!q4_1`: levels offset by 8; Q4_1: plus a minimum).
 #[inline(always)]
 unsafe fn q4_avx2(w: &[u8], a: Q8Row<'_>, bytes: usize, qs_at: usize, q4_1: bool) -> f32 {
     let mut acc0 = _mm256_setzero_ps();
     let mut acc1 = _mm256_setzero_ps();
-    let mut extra = 0.0f32;
+    // Lane 0: sum of d * s (Q4_0's offset term); lane 1: sum of m * s (Q4_1's).
+    let mut extra = _mm_setzero_ps();
     let nb = a.d.len();
     let wp = w.as_ptr();
     let ap = a.qs.as_ptr();
     let mut b = 0;
     while b < nb {
         let blk = wp.add(b * bytes);
-        let d = f16_load(blk);
+        let dm = f16_pair(blk);
         let wq = unpack_nibbles(blk.add(qs_at));
         let aq = _mm256_loadu_si256(ap.add(b * QK) as *const __m256i);
         let p = dot_u8_i8(wq, aq);
-        let scale = _mm256_set1_ps(d * *a.d.get_unchecked(b));
+        let ad = _mm_set1_ps(*a.d.get_unchecked(b));
+        let scale = _mm256_broadcastss_ps(_mm_mul_ss(dm, ad));
         if b & 1 == 0 {
             acc0 = _mm256_fmadd_ps(scale, p, acc0);
         } else {
             acc1 = _mm256_fmadd_ps(scale, p, acc1);
         }
-        extra += if q4_1 {
-            f16_load(blk.add(2)) * *a.s.get_unchecked(b)
-        } else {
-            -8.0 * d * *a.s.get_unchecked(b)
-        };
+        extra = _mm_fmadd_ps(dm, _mm_set1_ps(*a.s.get_unchecked(b)), extra);
         b += 1;
     }
-    hsum256(_mm256_add_ps(acc0, acc1)) + extra
+    let e = if q4_1 {
+        _mm_cvtss_f32(_mm_movehdup_ps(extra))
+    } else {
+        -8.0 * _mm_cvtss_f32(extra)
+    };
+    hsum256(_mm256_add_ps(acc0, acc1)) + e
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -98,7 +110,8 @@ pub unsafe fn q8_0_avx2(w: &[u8], a: Q8Row<'_>) -> f32 {
         let aq = _mm256_loadu_si256(ap.add(b * QK) as *const __m256i);
         // Signed x signed through maddubs: |w| times a with w's sign.
         let p = dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
-        let scale = _mm256_set1_ps(f16_load(blk) * *a.d.get_unchecked(b));
+        let ad = _mm_set1_ps(*a.d.get_unchecked(b));
+        let scale = _mm256_broadcastss_ps(_mm_mul_ss(f16_pair(blk), ad));
         if b & 1 == 0 {
             acc0 = _mm256_fmadd_ps(scale, p, acc0);
         } else {
@@ -182,16 +195,6 @@ unsafe fn unpack_nibbles2(p0: *const u8, p1: *const u8) -> __m512i {
     _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
 }
 
-/// Scale `s0` for the low eight lanes (block b), `s1` for the high eight.
-#[inline(always)]
-unsafe fn scale2(s0: f32, s1: f32) -> __m512 {
-    _mm512_insertf32x8(
-        _mm512_castps256_ps512(_mm256_set1_ps(s0)),
-        _mm256_set1_ps(s1),
-        1,
-    )
-}
-
 /// Q4_0, Q4_1 and Q8_0 share one loop: `vpdpbusd` needs unsigned weights,
 /// so each block's weight levels are read as `u = q + off` and the offset is
 /// taken back out through the activation sum: `d*ad*sum(u*a) - off*d*s`.
@@ -208,7 +211,10 @@ unsafe fn quant_avx512(w: &[u8], a: Q8Row<'_>, kind: QuantKind) -> f32 {
     let ad = a.d.as_ptr();
     let asum = a.s.as_ptr();
     let mut acc = _mm512_setzero_ps();
-    let mut extra = 0.0f32;
+    // Lanes (0, 2): sums of d * s per block parity; (1, 3): Q4_1's m * s.
+    let mut extra = _mm_setzero_ps();
+    // Lane 0 of a product to the low eight lanes, lane 2 to the high eight.
+    let spread = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut b = 0;
     while b + 2 <= nb {
         let (b0, b1) = (wp.add(b * bytes), wp.add((b + 1) * bytes));
@@ -224,14 +230,25 @@ unsafe fn quant_avx512(w: &[u8], a: Q8Row<'_>, kind: QuantKind) -> f32 {
         };
         let av = _mm512_loadu_si512(ap.add(b * QK) as *const _);
         let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, av);
-        let (d0, d1) = (f16_load(b0), f16_load(b1));
-        let scale = scale2(d0 * *ad.add(b), d1 * *ad.add(b + 1));
+        // [d0, m0, d1, m1] (m only meaningful for Q4_1).
+        let dm = _mm_movelh_ps(f16_pair(b0), f16_pair(b1));
+        let ad = _mm_castpd_ps(_mm_load1_pd(ad.add(b) as *const f64)); // [ad0, ad1, ad0, ad1]
+        let ad = _mm_permute_ps(ad, 0b01_01_00_00); // [ad0, ad0, ad1, ad1]
+        let sv = _mm_castpd_ps(_mm_load1_pd(asum.add(b) as *const f64));
+        let sv = _mm_permute_ps(sv, 0b01_01_00_00); // [s0, s0, s1, s1]
+        let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(dm, ad)));
         acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc);
-        extra += block_extra(kind, b0, d0, off, *asum.add(b))
-            + block_extra(kind, b1, d1, off, *asum.add(b + 1));
+        extra = _mm_fmadd_ps(dm, sv, extra);
         b += 2;
     }
     let mut s = _mm512_reduce_add_ps(acc);
+    let ds = _mm_cvtss_f32(extra) + _mm_cvtss_f32(_mm_movehl_ps(extra, extra));
+    let ms = _mm_cvtss_f32(_mm_movehdup_ps(extra))
+        + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(extra, extra)));
+    s += match kind {
+        QuantKind::Q4_1 => ms,
+        _ => -off * ds,
+    };
     while b < nb {
         // An odd last block: 256 bits.
         let blk = wp.add(b * bytes);
@@ -249,7 +266,7 @@ unsafe fn quant_avx512(w: &[u8], a: Q8Row<'_>, kind: QuantKind) -> f32 {
         s += block_extra(kind, blk, d, off, *asum.add(b));
         b += 1;
     }
-    s + extra
+    s
 }
 
 #[derive(Clone, Copy)]
