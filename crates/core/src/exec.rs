@@ -41,6 +41,7 @@ impl<'b, B: Backend> Exec<'b, B> {
             self.recorder = Some(Recorder::new(
                 self.backend.timing_kind(),
                 self.backend.name(),
+                self.backend.device_description(),
             ));
         }
     }

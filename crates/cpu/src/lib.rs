@@ -5,9 +5,15 @@ mod attention;
 mod elementwise;
 mod linear;
 pub mod matmul;
+mod matmul_gemm;
+pub mod matmul_vecdot;
+pub mod q8_act;
 mod rope;
 mod shared_out;
 mod tensor;
+pub mod vec_dot;
+#[cfg(target_arch = "x86_64")]
+mod vec_dot_x86;
 
 use std::time::Instant;
 
@@ -270,8 +276,8 @@ impl Backend for CpuBackend {
         matmul::IMPLS
     }
 
-    fn default_matmul_impl(&self, _shape: &MatmulShape) -> usize {
-        0
+    fn default_matmul_impl(&self, shape: &MatmulShape) -> usize {
+        matmul::default_impl(shape)
     }
 
     fn matmul(
@@ -284,13 +290,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = f32s(x, "matmul x")?;
         let out = f32s_mut(out, "matmul out")?;
-        match imp {
-            0 => self.pool.install(|| matmul::gemv(x, w, m, out)),
-            _ => Err(Error::backend(
-                "cpu",
-                format!("no matmul implementation #{imp}"),
-            )),
-        }
+        self.pool.install(|| matmul::run(imp, x, w, m, out))
     }
 
     fn rope(
