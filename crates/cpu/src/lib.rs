@@ -5,6 +5,7 @@ mod attention;
 mod elementwise;
 mod linear;
 pub mod matmul;
+mod matmul_fdot;
 mod matmul_gemm;
 pub mod matmul_vecdot;
 pub mod q8_act;
