@@ -379,10 +379,7 @@ mod tests {
             ta: false,
             tb: true,
         };
-        assert_eq!(
-            IMPLS[default_impl(&shape(1, GgmlType::Q4_1))].name,
-            "fdot"
-        );
+        assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_1))].name, "fdot");
         assert_eq!(
             IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q4_1))].name,
             "gemm"

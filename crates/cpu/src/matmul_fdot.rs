@@ -100,6 +100,8 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
 struct Kernels {
     #[cfg(target_arch = "x86_64")]
     avx2: bool,
+    #[cfg(target_arch = "x86_64")]
+    avx512: bool,
 }
 
 impl Kernels {
@@ -109,7 +111,21 @@ impl Kernels {
             avx2: std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("f16c"),
+            #[cfg(target_arch = "x86_64")]
+            avx512: std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("f16c"),
         }
+    }
+
+    /// AVX2 even where AVX-512 exists, for testing one against the other.
+    #[cfg(test)]
+    fn avx2_only() -> Kernels {
+        let mut k = Kernels::detect();
+        #[cfg(target_arch = "x86_64")]
+        {
+            k.avx512 = false;
+        }
+        k
     }
 
     /// Scalar kernels only, for testing them against the SIMD ones.
@@ -118,11 +134,19 @@ impl Kernels {
         Kernels {
             #[cfg(target_arch = "x86_64")]
             avx2: false,
+            #[cfg(target_arch = "x86_64")]
+            avx512: false,
         }
     }
 
     #[inline]
     fn dot(self, ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx512 && !matches!(ty, GgmlType::F32 | GgmlType::F16) {
+            // SAFETY: the CPU has AVX-512F and F16C (checked in `detect`); the row
+            // holds k / 32 blocks of `ty` (checked by the caller).
+            return unsafe { avx512::dot(ty, w, x, xsum) };
+        }
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
             // SAFETY: the CPU has AVX2, FMA and F16C (checked in `detect`), and the
@@ -224,6 +248,14 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
     }
 
+    /// The f16 at byte `at`, converted by the F16C instruction.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn h(b: &[u8], at: usize) -> f32 {
+        let v = u16::from_le_bytes([b[at], b[at + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v as i32)))
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
         let xp = x.as_ptr();
@@ -261,7 +293,7 @@ mod avx2 {
                     s = _mm256_fmadd_ps(i8x8(q.add(8)), _mm256_loadu_ps(xb.add(8)), s);
                     s = _mm256_fmadd_ps(i8x8(q.add(16)), _mm256_loadu_ps(xb.add(16)), s);
                     s = _mm256_fmadd_ps(i8x8(q.add(24)), _mm256_loadu_ps(xb.add(24)), s);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(blk, 0)), s, acc);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(h(blk, 0)), s, acc);
                 }
                 hsum(acc)
             }
@@ -284,14 +316,85 @@ mod avx2 {
                         _mm256_loadu_ps(xb.add(24)),
                         s,
                     );
-                    let d = f16_at(blk, 0);
+                    let d = h(blk, 0);
                     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
-                    let offset = if q4_0 { -8.0 * d } else { f16_at(blk, 2) };
+                    let offset = if q4_0 { -8.0 * d } else { h(blk, 2) };
                     offsets += offset * xsum[b];
                 }
                 hsum(acc) + offsets
             }
             _ => unreachable!("fdot checks types before running"),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::avx2::h;
+    use super::*;
+
+    /// Sixteen bytes as unsigned integers, to f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn u8x16(v: __m128i) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
+    }
+
+    /// Sixteen bytes as signed integers, to f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn i8x16(p: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+    }
+
+    /// Block formats only; F32/F16 rows take the AVX2 kernel.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+        let xp = x.as_ptr();
+        // Two accumulators hide the FMA latency across blocks.
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        match ty {
+            GgmlType::Q8_0 => {
+                for (b, blk) in w.chunks_exact(34).enumerate() {
+                    let q = blk.as_ptr().add(2);
+                    let xb = xp.add(b * QK);
+                    let s = _mm512_mul_ps(i8x16(q), _mm512_loadu_ps(xb));
+                    let s = _mm512_fmadd_ps(i8x16(q.add(16)), _mm512_loadu_ps(xb.add(16)), s);
+                    let d = _mm512_set1_ps(h(blk, 0));
+                    if b % 2 == 0 {
+                        a0 = _mm512_fmadd_ps(d, s, a0);
+                    } else {
+                        a1 = _mm512_fmadd_ps(d, s, a1);
+                    }
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let q4_0 = ty == GgmlType::Q4_0;
+                let (size, qs) = if q4_0 { (18, 2) } else { (20, 4) };
+                let mask = _mm_set1_epi8(0x0F);
+                let mut offsets = 0.0f32;
+                for (b, blk) in w.chunks_exact(size).enumerate() {
+                    let raw = _mm_loadu_si128(blk.as_ptr().add(qs) as *const __m128i);
+                    let lo = _mm_and_si128(raw, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                    let xb = xp.add(b * QK);
+                    let s = _mm512_mul_ps(u8x16(lo), _mm512_loadu_ps(xb));
+                    let s = _mm512_fmadd_ps(u8x16(hi), _mm512_loadu_ps(xb.add(16)), s);
+                    let d = h(blk, 0);
+                    if b % 2 == 0 {
+                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a0);
+                    } else {
+                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a1);
+                    }
+                    let offset = if q4_0 { -8.0 * d } else { h(blk, 2) };
+                    offsets += offset * xsum[b];
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
+            }
+            _ => unreachable!("the AVX-512 kernels take block formats only"),
         }
     }
 }
@@ -341,6 +444,7 @@ mod tests {
                 let bound = 4.0 * k as f64 * mag * f32::EPSILON as f64 / 2.0 + 1e-6;
                 for (name, kern) in [
                     ("detected", Kernels::detect()),
+                    ("avx2", Kernels::avx2_only()),
                     ("scalar", Kernels::scalar()),
                 ] {
                     let got = kern.dot(ty, &bytes, &x, &xsum) as f64;
