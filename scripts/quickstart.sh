@@ -8,6 +8,6 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 ./scripts/fetch-assets.sh
 cargo build --release -p metallic-cli
 if [ $# -eq 0 ]; then
-  set -- --chat "Write a haiku about the sea."
+  set -- --chat -n 128 "Write a haiku about the sea."
 fi
 exec ./target/release/metallic generate "$@"

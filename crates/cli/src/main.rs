@@ -1,12 +1,15 @@
 //! The `metallic` command.
 
+mod bench;
 mod common;
 mod device;
 mod generate;
 mod inspect;
+mod machine;
 mod probe;
 mod probe_chart;
 mod report;
+mod synth;
 mod tokenize;
 
 use std::path::PathBuf;
@@ -29,6 +32,10 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt.
     Generate(generate::GenerateArgs),
+    /// Measure prompt processing and generation speed, like llama-bench.
+    Bench(bench::BenchArgs),
+    /// Write a GGUF with a real model's layout and random weights.
+    Synth(synth::SynthArgs),
     /// Show the token ids of a text under a model's tokenizer.
     Tokenize(tokenize::TokenizeArgs),
     /// Time every matmul implementation on the Qwen2.5 shapes (or a recorded profile's).
@@ -46,6 +53,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Synth(a) => synth::run(a),
         Command::Tokenize(a) => tokenize::run(&a),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Probe(a) => probe::run(a),

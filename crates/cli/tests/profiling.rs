@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use metallic::backend::{MatmulOp, MatmulShape};
 use metallic::synth::{self, SynthOptions};
 use metallic::tokenizer::TokenizerSpec;
+use metallic_cpu::matmul::{default_impl, IMPLS};
 use metallic_gguf::GgmlType;
 use regex::Regex;
 use serde_json::Value;
@@ -255,8 +257,7 @@ fn profiling_summary_has_the_seed_format_and_one_count_per_call() {
     let err = String::from_utf8(out.stderr).unwrap();
     let s = parse_summary(&err);
 
-    // One implementation per shape with the default rule; the decode shapes
-    // go to vecdot (m = 1, Q8_0).
+    // One implementation per shape, the one the CPU's default rule names.
     let shape_count = |op: &str, m: usize, n_: usize, k: usize| -> usize {
         s.shapes
             .iter()
@@ -282,10 +283,23 @@ fn profiling_summary_has_the_seed_format_and_one_count_per_call() {
     assert_eq!(shape_count("matmul", 1, VOCAB, HIDDEN), decode_steps + 1);
     for (key, rows) in &s.shapes {
         assert_eq!((key.1, key.5, key.6), (1, 0, 1), "{key:?}");
-        if key.2 == 1 {
-            assert_eq!(rows.len(), 1);
-            assert_eq!(rows[0].0, "vecdot", "{key:?}");
-        }
+        let op = if key.0 == "matmul" {
+            MatmulOp::Matmul
+        } else {
+            MatmulOp::MatmulBiasAdd
+        };
+        let shape = MatmulShape {
+            op,
+            dtype: GgmlType::Q8_0,
+            batch: 1,
+            m: key.2,
+            n: key.3,
+            k: key.4,
+            ta: false,
+            tb: true,
+        };
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0, IMPLS[default_impl(&shape)].name, "{key:?}");
     }
 
     // The three sections count the same calls.
@@ -443,14 +457,20 @@ fn autotune_times_each_new_shape_once_and_later_runs_use_the_cache() {
     let tables = v["tables"].as_object().unwrap();
     assert_eq!(tables.len(), 1);
     let (key, table) = tables.iter().next().unwrap();
-    assert!(key.contains("impls gemv,vecdot,gemm"), "{key}");
+    let names: Vec<&str> = IMPLS.iter().map(|i| i.name).collect();
+    assert!(key.contains(&format!("impls {}", names.join(","))), "{key}");
     // Decode: 4 layer shapes + lm_head; prefill: the 4 layer shapes at m = prompt length.
     let shapes = table.as_object().unwrap();
     assert_eq!(shapes.len(), 9, "{first}");
     for (shape, e) in shapes {
         assert!(shape.contains("dtype=Q8_0"), "{shape}");
         let times = e["median_ms"].as_object().unwrap();
-        assert_eq!(times.len(), 3, "every implementation timed: {shape}");
+        // Every implementation supports these Q8_0 shapes on the CPU.
+        assert_eq!(
+            times.len(),
+            IMPLS.len(),
+            "every implementation timed: {shape}"
+        );
         let winner = e["winner"].as_str().unwrap();
         let best = times
             .iter()
@@ -508,8 +528,9 @@ fn forcing_an_unknown_matmul_implementation_fails_with_the_known_names() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    let names: Vec<&str> = IMPLS.iter().map(|i| i.name).collect();
     assert!(
-        err.contains("unknown matmul implementation `mps`") && err.contains("gemv, vecdot, gemm"),
+        err.contains("unknown matmul implementation `mps`") && err.contains(&names.join(", ")),
         "{err}"
     );
 }
@@ -555,8 +576,9 @@ fn probe_times_every_impl_on_a_recorded_profile_and_writes_csv_json_svg() {
     let rows = v["rows"].as_array().unwrap();
     let floor = v["stream_gb_s"].as_f64().unwrap();
     assert!(floor > 0.0);
-    // The profile's 9 distinct shapes (decode + prefill), each on all three implementations.
-    assert_eq!(rows.len(), 9 * 3);
+    // The profile's 9 distinct shapes (decode + prefill), each on every implementation.
+    let k = IMPLS.len();
+    assert_eq!(rows.len(), 9 * k);
     let mut per_shape: HashMap<String, (usize, usize)> = HashMap::new();
     for r in rows {
         let s = &r["shape"];
@@ -579,18 +601,18 @@ fn probe_times_every_impl_on_a_recorded_profile_and_writes_csv_json_svg() {
     }
     assert_eq!(per_shape.len(), 9);
     assert!(
-        per_shape.values().all(|&(n, w)| n == 3 && w == 1),
+        per_shape.values().all(|&(n, w)| n == k && w == 1),
         "{per_shape:?}"
     );
 
     let csv = std::fs::read_to_string(&csv).unwrap();
-    assert_eq!(csv.lines().count(), 1 + 9 * 3);
+    assert_eq!(csv.lines().count(), 1 + 9 * k);
     assert!(csv.starts_with("label,op,dtype,m,n,k,impl,"));
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(
-        svg.matches("<rect x=").count() - 3,
-        9 * 3,
+        svg.matches("<rect x=").count() - k,
+        9 * k,
         "one bar per row plus the legend"
     );
 }

@@ -8,6 +8,7 @@ pub mod chat;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod eval;
 pub mod exec;
 pub mod generate;
 pub mod model;

@@ -5,6 +5,7 @@ mod attention;
 mod elementwise;
 mod linear;
 pub mod matmul;
+mod matmul_fdot;
 mod matmul_gemm;
 pub mod matmul_vecdot;
 pub mod q8_act;
@@ -116,7 +117,12 @@ impl CpuBackend {
 
 /// A short description of the host CPU: model name and widest SIMD level.
 pub fn cpu_description() -> String {
-    let model = std::fs::read_to_string("/proc/cpuinfo")
+    format!("{} ({})", cpu_model(), simd_level())
+}
+
+/// The CPU's model name (from /proc/cpuinfo where there is one).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
             s.lines()
@@ -124,8 +130,7 @@ pub fn cpu_description() -> String {
                 .and_then(|l| l.split(':').nth(1))
                 .map(|s| s.trim().to_string())
         })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    format!("{model} ({})", simd_level())
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 pub fn simd_level() -> &'static str {

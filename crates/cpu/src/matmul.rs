@@ -5,11 +5,16 @@
 //! | 0     | `gemv`   | dequantise a row, f32 dot (reference)  | every type the CPU loads          |
 //! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0, Q4_1, Q8_0, F16, F32        |
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
+//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0, Q4_1, Q8_0, F16, F32        |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
 //! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows go to `gemm`
 //! (prefill: enough rows to reuse each dequantised tile); fewer rows to
-//! `vecdot` where the weight type has a kernel, else to `gemv`. The threshold
+//! `fdot` where the weight type has a kernel, else to `gemv`. `vecdot` is
+//! faster but rounds activations to 8 bits, which changes greedy
+//! continuations of real models against transformers (SmolLM2 diverges at
+//! the sixth token), so it is opt-in: METALLIC_MATMUL_BACKEND=vecdot, or a
+//! winner of autotuning. The threshold
 //! comes from `metallic probe` on the development machine (see docs/probe.md);
 //! METALLIC_MATMUL_AUTOTUNE=1 replaces the rule by measurements per shape.
 
@@ -55,6 +60,12 @@ fn vecdot_supports(s: &MatmulShape) -> bool {
         && (!crate::vec_dot::needs_q8(s.dtype) || s.k.is_multiple_of(crate::q8_act::QK))
 }
 
+fn fdot_supports(s: &MatmulShape) -> bool {
+    plain_product(s)
+        && crate::matmul_fdot::supported(s.dtype)
+        && crate::matmul_fdot::supports_k(s.dtype, s.k)
+}
+
 fn gemm_supports(s: &MatmulShape) -> bool {
     plain_product(s) && supported_type(s.dtype)
 }
@@ -62,6 +73,7 @@ fn gemm_supports(s: &MatmulShape) -> bool {
 pub const GEMV: usize = 0;
 pub const VECDOT: usize = 1;
 pub const GEMM: usize = 2;
+pub const FDOT: usize = 3;
 
 pub const IMPLS: &[MatmulImpl] = &[
     MatmulImpl {
@@ -76,6 +88,10 @@ pub const IMPLS: &[MatmulImpl] = &[
         name: "gemm",
         supports: gemm_supports,
     },
+    MatmulImpl {
+        name: "fdot",
+        supports: fdot_supports,
+    },
 ];
 
 /// Rows from which the blocked GEMM beats the vector kernels: on the
@@ -88,8 +104,8 @@ pub const GEMM_MIN_M: usize = 32;
 pub fn default_impl(s: &MatmulShape) -> usize {
     if s.m >= GEMM_MIN_M && gemm_supports(s) {
         GEMM
-    } else if vecdot_supports(s) {
-        VECDOT
+    } else if fdot_supports(s) {
+        FDOT
     } else {
         GEMV
     }
@@ -107,6 +123,7 @@ pub fn run(imp: usize, x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> R
         GEMV => gemv(x, w, m, out),
         VECDOT => crate::matmul_vecdot::vecdot(x, w, m, out),
         GEMM => crate::matmul_gemm::gemm(x, w, m, out),
+        FDOT => crate::matmul_fdot::fdot(x, w, m, out),
         _ => Err(Error::backend(
             "cpu",
             format!("no matmul implementation #{imp}"),
@@ -354,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn default_rule_picks_vecdot_for_decode_and_gemm_for_prefill() {
+    fn default_rule_picks_fdot_for_decode_and_gemm_for_prefill() {
         let shape = |m, dtype| MatmulShape {
             op: metallic::backend::MatmulOp::Matmul,
             dtype,
@@ -365,15 +382,12 @@ mod tests {
             ta: false,
             tb: true,
         };
-        assert_eq!(
-            IMPLS[default_impl(&shape(1, GgmlType::Q4_1))].name,
-            "vecdot"
-        );
+        assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_1))].name, "fdot");
         assert_eq!(
             IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q4_1))].name,
             "gemm"
         );
-        // No vecdot kernel for K-quants: the reference takes them.
+        // No fdot kernel for K-quants: the reference takes them.
         assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_K))].name, "gemv");
         let mut odd = shape(1, GgmlType::Q8_0);
         odd.batch = 14;
