@@ -313,11 +313,31 @@ mod tests {
                 let mut out = vec![f32::NAN; m * n];
                 let what = format!("{} k={k} m={m} n={n}", ty.name());
 
-                gemv(&x, &w, m, &mut out).unwrap();
-                check(&format!("gemv {what}"), &out, &y, &abs, &none);
-                out.fill(f32::NAN);
-                crate::matmul_gemm::gemm(&x, &w, m, &mut out).unwrap();
-                check(&format!("gemm {what}"), &out, &y, &abs, &none);
+                // Every registered implementation that takes the shape, through
+                // the dispatch entry point. Float implementations: f32 rounding only.
+                let shape = MatmulShape {
+                    op: metallic::backend::MatmulOp::Matmul,
+                    dtype: ty,
+                    batch: 1,
+                    m,
+                    n,
+                    k,
+                    ta: false,
+                    tb: true,
+                };
+                for (idx, imp) in IMPLS.iter().enumerate() {
+                    if !(imp.supports)(&shape) {
+                        continue;
+                    }
+                    let extra = if idx == VECDOT && vec_dot::needs_q8(ty) {
+                        &q8
+                    } else {
+                        &none
+                    };
+                    out.fill(f32::NAN);
+                    run(idx, &x, &w, m, &mut out).unwrap();
+                    check(&format!("{} {what}", imp.name), &out, &y, &abs, extra);
+                }
 
                 // vecdot is exact integer arithmetic on Q8 activations: only the
                 // activations' rounding (and f32 sums) separate it from the product.
