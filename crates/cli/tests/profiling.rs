@@ -44,8 +44,9 @@ fn byte_level_alphabet() -> Vec<String> {
         .collect()
 }
 
+/// Cargo's scratch space for integration tests (inside target/), reused across runs.
 fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("metallic-profiling-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("profiling");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
