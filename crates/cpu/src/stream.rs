@@ -25,7 +25,9 @@ pub fn stream_sum(v: &[i32]) -> i32 {
 mod tests {
     #[test]
     fn stream_sum_wraps_like_a_serial_sum() {
-        let v: Vec<i32> = (0..1_000_003).map(|i| i * 7919 - 3).collect();
+        let v: Vec<i32> = (0..1_000_003i32)
+            .map(|i| i.wrapping_mul(7919).wrapping_sub(3))
+            .collect();
         let serial = v.iter().fold(0i32, |s, &x| s.wrapping_add(x));
         assert_eq!(super::stream_sum(&v), serial);
     }
