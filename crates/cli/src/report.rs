@@ -23,16 +23,16 @@ pub fn emit<M>(rec: &Recorder<M>, trace: Option<&Path>) -> Result<()> {
         eprint!("\n{}", metallic::report::summary(rec));
     }
     if let Some(path) = jsonl_path() {
-        let f = std::fs::File::create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut w = BufWriter::new(f);
         metallic::report::write_jsonl(rec, &mut w)
             .and_then(|()| w.flush())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = trace {
-        let f = std::fs::File::create(path)
-            .with_context(|| format!("creating {}", path.display()))?;
+        let f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut w = BufWriter::new(f);
         serde_json::to_writer(&mut w, &metallic::trace::chrome_trace(rec))
             .with_context(|| format!("writing {}", path.display()))?;

@@ -37,7 +37,11 @@ pub fn chrome_trace<M>(rec: &Recorder<M>) -> Value {
             Phase::Decode => format!("decode token {}", s.step),
         };
         let args = json!({"step": s.step, "tokens": s.tokens, "device_ms": s.device_ms});
-        events.push((s.host_start_ns, s.host_ns, slice(name, "step", s.host_start_ns, s.host_ns, args)));
+        events.push((
+            s.host_start_ns,
+            s.host_ns,
+            slice(name, "step", s.host_start_ns, s.host_ns, args),
+        ));
     }
     // Ops of one layer within one step are contiguous: one layer slice spans them.
     let mut i = 0;
@@ -53,7 +57,11 @@ pub fn chrome_trace<M>(rec: &Recorder<M>) -> Value {
                 j += 1;
             }
             let args = json!({"layer": layer, "step": e.step, "ops": j - i});
-            events.push((start, end - start, slice(format!("layer {layer}"), "layer", start, end - start, args)));
+            events.push((
+                start,
+                end - start,
+                slice(format!("layer {layer}"), "layer", start, end - start, args),
+            ));
             i = j;
         } else {
             i += 1;
@@ -75,7 +83,13 @@ pub fn chrome_trace<M>(rec: &Recorder<M>) -> Value {
         events.push((
             e.host_start_ns,
             e.host_ns,
-            slice(e.op.name().to_string(), "op", e.host_start_ns, e.host_ns, args),
+            slice(
+                e.op.name().to_string(),
+                "op",
+                e.host_start_ns,
+                e.host_ns,
+                args,
+            ),
         ));
     }
     // Parents first: by start, then longest first.
