@@ -28,6 +28,10 @@ use crate::shared_out::SharedOut;
 /// Elements per block of the nibble and 8-bit formats.
 const QK: usize = 32;
 
+/// Bytes ahead of the current block that the kernels prefetch.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH: usize = 1024;
+
 /// Weight types with an `fdot` kernel.
 pub fn supported(ty: GgmlType) -> bool {
     matches!(
@@ -234,6 +238,27 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// Multipliers of `[d, m, _, _]` giving a nibble block's offset term:
+    /// Q4_0 `-8 d * sum(x)`, Q4_1 `m * sum(x)`. Kept in a vector so the scales
+    /// are loaded as one 32-bit value (see [`h2`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn offset_coefs(q4_0: bool, xsum: f32) -> __m128 {
+        // Q4_0's lane 1 holds quants, not a scale: it must meet an exact zero
+        // (0 * inf would be NaN), hence the `keep` mask in the callers.
+        if q4_0 {
+            _mm_setr_ps(-8.0 * xsum, 0.0, 0.0, 0.0)
+        } else {
+            _mm_setr_ps(0.0, xsum, 0.0, 0.0)
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn lanes01(v: __m128) -> f32 {
+        _mm_cvtss_f32(v) + _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1))
+    }
+
     /// Eight bytes as unsigned integers, to f32.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -252,8 +277,17 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn h(b: &[u8], at: usize) -> f32 {
-        let v = u16::from_le_bytes([b[at], b[at + 1]]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v as i32)))
+        _mm_cvtss_f32(h2(b, at))
+    }
+
+    /// The two f16 at bytes `at..at + 4` (d and m of a Q4_1 block; d and the first
+    /// quants of the other formats). A 32-bit load goes into a fresh register: a
+    /// 16-bit insert would merge into, and so wait for, whatever held it before.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn h2(b: &[u8], at: usize) -> __m128 {
+        let v = i32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        _mm_cvtph_ps(_mm_cvtsi32_si128(v))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -302,7 +336,13 @@ mod avx2 {
                 let (size, qs) = if q4_0 { (18, 2) } else { (20, 4) };
                 let mask = _mm_set1_epi8(0x0F);
                 let mut acc = _mm256_setzero_ps();
-                let mut offsets = 0.0f32;
+                let mut offsets = _mm_setzero_ps();
+                // Lanes of [d, m, _, _] that hold scales: Q4_0 has no m.
+                let keep = _mm_castsi128_ps(if q4_0 {
+                    _mm_setr_epi32(-1, 0, 0, 0)
+                } else {
+                    _mm_setr_epi32(-1, -1, 0, 0)
+                });
                 for (b, blk) in w.chunks_exact(size).enumerate() {
                     let raw = _mm_loadu_si128(blk.as_ptr().add(qs) as *const __m128i);
                     let lo = _mm_and_si128(raw, mask);
@@ -316,12 +356,11 @@ mod avx2 {
                         _mm256_loadu_ps(xb.add(24)),
                         s,
                     );
-                    let d = h(blk, 0);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
-                    let offset = if q4_0 { -8.0 * d } else { h(blk, 2) };
-                    offsets += offset * xsum[b];
+                    let dm = _mm_and_ps(h2(blk, 0), keep);
+                    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), s, acc);
+                    offsets = _mm_fmadd_ps(dm, offset_coefs(q4_0, xsum[b]), offsets);
                 }
-                hsum(acc) + offsets
+                hsum(acc) + lanes01(offsets)
             }
             _ => unreachable!("fdot checks types before running"),
         }
@@ -332,7 +371,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::avx2::h;
+    use super::avx2::{h, h2, lanes01, offset_coefs};
     use super::*;
 
     /// Sixteen bytes as unsigned integers, to f32.
@@ -375,24 +414,32 @@ mod avx512 {
                 let q4_0 = ty == GgmlType::Q4_0;
                 let (size, qs) = if q4_0 { (18, 2) } else { (20, 4) };
                 let mask = _mm_set1_epi8(0x0F);
-                let mut offsets = 0.0f32;
+                let mut offsets = _mm_setzero_ps();
+                // Lanes of [d, m, _, _] that hold scales: Q4_0 has no m.
+                let keep = _mm_castsi128_ps(if q4_0 {
+                    _mm_setr_epi32(-1, 0, 0, 0)
+                } else {
+                    _mm_setr_epi32(-1, -1, 0, 0)
+                });
                 for (b, blk) in w.chunks_exact(size).enumerate() {
+                    // Rows are short (18 blocks at k = 576): prefetch ahead across row ends.
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
                     let raw = _mm_loadu_si128(blk.as_ptr().add(qs) as *const __m128i);
                     let lo = _mm_and_si128(raw, mask);
                     let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
                     let xb = xp.add(b * QK);
                     let s = _mm512_mul_ps(u8x16(lo), _mm512_loadu_ps(xb));
                     let s = _mm512_fmadd_ps(u8x16(hi), _mm512_loadu_ps(xb.add(16)), s);
-                    let d = h(blk, 0);
+                    let dm = _mm_and_ps(h2(blk, 0), keep);
+                    let d = _mm512_broadcastss_ps(dm);
                     if b % 2 == 0 {
-                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a0);
+                        a0 = _mm512_fmadd_ps(d, s, a0);
                     } else {
-                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a1);
+                        a1 = _mm512_fmadd_ps(d, s, a1);
                     }
-                    let offset = if q4_0 { -8.0 * d } else { h(blk, 2) };
-                    offsets += offset * xsum[b];
+                    offsets = _mm_fmadd_ps(dm, offset_coefs(q4_0, xsum[b]), offsets);
                 }
-                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + lanes01(offsets)
             }
             _ => unreachable!("the AVX-512 kernels take block formats only"),
         }
