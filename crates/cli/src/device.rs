@@ -18,6 +18,10 @@ pub fn on_device<W: OnBackend>(device: Device, threads: usize, work: W) -> Resul
             let b = CpuBackend::new(threads).context("starting the CPU backend")?;
             work.run(b)
         }
-        Device::Cuda => anyhow::bail!("the CUDA backend is not part of this build yet"),
+        Device::Cuda => {
+            // A typed error (no driver, no GPU, NVRTC missing) names the cause.
+            let b = metallic_cuda::CudaBackend::new(0).context("starting the CUDA backend")?;
+            work.run(b)
+        }
     }
 }

@@ -1,0 +1,325 @@
+// Matrix-vector products for small batches (m <= 8): out[m, n] = x[m, k] W^T (+ bias).
+//
+// One warp computes one output column (a weight row) for all m activation
+// rows, looping over rows with a grid stride. Every lane streams 16-byte
+// chunks of the row; the partial sums meet in a shuffle reduction.
+//
+//  * gemv_<f32|f16|bf16>_m<M>: float weights times f32 activations.
+//  * gemv_<quant>_m<M>: quantised weights. quantize_act first turns the
+//    activations into int8 (per 32 values: scale d, and the sums of the quants
+//    of each 16-value half) once per product; each block copies them to shared
+//    memory, then the inner loop is dp4a integer dot products, one float
+//    multiply per block of weights. (`x` is then that quantised buffer.)
+//  * gemvx_<quant>_m<M>: quantised weights decoded to f32 and multiplied with
+//    the f32 activations: slower, but with no activation rounding.
+//
+// Arguments: the four weight pointers (see formats.cuh), n rows, k columns,
+// x [m, k], out (already offset to this weight's first column), the row
+// stride of out, and an optional bias [n] (null for none).
+
+#define GEMV_ARGS                                                                      \
+    const u8 *p0, const u8 *p1, const u8 *p2, const u8 *p3, int n, int k, const float *x, \
+        float *out, int ldo, const float *bias
+
+template <int M>
+__device__ __forceinline__ void gemv_store(float (&acc)[M], int lane, int row, float* out, int ldo,
+                                           const float* bias) {
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = warp_sum(acc[m]);
+    if (lane == 0) {
+        float b = bias ? bias[row] : 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; m++) out[(long long)m * ldo + row] = acc[m] + b;
+    }
+}
+
+// ---------------------------------------------------------------- float weights
+
+template <int T, int M>
+__device__ __forceinline__ void fma_chunk(float (&acc)[M], uint4 v, const float* x, int k, int c) {
+    if (T == T_F32) {
+        float w[4] = {__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z),
+                      __uint_as_float(v.w)};
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float4 a = ldg_f4(x + (long long)m * k + 4 * c);
+            acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w;
+        }
+    } else {
+        u32 u[4] = {v.x, v.y, v.z, v.w};
+        float w[8];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u16 lo = (u16)(u[j] & 0xffff), hi = (u16)(u[j] >> 16);
+            w[2 * j] = T == T_F16 ? h2f(lo) : bf2f(lo);
+            w[2 * j + 1] = T == T_F16 ? h2f(hi) : bf2f(hi);
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float4 a = ldg_f4(x + (long long)m * k + 8 * c);
+            float4 b = ldg_f4(x + (long long)m * k + 8 * c + 4);
+            acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x +
+                      w[5] * b.y + w[6] * b.z + w[7] * b.w;
+        }
+    }
+}
+
+template <int T, int M>
+__device__ void gemv_float(GEMV_ARGS) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int per = T == T_F32 ? 4 : 8;  // values per 16-byte chunk
+    const int nch = k / per;
+    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
+        const uint4* wr = reinterpret_cast<const uint4*>(p0) + (long long)row * nch;
+        float acc[M];
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[m] = 0.0f;
+        int c = lane;
+        for (; c + 96 < nch; c += 128) {
+            uint4 v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) v[u] = ldg_stream(wr + c + 32 * u);
+#pragma unroll
+            for (int u = 0; u < 4; u++) fma_chunk<T, M>(acc, v[u], x, k, c + 32 * u);
+        }
+        for (; c < nch; c += 32) fma_chunk<T, M>(acc, ldg_stream(wr + c), x, k, c);
+        gemv_store<M>(acc, lane, row, out, ldo, bias);
+    }
+}
+
+// ---------------------------------------------------------------- quantised weights, dp4a
+
+// Per 32-value group of the quantised activations: d, d * sum(q), and the
+// integer sums of the quants of each 16-value half.
+struct XGroup {
+    float d;
+    float s;
+    int s0;
+    int s1;
+};
+
+// Quantise x[m, k] once per product, into the layout the kernels copy to
+// shared memory: int8 quants [m][k], then XGroup [m][k/32]. One warp per
+// 32-value group. Rounding as ggml's quantize_row_q8_1: d = amax / 127,
+// q = round(x / d).
+extern "C" __global__ void quantize_act(const float* x, int m, int k, u8* out) {
+    const int lane = threadIdx.x & 31;
+    const int g = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    const int groups = m * (k / 32);
+    if (g >= groups) return;
+    i8* xq = reinterpret_cast<i8*>(out);
+    XGroup* xg = reinterpret_cast<XGroup*>(out + (long long)m * k);
+    float v = x[(long long)g * 32 + lane];
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int q = (int)roundf(v * id);
+    xq[(long long)g * 32 + lane] = (i8)q;
+    int s0 = warp_sum_i(lane < 16 ? q : 0);
+    int s1 = warp_sum_i(lane < 16 ? 0 : q);
+    if (lane == 0) xg[g] = XGroup{d, d * (float)(s0 + s1), s0, s1};
+}
+
+__device__ __forceinline__ int dot16(uint4 w, uint4 a, int c = 0) {
+    c = dp4a((int)w.x, (int)a.x, c);
+    c = dp4a((int)w.y, (int)a.y, c);
+    c = dp4a((int)w.z, (int)a.z, c);
+    return dp4a((int)w.w, (int)a.w, c);
+}
+
+__device__ __forceinline__ uint4 lds16(const i8* p) { return *reinterpret_cast<const uint4*>(p); }
+
+__device__ __forceinline__ uint4 nib_lo(uint4 v) {
+    return make_uint4(v.x & 0x0F0F0F0F, v.y & 0x0F0F0F0F, v.z & 0x0F0F0F0F, v.w & 0x0F0F0F0F);
+}
+__device__ __forceinline__ uint4 nib_hi(uint4 v) {
+    return make_uint4((v.x >> 4) & 0x0F0F0F0F, (v.y >> 4) & 0x0F0F0F0F, (v.z >> 4) & 0x0F0F0F0F,
+                      (v.w >> 4) & 0x0F0F0F0F);
+}
+
+// Units of work per row: 16-byte chunks for Q8_0, Q4_K; blocks for Q4_0/Q4_1;
+// 64-value slices for Q6_K.
+template <int T>
+__device__ __forceinline__ int units_per_row(int k) {
+    return T == T_Q8_0 ? k / 16 : T == T_Q6_K ? k / 64 : k / 32;
+}
+
+template <int T, int M>
+__device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long row, int k, int u,
+                                       const i8* xq, const XGroup* xg) {
+    const int kg = k / 32;
+    if (T == T_Q8_0) {
+        uint4 v = ldg_stream(w.p0 + row * k + 16 * u);
+        float dw = h2f(__ldg(reinterpret_cast<const u16*>(w.p1) + row * kg + u / 2));
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            int s = dot16(v, lds16(xq + m * k + 16 * u));
+            acc[m] += dw * xg[m * kg + u / 2].d * (float)s;
+        }
+    } else if (T == T_Q4_0 || T == T_Q4_1) {
+        uint4 v = ldg_stream(w.p0 + row * (k / 2) + 16 * u);
+        uint4 lo = nib_lo(v), hi = nib_hi(v);
+        float dw, mw = 0.0f;
+        if (T == T_Q4_0) {
+            dw = h2f(__ldg(reinterpret_cast<const u16*>(w.p1) + row * kg + u));
+        } else {
+            u32 dm = __ldg(reinterpret_cast<const u32*>(w.p1) + row * kg + u);
+            dw = h2f((u16)(dm & 0xffff));
+            mw = h2f((u16)(dm >> 16));
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const i8* a = xq + m * k + 32 * u;
+            int s = dot16(hi, lds16(a + 16), dot16(lo, lds16(a)));
+            XGroup g = xg[m * kg + u];
+            if (T == T_Q4_0)
+                acc[m] += dw * g.d * (float)(s - 8 * (g.s0 + g.s1));
+            else
+                acc[m] += dw * g.d * (float)s + mw * g.s;
+        }
+    } else if (T == T_Q4_K) {
+        long long sb = row * (k / 256) + u / 8;
+        int j64 = (u % 8) / 2, h = u % 2;
+        uint4 v = ldg_stream(w.p0 + sb * 128 + j64 * 32 + 16 * h);
+        uint4 hd = __ldg(reinterpret_cast<const uint4*>(w.p1 + sb * 16));
+        float d = h2f((u16)(hd.x & 0xffff)), dmin = h2f((u16)(hd.x >> 16));
+        int sca, ma, scb, mb;
+        scale_min_k4_w(2 * j64, hd.y, hd.z, hd.w, sca, ma);
+        scale_min_k4_w(2 * j64 + 1, hd.y, hd.z, hd.w, scb, mb);
+        uint4 lo = nib_lo(v), hi = nib_hi(v);
+        int ga = (u / 8) * 8 + 2 * j64;  // activation group of the low nibbles
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            int sa = dot16(lo, lds16(xq + m * k + ga * 32 + 16 * h));
+            int sbv = dot16(hi, lds16(xq + m * k + (ga + 1) * 32 + 16 * h));
+            XGroup xa = xg[m * kg + ga], xb = xg[m * kg + ga + 1];
+            int xsa = h ? xa.s1 : xa.s0, xsb = h ? xb.s1 : xb.s0;
+            acc[m] += d * (xa.d * (float)(sca * sa) + xb.d * (float)(scb * sbv)) -
+                      dmin * (xa.d * (float)(ma * xsa) + xb.d * (float)(mb * xsb));
+        }
+    } else if (T == T_Q6_K) {
+        long long sb = row * (k / 256) + u / 4;
+        int nh = (u % 4) / 2, t = u % 2;
+        const u8* ql = w.p0 + sb * 128 + 64 * nh + 16 * t;
+        uint4 l0 = ldg_stream(ql), l1 = ldg_stream(ql + 32);
+        uint4 qh = ldg_stream(w.p1 + sb * 64 + 32 * nh + 16 * t);
+        float d = h2f(__ldg(reinterpret_cast<const u16*>(w.p3) + sb));
+        const i8* sc = reinterpret_cast<const i8*>(w.p2) + sb * 16 + 8 * nh + t;
+        int s0 = sc[0], s1 = sc[2], s2 = sc[4], s3 = sc[6];
+        uint4 q[4];
+        q[0] = make_uint4((l0.x & 0x0F0F0F0F) | ((qh.x & 0x03030303) << 4),
+                          (l0.y & 0x0F0F0F0F) | ((qh.y & 0x03030303) << 4),
+                          (l0.z & 0x0F0F0F0F) | ((qh.z & 0x03030303) << 4),
+                          (l0.w & 0x0F0F0F0F) | ((qh.w & 0x03030303) << 4));
+        q[1] = make_uint4((l1.x & 0x0F0F0F0F) | (((qh.x >> 2) & 0x03030303) << 4),
+                          (l1.y & 0x0F0F0F0F) | (((qh.y >> 2) & 0x03030303) << 4),
+                          (l1.z & 0x0F0F0F0F) | (((qh.z >> 2) & 0x03030303) << 4),
+                          (l1.w & 0x0F0F0F0F) | (((qh.w >> 2) & 0x03030303) << 4));
+        q[2] = make_uint4(((l0.x >> 4) & 0x0F0F0F0F) | (((qh.x >> 4) & 0x03030303) << 4),
+                          ((l0.y >> 4) & 0x0F0F0F0F) | (((qh.y >> 4) & 0x03030303) << 4),
+                          ((l0.z >> 4) & 0x0F0F0F0F) | (((qh.z >> 4) & 0x03030303) << 4),
+                          ((l0.w >> 4) & 0x0F0F0F0F) | (((qh.w >> 4) & 0x03030303) << 4));
+        q[3] = make_uint4(((l1.x >> 4) & 0x0F0F0F0F) | (((qh.x >> 6) & 0x03030303) << 4),
+                          ((l1.y >> 4) & 0x0F0F0F0F) | (((qh.y >> 6) & 0x03030303) << 4),
+                          ((l1.z >> 4) & 0x0F0F0F0F) | (((qh.z >> 6) & 0x03030303) << 4),
+                          ((l1.w >> 4) & 0x0F0F0F0F) | (((qh.w >> 6) & 0x03030303) << 4));
+        int scs[4] = {s0, s1, s2, s3};
+        int g0 = (u / 4) * 8 + 4 * nh;  // activation group of set 0
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float a = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                XGroup g = xg[m * kg + g0 + i];
+                int s = dot16(q[i], lds16(xq + m * k + (g0 + i) * 32 + 16 * t));
+                int xs = t ? g.s1 : g.s0;
+                a += g.d * (float)(scs[i] * (s - 32 * xs));
+            }
+            acc[m] += d * a;
+        }
+    }
+}
+
+template <int T, int M>
+__device__ void gemv_quant(GEMV_ARGS) {
+    // `x` holds the activations already quantised by quantize_act; every
+    // block copies them (M * k * 1.5 bytes, from L2) into shared memory.
+    extern __shared__ __align__(16) u8 smem[];
+    i8* xq = reinterpret_cast<i8*>(smem);
+    XGroup* xg = reinterpret_cast<XGroup*>(smem + M * k);
+    {
+        const uint4* src = reinterpret_cast<const uint4*>(x);
+        uint4* dst = reinterpret_cast<uint4*>(smem);
+        const int n16 = (M * k + M * (k / 32) * 16) / 16;
+        for (int i = threadIdx.x; i < n16; i += blockDim.x) dst[i] = __ldg(src + i);
+    }
+    __syncthreads();
+    const W w{p0, p1, p2, p3};
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int nu = units_per_row<T>(k);
+    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
+        float acc[M];
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[m] = 0.0f;
+#pragma unroll 4
+        for (int u = lane; u < nu; u += 32) q_unit<T, M>(acc, w, row, k, u, xq, xg);
+        gemv_store<M>(acc, lane, row, out, ldo, bias);
+    }
+}
+
+// ---------------------------------------------------------------- quantised weights, f32 activations
+
+template <int T, int M>
+__device__ void gemv_exact(GEMV_ARGS) {
+    const W w{p0, p1, p2, p3};
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int nch = k / 32;
+    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
+        float acc[M];
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[m] = 0.0f;
+        for (int c = lane; c < nch; c += 32) {
+            float v[32];
+            decode32<T>(w, row, k, c, v);
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                const float* a = x + (long long)m * k + 32 * c;
+                float s = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 32; i += 4) {
+                    float4 xv = ldg_f4(a + i);
+                    s += v[i] * xv.x + v[i + 1] * xv.y + v[i + 2] * xv.z + v[i + 3] * xv.w;
+                }
+                acc[m] += s;
+            }
+        }
+        gemv_store<M>(acc, lane, row, out, ldo, bias);
+    }
+}
+
+#define GEMV_M(NAME, IMPL, T, M) \
+    extern "C" __global__ void NAME##_m##M(GEMV_ARGS) { IMPL<T, M>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
+
+#define GEMV_ALL_M(NAME, IMPL, T) \
+    GEMV_M(NAME, IMPL, T, 1)      \
+    GEMV_M(NAME, IMPL, T, 2)      \
+    GEMV_M(NAME, IMPL, T, 3)      \
+    GEMV_M(NAME, IMPL, T, 4)      \
+    GEMV_M(NAME, IMPL, T, 5)      \
+    GEMV_M(NAME, IMPL, T, 6)      \
+    GEMV_M(NAME, IMPL, T, 7)      \
+    GEMV_M(NAME, IMPL, T, 8)
+
+GEMV_ALL_M(gemv_f32, gemv_float, T_F32)
+GEMV_ALL_M(gemv_f16, gemv_float, T_F16)
+GEMV_ALL_M(gemv_bf16, gemv_float, T_BF16)
+GEMV_ALL_M(gemv_q8_0, gemv_quant, T_Q8_0)
+GEMV_ALL_M(gemv_q4_0, gemv_quant, T_Q4_0)
+GEMV_ALL_M(gemv_q4_1, gemv_quant, T_Q4_1)
+GEMV_ALL_M(gemv_q4_k, gemv_quant, T_Q4_K)
+GEMV_ALL_M(gemv_q6_k, gemv_quant, T_Q6_K)
+GEMV_ALL_M(gemvx_q8_0, gemv_exact, T_Q8_0)
+GEMV_ALL_M(gemvx_q4_0, gemv_exact, T_Q4_0)
+GEMV_ALL_M(gemvx_q4_1, gemv_exact, T_Q4_1)
+GEMV_ALL_M(gemvx_q4_k, gemv_exact, T_Q4_K)
+GEMV_ALL_M(gemvx_q6_k, gemv_exact, T_Q6_K)

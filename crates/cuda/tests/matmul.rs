@@ -1,0 +1,171 @@
+//! Every matmul implementation of the CUDA backend against the CPU backend's
+//! reference product, for every weight type the kernels read.
+
+mod common;
+
+use common::*;
+use metallic::backend::{Backend, DType, MatmulOp, MatmulShape};
+use metallic_cpu::CpuBackend;
+use metallic_gguf::GgmlType;
+
+const TYPES: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
+/// Largest relative L2 error allowed for implementation `imp` on weights of
+/// type `ty`. The CPU reference multiplies f32 activations with exactly
+/// dequantised weights in f32.
+fn tolerance(imp: &str, ty: GgmlType) -> f64 {
+    let quant = !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+    match (imp, ty) {
+        // f32 arithmetic on the same values, other summation order:
+        // about sqrt(k) * 2^-24 per output.
+        ("gemv_f32", _) => 1e-5,
+        ("gemv", _) if !quant => 1e-5,
+        // Activations quantised to int8 per 32 values (ggml's q8_1 scheme):
+        // each value moves by up to amax/254, about 0.3% of a dot product.
+        ("gemv", _) => 1.5e-2,
+        // cuBLAS without TF32 (default math mode) on f32 data.
+        ("cublas", GgmlType::F32) => 1e-5,
+        // Activations rounded to bf16 (8 significant bits, 2^-9 relative).
+        ("cublas", GgmlType::BF16) => 8e-3,
+        // Activations (and dequantised weights) rounded to f16 (2^-12 relative).
+        ("cublas", _) => 2e-3,
+        _ => panic!("no tolerance for {imp}"),
+    }
+}
+
+/// For every type, batch size and implementation that declares support, the
+/// product (with bias) matches the CPU within the stated tolerance.
+#[test]
+fn every_impl_matches_cpu_for_every_weight_type() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let cpu = CpuBackend::new(0).unwrap();
+    let (n, k) = (300, 512);
+    let mut checked = 0;
+    for (ti, &ty) in TYPES.iter().enumerate() {
+        let w = randn(n * k, 100 + ti as u64);
+        let bias = randn(n, 200 + ti as u64);
+        let f = tensor_file(&[("w", ty, k, n, w), ("b", GgmlType::F32, n, 1, bias)]);
+        let (wv, bv) = (view(&f, "w"), view(&f, "b"));
+        let lc = cpu
+            .upload_linear(std::slice::from_ref(&wv), Some(std::slice::from_ref(&bv)))
+            .unwrap();
+        let lg = gpu.upload_linear(&[wv], Some(&[bv])).unwrap();
+        for m in [1usize, 3, 8, 33] {
+            let x = randn(m * k, 300 + m as u64);
+            let xc = activations(&cpu, &x, m, k);
+            let xg = activations(&gpu, &x, m, k);
+            let mut oc = cpu.alloc(DType::F32, m * n, "out").unwrap();
+            cpu.matmul(0, &xc, &lc, m, &mut oc).unwrap();
+            let want = read(&cpu, &oc, m * n);
+            let shape = MatmulShape {
+                op: MatmulOp::MatmulBiasAdd,
+                dtype: ty,
+                batch: 1,
+                m,
+                n,
+                k,
+                ta: false,
+                tb: true,
+            };
+            for (imp, i) in gpu.matmul_impls().iter().zip(0..) {
+                if !(imp.supports)(&shape) {
+                    continue;
+                }
+                let mut og = gpu.alloc(DType::F32, m * n, "out").unwrap();
+                gpu.matmul(i, &xg, &lg, m, &mut og).unwrap();
+                let got = read(&gpu, &og, m * n);
+                let err = rel_l2(&got, &want);
+                let tol = tolerance(imp.name, ty);
+                eprintln!(
+                    "{:>8} {:>5} m={m:<2} rel_l2={err:.2e} (tol {tol:.0e})",
+                    imp.name,
+                    ty.name()
+                );
+                assert!(
+                    err <= tol,
+                    "{} on {} m={m}: rel_l2 {err:.3e} > {tol:.0e}",
+                    imp.name,
+                    ty.name()
+                );
+                checked += 1;
+            }
+        }
+    }
+    // gemv and gemv_f32 for m <= 8 on 8 types, cublas everywhere.
+    assert!(
+        checked >= 8 * 4 + 8 * 3 * 2,
+        "only {checked} products checked"
+    );
+}
+
+/// A fused projection whose parts have different types (a Q8_0 Q part next to
+/// F16 K/V parts) writes each part's columns from its own segment.
+#[test]
+fn mixed_type_parts_write_their_own_columns() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let cpu = CpuBackend::new(0).unwrap();
+    let k = 256;
+    let parts = [
+        ("q", GgmlType::Q8_0, 96),
+        ("k", GgmlType::F16, 32),
+        ("v", GgmlType::Q4_K, 32),
+    ];
+    let tensors: Vec<_> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(name, ty, rows))| {
+            [
+                (name, ty, k, rows, randn(k * rows, 10 + i as u64)),
+                (
+                    ["bq", "bk", "bv"][i],
+                    GgmlType::F32,
+                    rows,
+                    1,
+                    randn(rows, 20 + i as u64),
+                ),
+            ]
+        })
+        .collect();
+    let f = tensor_file(&tensors);
+    let ws: Vec<_> = ["q", "k", "v"].iter().map(|n| view(&f, n)).collect();
+    let bs: Vec<_> = ["bq", "bk", "bv"].iter().map(|n| view(&f, n)).collect();
+    let lc = cpu.upload_linear(&ws, Some(&bs)).unwrap();
+    let lg = gpu.upload_linear(&ws, Some(&bs)).unwrap();
+    assert!(!gpu.linear_info(&lg).uniform);
+    let n = 160;
+    for m in [1usize, 20] {
+        let x = randn(m * k, 7);
+        let xc = activations(&cpu, &x, m, k);
+        let xg = activations(&gpu, &x, m, k);
+        let mut oc = cpu.alloc(DType::F32, m * n, "out").unwrap();
+        cpu.matmul(0, &xc, &lc, m, &mut oc).unwrap();
+        let want = read(&cpu, &oc, m * n);
+        let mut og = gpu.alloc(DType::F32, m * n, "out").unwrap();
+        let shape = MatmulShape {
+            op: MatmulOp::MatmulBiasAdd,
+            dtype: GgmlType::Q8_0,
+            batch: 1,
+            m,
+            n,
+            k,
+            ta: false,
+            tb: true,
+        };
+        let imp = gpu.default_matmul_impl(&shape);
+        gpu.matmul(imp, &xg, &lg, m, &mut og).unwrap();
+        let got = read(&gpu, &og, m * n);
+        // The widest of the parts' tolerances (int8 activations on gemv, f16 on cuBLAS).
+        let err = rel_l2(&got, &want);
+        eprintln!("mixed m={m}: rel_l2={err:.2e}");
+        assert!(err <= 1.5e-2, "m={m}: rel_l2 {err:.3e}");
+    }
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks on a GPU machine, in one go.
+#
+#   scripts/device-check.sh pack [DEST]   (here: build and collect; DEST defaults
+#                                          to .device-cuda in the repository root)
+#   DEST/device-check.sh run              (there: from the repository root)
+#   /tmp/mc/device-check.sh smollm2 DIR   (there, a later call: DIR carries smollm2.part2)
+#
+# `pack` builds the release `metallic` binary, the metallic-cuda test binaries
+# and the profile example, strips them and copies them with this script and
+# the Qwen2 tokenizer, gzipped (for `metallic synth`), into DEST. `run` then, on the GPU
+# machine: every metallic-cuda test binary with --include-ignored (the GPU
+# must be there: METALLIC_REQUIRE_GPU=1), compute-sanitizer memcheck on a
+# short `metallic generate --device cuda`, `metallic bench --device cuda`
+# (pp512, tg128) on synthetic Qwen2.5-0.5B in Q8_0, Q4_0 and F16, and a
+# device-timed decode profile of 95 tokens. Logs go to $OUT (or /tmp/out).
+# SmolLM2 (94 MiB) does not fit one transfer: if DEST holds smollm2.part*
+# files, or /tmp/smollm2.part* exist from an earlier call on the same machine,
+# they are joined into assets/ and checked against DEST/smollm2.sha256.
+set -uo pipefail
+
+pack() {
+  local top dest
+  top=$(git rev-parse --show-toplevel)
+  dest=${1:-$top/.device-cuda}
+  cd "$top"
+  rm -rf "$dest"; mkdir -p "$dest/tests" "$dest/bin"
+  cargo build --release -p metallic-cli --bin metallic
+  cargo build --release -p metallic-cuda --example profile_decode
+  cp target/release/metallic target/release/examples/profile_decode "$dest/bin/"
+  cargo test --release -p metallic-cuda --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys, shutil, os
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        shutil.copy(m["executable"], os.path.join(sys.argv[1], "tests", os.path.basename(m["executable"])))
+' "$dest"
+  strip "$dest"/bin/* "$dest"/tests/* 2>/dev/null || true
+  cp scripts/device-check.sh "$dest/"
+  gzip -9c assets/qwen2/tokenizer.json > "$dest/tokenizer.json.gz" || echo "warning: assets/qwen2/tokenizer.json missing (synth will fail)"
+  du -sh "$dest"; ls -l "$dest" "$dest/bin" "$dest/tests"
+}
+
+# Join SmolLM2 parts carried in $1 now or kept in /tmp by an earlier call.
+join_smollm2() {
+  cp "$1"/smollm2.part* /tmp/ 2>/dev/null || true
+  [ -s "$1/smollm2.sha256" ] && cp "$1/smollm2.sha256" /tmp/
+  if [ -s /tmp/smollm2.part1 ] && [ -s /tmp/smollm2.part2 ] && [ -s /tmp/smollm2.sha256 ]; then
+    mkdir -p assets
+    cat /tmp/smollm2.part1 /tmp/smollm2.part2 > assets/SmolLM2-135M-Instruct.Q4_1.gguf
+    (cd assets && sha256sum -c /tmp/smollm2.sha256) || rm -f assets/SmolLM2-135M-Instruct.Q4_1.gguf
+  fi
+}
+
+# A later call that carries the rest of SmolLM2 (DIR/smollm2.part2): join it
+# with the part kept by `run` and run the SmolLM2 greedy test.
+smollm2() {
+  join_smollm2 "$1"
+  [ -s assets/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "SmolLM2 parts missing or damaged"; return 1; }
+  export METALLIC_REQUIRE_GPU=1 METALLIC_CACHE_DIR=${METALLIC_CACHE_DIR:-/tmp/metallic-cache}
+  /tmp/mc/tests/generate-* smollm2 --include-ignored --nocapture --test-threads=1
+}
+
+run() {
+  local D out
+  D=$(cd "$(dirname "$0")" && pwd)
+  out=${OUT:-/tmp/out}; mkdir -p "$out"
+  export METALLIC_REQUIRE_GPU=1 METALLIC_CACHE_DIR=${METALLIC_CACHE_DIR:-/tmp/metallic-cache}
+  local m="$D/bin/metallic" fails=0
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  # Keep a copy for later calls on the same machine (see `smollm2`).
+  mkdir -p /tmp/mc && cp -r "$D"/. /tmp/mc/ && rm -f /tmp/mc/smollm2.part*
+  join_smollm2 "$D"
+  echo "== tests"
+  for t in "$D"/tests/*; do
+    echo "-- $(basename "$t")"
+    "$t" --include-ignored --test-threads=1 --nocapture > "$out/test-$(basename "$t").log" 2>&1 \
+      || { fails=$((fails + 1)); echo "FAILED: $(basename "$t")"; }
+    grep -E "^test |test result|rel_l2|skipped|cpu:|cuda:" "$out/test-$(basename "$t").log" | grep -v "^test result: ok. 0 passed" | tail -40
+  done
+  echo "== synthetic Qwen2.5-0.5B"
+  gunzip -c "$D/tokenizer.json.gz" > /tmp/tokenizer.json
+  for dt in Q8_0 Q4_0 F16; do
+    [ -s "/tmp/qwen25-05b-$dt.gguf" ] || "$m" synth --arch qwen2 --preset qwen2.5-0.5b --dtype "$dt" \
+      --tokenizer /tmp/tokenizer.json -o "/tmp/qwen25-05b-$dt.gguf" > /dev/null || fails=$((fails + 1))
+  done
+  echo "== compute-sanitizer memcheck"
+  if command -v compute-sanitizer >/dev/null; then
+    compute-sanitizer --tool memcheck --error-exitcode 3 --leak-check no \
+      "$m" generate --device cuda -m /tmp/qwen25-05b-Q8_0.gguf -n 8 --ignore-eos "The capital of France is" \
+      > "$out/memcheck.log" 2>&1 || { fails=$((fails + 1)); echo "FAILED: memcheck"; }
+    tail -5 "$out/memcheck.log"
+  else
+    echo "compute-sanitizer not found"; fails=$((fails + 1))
+  fi
+  echo "== bench"
+  for dt in Q8_0 Q4_0 F16; do
+    "$m" bench --device cuda -m "/tmp/qwen25-05b-$dt.gguf" -p 512 -n 128 -r 5 2>&1 | tee -a "$out/bench.log" | grep -E "^\||pp|tg" || fails=$((fails + 1))
+  done
+  echo "== profile (95-token decode, Qwen2.5-0.5B layout, Q8_0)"
+  "$D/bin/profile_decode" /tmp/qwen25-05b-Q8_0.gguf 95 > "$out/profile_q8_0.txt" 2>&1 || fails=$((fails + 1))
+  head -40 "$out/profile_q8_0.txt"
+  METALLIC_PROFILING_ENABLED=1 "$m" generate --device cuda -m /tmp/qwen25-05b-Q8_0.gguf -n 95 --ignore-eos \
+    "The capital of France is" > "$out/profile_cli.txt" 2>&1 || true
+  echo "== per-kernel device time of one graphed decode step (ncu, Q8_0)"
+  if command -v ncu >/dev/null; then
+    timeout 300 ncu --graph-profiling node --csv --metrics gpu__time_duration.sum -c 2000 \
+      "$m" generate --device cuda -m /tmp/qwen25-05b-Q8_0.gguf -n 4 --ignore-eos "The capital of France is" \
+      > "$out/ncu.csv" 2> "$out/ncu.err" || echo "ncu failed (see ncu.err)"
+    python3 - "$out/ncu.csv" <<'PY' | tee "$out/ncu_step.txt"
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1], errors="replace")) if len(r) > 14 and r[12] == "gpu__time_duration.sum"]
+names = [r[4] for r in rows]
+# The last decode step: from the last embedding kernel to the end.
+start = max(i for i, n in enumerate(names) if n.startswith("embed_"))
+step = rows[start:]
+unit = step[0][13]
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(unit, 1.0)
+agg = collections.OrderedDict()
+for r in step:
+    k = r[4].split("(")[0] + " grid" + r[8]
+    c, t = agg.get(k, (0, 0.0))
+    agg[k] = (c + 1, t + float(r[14].replace(",", "")) * scale)
+total = sum(t for _, t in agg.values())
+print(f"{len(step)} kernels, {total:.1f} us of kernel time in the last decode step")
+print(f"{'calls':>6} {'total us':>9} {'mean us':>8} {'%':>5}  kernel grid")
+for k, (c, t) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
+    print(f"{c:>6} {t:>9.1f} {t / c:>8.2f} {100 * t / total:>5.1f}  {k}")
+PY
+  fi
+  echo "== $fails failure(s)"
+  [ "$fails" -eq 0 ]
+}
+
+case "${1:-}" in
+  pack) shift; pack "$@" ;;
+  run) run ;;
+  smollm2) shift; smollm2 "$@" ;;
+  *) echo "usage: $0 pack [DEST] | run" >&2; exit 2 ;;
+esac
