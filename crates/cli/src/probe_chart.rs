@@ -42,7 +42,12 @@ pub fn svg(r: &ProbeReport) -> String {
     let mut lo = f64::INFINITY;
     let mut hi: f64 = 0.0;
     for (i, row) in r.rows.iter().enumerate() {
-        lo = lo.min(row.p10_ms.min(floor_ms(i)));
+        let f = floor_ms(i);
+        lo = lo.min(if f.is_finite() {
+            row.p10_ms.min(f)
+        } else {
+            row.p10_ms
+        });
         hi = hi.max(row.p90_ms);
     }
     if !lo.is_finite() || lo <= 0.0 {
@@ -144,11 +149,13 @@ pub fn svg(r: &ProbeReport) -> String {
             );
         }
         let fx = x_of(floor_ms(idx[0]));
-        let _ = writeln!(
-            o,
-            r#"<line x1="{fx:.1}" y1="{y:.1}" x2="{fx:.1}" y2="{:.1}" stroke="red" stroke-dasharray="3,2"/>"#,
-            y + idx.len() as f64 * bar_h
-        );
+        if fx.is_finite() {
+            let _ = writeln!(
+                o,
+                r#"<line x1="{fx:.1}" y1="{y:.1}" x2="{fx:.1}" y2="{:.1}" stroke="red" stroke-dasharray="3,2"/>"#,
+                y + idx.len() as f64 * bar_h
+            );
+        }
         y += group_h(idx.len());
     }
     o.push_str("</svg>\n");
