@@ -459,9 +459,14 @@ fn shape_text(s: &ProbeShape) -> String {
 /// The terminal table.
 pub fn table(r: &ProbeReport) -> String {
     let mut o = String::new();
+    let floor = if r.stream_gb_s.is_finite() {
+        format!("{:.1} GB/s", r.stream_gb_s)
+    } else {
+        "none (the backend has no stream_read)".to_string()
+    };
     o.push_str(&format!(
-        "device: {} | backend: {} | timing: {} | streaming-read floor: {:.1} GB/s\n",
-        r.device, r.backend, r.timing, r.stream_gb_s
+        "device: {} | backend: {} | timing: {} | streaming-read floor: {floor}\n",
+        r.device, r.backend, r.timing
     ));
     o.push_str(&format!(
         "{:<16} {:<34} {:<6} {:<8} {:>10} {:>21} {:>8} {:>9} {:>7}  {}\n",
@@ -498,6 +503,15 @@ pub fn table(r: &ProbeReport) -> String {
     o
 }
 
+/// `v` with `digits` decimals, or nothing when there is no value (no floor).
+fn finite(v: f64, digits: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.digits$}")
+    } else {
+        String::new()
+    }
+}
+
 pub fn csv(r: &ProbeReport) -> String {
     let mut o = String::from(
         "label,op,dtype,m,n,k,impl,reps,median_ms,p10_ms,p90_ms,min_ms,bytes,gb_s,gflop_s,pct_of_floor,stream_gb_s,winner\n",
@@ -505,7 +519,7 @@ pub fn csv(r: &ProbeReport) -> String {
     for row in &r.rows {
         let s = &row.shape;
         o.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{},{:.3},{:.3},{:.2},{:.3},{}\n",
+            "{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{},{:.3},{:.3},{},{},{}\n",
             s.label,
             s.op,
             s.dtype,
@@ -521,8 +535,8 @@ pub fn csv(r: &ProbeReport) -> String {
             row.bytes,
             row.gb_s,
             row.gflop_s,
-            row.pct_of_floor,
-            r.stream_gb_s,
+            finite(row.pct_of_floor, 2),
+            finite(r.stream_gb_s, 3),
             row.winner as u8
         ));
     }

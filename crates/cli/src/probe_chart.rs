@@ -74,10 +74,17 @@ pub fn svg(r: &ProbeReport) -> String {
     );
     let _ = writeln!(
         o,
-        r#"<text x="10" y="38">{} — {} — streaming-read floor {:.1} GB/s (dashed: time at the floor)</text>"#,
+        r#"<text x="10" y="38">{} — {} — {}</text>"#,
         esc(&r.device),
         esc(&r.timing),
-        r.stream_gb_s
+        if r.stream_gb_s.is_finite() {
+            format!(
+                "streaming-read floor {:.1} GB/s (dashed: time at the floor)",
+                r.stream_gb_s
+            )
+        } else {
+            "no streaming-read floor on this backend".to_string()
+        }
     );
     // Legend.
     for (j, name) in impls.iter().enumerate() {
@@ -120,7 +127,7 @@ pub fn svg(r: &ProbeReport) -> String {
             let x0 = x_of(10f64.powf(lo_e));
             let _ = writeln!(
                 o,
-                r#"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{} {}: median {:.4} ms, {:.1} GB/s, {:.0}% of floor</title></rect>"#,
+                r#"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{} {}: median {:.4} ms, {:.1} GB/s{}</title></rect>"#,
                 by + 1.0,
                 (x1 - x0).max(1.0),
                 bar_h - 2.0,
@@ -129,7 +136,11 @@ pub fn svg(r: &ProbeReport) -> String {
                 esc(&row.imp),
                 row.median_ms,
                 row.gb_s,
-                row.pct_of_floor
+                if row.pct_of_floor.is_finite() {
+                    format!(", {:.0}% of floor", row.pct_of_floor)
+                } else {
+                    String::new()
+                }
             );
             let _ = writeln!(
                 o,
