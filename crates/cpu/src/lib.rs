@@ -113,6 +113,16 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.threads
     }
+
+    /// Run `f` in the pool when the work is large enough to share, else on the
+    /// calling thread (the serial kernels do not touch the pool).
+    fn run<R: Send>(&self, parallel: bool, f: impl FnOnce() -> R + Send) -> R {
+        if parallel {
+            self.pool.install(f)
+        } else {
+            f()
+        }
+    }
 }
 
 /// A short description of the host CPU: model name and widest SIMD level.
@@ -269,8 +279,9 @@ impl Backend for CpuBackend {
         check_len("rms_norm x", x.len(), m * n)?;
         check_len("rms_norm w", w.len(), n)?;
         check_len("rms_norm out", out.len(), m * n)?;
-        self.pool
-            .install(|| elementwise::rms_norm(x, w, m, n, eps, out));
+        self.run(elementwise::parallel(m * n), || {
+            elementwise::rms_norm(x, w, m, n, eps, out)
+        });
         Ok(())
     }
 
@@ -367,8 +378,11 @@ impl Backend for CpuBackend {
         let need = layout.n_kv_heads * capacity * layout.head_dim;
         check_len("k cache", k.len(), need)?;
         check_len("v cache", v.len(), need)?;
-        self.pool
-            .install(|| attention::attention(qkv, k, v, capacity, pos, m, layout, out));
+        let rows: usize = pos[..m].iter().map(|&p| p.max(0) as usize + 1).sum();
+        self.run(
+            elementwise::parallel(rows * layout.n_heads * layout.head_dim),
+            || attention::attention(qkv, k, v, capacity, pos, m, layout, out),
+        );
         Ok(())
     }
 
@@ -377,7 +391,9 @@ impl Backend for CpuBackend {
         let out = f32s_mut(out, "swiglu out")?;
         check_len("swiglu in", gu.len(), m * 2 * ffn)?;
         check_len("swiglu out", out.len(), m * ffn)?;
-        self.pool.install(|| elementwise::swiglu(gu, m, ffn, out));
+        self.run(elementwise::parallel(m * ffn), || {
+            elementwise::swiglu(gu, m, ffn, out)
+        });
         Ok(())
     }
 
