@@ -13,6 +13,22 @@ pub struct Machine {
     /// The backend's own description (the GPU for CUDA).
     pub device: String,
     pub os: String,
+    /// CUDA GPUs seen by the driver probe (or why none).
+    pub gpu: String,
+}
+
+/// What the CUDA driver reports, without creating a context.
+fn gpu_summary() -> String {
+    match metallic_cuda::probe_driver() {
+        Ok(d) => format!(
+            "{} CUDA device(s), driver {}.{}",
+            d.devices,
+            d.version / 1000,
+            (d.version % 1000) / 10
+        ),
+        // The first clause of the error is enough here ("no CUDA driver", ...).
+        Err(e) => format!("none ({})", e.to_string().split(':').next().unwrap_or("")),
+    }
 }
 
 /// `threads`: what the user asked for, 0 meaning every core.
@@ -27,21 +43,22 @@ pub fn describe<B: Backend>(backend: &B, threads: usize) -> Machine {
         backend: backend.name(),
         device: backend.device_description(),
         os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        gpu: gpu_summary(),
     }
 }
 
 impl Machine {
     pub fn to_line(&self) -> String {
         format!(
-            "machine: {} ({} cores, {}), {}; backend {}: {}",
-            self.cpu, self.cores, self.simd, self.os, self.backend, self.device
+            "machine: {} ({} cores, {}), {}; GPU: {}; backend {}: {}",
+            self.cpu, self.cores, self.simd, self.os, self.gpu, self.backend, self.device
         )
     }
 
     pub fn to_json(&self) -> Value {
         json!({
             "cpu": self.cpu, "cores": self.cores, "simd": self.simd, "os": self.os,
-            "backend": self.backend, "device": self.device,
+            "backend": self.backend, "device": self.device, "gpu": self.gpu,
         })
     }
 }

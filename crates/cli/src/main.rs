@@ -6,6 +6,8 @@ mod device;
 mod generate;
 mod inspect;
 mod machine;
+mod probe;
+mod probe_chart;
 mod report;
 mod synth;
 mod tokenize;
@@ -36,6 +38,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Show the token ids of a text under a model's tokenizer.
     Tokenize(tokenize::TokenizeArgs),
+    /// Time every matmul implementation on the Qwen2.5 shapes (or a recorded profile's).
+    Probe(probe::ProbeArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect {
         file: PathBuf,
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth::run(a),
         Command::Tokenize(a) => tokenize::run(&a),
         Command::Inspect { file, json } => inspect::run(&file, json),
+        Command::Probe(a) => probe::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,11 +1,42 @@
-//! Profiling output at exit.
+//! Profiling output at exit: the text summary (METALLIC_PROFILING_ENABLED),
+//! every event as JSONL (METALLIC_METRICS_JSONL_PATH) and a Chrome trace (`--trace`).
 
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use metallic::profiler::Recorder;
 
+use crate::common::env_flag;
+
+pub const ENV_ENABLED: &str = "METALLIC_PROFILING_ENABLED";
+pub const ENV_JSONL: &str = "METALLIC_METRICS_JSONL_PATH";
+
+fn jsonl_path() -> Option<std::path::PathBuf> {
+    std::env::var_os(ENV_JSONL)
+        .filter(|p| !p.is_empty())
+        .map(Into::into)
+}
+
 pub fn emit<M>(rec: &Recorder<M>, trace: Option<&Path>) -> Result<()> {
-    let _ = (rec, trace);
+    if env_flag(ENV_ENABLED) {
+        eprint!("\n{}", metallic::report::summary(rec));
+    }
+    if let Some(path) = jsonl_path() {
+        let f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = BufWriter::new(f);
+        metallic::report::write_jsonl(rec, &mut w)
+            .and_then(|()| w.flush())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = trace {
+        let f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = BufWriter::new(f);
+        serde_json::to_writer(&mut w, &metallic::trace::chrome_trace(rec))
+            .with_context(|| format!("writing {}", path.display()))?;
+        w.flush()?;
+    }
     Ok(())
 }

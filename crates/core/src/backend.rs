@@ -337,6 +337,17 @@ pub trait Backend: Send + Sync {
         step()
     }
 
+    /// Read `t[..len]` (an i32 tensor) once, as fast as the device can
+    /// stream memory, discarding a reduction of it: the memory-bandwidth
+    /// floor `metallic probe` compares matmuls with.
+    fn stream_read(&self, t: &Self::Tensor, len: usize) -> Result<()> {
+        let _ = (t, len);
+        Err(crate::error::Error::Unsupported(format!(
+            "stream_read on the {} backend",
+            self.name()
+        )))
+    }
+
     fn mark(&self) -> Result<Self::Mark>;
     /// Milliseconds between two marks; may wait for the second one.
     fn elapsed_ms(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64>;

@@ -1,12 +1,14 @@
 //! Which matmul implementation runs a given product.
 //!
 //! Order of precedence: a forced implementation (`METALLIC_MATMUL_BACKEND`, or
-//! the per-op `METALLIC_MATMUL_BACKEND_<OP>`), then a tuned choice, then the
+//! the per-op `METALLIC_MATMUL_BACKEND_<OP>`), then a tuned choice (see
+//! [`crate::autotune`]: measured now or read from the cache), then the
 //! backend's default rule. A forced implementation that cannot run a shape is
 //! an error naming the shape; nothing falls back silently.
 
 use std::collections::HashMap;
 
+use crate::autotune::Mode;
 use crate::backend::{MatmulImpl, MatmulOp, MatmulShape};
 use crate::error::{Error, Result};
 
@@ -17,6 +19,8 @@ pub struct DispatchConfig {
     pub all: Option<String>,
     /// Forced implementation per op.
     pub per_op: Vec<(MatmulOp, String)>,
+    /// Whether tuned choices are read from the cache and measured.
+    pub autotune: Mode,
 }
 
 impl DispatchConfig {
@@ -46,6 +50,7 @@ impl DispatchConfig {
         DispatchConfig {
             all: get(Self::ENV_ALL),
             per_op,
+            autotune: Mode::from_env(),
         }
     }
 
@@ -64,6 +69,7 @@ pub struct MatmulDispatch {
     forced: [Option<usize>; 3],
     chosen: HashMap<MatmulShape, usize>,
     tuned: HashMap<MatmulShape, usize>,
+    autotune: Mode,
 }
 
 fn op_index(op: MatmulOp) -> usize {
@@ -97,6 +103,7 @@ impl MatmulDispatch {
             forced,
             chosen: HashMap::new(),
             tuned: HashMap::new(),
+            autotune: cfg.autotune,
         })
     }
 
@@ -120,6 +127,24 @@ impl MatmulDispatch {
 
     pub fn has_choice(&self, shape: &MatmulShape) -> bool {
         self.chosen.contains_key(shape)
+    }
+
+    /// The implementation already resolved for `shape`, if any.
+    #[inline]
+    pub fn chosen(&self, shape: &MatmulShape) -> Option<usize> {
+        self.chosen.get(shape).copied()
+    }
+
+    pub fn is_tuned(&self, shape: &MatmulShape) -> bool {
+        self.tuned.contains_key(shape)
+    }
+
+    pub fn autotune(&self) -> Mode {
+        self.autotune
+    }
+
+    pub fn impl_index(&self, name: &str) -> Option<usize> {
+        self.impls.iter().position(|i| i.name == name)
     }
 
     /// Implementations that declare support for `shape`.
@@ -159,5 +184,97 @@ impl MatmulDispatch {
         }
         self.chosen.insert(*shape, idx);
         Ok(idx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metallic_gguf::GgmlType;
+
+    fn only_m1(s: &MatmulShape) -> bool {
+        s.m == 1
+    }
+    fn any(_: &MatmulShape) -> bool {
+        true
+    }
+    const IMPLS: &[MatmulImpl] = &[
+        MatmulImpl {
+            name: "small",
+            supports: only_m1,
+        },
+        MatmulImpl {
+            name: "big",
+            supports: any,
+        },
+    ];
+
+    fn shape(op: MatmulOp, m: usize) -> MatmulShape {
+        MatmulShape {
+            op,
+            dtype: GgmlType::Q4_1,
+            batch: 1,
+            m,
+            n: 896,
+            k: 4864,
+            ta: false,
+            tb: true,
+        }
+    }
+
+    #[test]
+    fn forced_implementation_that_cannot_run_a_shape_is_an_error_naming_it() {
+        let cfg = DispatchConfig {
+            all: Some("small".into()),
+            ..Default::default()
+        };
+        let mut d = MatmulDispatch::new(IMPLS, &cfg).unwrap();
+        assert_eq!(d.choose(&shape(MatmulOp::Matmul, 1), |_| 1).unwrap(), 0);
+        let err = d
+            .choose(&shape(MatmulOp::Matmul, 7), |_| 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`small`") && err.contains("m=7 | n=896 | k=4864"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn per_op_override_beats_the_global_one_and_unknown_names_fail() {
+        let cfg = DispatchConfig {
+            all: Some("small".into()),
+            per_op: vec![(MatmulOp::MatmulBiasAdd, "big".into())],
+            ..Default::default()
+        };
+        let mut d = MatmulDispatch::new(IMPLS, &cfg).unwrap();
+        assert_eq!(
+            d.choose(&shape(MatmulOp::MatmulBiasAdd, 1), |_| 0).unwrap(),
+            1
+        );
+        assert_eq!(d.choose(&shape(MatmulOp::Matmul, 1), |_| 1).unwrap(), 0);
+        let bad = DispatchConfig {
+            all: Some("nope".into()),
+            ..Default::default()
+        };
+        let err = MatmulDispatch::new(IMPLS, &bad).err().unwrap().to_string();
+        assert!(err.contains("nope") && err.contains("small, big"), "{err}");
+        assert_eq!(
+            DispatchConfig::env_for(MatmulOp::MatmulBiasAdd),
+            "METALLIC_MATMUL_BACKEND_MATMUL_BIAS_ADD"
+        );
+    }
+
+    #[test]
+    fn tuned_choice_beats_the_default_rule() {
+        let mut d = MatmulDispatch::new(IMPLS, &DispatchConfig::default()).unwrap();
+        let s = shape(MatmulOp::Matmul, 1);
+        d.set_tuned(s, 1);
+        assert_eq!(d.choose(&s, |_| 0).unwrap(), 1);
+        let other = shape(MatmulOp::Matmul, 2);
+        assert_eq!(d.choose(&other, |_| 1).unwrap(), 1);
+        // A default rule that names an implementation unable to run the shape is caught too.
+        let third = shape(MatmulOp::Matmul, 3);
+        assert!(d.choose(&third, |_| 0).is_err());
     }
 }

@@ -7,10 +7,16 @@
 
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::autotune::{self, Entry, Mode, TuneCache};
 use crate::backend::{Backend, MatmulOp, MatmulShape};
 use crate::dispatch::MatmulDispatch;
 use crate::error::Result;
-use crate::profiler::{OpEvent, OpKind, Phase, Recorder, StepEvent};
+#[cfg(feature = "profiling")]
+use crate::profiler::{OpEvent, StepEvent};
+use crate::profiler::{OpKind, Phase, Recorder};
 
 pub struct Exec<'b, B: Backend> {
     pub backend: &'b B,
@@ -19,7 +25,14 @@ pub struct Exec<'b, B: Backend> {
     layer: Option<u32>,
     phase: Phase,
     step: u32,
+    #[cfg_attr(not(feature = "profiling"), allow(dead_code))]
     step_start: Option<(u64, Option<B::Mark>, u32)>,
+    /// The autotune cache, opened at the first shape that needs it.
+    tune_cache: Option<TuneCache>,
+    tune_cache_opened: bool,
+    /// Shapes timed in this run, and shapes whose winner came from the cache.
+    pub tuned_now: usize,
+    pub tuned_from_cache: usize,
 }
 
 impl<'b, B: Backend> Exec<'b, B> {
@@ -32,7 +45,22 @@ impl<'b, B: Backend> Exec<'b, B> {
             phase: Phase::Prefill,
             step: 0,
             step_start: None,
+            tune_cache: None,
+            tune_cache_opened: false,
+            tuned_now: 0,
+            tuned_from_cache: 0,
         }
+    }
+
+    /// Whether new shapes are timed as they appear (so steps must run op by
+    /// op, not replayed from a captured graph).
+    pub fn is_autotuning(&self) -> bool {
+        self.dispatch.autotune() == Mode::Tune
+    }
+
+    /// The autotune cache in use, once a shape needed it.
+    pub fn tune_cache(&self) -> Option<&TuneCache> {
+        self.tune_cache.as_ref()
     }
 
     /// Attach a recorder; ops are recorded from now on.
@@ -41,6 +69,7 @@ impl<'b, B: Backend> Exec<'b, B> {
             self.recorder = Some(Recorder::new(
                 self.backend.timing_kind(),
                 self.backend.name(),
+                self.backend.device_description(),
             ));
         }
     }
@@ -182,10 +211,101 @@ impl<'b, B: Backend> Exec<'b, B> {
             ta: false,
             tb: true,
         };
-        let imp = self.dispatch.choose(&shape, |s| b.default_matmul_impl(s))?;
+        let imp = match self.dispatch.chosen(&shape) {
+            Some(i) => i,
+            None => {
+                self.tuned_choice(&shape, x, w, m, out)?;
+                self.dispatch.choose(&shape, |s| b.default_matmul_impl(s))?
+            }
+        };
         let name = self.dispatch.impl_name(imp);
         self.op(OpKind::Matmul(shape.op), name, Some(shape), |b| {
             b.matmul(imp, x, w, m, out)
         })
+    }
+
+    /// At a shape's first call: take its winner from the autotune cache, or
+    /// time every eligible implementation on these operands (autotune on).
+    fn tuned_choice(
+        &mut self,
+        shape: &MatmulShape,
+        x: &B::Tensor,
+        w: &B::Linear,
+        m: usize,
+        out: &mut B::Tensor,
+    ) -> Result<()> {
+        let mode = self.dispatch.autotune();
+        if mode == Mode::Off || self.dispatch.is_forced(shape.op) || self.dispatch.is_tuned(shape) {
+            return Ok(());
+        }
+        if !self.tune_cache_opened {
+            self.tune_cache_opened = true;
+            let names: Vec<&str> = self.dispatch.impls().iter().map(|i| i.name).collect();
+            self.tune_cache = TuneCache::open_default(&self.backend.device_description(), &names)?;
+        }
+        if let Some(e) = self.tune_cache.as_ref().and_then(|c| c.get(shape)) {
+            if let Some(i) = self.dispatch.impl_index(&e.winner) {
+                if (self.dispatch.impls()[i].supports)(shape) {
+                    self.dispatch.set_tuned(*shape, i);
+                    self.tuned_from_cache += 1;
+                    return Ok(());
+                }
+            }
+        }
+        if mode != Mode::Tune {
+            return Ok(());
+        }
+        let eligible = self.dispatch.eligible(shape);
+        if eligible.len() < 2 {
+            return Ok(());
+        }
+        let mut times = BTreeMap::new();
+        let mut best = (f64::INFINITY, eligible[0]);
+        for &i in &eligible {
+            let t = self.time_matmul(i, x, w, m, out)?;
+            times.insert(self.dispatch.impl_name(i).to_string(), t);
+            if t < best.0 {
+                best = (t, i);
+            }
+        }
+        self.dispatch.set_tuned(*shape, best.1);
+        self.tuned_now += 1;
+        if let Some(c) = &mut self.tune_cache {
+            c.insert(
+                shape,
+                Entry {
+                    winner: self.dispatch.impl_name(best.1).to_string(),
+                    median_ms: times,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Median backend time of implementation `imp` on these operands: one
+    /// warm-up, then up to 7 runs or about 50 ms, whichever comes first.
+    fn time_matmul(
+        &self,
+        imp: usize,
+        x: &B::Tensor,
+        w: &B::Linear,
+        m: usize,
+        out: &mut B::Tensor,
+    ) -> Result<f64> {
+        let b = self.backend;
+        b.matmul(imp, x, w, m, out)?;
+        b.synchronize()?;
+        let started = Instant::now();
+        let mut v = Vec::with_capacity(7);
+        for r in 0..7 {
+            let m0 = b.mark()?;
+            b.matmul(imp, x, w, m, out)?;
+            let m1 = b.mark()?;
+            v.push(b.elapsed_ms(&m0, &m1)?);
+            if r >= 2 && started.elapsed() > Duration::from_millis(50) {
+                break;
+            }
+        }
+        Ok(autotune::median(v))
     }
 }

@@ -169,7 +169,7 @@ pub fn generate<B: Backend>(
 
     let t1 = Instant::now();
     let mut steps = 0usize;
-    let graphs = opts.use_graphs && !ex.is_recording();
+    let graphs = opts.use_graphs && !ex.is_recording() && !ex.is_autotuning();
     let reason = loop {
         let tok = id[0] as u32;
         if stops.contains(&tok) {

@@ -2,6 +2,7 @@
 //! matmul dispatch, profiling, tokenizer, chat templates, sampling and the
 //! generation loop. It never names a backend; callers choose one at run time.
 
+pub mod autotune;
 pub mod backend;
 pub mod chat;
 pub mod config;
@@ -11,8 +12,11 @@ pub mod eval;
 pub mod exec;
 pub mod generate;
 pub mod model;
+pub mod percentile;
 pub mod profiler;
+pub mod report;
 pub mod sampler;
 pub mod stop;
 pub mod synth;
 pub mod tokenizer;
+pub mod trace;

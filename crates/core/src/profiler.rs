@@ -97,6 +97,8 @@ pub struct Recorder<M> {
     epoch: Instant,
     pub timing: TimingKind,
     pub backend_name: &'static str,
+    /// The backend's device description, for report headers.
+    pub device: String,
     pub ops: Vec<OpEvent>,
     pub steps: Vec<StepEvent>,
     pending_ops: Vec<(usize, M, M)>,
@@ -104,11 +106,12 @@ pub struct Recorder<M> {
 }
 
 impl<M> Recorder<M> {
-    pub fn new(timing: TimingKind, backend_name: &'static str) -> Self {
+    pub fn new(timing: TimingKind, backend_name: &'static str, device: String) -> Self {
         Recorder {
             epoch: Instant::now(),
             timing,
             backend_name,
+            device,
             ops: Vec::with_capacity(1 << 16),
             steps: Vec::new(),
             pending_ops: Vec::new(),

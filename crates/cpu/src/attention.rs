@@ -47,40 +47,47 @@ pub fn attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let optr = SharedOut::new(out);
     let out_width = l.n_heads * hd;
-    (0..m * l.n_heads)
-        .into_par_iter()
-        .for_each_init(Vec::<f32>::new, |scores, task| {
-            let (i, h) = (task / l.n_heads, task % l.n_heads);
-            let len = pos[i] as usize + 1;
-            let kvh = h / group;
-            let q = &qkv[i * width + h * hd..i * width + (h + 1) * hd];
-            let kb = &k_cache[kvh * capacity * hd..];
-            let vb = &v_cache[kvh * capacity * hd..];
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for t in 0..len {
-                let kt = &kb[t * hd..(t + 1) * hd];
-                let s = q.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(s);
-                scores.push(s);
+    let head = |scores: &mut Vec<f32>, task: usize| {
+        let (i, h) = (task / l.n_heads, task % l.n_heads);
+        let len = pos[i] as usize + 1;
+        let kvh = h / group;
+        let q = &qkv[i * width + h * hd..i * width + (h + 1) * hd];
+        let kb = &k_cache[kvh * capacity * hd..];
+        let vb = &v_cache[kvh * capacity * hd..];
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for t in 0..len {
+            let kt = &kb[t * hd..(t + 1) * hd];
+            let s = q.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        // SAFETY: each (row, head) task owns its own hd-wide slice of out.
+        let o =
+            unsafe { std::slice::from_raw_parts_mut(optr.ptr().add(i * out_width + h * hd), hd) };
+        o.fill(0.0);
+        for (t, &p) in scores.iter().enumerate() {
+            let w = p * inv;
+            let vt = &vb[t * hd..(t + 1) * hd];
+            for (oj, vj) in o.iter_mut().zip(vt) {
+                *oj += w * vj;
             }
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            // SAFETY: each (row, head) task owns its own hd-wide slice of out.
-            let o = unsafe {
-                std::slice::from_raw_parts_mut(optr.ptr().add(i * out_width + h * hd), hd)
-            };
-            o.fill(0.0);
-            for (t, &p) in scores.iter().enumerate() {
-                let w = p * inv;
-                let vt = &vb[t * hd..(t + 1) * hd];
-                for (oj, vj) in o.iter_mut().zip(vt) {
-                    *oj += w * vj;
-                }
-            }
-        });
+        }
+    };
+    // Score work: every (row, head) reads its keys and values once.
+    let work: usize = pos[..m].iter().map(|&p| p as usize + 1).sum::<usize>() * l.n_heads * hd;
+    if crate::elementwise::parallel(work) {
+        (0..m * l.n_heads)
+            .into_par_iter()
+            .for_each_init(Vec::<f32>::new, head);
+    } else {
+        let mut scores = Vec::new();
+        (0..m * l.n_heads).for_each(|task| head(&mut scores, task));
+    }
 }

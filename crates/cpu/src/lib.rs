@@ -5,9 +5,17 @@ mod attention;
 mod elementwise;
 mod linear;
 pub mod matmul;
+mod matmul_fdot;
+mod matmul_gemm;
+pub mod matmul_vecdot;
+pub mod q8_act;
 mod rope;
 mod shared_out;
+mod stream;
 mod tensor;
+pub mod vec_dot;
+#[cfg(target_arch = "x86_64")]
+mod vec_dot_x86;
 
 use std::time::Instant;
 
@@ -104,6 +112,16 @@ impl CpuBackend {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Run `f` in the pool when the work is large enough to share, else on the
+    /// calling thread (the serial kernels do not touch the pool).
+    fn run<R: Send>(&self, parallel: bool, f: impl FnOnce() -> R + Send) -> R {
+        if parallel {
+            self.pool.install(f)
+        } else {
+            f()
+        }
     }
 }
 
@@ -261,8 +279,9 @@ impl Backend for CpuBackend {
         check_len("rms_norm x", x.len(), m * n)?;
         check_len("rms_norm w", w.len(), n)?;
         check_len("rms_norm out", out.len(), m * n)?;
-        self.pool
-            .install(|| elementwise::rms_norm(x, w, m, n, eps, out));
+        self.run(elementwise::parallel(m * n), || {
+            elementwise::rms_norm(x, w, m, n, eps, out)
+        });
         Ok(())
     }
 
@@ -270,8 +289,8 @@ impl Backend for CpuBackend {
         matmul::IMPLS
     }
 
-    fn default_matmul_impl(&self, _shape: &MatmulShape) -> usize {
-        0
+    fn default_matmul_impl(&self, shape: &MatmulShape) -> usize {
+        matmul::default_impl(shape)
     }
 
     fn matmul(
@@ -284,13 +303,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = f32s(x, "matmul x")?;
         let out = f32s_mut(out, "matmul out")?;
-        match imp {
-            0 => self.pool.install(|| matmul::gemv(x, w, m, out)),
-            _ => Err(Error::backend(
-                "cpu",
-                format!("no matmul implementation #{imp}"),
-            )),
-        }
+        self.pool.install(|| matmul::run(imp, x, w, m, out))
     }
 
     fn rope(
@@ -365,8 +378,11 @@ impl Backend for CpuBackend {
         let need = layout.n_kv_heads * capacity * layout.head_dim;
         check_len("k cache", k.len(), need)?;
         check_len("v cache", v.len(), need)?;
-        self.pool
-            .install(|| attention::attention(qkv, k, v, capacity, pos, m, layout, out));
+        let rows: usize = pos[..m].iter().map(|&p| p.max(0) as usize + 1).sum();
+        self.run(
+            elementwise::parallel(rows * layout.n_heads * layout.head_dim),
+            || attention::attention(qkv, k, v, capacity, pos, m, layout, out),
+        );
         Ok(())
     }
 
@@ -375,7 +391,9 @@ impl Backend for CpuBackend {
         let out = f32s_mut(out, "swiglu out")?;
         check_len("swiglu in", gu.len(), m * 2 * ffn)?;
         check_len("swiglu out", out.len(), m * ffn)?;
-        self.pool.install(|| elementwise::swiglu(gu, m, ffn, out));
+        self.run(elementwise::parallel(m * ffn), || {
+            elementwise::swiglu(gu, m, ffn, out)
+        });
         Ok(())
     }
 
@@ -444,6 +462,14 @@ impl Backend for CpuBackend {
             }
             _ => Err(Error::backend("cpu", "advance: bad position tensor")),
         }
+    }
+
+    fn stream_read(&self, t: &CpuTensor, len: usize) -> Result<()> {
+        let v = i32s(t, "stream_read")?;
+        check_len("stream_read", v.len(), len)?;
+        let sum = self.pool.install(|| stream::stream_sum(&v[..len]));
+        std::hint::black_box(sum);
+        Ok(())
     }
 
     fn mark(&self) -> Result<Instant> {

@@ -1,7 +1,22 @@
-//! Matrix products against GGUF-format weights.
+//! Matrix products against GGUF-format weights: the CPU's matmul registry.
 //!
-//! `gemv` dequantises each weight row once and dots it with every activation
-//! row; it is the reference every faster kernel is tested against.
+//! | index | name     | runs                                   | supports                          |
+//! |-------|----------|----------------------------------------|-----------------------------------|
+//! | 0     | `gemv`   | dequantise a row, f32 dot (reference)  | every type the CPU loads          |
+//! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0, Q4_1, Q8_0, F16, F32        |
+//! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
+//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0, Q4_1, Q8_0, F16, F32        |
+//!
+//! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
+//! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows go to `gemm`
+//! (prefill: enough rows to reuse each dequantised tile); fewer rows to
+//! `fdot` where the weight type has a kernel, else to `gemv`. `vecdot` is
+//! faster but rounds activations to 8 bits, which changes greedy
+//! continuations of real models against transformers (SmolLM2 diverges at
+//! the sixth token), so it is opt-in: METALLIC_MATMUL_BACKEND=vecdot, or a
+//! winner of autotuning. The threshold
+//! comes from `metallic probe` on the development machine (see docs/probe.md);
+//! METALLIC_MATMUL_AUTOTUNE=1 replaces the rule by measurements per shape.
 
 use crate::shared_out::SharedOut;
 use metallic::backend::{MatmulImpl, MatmulShape};
@@ -31,14 +46,90 @@ pub fn supported_type(ty: GgmlType) -> bool {
     )
 }
 
-fn gemv_supports(s: &MatmulShape) -> bool {
-    s.batch == 1 && !s.ta && s.tb && supported_type(s.dtype)
+fn plain_product(s: &MatmulShape) -> bool {
+    s.batch == 1 && !s.ta && s.tb && s.m >= 1
 }
 
-pub const IMPLS: &[MatmulImpl] = &[MatmulImpl {
-    name: "gemv",
-    supports: gemv_supports,
-}];
+fn gemv_supports(s: &MatmulShape) -> bool {
+    plain_product(s) && supported_type(s.dtype)
+}
+
+fn vecdot_supports(s: &MatmulShape) -> bool {
+    plain_product(s)
+        && crate::vec_dot::supported(s.dtype)
+        && (!crate::vec_dot::needs_q8(s.dtype) || s.k.is_multiple_of(crate::q8_act::QK))
+}
+
+fn fdot_supports(s: &MatmulShape) -> bool {
+    plain_product(s)
+        && crate::matmul_fdot::supported(s.dtype)
+        && crate::matmul_fdot::supports_k(s.dtype, s.k)
+}
+
+fn gemm_supports(s: &MatmulShape) -> bool {
+    plain_product(s) && supported_type(s.dtype)
+}
+
+pub const GEMV: usize = 0;
+pub const VECDOT: usize = 1;
+pub const GEMM: usize = 2;
+pub const FDOT: usize = 3;
+
+pub const IMPLS: &[MatmulImpl] = &[
+    MatmulImpl {
+        name: "gemv",
+        supports: gemv_supports,
+    },
+    MatmulImpl {
+        name: "vecdot",
+        supports: vecdot_supports,
+    },
+    MatmulImpl {
+        name: "gemm",
+        supports: gemm_supports,
+    },
+    MatmulImpl {
+        name: "fdot",
+        supports: fdot_supports,
+    },
+];
+
+/// Rows from which the blocked GEMM beats the vector kernels: on the
+/// development machine (2 cores, AVX-512) `metallic probe --prefill-m M
+/// --impls vecdot,gemm --dtype q4_1` had vecdot ahead at m = 16 and gemm
+/// ahead at m = 32 on every Qwen2.5-0.5B layer shape.
+pub const GEMM_MIN_M: usize = 32;
+
+/// The implementation used when nothing is forced or tuned.
+pub fn default_impl(s: &MatmulShape) -> usize {
+    if s.m >= GEMM_MIN_M && gemm_supports(s) {
+        GEMM
+    } else if fdot_supports(s) {
+        FDOT
+    } else {
+        GEMV
+    }
+}
+
+/// Run implementation `imp` (inside the backend's thread pool).
+pub fn run(imp: usize, x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
+    let (n, k) = (w.info.n, w.info.k);
+    if x.len() < m * k || out.len() < m * n {
+        return Err(Error::InvalidArgument(format!(
+            "matmul buffers too small for m={m} n={n} k={k}"
+        )));
+    }
+    match imp {
+        GEMV => gemv(x, w, m, out),
+        VECDOT => crate::matmul_vecdot::vecdot(x, w, m, out),
+        GEMM => crate::matmul_gemm::gemm(x, w, m, out),
+        FDOT => crate::matmul_fdot::fdot(x, w, m, out),
+        _ => Err(Error::backend(
+            "cpu",
+            format!("no matmul implementation #{imp}"),
+        )),
+    }
+}
 
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -57,7 +148,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `out[m, n] = x[m, k] * w^T + bias`.
+/// The reference: `out[m, n] = x[m, k] * w^T + bias`, each weight row
+/// dequantised with the gguf crate's (gguf-py-checked) code.
 pub fn gemv(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
     let (n, k) = (w.info.n, w.info.k);
     if x.len() < m * k || out.len() < m * n {
@@ -85,4 +177,240 @@ pub fn gemv(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
             Ok(())
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use metallic::backend::WeightView;
+    use metallic_gguf::{GgufFile, GgufWriter};
+
+    use super::*;
+    use crate::matmul_vecdot::vecdot_with;
+    use crate::q8_act::QK;
+    use crate::vec_dot::{self, Kernels, SimdLevel};
+
+    /// Deterministic values in about [-1, 1] with a few larger ones, as activations have.
+    fn values(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                if i % 61 == 0 {
+                    v * 6.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    /// A linear layer of `parts` (rows each) of type `ty`, with an optional bias.
+    fn linear(ty: GgmlType, k: usize, parts: &[usize], bias: bool) -> CpuLinear {
+        let mut w = GgufWriter::new();
+        for (i, &rows) in parts.iter().enumerate() {
+            let data = values(100 + i as u64, rows * k);
+            let bytes = quant::quantize(ty, &data).unwrap();
+            w.add_tensor(format!("w{i}"), ty, &[k as u64, rows as u64], bytes)
+                .unwrap();
+        }
+        let mut buf = Vec::new();
+        w.write_to(&mut buf).unwrap();
+        let file = Arc::new(GgufFile::from_bytes(buf).unwrap());
+        let views: Vec<WeightView> = file
+            .tensors()
+            .iter()
+            .map(|t| WeightView::new(file.clone(), t.clone()))
+            .collect();
+        let n: usize = parts.iter().sum();
+        let b = bias.then(|| values(7, n));
+        CpuLinear::new(&views, b).unwrap()
+    }
+
+    /// Dequantised weights, row-major `[n, k]`.
+    fn dense(w: &CpuLinear) -> Vec<f32> {
+        let (n, k) = (w.info.n, w.info.k);
+        let mut d = vec![0.0; n * k];
+        for r in 0..n {
+            let (p, pr) = w.locate(r).unwrap();
+            quant::dequantize(p.ty, p.row(pr), &mut d[r * k..(r + 1) * k]).unwrap();
+        }
+        d
+    }
+
+    /// f64 product, and per output the sum of |w||x| and the bound on the
+    /// error Q8 activations may add: half a quantisation step of each block
+    /// (amax / 254) times the block's sum of |w|.
+    fn reference(w: &CpuLinear, x: &[f32], m: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (n, k) = (w.info.n, w.info.k);
+        let d = dense(w);
+        let mut y = vec![0.0; m * n];
+        let mut abs = vec![0.0; m * n];
+        let mut q8 = vec![0.0; m * n];
+        for i in 0..m {
+            let xr = &x[i * k..(i + 1) * k];
+            for r in 0..n {
+                let wr = &d[r * k..(r + 1) * k];
+                let mut s = w.bias.as_ref().map_or(0.0, |b| b[r] as f64);
+                let (mut a, mut e) = (0.0, 0.0);
+                for (wb, xb) in wr.chunks(QK).zip(xr.chunks(QK)) {
+                    let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+                    let wabs: f64 = wb.iter().map(|v| v.abs() as f64).sum();
+                    e += amax / 254.0 * wabs;
+                    for (wv, xv) in wb.iter().zip(xb) {
+                        s += *wv as f64 * *xv as f64;
+                        a += (*wv as f64 * *xv as f64).abs();
+                    }
+                }
+                y[i * n + r] = s;
+                abs[i * n + r] = a;
+                q8[i * n + r] = e;
+            }
+        }
+        (y, abs, q8)
+    }
+
+    const TYPES: [GgmlType; 5] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::F16,
+        GgmlType::F32,
+    ];
+
+    fn check(name: &str, got: &[f32], y: &[f64], abs: &[f64], extra: &[f64]) {
+        for (j, &g) in got.iter().enumerate() {
+            // f32 accumulation over k terms: relative 1e-5 of sum |w x| is
+            // ~ k * eps / sqrt(k) with margin for k up to ~5k.
+            let tol = 1e-5 * abs[j] + extra[j] + 1e-6;
+            assert!(
+                (g as f64 - y[j]).abs() <= tol,
+                "{name}: output {j}: {g} vs {} (tolerance {tol})",
+                y[j]
+            );
+        }
+    }
+
+    #[test]
+    fn every_impl_and_simd_level_matches_the_f64_product() {
+        for ty in TYPES {
+            for (k, parts, m, bias) in [
+                (32, vec![5], 1, false),
+                (96, vec![17], 2, true), // odd block count
+                (896, vec![40, 8, 8], 1, true),
+                (4864, vec![9], 3, false),
+                (128, vec![70], 40, true), // more rows than GEMM_MIN_M
+            ] {
+                let w = linear(ty, k, &parts, bias);
+                let n = w.info.n;
+                let x = values(k as u64 + m as u64, m * k);
+                let (y, abs, q8) = reference(&w, &x, m);
+                let none = vec![0.0; m * n];
+                let mut out = vec![f32::NAN; m * n];
+                let what = format!("{} k={k} m={m} n={n}", ty.name());
+
+                // Every registered implementation that takes the shape, through
+                // the dispatch entry point. Float implementations: f32 rounding only.
+                let shape = MatmulShape {
+                    op: metallic::backend::MatmulOp::Matmul,
+                    dtype: ty,
+                    batch: 1,
+                    m,
+                    n,
+                    k,
+                    ta: false,
+                    tb: true,
+                };
+                for (idx, imp) in IMPLS.iter().enumerate() {
+                    if !(imp.supports)(&shape) {
+                        continue;
+                    }
+                    let extra = if idx == VECDOT && vec_dot::needs_q8(ty) {
+                        &q8
+                    } else {
+                        &none
+                    };
+                    out.fill(f32::NAN);
+                    run(idx, &x, &w, m, &mut out).unwrap();
+                    check(&format!("{} {what}", imp.name), &out, &y, &abs, extra);
+                }
+
+                // vecdot is exact integer arithmetic on Q8 activations: only the
+                // activations' rounding (and f32 sums) separate it from the product.
+                let extra = if vec_dot::needs_q8(ty) { &q8 } else { &none };
+                for level in SimdLevel::ALL {
+                    let Some(kern) = Kernels::for_level(level) else {
+                        eprintln!("{} not available here, skipped", level.name());
+                        continue;
+                    };
+                    out.fill(f32::NAN);
+                    vecdot_with(&kern, &x, &w, m, &mut out).unwrap();
+                    check(
+                        &format!("vecdot/{} {what}", level.name()),
+                        &out,
+                        &y,
+                        &abs,
+                        extra,
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_levels_agree_with_the_scalar_kernels() {
+        // Same integer dots, different float summation order: 1e-5 of sum |w x|.
+        for ty in TYPES {
+            let (k, m) = (896, 2);
+            let w = linear(ty, k, &[33], true);
+            let n = w.info.n;
+            let x = values(3, m * k);
+            let (_, abs, _) = reference(&w, &x, m);
+            let mut base = vec![0.0; m * n];
+            vecdot_with(
+                &Kernels::for_level(SimdLevel::Scalar).unwrap(),
+                &x,
+                &w,
+                m,
+                &mut base,
+            )
+            .unwrap();
+            let base: Vec<f64> = base.iter().map(|&v| v as f64).collect();
+            for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+                if let Some(kern) = Kernels::for_level(level) {
+                    let mut out = vec![0.0; m * n];
+                    vecdot_with(&kern, &x, &w, m, &mut out).unwrap();
+                    check(level.name(), &out, &base, &abs, &vec![0.0; m * n]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_rule_picks_fdot_for_decode_and_gemm_for_prefill() {
+        let shape = |m, dtype| MatmulShape {
+            op: metallic::backend::MatmulOp::Matmul,
+            dtype,
+            batch: 1,
+            m,
+            n: 896,
+            k: 896,
+            ta: false,
+            tb: true,
+        };
+        assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_1))].name, "fdot");
+        assert_eq!(
+            IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q4_1))].name,
+            "gemm"
+        );
+        // No fdot kernel for K-quants: the reference takes them.
+        assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_K))].name, "gemv");
+        let mut odd = shape(1, GgmlType::Q8_0);
+        odd.batch = 14;
+        assert!(IMPLS.iter().all(|i| !(i.supports)(&odd)));
+    }
 }

@@ -66,6 +66,7 @@ fn smollm2_prompt_and_decode_logits_match_transformers() {
     let reference = DispatchConfig {
         all: Some("gemv".into()),
         per_op: Vec::new(),
+        ..Default::default()
     };
     let dispatch = MatmulDispatch::new(b.matmul_impls(), &reference).unwrap();
     let mut ex = Exec::new(&b, dispatch);

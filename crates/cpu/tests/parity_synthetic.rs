@@ -62,6 +62,7 @@ fn check_against(golden_file: &str, file: &Arc<GgufFile>, tol: Tolerance) {
     let reference = DispatchConfig {
         all: Some("gemv".into()),
         per_op: Vec::new(),
+        ..Default::default()
     };
     let mut ex = Exec::new(
         &b,

@@ -46,6 +46,7 @@ use crate::graph::Graphs;
 use crate::kernels::Kernels;
 pub use crate::linear::CudaLinear;
 use crate::matmul::Blas;
+pub use crate::probe::{driver as probe_driver, DriverInfo};
 pub use crate::sampler::CudaSampler;
 pub use crate::tensor::CudaTensor;
 pub use crate::timing::CudaMark;

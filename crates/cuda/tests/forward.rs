@@ -54,6 +54,7 @@ fn run<B: Backend>(
     let cfg = DispatchConfig {
         all: forced.map(str::to_string),
         per_op: Vec::new(),
+        ..Default::default()
     };
     let mut ex = Exec::new(b, MatmulDispatch::new(b.matmul_impls(), &cfg).unwrap());
     let mut st = State::new(b, &model.config, capacity, batch, 1).unwrap();

@@ -33,6 +33,7 @@ fn greedy<B: Backend>(
     let cfg = DispatchConfig {
         all: forced.map(str::to_string),
         per_op: Vec::new(),
+        ..Default::default()
     };
     let dispatch = MatmulDispatch::new(b.matmul_impls(), &cfg).unwrap();
     let mut ex = Exec::new(b, dispatch);

@@ -1,0 +1,513 @@
+//! `fdot`: quantised rows times f32 activations, dequantised in registers.
+//!
+//! The decode-time default. Each weight block is expanded to f32 inside SIMD
+//! registers and multiplied with the activations as they are, so the result
+//! differs from the reference (`gemv`: dequantise a row to memory, then dot)
+//! only in float32 summation order. `vecdot` is faster per byte because it
+//! quantises the activations to 8 bits (as llama.cpp does), but that rounding
+//! moves logits by ~1e-2 and changes greedy continuations of real models;
+//! `fdot` keeps token-for-token agreement with transformers at close to the
+//! same memory traffic (weights are read once, in their block format).
+//!
+//! Offsets within a block follow ggml: Q4_0 `{d: f16, qs[16]}` with
+//! `x = d * (q - 8)`; Q4_1 `{d: f16, m: f16, qs[16]}` with `x = d * q + m`;
+//! Q8_0 `{d: f16, qs: [i8; 32]}` with `x = d * q`. Low nibbles hold elements
+//! 0..16 of a block, high nibbles 16..32. For the offset terms the per-block
+//! sums of the activations are computed once per call.
+
+use std::cell::RefCell;
+
+use half::f16;
+use metallic::error::{Error, Result};
+use metallic_gguf::GgmlType;
+use rayon::prelude::*;
+
+use crate::linear::CpuLinear;
+use crate::shared_out::SharedOut;
+
+/// Elements per block of the nibble and 8-bit formats.
+const QK: usize = 32;
+
+/// Bytes ahead of the current block that the kernels prefetch.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH: usize = 1024;
+
+/// Weight types with an `fdot` kernel.
+pub fn supported(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::F32
+    )
+}
+
+/// Whether `k` columns can run: block formats need whole blocks.
+pub fn supports_k(ty: GgmlType, k: usize) -> bool {
+    match ty {
+        GgmlType::F16 | GgmlType::F32 => true,
+        _ => k.is_multiple_of(QK),
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for the activations' block sums, reused across calls.
+    static XSUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `out[m, n] = x[m, k] * w^T + bias`.
+pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
+    let (n, k) = (w.info.n, w.info.k);
+    if x.len() < m * k || out.len() < m * n {
+        return Err(Error::InvalidArgument(format!(
+            "matmul buffers too small for m={m} n={n} k={k}"
+        )));
+    }
+    for p in &w.parts {
+        if !supported(p.ty) || !supports_k(p.ty, k) {
+            return Err(Error::InvalidArgument(format!(
+                "fdot has no kernel for {} with k={k}",
+                p.ty.name()
+            )));
+        }
+    }
+    let kernels = Kernels::detect();
+    let nb = k / QK;
+    XSUM.with(|cell| {
+        let mut xsum = cell.borrow_mut();
+        xsum.clear();
+        for i in 0..m {
+            let row = &x[i * k..(i + 1) * k];
+            xsum.extend((0..nb).map(|b| row[b * QK..(b + 1) * QK].iter().sum::<f32>()));
+        }
+        let xsum: &[f32] = &xsum;
+        let optr = SharedOut::new(out);
+        // Enough chunks for the pool to balance, few enough to amortise the task cost.
+        const ROWS: usize = 16;
+        (0..n.div_ceil(ROWS)).into_par_iter().for_each(|c| {
+            for r in c * ROWS..((c + 1) * ROWS).min(n) {
+                let (part, pr) = w.locate(r).expect("row within n");
+                let bytes = part.row(pr);
+                let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
+                for i in 0..m {
+                    let xi = &x[i * k..(i + 1) * k];
+                    let si = &xsum[i * nb..(i + 1) * nb];
+                    let v = kernels.dot(part.ty, bytes, xi, si) + b;
+                    // SAFETY: column r is written by this task only; i * n + r < m * n <= out.len().
+                    unsafe { *optr.ptr().add(i * n + r) = v };
+                }
+            }
+        });
+    });
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Kernels {
+    #[cfg(target_arch = "x86_64")]
+    avx2: bool,
+    #[cfg(target_arch = "x86_64")]
+    avx512: bool,
+}
+
+impl Kernels {
+    fn detect() -> Kernels {
+        Kernels {
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c"),
+            #[cfg(target_arch = "x86_64")]
+            avx512: std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("f16c"),
+        }
+    }
+
+    /// AVX2 even where AVX-512 exists, for testing one against the other.
+    #[cfg(test)]
+    fn avx2_only() -> Kernels {
+        let mut k = Kernels::detect();
+        #[cfg(target_arch = "x86_64")]
+        {
+            k.avx512 = false;
+        }
+        k
+    }
+
+    /// Scalar kernels only, for testing them against the SIMD ones.
+    #[cfg(test)]
+    fn scalar() -> Kernels {
+        Kernels {
+            #[cfg(target_arch = "x86_64")]
+            avx2: false,
+            #[cfg(target_arch = "x86_64")]
+            avx512: false,
+        }
+    }
+
+    #[inline]
+    fn dot(self, ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx512 && !matches!(ty, GgmlType::F32 | GgmlType::F16) {
+            // SAFETY: the CPU has AVX-512F and F16C (checked in `detect`); the row
+            // holds k / 32 blocks of `ty` (checked by the caller).
+            return unsafe { avx512::dot(ty, w, x, xsum) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked in `detect`), and the
+            // row holds k / block elements of `ty` (checked by the caller).
+            return unsafe { avx2::dot(ty, w, x, xsum) };
+        }
+        scalar::dot(ty, w, x, xsum)
+    }
+}
+
+#[inline]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+mod scalar {
+    use super::*;
+
+    pub fn dot(ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+        match ty {
+            GgmlType::F32 => w
+                .chunks_exact(4)
+                .zip(x)
+                .map(|(b, &v)| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * v)
+                .sum(),
+            GgmlType::F16 => w
+                .chunks_exact(2)
+                .zip(x)
+                .map(|(b, &v)| f16::from_le_bytes([b[0], b[1]]).to_f32() * v)
+                .sum(),
+            GgmlType::Q8_0 => {
+                let mut acc = 0.0f32;
+                for (b, blk) in w.chunks_exact(34).enumerate() {
+                    let xb = &x[b * QK..(b + 1) * QK];
+                    let s: f32 = blk[2..]
+                        .iter()
+                        .zip(xb)
+                        .map(|(&q, &v)| q as i8 as f32 * v)
+                        .sum();
+                    acc += f16_at(blk, 0) * s;
+                }
+                acc
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let (size, qs) = if ty == GgmlType::Q4_0 {
+                    (18, 2)
+                } else {
+                    (20, 4)
+                };
+                let mut acc = 0.0f32;
+                for (b, blk) in w.chunks_exact(size).enumerate() {
+                    let xb = &x[b * QK..(b + 1) * QK];
+                    let mut s = 0.0f32;
+                    for j in 0..16 {
+                        let q = blk[qs + j];
+                        s += (q & 0x0F) as f32 * xb[j] + (q >> 4) as f32 * xb[j + 16];
+                    }
+                    let d = f16_at(blk, 0);
+                    let offset = if ty == GgmlType::Q4_0 {
+                        -8.0 * d
+                    } else {
+                        f16_at(blk, 2)
+                    };
+                    acc += d * s + offset * xsum[b];
+                }
+                acc
+            }
+            _ => unreachable!("fdot checks types before running"),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Multipliers of `[d, m, _, _]` giving a nibble block's offset term:
+    /// Q4_0 `-8 d * sum(x)`, Q4_1 `m * sum(x)`. Kept in a vector so the scales
+    /// are loaded as one 32-bit value (see [`h2`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn offset_coefs(q4_0: bool, xsum: f32) -> __m128 {
+        // Q4_0's lane 1 holds quants, not a scale: it must meet an exact zero
+        // (0 * inf would be NaN), hence the `keep` mask in the callers.
+        if q4_0 {
+            _mm_setr_ps(-8.0 * xsum, 0.0, 0.0, 0.0)
+        } else {
+            _mm_setr_ps(0.0, xsum, 0.0, 0.0)
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn lanes01(v: __m128) -> f32 {
+        _mm_cvtss_f32(v) + _mm_cvtss_f32(_mm_shuffle_ps(v, v, 1))
+    }
+
+    /// Eight bytes as unsigned integers, to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn u8x8(v: __m128i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+    }
+
+    /// Eight bytes as signed integers, to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn i8x8(p: *const u8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+
+    /// The f16 at byte `at`, converted by the F16C instruction.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn h(b: &[u8], at: usize) -> f32 {
+        _mm_cvtss_f32(h2(b, at))
+    }
+
+    /// The two f16 at bytes `at..at + 4` (d and m of a Q4_1 block; d and the first
+    /// quants of the other formats). A 32-bit load goes into a fresh register: a
+    /// 16-bit insert would merge into, and so wait for, whatever held it before.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn h2(b: &[u8], at: usize) -> __m128 {
+        let v = i32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        _mm_cvtph_ps(_mm_cvtsi32_si128(v))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+        let xp = x.as_ptr();
+        match ty {
+            GgmlType::F32 | GgmlType::F16 => {
+                let k = x.len();
+                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut j = 0;
+                while j + 16 <= k {
+                    let (w0, w1) = if ty == GgmlType::F32 {
+                        let p = w.as_ptr().add(j * 4) as *const f32;
+                        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                    } else {
+                        let p = w.as_ptr().add(j * 2) as *const __m128i;
+                        (
+                            _mm256_cvtph_ps(_mm_loadu_si128(p)),
+                            _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
+                        )
+                    };
+                    a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(j)), a0);
+                    a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(j + 8)), a1);
+                    j += 16;
+                }
+                let mut s = hsum(_mm256_add_ps(a0, a1));
+                let esz = if ty == GgmlType::F32 { 4 } else { 2 };
+                s += scalar::dot(ty, &w[j * esz..], &x[j..], &[]);
+                s
+            }
+            GgmlType::Q8_0 => {
+                let mut acc = _mm256_setzero_ps();
+                for (b, blk) in w.chunks_exact(34).enumerate() {
+                    let q = blk.as_ptr().add(2);
+                    let xb = xp.add(b * QK);
+                    let mut s = _mm256_mul_ps(i8x8(q), _mm256_loadu_ps(xb));
+                    s = _mm256_fmadd_ps(i8x8(q.add(8)), _mm256_loadu_ps(xb.add(8)), s);
+                    s = _mm256_fmadd_ps(i8x8(q.add(16)), _mm256_loadu_ps(xb.add(16)), s);
+                    s = _mm256_fmadd_ps(i8x8(q.add(24)), _mm256_loadu_ps(xb.add(24)), s);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(h(blk, 0)), s, acc);
+                }
+                hsum(acc)
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let q4_0 = ty == GgmlType::Q4_0;
+                let (size, qs) = if q4_0 { (18, 2) } else { (20, 4) };
+                let mask = _mm_set1_epi8(0x0F);
+                let mut acc = _mm256_setzero_ps();
+                let mut offsets = _mm_setzero_ps();
+                // Lanes of [d, m, _, _] that hold scales: Q4_0 has no m.
+                let keep = _mm_castsi128_ps(if q4_0 {
+                    _mm_setr_epi32(-1, 0, 0, 0)
+                } else {
+                    _mm_setr_epi32(-1, -1, 0, 0)
+                });
+                for (b, blk) in w.chunks_exact(size).enumerate() {
+                    let raw = _mm_loadu_si128(blk.as_ptr().add(qs) as *const __m128i);
+                    let lo = _mm_and_si128(raw, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                    let xb = xp.add(b * QK);
+                    let mut s = _mm256_mul_ps(u8x8(lo), _mm256_loadu_ps(xb));
+                    s = _mm256_fmadd_ps(u8x8(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xb.add(8)), s);
+                    s = _mm256_fmadd_ps(u8x8(hi), _mm256_loadu_ps(xb.add(16)), s);
+                    s = _mm256_fmadd_ps(
+                        u8x8(_mm_srli_si128(hi, 8)),
+                        _mm256_loadu_ps(xb.add(24)),
+                        s,
+                    );
+                    let dm = _mm_and_ps(h2(blk, 0), keep);
+                    acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), s, acc);
+                    offsets = _mm_fmadd_ps(dm, offset_coefs(q4_0, xsum[b]), offsets);
+                }
+                hsum(acc) + lanes01(offsets)
+            }
+            _ => unreachable!("fdot checks types before running"),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::avx2::{h, h2, lanes01, offset_coefs};
+    use super::*;
+
+    /// Sixteen bytes as unsigned integers, to f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn u8x16(v: __m128i) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
+    }
+
+    /// Sixteen bytes as signed integers, to f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn i8x16(p: *const u8) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+    }
+
+    /// Block formats only; F32/F16 rows take the AVX2 kernel.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+        let xp = x.as_ptr();
+        // Two accumulators hide the FMA latency across blocks.
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        match ty {
+            GgmlType::Q8_0 => {
+                for (b, blk) in w.chunks_exact(34).enumerate() {
+                    let q = blk.as_ptr().add(2);
+                    let xb = xp.add(b * QK);
+                    let s = _mm512_mul_ps(i8x16(q), _mm512_loadu_ps(xb));
+                    let s = _mm512_fmadd_ps(i8x16(q.add(16)), _mm512_loadu_ps(xb.add(16)), s);
+                    let d = _mm512_set1_ps(h(blk, 0));
+                    if b % 2 == 0 {
+                        a0 = _mm512_fmadd_ps(d, s, a0);
+                    } else {
+                        a1 = _mm512_fmadd_ps(d, s, a1);
+                    }
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let q4_0 = ty == GgmlType::Q4_0;
+                let (size, qs) = if q4_0 { (18, 2) } else { (20, 4) };
+                let mask = _mm_set1_epi8(0x0F);
+                let mut offsets = _mm_setzero_ps();
+                // Lanes of [d, m, _, _] that hold scales: Q4_0 has no m.
+                let keep = _mm_castsi128_ps(if q4_0 {
+                    _mm_setr_epi32(-1, 0, 0, 0)
+                } else {
+                    _mm_setr_epi32(-1, -1, 0, 0)
+                });
+                for (b, blk) in w.chunks_exact(size).enumerate() {
+                    // Rows are short (18 blocks at k = 576): prefetch ahead across row ends.
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    let raw = _mm_loadu_si128(blk.as_ptr().add(qs) as *const __m128i);
+                    let lo = _mm_and_si128(raw, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                    let xb = xp.add(b * QK);
+                    let s = _mm512_mul_ps(u8x16(lo), _mm512_loadu_ps(xb));
+                    let s = _mm512_fmadd_ps(u8x16(hi), _mm512_loadu_ps(xb.add(16)), s);
+                    let dm = _mm_and_ps(h2(blk, 0), keep);
+                    let d = _mm512_broadcastss_ps(dm);
+                    if b % 2 == 0 {
+                        a0 = _mm512_fmadd_ps(d, s, a0);
+                    } else {
+                        a1 = _mm512_fmadd_ps(d, s, a1);
+                    }
+                    offsets = _mm_fmadd_ps(dm, offset_coefs(q4_0, xsum[b]), offsets);
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + lanes01(offsets)
+            }
+            _ => unreachable!("the AVX-512 kernels take block formats only"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metallic_gguf::quant;
+
+    fn values(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every kernel against an f64 dot over the reference dequantisation. The
+    /// bound is float32 rounding of a k-term sum: k * eps * sum|w x|, with eps
+    /// 2^-24 and a factor 4 for the different association orders.
+    #[test]
+    fn fdot_kernels_match_f64_dot_of_reference_dequantisation() {
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+        ] {
+            for k in [32usize, 96, 896, 4864] {
+                let wv = values(k as u64, k);
+                let bytes = quant::quantize(ty, &wv).unwrap();
+                let mut deq = vec![0.0f32; k];
+                quant::dequantize(ty, &bytes, &mut deq).unwrap();
+                let x = values(7 + k as u64, k);
+                let xsum: Vec<f32> = x.chunks(QK).map(|c| c.iter().sum()).collect();
+                let exact: f64 = deq.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let mag: f64 = deq
+                    .iter()
+                    .zip(&x)
+                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                    .sum();
+                let bound = 4.0 * k as f64 * mag * f32::EPSILON as f64 / 2.0 + 1e-6;
+                for (name, kern) in [
+                    ("detected", Kernels::detect()),
+                    ("avx2", Kernels::avx2_only()),
+                    ("scalar", Kernels::scalar()),
+                ] {
+                    let got = kern.dot(ty, &bytes, &x, &xsum) as f64;
+                    assert!(
+                        (got - exact).abs() <= bound,
+                        "{name} {ty} k={k}: {got} vs {exact} (bound {bound})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_types_are_reported() {
+        assert!(!supported(GgmlType::Q4_K));
+        assert!(supports_k(GgmlType::F16, 33));
+        assert!(!supports_k(GgmlType::Q8_0, 33));
+    }
+}

@@ -1,0 +1,105 @@
+//! Activations quantised to 8-bit blocks of 32, the form llama.cpp's
+//! `vec_dot_q4_1_q8_1` / `vec_dot_q8_0_q8_0` multiply quantised weights with.
+//!
+//! Each block keeps its scale `d = amax / 127` in f32 (not f16 as ggml's
+//! `block_q8_1` does: it costs nothing here and removes one rounding), and
+//! `s = d * sum(q)`, which turns the weights' offsets (Q4_0's `-8`, Q4_1's
+//! minimum, the `+128` bias of unsigned dot instructions) into one multiply per block.
+
+/// Values per block.
+pub const QK: usize = 32;
+
+/// `m` rows of `k` activations, quantised. Buffers grow and are then reused,
+/// so a step allocates nothing once the largest shape has been seen.
+#[derive(Default)]
+pub struct Q8Acts {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+    pub k: usize,
+    pub m: usize,
+}
+
+/// One quantised row.
+#[derive(Clone, Copy)]
+pub struct Q8Row<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
+impl Q8Acts {
+    /// Quantise `x[m, k]` (`k` a multiple of [`QK`]).
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize) {
+        debug_assert!(k.is_multiple_of(QK) && x.len() >= m * k);
+        let nb = k / QK;
+        self.k = k;
+        self.m = m;
+        self.qs.resize(m * k, 0);
+        self.d.resize(m * nb, 0.0);
+        self.s.resize(m * nb, 0.0);
+        for ((xb, qb), (d, s)) in x[..m * k]
+            .chunks_exact(QK)
+            .zip(self.qs.chunks_exact_mut(QK))
+            .zip(self.d.iter_mut().zip(self.s.iter_mut()))
+        {
+            quantize_block(xb, qb, d, s);
+        }
+    }
+
+    pub fn row(&self, i: usize) -> Q8Row<'_> {
+        let nb = self.k / QK;
+        Q8Row {
+            qs: &self.qs[i * self.k..(i + 1) * self.k],
+            d: &self.d[i * nb..(i + 1) * nb],
+            s: &self.s[i * nb..(i + 1) * nb],
+        }
+    }
+}
+
+#[inline]
+fn quantize_block(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut f32) {
+    let mut amax = 0.0f32;
+    for &v in x {
+        amax = amax.max(v.abs());
+    }
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in q.iter_mut().zip(x) {
+        // |v * id| <= 127 (up to rounding), so the cast never saturates in practice.
+        let l = (v * id).round() as i32;
+        *q = l as i8;
+        sum += l;
+    }
+    *d_out = d;
+    *s_out = d * sum as f32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_rows_dequantise_within_half_a_step() {
+        let k = 96;
+        let x: Vec<f32> = (0..2 * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let mut a = Q8Acts::default();
+        a.quantize(&x, 2, k);
+        for i in 0..2 {
+            let r = a.row(i);
+            for (b, (&d, &s)) in r.d.iter().zip(r.s).enumerate() {
+                let qs = &r.qs[b * QK..(b + 1) * QK];
+                let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+                assert_eq!(s, d * sum as f32);
+                for (j, &q) in qs.iter().enumerate() {
+                    let v = x[i * k + b * QK + j];
+                    // Rounding to the nearest level: off by at most half a step.
+                    assert!((q as f32 * d - v).abs() <= d * 0.5 + 1e-6, "{v} vs {q}*{d}");
+                }
+            }
+        }
+    }
+}

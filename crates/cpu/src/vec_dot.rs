@@ -1,0 +1,270 @@
+//! Dot products of one weight row (in its GGUF block format) with one
+//! activation row, per SIMD level.
+//!
+//! Quantised weights (Q4_0, Q4_1, Q8_0) are multiplied with Q8 activations
+//! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per block;
+//! float weights (F32, F16) with f32 activations. The level is detected at run
+//! time; `METALLIC_CPU_SIMD=scalar|avx2|avx512` forces a lower one (for
+//! measurements and tests).
+
+use std::sync::OnceLock;
+
+use metallic_gguf::quant::f16_to_f32;
+use metallic_gguf::GgmlType;
+
+use crate::q8_act::{Q8Row, QK};
+
+/// Instruction sets a kernel set is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F/BW/DQ/VL with VNNI (`vpdpbusd`).
+    Avx512,
+}
+
+impl SimdLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SimdLevel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(SimdLevel::Scalar),
+            "avx2" => Some(SimdLevel::Avx2),
+            "avx512" => Some(SimdLevel::Avx512),
+            _ => None,
+        }
+    }
+
+    /// Whether this CPU can run the level.
+    pub fn available(self) -> bool {
+        match self {
+            SimdLevel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => {
+                SimdLevel::Avx2.available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512];
+}
+
+/// Bytes of one block and values per block of the weight types these kernels read.
+pub fn block_bytes(ty: GgmlType) -> Option<(usize, usize)> {
+    match ty {
+        GgmlType::Q4_0 => Some((18, 32)),
+        GgmlType::Q4_1 => Some((20, 32)),
+        GgmlType::Q8_0 => Some((34, 32)),
+        GgmlType::F16 => Some((2, 1)),
+        GgmlType::F32 => Some((4, 1)),
+        _ => None,
+    }
+}
+
+/// Weight types with a kernel here.
+pub fn supported(ty: GgmlType) -> bool {
+    block_bytes(ty).is_some()
+}
+
+/// Quantised weights need Q8 activations; float weights take f32 ones.
+pub fn needs_q8(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+type QDot = unsafe fn(&[u8], Q8Row<'_>) -> f32;
+type FDot = unsafe fn(&[u8], &[f32]) -> f32;
+
+/// One level's kernels. Built only through [`Kernels::for_level`], which
+/// checks that the CPU has the instructions, so calling them is sound.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    level: SimdLevel,
+    q4_0: QDot,
+    q4_1: QDot,
+    q8_0: QDot,
+    f16: FDot,
+    f32: FDot,
+}
+
+impl Kernels {
+    pub fn for_level(level: SimdLevel) -> Option<Kernels> {
+        if !level.available() {
+            return None;
+        }
+        Some(match level {
+            SimdLevel::Scalar => Kernels {
+                level,
+                q4_0: scalar::q4_0,
+                q4_1: scalar::q4_1,
+                q8_0: scalar::q8_0,
+                f16: scalar::f16,
+                f32: scalar::f32,
+            },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => Kernels {
+                level,
+                q4_0: crate::vec_dot_x86::q4_0_avx2,
+                q4_1: crate::vec_dot_x86::q4_1_avx2,
+                q8_0: crate::vec_dot_x86::q8_0_avx2,
+                f16: crate::vec_dot_x86::f16_avx2,
+                f32: crate::vec_dot_x86::f32_avx2,
+            },
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => Kernels {
+                level,
+                q4_0: crate::vec_dot_x86::q4_0_avx512,
+                q4_1: crate::vec_dot_x86::q4_1_avx512,
+                q8_0: crate::vec_dot_x86::q8_0_avx512,
+                f16: crate::vec_dot_x86::f16_avx512,
+                f32: crate::vec_dot_x86::f32_avx512,
+            },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => return None,
+        })
+    }
+
+    pub fn level(&self) -> SimdLevel {
+        self.level
+    }
+
+    /// Dot of a quantised weight row with a Q8 activation row of the same length.
+    #[inline]
+    pub fn quant(&self, ty: GgmlType, w: &[u8], a: Q8Row<'_>) -> f32 {
+        let nb = a.d.len();
+        assert!(a.qs.len() == nb * QK && a.s.len() == nb);
+        let (f, bytes) = match ty {
+            GgmlType::Q4_0 => (self.q4_0, 18),
+            GgmlType::Q4_1 => (self.q4_1, 20),
+            GgmlType::Q8_0 => (self.q8_0, 34),
+            _ => return f32::NAN,
+        };
+        assert!(w.len() >= nb * bytes);
+        // SAFETY: `for_level` checked the CPU features; lengths are checked above.
+        unsafe { f(w, a) }
+    }
+
+    /// Dot of a float weight row with `x` (of the row's length).
+    #[inline]
+    pub fn float(&self, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+        let (f, bytes) = match ty {
+            GgmlType::F16 => (self.f16, 2),
+            GgmlType::F32 => (self.f32, 4),
+            _ => return f32::NAN,
+        };
+        assert!(w.len() >= x.len() * bytes);
+        // SAFETY: as in `quant`.
+        unsafe { f(w, x) }
+    }
+}
+
+/// The widest available level, or the one `METALLIC_CPU_SIMD` asks for when
+/// this CPU has it.
+pub fn kernels() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| {
+        let wanted = std::env::var("METALLIC_CPU_SIMD")
+            .ok()
+            .and_then(|s| SimdLevel::parse(&s));
+        if let Some(k) = wanted.and_then(Kernels::for_level) {
+            return k;
+        }
+        SimdLevel::ALL
+            .iter()
+            .rev()
+            .find_map(|&l| Kernels::for_level(l))
+            .expect("the scalar level is always available")
+    })
+}
+
+#[inline]
+pub(crate) fn f16_at(w: &[u8], off: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([w[off], w[off + 1]]))
+}
+
+/// Portable kernels: the fallback and the SIMD kernels' cross-check.
+mod scalar {
+    use super::*;
+
+    #[inline]
+    fn idot(w: impl Iterator<Item = i32>, a: &[i8]) -> i32 {
+        w.zip(a).map(|(w, &a)| w * a as i32).sum()
+    }
+
+    pub(super) unsafe fn q4_0(w: &[u8], a: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for b in 0..a.d.len() {
+            let blk = &w[b * 18..(b + 1) * 18];
+            let qs = &blk[2..18];
+            let lo = qs.iter().map(|&q| (q & 0x0f) as i32);
+            let hi = qs.iter().map(|&q| (q >> 4) as i32);
+            let aq = &a.qs[b * QK..(b + 1) * QK];
+            let dot = idot(lo, &aq[..16]) + idot(hi, &aq[16..]);
+            let d = f16_at(blk, 0);
+            // x = d (q - 8): the -8 folds into the activation sum.
+            sum += d * (a.d[b] * dot as f32 - 8.0 * a.s[b]);
+        }
+        sum
+    }
+
+    pub(super) unsafe fn q4_1(w: &[u8], a: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for b in 0..a.d.len() {
+            let blk = &w[b * 20..(b + 1) * 20];
+            let qs = &blk[4..20];
+            let lo = qs.iter().map(|&q| (q & 0x0f) as i32);
+            let hi = qs.iter().map(|&q| (q >> 4) as i32);
+            let aq = &a.qs[b * QK..(b + 1) * QK];
+            let dot = idot(lo, &aq[..16]) + idot(hi, &aq[16..]);
+            let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+            sum += d * a.d[b] * dot as f32 + m * a.s[b];
+        }
+        sum
+    }
+
+    pub(super) unsafe fn q8_0(w: &[u8], a: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for b in 0..a.d.len() {
+            let blk = &w[b * 34..(b + 1) * 34];
+            let q = blk[2..34].iter().map(|&q| q as i8 as i32);
+            let dot = idot(q, &a.qs[b * QK..(b + 1) * QK]);
+            sum += f16_at(blk, 0) * a.d[b] * dot as f32;
+        }
+        sum
+    }
+
+    pub(super) unsafe fn f16(w: &[u8], x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        for (i, (&xv, wb)) in x.iter().zip(w.chunks_exact(2)).enumerate() {
+            acc[i % 8] += xv * f16_to_f32(u16::from_le_bytes([wb[0], wb[1]]));
+        }
+        acc.iter().sum()
+    }
+
+    pub(super) unsafe fn f32(w: &[u8], x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        for (i, (&xv, wb)) in x.iter().zip(w.chunks_exact(4)).enumerate() {
+            acc[i % 8] += xv * f32::from_le_bytes([wb[0], wb[1], wb[2], wb[3]]);
+        }
+        acc.iter().sum()
+    }
+}

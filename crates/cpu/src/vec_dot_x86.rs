@@ -1,0 +1,363 @@
+//! x86-64 kernels of [`crate::vec_dot`]: AVX2 (as llama.cpp's `ggml_vec_dot_*`
+//! for AVX2) and AVX-512 with VNNI, two blocks per 512-bit register.
+//!
+//! Safety contract of every function here: the CPU has the features named in
+//! its `target_feature` attribute (checked by `Kernels::for_level`), `w` holds
+//! at least `a.d.len()` blocks (or `x.len()` floats) and the Q8 row is
+//! consistent; `Kernels` asserts the lengths before calling.
+
+use std::arch::x86_64::*;
+
+use crate::q8_act::{Q8Row, QK};
+
+#[inline(always)]
+unsafe fn f16_load(p: *const u8) -> f32 {
+    let bits = std::ptr::read_unaligned(p as *const u16);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// The two f16 values at `p` (a block's d and, for Q4_1, m) as lanes 0 and 1.
+/// A 32-bit load into a zeroed register: a 16-bit insert would merge into
+/// whatever register the compiler picks, often a loop accumulator, and chain
+/// every block behind the previous one.
+#[inline(always)]
+unsafe fn f16_pair(p: *const u8) -> __m128 {
+    let bits = std::ptr::read_unaligned(p as *const i32);
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits))
+}
+
+#[inline(always)]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Nibbles of 16 packed bytes as 32 unsigned values: low nibbles are values
+/// 0..16 of the block, high nibbles 16..32 (ggml's Q4 layout).
+#[inline(always)]
+unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
+    let q = _mm_loadu_si128(p as *const __m128i);
+    let mask = _mm_set1_epi8(0x0f);
+    let lo = _mm_and_si128(q, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// Sum of `u8 x i8` products as eight i32 lanes (each product pair fits i16:
+/// 15 * 127 * 2 for nibbles, 128 * 127 * 2 for the sign trick).
+#[inline(always)]
+unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256 {
+    let p16 = _mm256_maddubs_epi16(u, s);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+}
+
+/// Q4 rows (Q4_0 when `!q4_1`: levels offset by 8; Q4_1: plus a minimum).
+#[inline(always)]
+unsafe fn q4_avx2(w: &[u8], a: Q8Row<'_>, bytes: usize, qs_at: usize, q4_1: bool) -> f32 {
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    // Lane 0: sum of d * s (Q4_0's offset term); lane 1: sum of m * s (Q4_1's).
+    let mut extra = _mm_setzero_ps();
+    let nb = a.d.len();
+    let wp = w.as_ptr();
+    let ap = a.qs.as_ptr();
+    let mut b = 0;
+    while b < nb {
+        let blk = wp.add(b * bytes);
+        let dm = f16_pair(blk);
+        let wq = unpack_nibbles(blk.add(qs_at));
+        let aq = _mm256_loadu_si256(ap.add(b * QK) as *const __m256i);
+        let p = dot_u8_i8(wq, aq);
+        let ad = _mm_set1_ps(*a.d.get_unchecked(b));
+        let scale = _mm256_broadcastss_ps(_mm_mul_ss(dm, ad));
+        if b & 1 == 0 {
+            acc0 = _mm256_fmadd_ps(scale, p, acc0);
+        } else {
+            acc1 = _mm256_fmadd_ps(scale, p, acc1);
+        }
+        extra = _mm_fmadd_ps(dm, _mm_set1_ps(*a.s.get_unchecked(b)), extra);
+        b += 1;
+    }
+    let e = if q4_1 {
+        _mm_cvtss_f32(_mm_movehdup_ps(extra))
+    } else {
+        -8.0 * _mm_cvtss_f32(extra)
+    };
+    hsum256(_mm256_add_ps(acc0, acc1)) + e
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_avx2(w: &[u8], a: Q8Row<'_>) -> f32 {
+    q4_avx2(w, a, 18, 2, false)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1_avx2(w: &[u8], a: Q8Row<'_>) -> f32 {
+    q4_avx2(w, a, 20, 4, true)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_avx2(w: &[u8], a: Q8Row<'_>) -> f32 {
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let wp = w.as_ptr();
+    let ap = a.qs.as_ptr();
+    for b in 0..a.d.len() {
+        let blk = wp.add(b * 34);
+        let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+        let aq = _mm256_loadu_si256(ap.add(b * QK) as *const __m256i);
+        // Signed x signed through maddubs: |w| times a with w's sign.
+        let p = dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
+        let ad = _mm_set1_ps(*a.d.get_unchecked(b));
+        let scale = _mm256_broadcastss_ps(_mm_mul_ss(f16_pair(blk), ad));
+        if b & 1 == 0 {
+            acc0 = _mm256_fmadd_ps(scale, p, acc0);
+        } else {
+            acc1 = _mm256_fmadd_ps(scale, p, acc1);
+        }
+    }
+    hsum256(_mm256_add_ps(acc0, acc1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f32_avx2(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let wp = w.as_ptr() as *const f32;
+    let xp = x.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let wv = _mm256_loadu_ps(wp.add(i + 8 * j));
+            *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(wp.add(i)),
+            _mm256_loadu_ps(xp.add(i)),
+            acc[0],
+        );
+        i += 8;
+    }
+    let mut s = hsum256(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    while i < n {
+        s += std::ptr::read_unaligned(wp.add(i)) * *xp.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn f16_avx2(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let wp = w.as_ptr();
+    let xp = x.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let h = _mm_loadu_si128(wp.add(2 * (i + 8 * j)) as *const __m128i);
+            *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(wp.add(2 * i) as *const __m128i);
+        acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i)), acc[0]);
+        i += 8;
+    }
+    let mut s = hsum256(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    while i < n {
+        s += f16_load(wp.add(2 * i)) * *xp.add(i);
+        i += 1;
+    }
+    s
+}
+
+/// Two Q4 blocks as 64 unsigned values in one register.
+#[inline(always)]
+unsafe fn unpack_nibbles2(p0: *const u8, p1: *const u8) -> __m512i {
+    let q0 = _mm_loadu_si128(p0 as *const __m128i);
+    let q1 = _mm_loadu_si128(p1 as *const __m128i);
+    let v0 = _mm256_set_m128i(_mm_srli_epi16(q0, 4), q0);
+    let v1 = _mm256_set_m128i(_mm_srli_epi16(q1, 4), q1);
+    let v = _mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1);
+    _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
+}
+
+/// Q4_0, Q4_1 and Q8_0 share one loop: `vpdpbusd` needs unsigned weights,
+/// so each block's weight levels are read as `u = q + off` and the offset is
+/// taken back out through the activation sum: `d*ad*sum(u*a) - off*d*s`.
+#[inline(always)]
+unsafe fn quant_avx512(w: &[u8], a: Q8Row<'_>, kind: QuantKind) -> f32 {
+    let (bytes, qs_at, off) = match kind {
+        QuantKind::Q4_0 => (18, 2, 8.0),
+        QuantKind::Q4_1 => (20, 4, 0.0),
+        QuantKind::Q8_0 => (34, 2, 128.0),
+    };
+    let nb = a.d.len();
+    let wp = w.as_ptr();
+    let ap = a.qs.as_ptr();
+    let ad = a.d.as_ptr();
+    let asum = a.s.as_ptr();
+    let mut acc = _mm512_setzero_ps();
+    // Lanes (0, 2): sums of d * s per block parity; (1, 3): Q4_1's m * s.
+    let mut extra = _mm_setzero_ps();
+    // Lane 0 of a product to the low eight lanes, lane 2 to the high eight.
+    let spread = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mut b = 0;
+    while b + 2 <= nb {
+        let (b0, b1) = (wp.add(b * bytes), wp.add((b + 1) * bytes));
+        let u = match kind {
+            QuantKind::Q8_0 => {
+                let v0 = _mm256_loadu_si256(b0.add(qs_at) as *const __m256i);
+                let v1 = _mm256_loadu_si256(b1.add(qs_at) as *const __m256i);
+                let v = _mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1);
+                // i8 -> u8 + 128
+                _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+            }
+            _ => unpack_nibbles2(b0.add(qs_at), b1.add(qs_at)),
+        };
+        let av = _mm512_loadu_si512(ap.add(b * QK) as *const _);
+        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, av);
+        // [d0, m0, d1, m1] (m only meaningful for Q4_1).
+        let dm = _mm_movelh_ps(f16_pair(b0), f16_pair(b1));
+        let ad = _mm_castpd_ps(_mm_load1_pd(ad.add(b) as *const f64)); // [ad0, ad1, ad0, ad1]
+        let ad = _mm_permute_ps(ad, 0b01_01_00_00); // [ad0, ad0, ad1, ad1]
+        let sv = _mm_castpd_ps(_mm_load1_pd(asum.add(b) as *const f64));
+        let sv = _mm_permute_ps(sv, 0b01_01_00_00); // [s0, s0, s1, s1]
+        let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(dm, ad)));
+        acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc);
+        extra = _mm_fmadd_ps(dm, sv, extra);
+        b += 2;
+    }
+    let mut s = _mm512_reduce_add_ps(acc);
+    let ds = _mm_cvtss_f32(extra) + _mm_cvtss_f32(_mm_movehl_ps(extra, extra));
+    let ms = _mm_cvtss_f32(_mm_movehdup_ps(extra))
+        + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(extra, extra)));
+    s += match kind {
+        QuantKind::Q4_1 => ms,
+        _ => -off * ds,
+    };
+    while b < nb {
+        // An odd last block: 256 bits.
+        let blk = wp.add(b * bytes);
+        let d = f16_load(blk);
+        let u = match kind {
+            QuantKind::Q8_0 => _mm256_xor_si256(
+                _mm256_loadu_si256(blk.add(qs_at) as *const __m256i),
+                _mm256_set1_epi8(-128),
+            ),
+            _ => unpack_nibbles(blk.add(qs_at)),
+        };
+        let av = _mm256_loadu_si256(ap.add(b * QK) as *const __m256i);
+        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, av);
+        s += d * *ad.add(b) * hsum256(_mm256_cvtepi32_ps(dot));
+        s += block_extra(kind, blk, d, off, *asum.add(b));
+        b += 1;
+    }
+    s
+}
+
+#[derive(Clone, Copy)]
+enum QuantKind {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+#[inline(always)]
+unsafe fn block_extra(kind: QuantKind, blk: *const u8, d: f32, off: f32, s: f32) -> f32 {
+    match kind {
+        QuantKind::Q4_1 => f16_load(blk.add(2)) * s,
+        _ => -off * d * s,
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q4_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
+    quant_avx512(w, a, QuantKind::Q4_0)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q4_1_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
+    quant_avx512(w, a, QuantKind::Q4_1)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q8_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
+    quant_avx512(w, a, QuantKind::Q8_0)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn f32_avx512(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let wp = w.as_ptr() as *const f32;
+    let xp = x.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let wv = _mm512_loadu_ps(wp.add(i + 16 * j));
+            *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(i + 16 * j)), *a);
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        acc[0] = _mm512_fmadd_ps(
+            _mm512_loadu_ps(wp.add(i)),
+            _mm512_loadu_ps(xp.add(i)),
+            acc[0],
+        );
+        i += 16;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(acc[0], acc[1]),
+        _mm512_add_ps(acc[2], acc[3]),
+    ));
+    while i < n {
+        s += std::ptr::read_unaligned(wp.add(i)) * *xp.add(i);
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn f16_avx512(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let wp = w.as_ptr();
+    let xp = x.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let h = _mm256_loadu_si256(wp.add(2 * (i + 16 * j)) as *const __m256i);
+            *a = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xp.add(i + 16 * j)), *a);
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        let h = _mm256_loadu_si256(wp.add(2 * i) as *const __m256i);
+        acc[0] = _mm512_fmadd_ps(_mm512_cvtph_ps(h), _mm512_loadu_ps(xp.add(i)), acc[0]);
+        i += 16;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(acc[0], acc[1]),
+        _mm512_add_ps(acc[2], acc[3]),
+    ));
+    while i < n {
+        s += f16_load(wp.add(2 * i)) * *xp.add(i);
+        i += 1;
+    }
+    s
+}
