@@ -6,6 +6,9 @@
 #   DEST/device-check.sh run              (there: from the repository root)
 #   /tmp/mc/device-check.sh smollm2 DIR   (there, a later call: DIR carries smollm2.part2)
 #
+# The device tool sends the checkout the session started in (not a helper's
+# worktree): pack into an ignored folder of that checkout and name it in
+# `carry`, e.g. `pack <main checkout>/.device-cuda`, then `run` there.
 # `pack` builds the release `metallic` binary, the metallic-cuda test binaries
 # and the profile example, strips them and copies them with this script and
 # the Qwen2 tokenizer, gzipped (for `metallic synth`), into DEST. `run` then, on the GPU
