@@ -25,8 +25,16 @@ if [ ! -x "$bench" ]; then
     mkdir -p "$dir/src"
     tar xzf "$dir"/llama_cpp_python-"$ver".tar.gz -C "$dir/src" --strip-components=1
   fi
+  # Not GGML_NATIVE: on VMs that report AMX without enabling its tiles, ggml's
+  # AMX matmul crashes. Name the x86 levels the CPU has instead.
+  simd=(-DGGML_NATIVE=OFF)
+  for f in avx avx2 fma f16c avx512f:AVX512 avx512_vnni:AVX512_VNNI avx512bw avx_vnni; do
+    flag=${f%%:*}; opt=${f#*:}; [ "$opt" = "$f" ] && opt=${f^^}
+    [ "$opt" = "AVX512BW" ] && continue
+    grep -qw "$flag" /proc/cpuinfo && simd+=("-DGGML_$opt=ON")
+  done
   (cd "$dir/src/vendor/llama.cpp" &&
-    cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+    cmake -B build -DCMAKE_BUILD_TYPE=Release "${simd[@]}" -DLLAMA_CURL=OFF \
       -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null &&
     cmake --build build -j "$(nproc)" --target llama-bench >/dev/null)
 fi
