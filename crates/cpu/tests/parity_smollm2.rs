@@ -70,26 +70,12 @@ fn smollm2_prompt_and_decode_logits_match_transformers() {
     };
     let dispatch = MatmulDispatch::new(b.matmul_impls(), &reference).unwrap();
     let mut ex = Exec::new(&b, dispatch);
-    let mut worst = golden::Diff {
-        max_abs: 0.0,
-        cosine: 1.0,
-    };
+    let mut worst = golden::Diff::best();
     for (pi, p) in g.prompts.iter().enumerate() {
         let n = p.prompt.len();
         let mut st = State::new(&b, &model.config, 128, n, n).unwrap();
         let logits = logits_rows(&mut ex, &model, &mut st, &p.prompt).unwrap();
-        for (r, want) in p.rows.iter().enumerate() {
-            let row = &logits[r * g.vocab..(r + 1) * g.vocab];
-            let d = check_row(
-                &format!("prompt {pi} row {r}"),
-                row,
-                want,
-                &g.sample_ids,
-                TOL,
-            );
-            worst.max_abs = worst.max_abs.max(d.max_abs);
-            worst.cosine = worst.cosine.min(d.cosine);
-        }
+        worst.fold(golden::check_prompt_rows(pi, &logits, p, &g, TOL));
         if let Some(full) = &p.last_logits {
             let d = golden::diff(&logits[(n - 1) * g.vocab..], full);
             assert!(
@@ -107,8 +93,7 @@ fn smollm2_prompt_and_decode_logits_match_transformers() {
                 &g.sample_ids,
                 TOL,
             );
-            worst.max_abs = worst.max_abs.max(d.max_abs);
-            worst.cosine = worst.cosine.min(d.cosine);
+            worst.fold(d);
         }
     }
     eprintln!("worst over all rows: {worst:?}");

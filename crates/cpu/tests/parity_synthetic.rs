@@ -68,26 +68,12 @@ fn check_against(golden_file: &str, file: &Arc<GgufFile>, tol: Tolerance) {
         &b,
         MatmulDispatch::new(b.matmul_impls(), &reference).unwrap(),
     );
-    let mut worst = golden::Diff {
-        max_abs: 0.0,
-        cosine: 1.0,
-    };
+    let mut worst = golden::Diff::best();
     for (pi, p) in g.prompts.iter().enumerate() {
         let n = p.prompt.len();
         let mut st = State::new(&b, &model.config, 64, n, n).unwrap();
         let logits = logits_rows(&mut ex, &model, &mut st, &p.prompt).unwrap();
-        for (r, want) in p.rows.iter().enumerate() {
-            let row = &logits[r * g.vocab..(r + 1) * g.vocab];
-            let d = check_row(
-                &format!("prompt {pi} row {r}"),
-                row,
-                want,
-                &g.sample_ids,
-                tol,
-            );
-            worst.max_abs = worst.max_abs.max(d.max_abs);
-            worst.cosine = worst.cosine.min(d.cosine);
-        }
+        worst.fold(golden::check_prompt_rows(pi, &logits, p, &g, tol));
         // Greedy decode: our own argmax feeds the next step and must agree
         // with the reference's greedy token at every step.
         let mut next = argmax(&logits[(n - 1) * g.vocab..]) as u32;
@@ -101,8 +87,7 @@ fn check_against(golden_file: &str, file: &Arc<GgufFile>, tol: Tolerance) {
                 &g.sample_ids,
                 tol,
             );
-            worst.max_abs = worst.max_abs.max(d.max_abs);
-            worst.cosine = worst.cosine.min(d.cosine);
+            worst.fold(d);
             next = argmax(&step) as u32;
             assert_eq!(
                 next,

@@ -154,6 +154,45 @@ pub fn diff(ours: &[f32], theirs: &[f32]) -> Diff {
     }
 }
 
+impl Diff {
+    /// A diff no real one is better than, to fold others into.
+    pub fn best() -> Diff {
+        Diff {
+            max_abs: 0.0,
+            cosine: 1.0,
+        }
+    }
+
+    /// Keep the worse of each measure.
+    pub fn fold(&mut self, d: Diff) {
+        self.max_abs = self.max_abs.max(d.max_abs);
+        self.cosine = self.cosine.min(d.cosine);
+    }
+}
+
+/// Check every recorded prompt row of prompt `pi` against our `logits`
+/// (row-major, `vocab` wide); returns the worst diff.
+pub fn check_prompt_rows(
+    pi: usize,
+    logits: &[f32],
+    p: &PromptGolden,
+    g: &Golden,
+    tol: Tolerance,
+) -> Diff {
+    let mut worst = Diff::best();
+    for (r, want) in p.rows.iter().enumerate() {
+        let row = &logits[r * g.vocab..(r + 1) * g.vocab];
+        worst.fold(check_row(
+            &format!("prompt {pi} row {r}"),
+            row,
+            want,
+            &g.sample_ids,
+            tol,
+        ));
+    }
+    worst
+}
+
 /// Bounds a backend's logits must meet against the reference.
 #[derive(Debug, Clone, Copy)]
 pub struct Tolerance {
