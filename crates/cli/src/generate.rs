@@ -216,6 +216,12 @@ impl OnBackend for Job {
             || args.trace.is_some()
             || std::env::var_os("METALLIC_METRICS_JSONL_PATH").is_some();
         if profiling {
+            if !cfg!(feature = "profiling") {
+                eprintln!(
+                    "metallic: warning: this build has the recorder compiled out \
+                     (built without the `profiling` feature); no profile will be written"
+                );
+            }
             ex.record();
         }
         let opts = GenerateOptions {
