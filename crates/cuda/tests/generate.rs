@@ -127,6 +127,44 @@ fn smollm2_greedy_32_tokens_match_cpu() {
     assert_eq!(got, want);
 }
 
+/// The CPU parity test's prompt, "The capital of France is": the GPU engine
+/// with the exact `gemv_f32` products reproduces transformers' greedy tokens
+/// (crates/core/tests/golden/smollm2_logits.json, prompt 0: its argmax after
+/// the prompt and after each of 32 decode steps), as the CPU does.
+#[test]
+fn smollm2_capital_of_france_greedy_matches_transformers_on_exact_path() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let Some((file, _)) = smollm2() else {
+        return;
+    };
+    let golden = ["crates/core/tests/golden/smollm2_logits.json"]
+        .iter()
+        .flat_map(|rel| {
+            [
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../..")
+                    .join(rel),
+                PathBuf::from(rel),
+            ]
+        })
+        .find(|p| p.exists())
+        .expect("the golden travels with the source tree");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    let ids = |x: &serde_json::Value| -> Vec<u32> {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let prompt = ids(&v["prompts"][0]["prompt"]);
+    let want = ids(&v["prompts"][0]["greedy"]);
+    assert_eq!(want.len(), 33);
+    let got = greedy(&gpu, &file, &prompt, want.len(), Some("gemv_f32"), 8);
+    assert_eq!(got, want, "greedy continuation differs from transformers");
+}
+
 /// With the default products (int8 activations in decode, f16 in prefill),
 /// greedy SmolLM2 follows the CPU until the first step where the CPU's top
 /// two logits are closer than that rounding moves them: 0.15 logits, about
