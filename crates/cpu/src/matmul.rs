@@ -5,7 +5,7 @@
 //! | 0     | `gemv`   | dequantise a row, f32 dot (reference)  | every type the CPU loads          |
 //! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0, Q4_1, Q8_0, F16, F32        |
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
-//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0, Q4_1, Q8_0, F16, F32        |
+//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0, Q4_1, Q8_0, Q4_K, F16, F32  |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
 //! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows go to `gemm`
@@ -407,7 +407,7 @@ mod tests {
             IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q4_1))].name,
             "gemm"
         );
-        // No fdot kernel for K-quants: the reference takes them.
+        // Q4_K rows of 896 are not whole super-blocks: the reference takes them.
         assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_K))].name, "gemv");
         let mut odd = shape(1, GgmlType::Q8_0);
         odd.batch = 14;

@@ -12,7 +12,9 @@
 //! Offsets within a block follow ggml: Q4_0 `{d: f16, qs[16]}` with
 //! `x = d * (q - 8)`; Q4_1 `{d: f16, m: f16, qs[16]}` with `x = d * q + m`;
 //! Q8_0 `{d: f16, qs: [i8; 32]}` with `x = d * q`. Low nibbles hold elements
-//! 0..16 of a block, high nibbles 16..32. For the offset terms the per-block
+//! 0..16 of a block, high nibbles 16..32. Q4_K super-blocks (256 elements)
+//! have 6-bit scales and mins per 32-element sub-block, `x = d*sc*q - dmin*m`,
+//! each 32 bytes of nibbles holding two sub-blocks (low, then high nibbles). For the offset terms the per-block
 //! sums of the activations are computed once per call.
 
 use std::cell::RefCell;
@@ -28,6 +30,38 @@ use crate::shared_out::SharedOut;
 /// Elements per block of the nibble and 8-bit formats.
 const QK: usize = 32;
 
+/// Elements per super-block of the k-quants.
+const QK_K: usize = 256;
+/// Bytes of a Q4_K super-block: d, dmin (f16), 12 bytes of packed 6-bit
+/// scales and mins for its eight 32-element sub-blocks, 128 bytes of nibbles.
+const Q4_K_BYTES: usize = 144;
+
+/// Scale and min of sub-block `j` of a Q4_K super-block (ggml's `get_scale_min_k4`).
+#[inline]
+fn q4_k_scale_min(j: usize, q: &[u8]) -> (f32, f32) {
+    if j < 4 {
+        ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
+    } else {
+        (
+            ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4)) as f32,
+            ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as f32,
+        )
+    }
+}
+
+/// Per 64-element chunk `c` of a Q4_K super-block: the scales of its two
+/// sub-blocks (low nibbles, then high nibbles) and the offset term
+/// `-(dmin * m1 * sum(x1) + dmin * m2 * sum(x2))`.
+#[inline]
+fn q4_k_chunk(blk: &[u8], c: usize, xsum: &[f32]) -> (f32, f32, f32) {
+    let d = f16_at(blk, 0);
+    let dmin = f16_at(blk, 2);
+    let (sc1, m1) = q4_k_scale_min(2 * c, &blk[4..16]);
+    let (sc2, m2) = q4_k_scale_min(2 * c + 1, &blk[4..16]);
+    let offset = -(dmin * m1 * xsum[2 * c] + dmin * m2 * xsum[2 * c + 1]);
+    (d * sc1, d * sc2, offset)
+}
+
 /// Bytes ahead of the current block that the kernels prefetch.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
@@ -36,7 +70,12 @@ const PREFETCH: usize = 1024;
 pub fn supported(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::F32
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q8_0
+            | GgmlType::Q4_K
+            | GgmlType::F16
+            | GgmlType::F32
     )
 }
 
@@ -44,6 +83,7 @@ pub fn supported(ty: GgmlType) -> bool {
 pub fn supports_k(ty: GgmlType, k: usize) -> bool {
     match ty {
         GgmlType::F16 | GgmlType::F32 => true,
+        GgmlType::Q4_K => k.is_multiple_of(QK_K),
         _ => k.is_multiple_of(QK),
     }
 }
@@ -218,6 +258,24 @@ mod scalar {
                 }
                 acc
             }
+            GgmlType::Q4_K => {
+                let mut acc = 0.0f32;
+                for (sb, blk) in w.chunks_exact(Q4_K_BYTES).enumerate() {
+                    let xs = &xsum[sb * 8..(sb + 1) * 8];
+                    for c in 0..4 {
+                        let (d1, d2, offset) = q4_k_chunk(blk, c, xs);
+                        let q = &blk[16 + 32 * c..16 + 32 * (c + 1)];
+                        let xb = &x[sb * QK_K + 64 * c..sb * QK_K + 64 * (c + 1)];
+                        let (mut s1, mut s2) = (0.0f32, 0.0f32);
+                        for l in 0..32 {
+                            s1 += (q[l] & 0x0F) as f32 * xb[l];
+                            s2 += (q[l] >> 4) as f32 * xb[32 + l];
+                        }
+                        acc += d1 * s1 + d2 * s2 + offset;
+                    }
+                }
+                acc
+            }
             _ => unreachable!("fdot checks types before running"),
         }
     }
@@ -362,6 +420,8 @@ mod avx2 {
                 }
                 hsum(acc) + lanes01(offsets)
             }
+            // No AVX2 kernel for the k-quants: the scalar one is exact too.
+            GgmlType::Q4_K => scalar::dot(ty, w, x, xsum),
             _ => unreachable!("fdot checks types before running"),
         }
     }
@@ -441,6 +501,36 @@ mod avx512 {
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + lanes01(offsets)
             }
+            GgmlType::Q4_K => {
+                let mask = _mm_set1_epi8(0x0F);
+                let mut offsets = 0.0f32;
+                for (sb, blk) in w.chunks_exact(Q4_K_BYTES).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
+                    );
+                    let xs = &xsum[sb * 8..(sb + 1) * 8];
+                    for c in 0..4 {
+                        let (d1, d2, offset) = q4_k_chunk(blk, c, xs);
+                        offsets += offset;
+                        let q = blk.as_ptr().add(16 + 32 * c);
+                        let b0 = _mm_loadu_si128(q as *const __m128i);
+                        let b1 = _mm_loadu_si128(q.add(16) as *const __m128i);
+                        let xb = xp.add(sb * QK_K + 64 * c);
+                        let lo0 = u8x16(_mm_and_si128(b0, mask));
+                        let lo1 = u8x16(_mm_and_si128(b1, mask));
+                        let hi0 = u8x16(_mm_and_si128(_mm_srli_epi16(b0, 4), mask));
+                        let hi1 = u8x16(_mm_and_si128(_mm_srli_epi16(b1, 4), mask));
+                        let s1 = _mm512_mul_ps(lo0, _mm512_loadu_ps(xb));
+                        let s1 = _mm512_fmadd_ps(lo1, _mm512_loadu_ps(xb.add(16)), s1);
+                        let s2 = _mm512_mul_ps(hi0, _mm512_loadu_ps(xb.add(32)));
+                        let s2 = _mm512_fmadd_ps(hi1, _mm512_loadu_ps(xb.add(48)), s2);
+                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(d1), s1, a0);
+                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(d2), s2, a1);
+                    }
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
+            }
             _ => unreachable!("the AVX-512 kernels take block formats only"),
         }
     }
@@ -474,8 +564,14 @@ mod tests {
             GgmlType::Q8_0,
             GgmlType::Q4_0,
             GgmlType::Q4_1,
+            GgmlType::Q4_K,
         ] {
-            for k in [32usize, 96, 896, 4864] {
+            let ks: &[usize] = if ty == GgmlType::Q4_K {
+                &[256, 768, 1536, 4864]
+            } else {
+                &[32, 96, 896, 4864]
+            };
+            for &k in ks {
                 let wv = values(k as u64, k);
                 let bytes = quant::quantize(ty, &wv).unwrap();
                 let mut deq = vec![0.0f32; k];
@@ -506,7 +602,8 @@ mod tests {
 
     #[test]
     fn unsupported_types_are_reported() {
-        assert!(!supported(GgmlType::Q4_K));
+        assert!(!supported(GgmlType::Q6_K));
+        assert!(!supports_k(GgmlType::Q4_K, 896));
         assert!(supports_k(GgmlType::F16, 33));
         assert!(!supports_k(GgmlType::Q8_0, 33));
     }
