@@ -5,7 +5,7 @@
 //! | 0     | `gemv`   | dequantise a row, f32 dot (reference)  | every type the CPU loads          |
 //! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0, Q4_1, Q8_0, F16, F32        |
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
-//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0, Q4_1, Q8_0, Q4_K, F16, F32  |
+//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0, Q8_0, Q4_K, Q6_K, F16, F32 |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
 //! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows go to `gemm`

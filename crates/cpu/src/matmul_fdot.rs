@@ -14,7 +14,11 @@
 //! Q8_0 `{d: f16, qs: [i8; 32]}` with `x = d * q`. Low nibbles hold elements
 //! 0..16 of a block, high nibbles 16..32. Q4_K super-blocks (256 elements)
 //! have 6-bit scales and mins per 32-element sub-block, `x = d*sc*q - dmin*m`,
-//! each 32 bytes of nibbles holding two sub-blocks (low, then high nibbles). For the offset terms the per-block
+//! each 32 bytes of nibbles holding two sub-blocks (low, then high nibbles).
+//! Q5_0 adds a fifth bit per element from a 32-bit field (`x = d * (q - 16)`);
+//! Q6_K has 6-bit signed quants (`q - 32`) with one i8 scale per 16 elements,
+//! so its kernel needs no offset term. These are the types of the common
+//! Q4_K_M / Q5_0 mixes of real Qwen2.5 and Llama files. For the offset terms the per-block
 //! sums of the activations are computed once per call.
 
 use std::cell::RefCell;
@@ -62,6 +66,12 @@ fn q4_k_chunk(blk: &[u8], c: usize, xsum: &[f32]) -> (f32, f32, f32) {
     (d * sc1, d * sc2, offset)
 }
 
+/// Bytes of a Q6_K super-block: ql[128] (low nibbles), qh[64] (two high bits
+/// each), scales[16] (i8, one per 16 elements), d (f16).
+const Q6_K_BYTES: usize = 210;
+/// Bytes of a Q5_0 block: d (f16), qh (32 fifth bits), qs[16] (nibbles).
+const Q5_0_BYTES: usize = 22;
+
 /// Bytes ahead of the current block that the kernels prefetch.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
@@ -73,7 +83,9 @@ pub fn supported(ty: GgmlType) -> bool {
         GgmlType::Q4_0
             | GgmlType::Q4_1
             | GgmlType::Q8_0
+            | GgmlType::Q5_0
             | GgmlType::Q4_K
+            | GgmlType::Q6_K
             | GgmlType::F16
             | GgmlType::F32
     )
@@ -83,7 +95,7 @@ pub fn supported(ty: GgmlType) -> bool {
 pub fn supports_k(ty: GgmlType, k: usize) -> bool {
     match ty {
         GgmlType::F16 | GgmlType::F32 => true,
-        GgmlType::Q4_K => k.is_multiple_of(QK_K),
+        GgmlType::Q4_K | GgmlType::Q6_K => k.is_multiple_of(QK_K),
         _ => k.is_multiple_of(QK),
     }
 }
@@ -157,6 +169,8 @@ impl Kernels {
                 && std::arch::is_x86_feature_detected!("f16c"),
             #[cfg(target_arch = "x86_64")]
             avx512: std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("f16c"),
         }
     }
@@ -255,6 +269,51 @@ mod scalar {
                         f16_at(blk, 2)
                     };
                     acc += d * s + offset * xsum[b];
+                }
+                acc
+            }
+            GgmlType::Q5_0 => {
+                let mut acc = 0.0f32;
+                for (b, blk) in w.chunks_exact(Q5_0_BYTES).enumerate() {
+                    let xb = &x[b * QK..(b + 1) * QK];
+                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                    let mut s = 0.0f32;
+                    for j in 0..16 {
+                        let q = blk[6 + j];
+                        let lo = (q & 0x0F) as u32 | ((qh >> j) & 1) << 4;
+                        let hi = (q >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
+                        s += lo as f32 * xb[j] + hi as f32 * xb[j + 16];
+                    }
+                    let d = f16_at(blk, 0);
+                    acc += d * s - 16.0 * d * xsum[b];
+                }
+                acc
+            }
+            GgmlType::Q6_K => {
+                let mut acc = 0.0f32;
+                for (sb, blk) in w.chunks_exact(Q6_K_BYTES).enumerate() {
+                    let d = f16_at(blk, 208);
+                    for half in 0..2 {
+                        let ql = &blk[64 * half..64 * half + 64];
+                        let qh = &blk[128 + 32 * half..128 + 32 * half + 32];
+                        let sc = &blk[192 + 8 * half..192 + 8 * half + 8];
+                        let xh = &x[sb * QK_K + 128 * half..sb * QK_K + 128 * (half + 1)];
+                        let mut sums = [0.0f32; 8];
+                        for l in 0..32 {
+                            let is = l / 16;
+                            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                            sums[is] += q1 as f32 * xh[l];
+                            sums[is + 2] += q2 as f32 * xh[l + 32];
+                            sums[is + 4] += q3 as f32 * xh[l + 64];
+                            sums[is + 6] += q4 as f32 * xh[l + 96];
+                        }
+                        for (i, s) in sums.iter().enumerate() {
+                            acc += d * (sc[i] as i8) as f32 * s;
+                        }
+                    }
                 }
                 acc
             }
@@ -421,7 +480,7 @@ mod avx2 {
                 hsum(acc) + lanes01(offsets)
             }
             // No AVX2 kernel for the k-quants: the scalar one is exact too.
-            GgmlType::Q4_K => scalar::dot(ty, w, x, xsum),
+            GgmlType::Q4_K | GgmlType::Q5_0 | GgmlType::Q6_K => scalar::dot(ty, w, x, xsum),
             _ => unreachable!("fdot checks types before running"),
         }
     }
@@ -436,20 +495,20 @@ mod avx512 {
 
     /// Sixteen bytes as unsigned integers, to f32.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     unsafe fn u8x16(v: __m128i) -> __m512 {
         _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
     }
 
     /// Sixteen bytes as signed integers, to f32.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     unsafe fn i8x16(p: *const u8) -> __m512 {
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
     }
 
     /// Block formats only; F32/F16 rows take the AVX2 kernel.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
         let xp = x.as_ptr();
         // Two accumulators hide the FMA latency across blocks.
@@ -531,6 +590,90 @@ mod avx512 {
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
             }
+            GgmlType::Q5_0 => {
+                let mask = _mm_set1_epi8(0x0F);
+                let fifth = _mm_set1_epi8(0x10);
+                let mut offsets = 0.0f32;
+                for (b, blk) in w.chunks_exact(Q5_0_BYTES).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                    let raw = _mm_loadu_si128(blk.as_ptr().add(6) as *const __m128i);
+                    // Bit j of qh is the fifth bit of element j (0..32).
+                    let lo = _mm_or_si128(
+                        _mm_and_si128(raw, mask),
+                        _mm_maskz_mov_epi8(qh as u16, fifth),
+                    );
+                    let hi = _mm_or_si128(
+                        _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+                        _mm_maskz_mov_epi8((qh >> 16) as u16, fifth),
+                    );
+                    let xb = xp.add(b * QK);
+                    let s = _mm512_mul_ps(u8x16(lo), _mm512_loadu_ps(xb));
+                    let s = _mm512_fmadd_ps(u8x16(hi), _mm512_loadu_ps(xb.add(16)), s);
+                    let d = f16_at(blk, 0);
+                    if b % 2 == 0 {
+                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a0);
+                    } else {
+                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a1);
+                    }
+                    offsets -= 16.0 * d * xsum[b];
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
+            }
+            GgmlType::Q6_K => {
+                let m4 = _mm_set1_epi8(0x0F);
+                let m2 = _mm_set1_epi8(0x03);
+                let bias = _mm_set1_epi8(32);
+                for (sb, blk) in w.chunks_exact(Q6_K_BYTES).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
+                    );
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 128) as *const i8
+                    );
+                    let d = f16_at(blk, 208);
+                    let p = blk.as_ptr();
+                    for half in 0..2 {
+                        let xh = xp.add(sb * QK_K + 128 * half);
+                        for part in 0..2 {
+                            // Elements l = 16 * part .. 16 * part + 16 of each quarter.
+                            let l = 16 * part;
+                            let ql0 = _mm_loadu_si128(p.add(64 * half + l) as *const __m128i);
+                            let ql1 = _mm_loadu_si128(p.add(64 * half + 32 + l) as *const __m128i);
+                            let qh = _mm_loadu_si128(p.add(128 + 32 * half + l) as *const __m128i);
+                            let hb = |shift: i32| -> __m128i {
+                                let v = match shift {
+                                    0 => qh,
+                                    2 => _mm_srli_epi16(qh, 2),
+                                    4 => _mm_srli_epi16(qh, 4),
+                                    _ => _mm_srli_epi16(qh, 6),
+                                };
+                                _mm_slli_epi16(_mm_and_si128(v, m2), 4)
+                            };
+                            let q = [
+                                _mm_or_si128(_mm_and_si128(ql0, m4), hb(0)),
+                                _mm_or_si128(_mm_and_si128(ql1, m4), hb(2)),
+                                _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql0, 4), m4), hb(4)),
+                                _mm_or_si128(_mm_and_si128(_mm_srli_epi16(ql1, 4), m4), hb(6)),
+                            ];
+                            for (g, qg) in q.iter().enumerate() {
+                                let signed = _mm_sub_epi8(*qg, bias);
+                                let wq = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(signed));
+                                let sc = *p.add(192 + 8 * half + part + 2 * g) as i8;
+                                let xv = _mm512_loadu_ps(xh.add(32 * g + l));
+                                let scale = _mm512_set1_ps(d * sc as f32);
+                                if g % 2 == 0 {
+                                    a0 = _mm512_fmadd_ps(scale, _mm512_mul_ps(wq, xv), a0);
+                                } else {
+                                    a1 = _mm512_fmadd_ps(scale, _mm512_mul_ps(wq, xv), a1);
+                                }
+                            }
+                        }
+                    }
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+            }
             _ => unreachable!("the AVX-512 kernels take block formats only"),
         }
     }
@@ -564,9 +707,11 @@ mod tests {
             GgmlType::Q8_0,
             GgmlType::Q4_0,
             GgmlType::Q4_1,
+            GgmlType::Q5_0,
             GgmlType::Q4_K,
+            GgmlType::Q6_K,
         ] {
-            let ks: &[usize] = if ty == GgmlType::Q4_K {
+            let ks: &[usize] = if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
                 &[256, 768, 1536, 4864]
             } else {
                 &[32, 96, 896, 4864]
@@ -602,7 +747,7 @@ mod tests {
 
     #[test]
     fn unsupported_types_are_reported() {
-        assert!(!supported(GgmlType::Q6_K));
+        assert!(!supported(GgmlType::Q5_K));
         assert!(!supports_k(GgmlType::Q4_K, 896));
         assert!(supports_k(GgmlType::F16, 33));
         assert!(!supports_k(GgmlType::Q8_0, 33));
