@@ -15,6 +15,7 @@ pub mod model;
 pub mod percentile;
 pub mod profiler;
 pub mod report;
+pub mod rng;
 pub mod sampler;
 pub mod stop;
 pub mod synth;

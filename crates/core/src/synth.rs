@@ -150,43 +150,23 @@ pub fn preset(arch: Arch, name: &str) -> Result<&'static Preset> {
         })
 }
 
-/// Deterministic normal samples: xoshiro256** and Box-Muller.
+/// Deterministic normal samples: the engine's generator and Box-Muller.
 struct Normal {
-    s: [u64; 4],
+    rng: crate::rng::Xoshiro256,
     spare: Option<f32>,
 }
 
 impl Normal {
     fn new(seed: u64) -> Normal {
-        // splitmix64 expands the seed into a full state.
-        let mut z = seed;
-        let mut next = || {
-            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut x = z;
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            x ^ (x >> 31)
-        };
         Normal {
-            s: [next(), next(), next(), next()],
+            rng: crate::rng::Xoshiro256::new(seed),
             spare: None,
         }
     }
 
-    fn next_u64(&mut self) -> u64 {
-        let r = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        r
-    }
-
     fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        // Centred in its 2^-53 bin: never 0, so ln() below is finite.
+        ((self.rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
     fn sample(&mut self) -> f32 {

@@ -37,18 +37,8 @@ pub struct CudaSampler {
     pub(crate) upload: Option<DeviceBuffer>,
 }
 
-/// splitmix64, as the host sampler seeds xoshiro256**.
-pub fn seed_state(seed: u64) -> [u64; 4] {
-    let mut x = seed;
-    let mut next = || {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    [next(), next(), next(), next()]
-}
+/// The host sampler's generator state for a seed: the device draws the same stream.
+pub use metallic::rng::seed_state;
 
 fn check_params(p: &SamplerParams) -> CudaResult<()> {
     for (name, v) in [
