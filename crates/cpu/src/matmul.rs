@@ -26,24 +26,9 @@ use rayon::prelude::*;
 
 use crate::linear::CpuLinear;
 
+/// The reference path dequantises rows with the gguf crate: every type it can.
 pub fn supported_type(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::F32
-            | GgmlType::F16
-            | GgmlType::BF16
-            | GgmlType::Q8_0
-            | GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q2_K
-            | GgmlType::Q3_K
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K
-            | GgmlType::Q8_K
-    )
+    quant::can_dequantize(ty)
 }
 
 fn plain_product(s: &MatmulShape) -> bool {
