@@ -29,9 +29,22 @@ pub fn kv_store(
     }
 }
 
-/// `out[i, h*hd..]` = softmax(q_h . K^T * scale) V over positions `0..=pos[i]`.
+thread_local! {
+    /// Scores of the serial (decode-sized) path, reused across calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keys and values read by one call: what decides whether to use the pool.
+/// `pos` must already be checked (non-negative, within the cache).
+pub fn work(pos: &[i32], m: usize, l: &QkvLayout) -> usize {
+    pos[..m].iter().map(|&p| p as usize + 1).sum::<usize>() * l.n_heads * l.head_dim
+}
+
+/// `out[i, h*hd..]` = softmax(q_h . K^T * scale) V over positions `0..=pos[i]`,
+/// over the (row, head) pairs in parallel or, for decode-sized work, serially.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
+    parallel: bool,
     qkv: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
@@ -80,14 +93,14 @@ pub fn attention(
             }
         }
     };
-    // Score work: every (row, head) reads its keys and values once.
-    let work: usize = pos[..m].iter().map(|&p| p as usize + 1).sum::<usize>() * l.n_heads * hd;
-    if crate::elementwise::parallel(work) {
+    if parallel {
         (0..m * l.n_heads)
             .into_par_iter()
             .for_each_init(Vec::<f32>::new, head);
     } else {
-        let mut scores = Vec::new();
-        (0..m * l.n_heads).for_each(|task| head(&mut scores, task));
+        SCORES.with(|cell| {
+            let scores = &mut cell.borrow_mut();
+            (0..m * l.n_heads).for_each(|task| head(scores, task));
+        });
     }
 }

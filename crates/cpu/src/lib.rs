@@ -378,11 +378,10 @@ impl Backend for CpuBackend {
         let need = layout.n_kv_heads * capacity * layout.head_dim;
         check_len("k cache", k.len(), need)?;
         check_len("v cache", v.len(), need)?;
-        let rows: usize = pos[..m].iter().map(|&p| p.max(0) as usize + 1).sum();
-        self.run(
-            elementwise::parallel(rows * layout.n_heads * layout.head_dim),
-            || attention::attention(qkv, k, v, capacity, pos, m, layout, out),
-        );
+        let parallel = elementwise::parallel(attention::work(pos, m, layout));
+        self.run(parallel, || {
+            attention::attention(parallel, qkv, k, v, capacity, pos, m, layout, out)
+        });
         Ok(())
     }
 
