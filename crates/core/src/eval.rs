@@ -22,18 +22,7 @@ pub fn logits_rows<B: Backend>(
         return Err(Error::InvalidArgument("no tokens to evaluate".into()));
     }
     let start = st.n_past;
-    let mut ids = Vec::with_capacity(m);
-    for &t in tokens {
-        if t as usize >= vocab {
-            return Err(Error::InvalidArgument(format!(
-                "token id {t} outside the vocabulary of {vocab}"
-            )));
-        }
-        ids.push(t as i32);
-    }
-    let pos: Vec<i32> = (start..start + m).map(|p| p as i32).collect();
-    ex.backend.write_i32(&mut st.ids, 0, &ids)?;
-    ex.backend.write_i32(&mut st.pos, 0, &pos)?;
+    st.stage(ex.backend, tokens, vocab)?;
     ex.begin_step(phase_of(m, start), m)?;
     model.forward(ex, st, m, start, true)?;
     ex.end_step()?;

@@ -105,24 +105,9 @@ pub fn prefill<B: Backend>(
             model_limit: model.config.context_length,
         });
     }
-    let mut ids = Vec::with_capacity(st.max_batch);
-    let mut pos = Vec::with_capacity(st.max_batch);
     for chunk in tokens.chunks(st.max_batch) {
         let start = st.n_past;
-        ids.clear();
-        pos.clear();
-        for (i, &t) in chunk.iter().enumerate() {
-            if t as usize >= model.config.vocab {
-                return Err(Error::InvalidArgument(format!(
-                    "token id {t} outside the vocabulary of {}",
-                    model.config.vocab
-                )));
-            }
-            ids.push(t as i32);
-            pos.push((start + i) as i32);
-        }
-        ex.backend.write_i32(&mut st.ids, 0, &ids)?;
-        ex.backend.write_i32(&mut st.pos, 0, &pos)?;
+        st.stage(ex.backend, chunk, model.config.vocab)?;
         ex.begin_step(Phase::Prefill, chunk.len())?;
         model.forward(ex, st, chunk.len(), start, false)?;
         ex.end_step()?;

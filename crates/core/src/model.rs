@@ -327,6 +327,31 @@ impl<B: Backend> State<B> {
         })
     }
 
+    /// Write `tokens` and their positions (`n_past..`) into the input buffers,
+    /// rejecting ids outside the vocabulary. `tokens` must fit `max_batch`.
+    pub fn stage(&mut self, backend: &B, tokens: &[u32], vocab: usize) -> Result<()> {
+        if tokens.len() > self.max_batch {
+            return Err(Error::InvalidArgument(format!(
+                "{} tokens in one step (this state holds {})",
+                tokens.len(),
+                self.max_batch
+            )));
+        }
+        let start = self.n_past;
+        let mut ids = Vec::with_capacity(tokens.len());
+        for &t in tokens {
+            if t as usize >= vocab {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {t} outside the vocabulary of {vocab}"
+                )));
+            }
+            ids.push(t as i32);
+        }
+        let pos: Vec<i32> = (start..start + tokens.len()).map(|p| p as i32).collect();
+        backend.write_i32(&mut self.ids, 0, &ids)?;
+        backend.write_i32(&mut self.pos, 0, &pos)
+    }
+
     /// Forget the sequence; the cache is overwritten from position 0.
     pub fn reset(&mut self) {
         self.n_past = 0;
