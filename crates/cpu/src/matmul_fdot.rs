@@ -121,7 +121,9 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
             )));
         }
     }
-    let kernels = Kernels::detect();
+    // CPU features do not change while the process runs: detect them once.
+    static KERNELS: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+    let kernels = *KERNELS.get_or_init(Kernels::detect);
     let nb = k / QK;
     XSUM.with(|cell| {
         let mut xsum = cell.borrow_mut();

@@ -142,6 +142,21 @@ impl CudaBackend {
         Ok((s.part.ptr, s.counters.ptr))
     }
 
+    /// Copy 4-byte elements `offset..offset + out.len() / 4` of `src` to the host.
+    fn read_words(
+        &self,
+        src: &CudaTensor,
+        dtype: DType,
+        offset: usize,
+        out: &mut [u8],
+        what: &str,
+    ) -> Result<()> {
+        let p = src.ptr_of(dtype, offset + out.len() / 4, what)?;
+        self.dev.bind()?;
+        self.dev.copy_dtoh(out, p + 4 * offset as u64)?;
+        Ok(())
+    }
+
     fn ew(&self, f: device::Func, len: usize, args: &[Arg]) -> Result<()> {
         self.dev.launch(f, grid1(len, 256), 256, 0, args)?;
         Ok(())
@@ -224,21 +239,19 @@ impl Backend for CudaBackend {
     }
 
     fn read_f32(&self, src: &CudaTensor, offset: usize, out: &mut [f32]) -> Result<()> {
-        let p = src.ptr_of(DType::F32, offset + out.len(), "read_f32")?;
-        let bytes: &mut [u8] =
-            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
-        self.dev.bind()?;
-        self.dev.copy_dtoh(bytes, p + 4 * offset as u64)?;
-        Ok(())
+        // SAFETY: f32 has no invalid bit patterns; the byte view covers `out` exactly.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, std::mem::size_of_val(out))
+        };
+        self.read_words(src, DType::F32, offset, bytes, "read_f32")
     }
 
     fn read_i32(&self, src: &CudaTensor, offset: usize, out: &mut [i32]) -> Result<()> {
-        let p = src.ptr_of(DType::I32, offset + out.len(), "read_i32")?;
-        let bytes: &mut [u8] =
-            unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len() * 4) };
-        self.dev.bind()?;
-        self.dev.copy_dtoh(bytes, p + 4 * offset as u64)?;
-        Ok(())
+        // SAFETY: as above, for i32.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, std::mem::size_of_val(out))
+        };
+        self.read_words(src, DType::I32, offset, bytes, "read_i32")
     }
 
     fn embed(
