@@ -372,6 +372,17 @@ mod avx2 {
         }
     }
 
+    /// Mask of the lanes of `[d, m, _, _]` that hold scales: Q4_0 has no m.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scale_lanes(q4_0: bool) -> __m128 {
+        _mm_castsi128_ps(if q4_0 {
+            _mm_setr_epi32(-1, 0, 0, 0)
+        } else {
+            _mm_setr_epi32(-1, -1, 0, 0)
+        })
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn lanes01(v: __m128) -> f32 {
@@ -456,12 +467,7 @@ mod avx2 {
                 let mask = _mm_set1_epi8(0x0F);
                 let mut acc = _mm256_setzero_ps();
                 let mut offsets = _mm_setzero_ps();
-                // Lanes of [d, m, _, _] that hold scales: Q4_0 has no m.
-                let keep = _mm_castsi128_ps(if q4_0 {
-                    _mm_setr_epi32(-1, 0, 0, 0)
-                } else {
-                    _mm_setr_epi32(-1, -1, 0, 0)
-                });
+                let keep = scale_lanes(q4_0);
                 for (b, blk) in w.chunks_exact(size).enumerate() {
                     let raw = _mm_loadu_si128(blk.as_ptr().add(qs) as *const __m128i);
                     let lo = _mm_and_si128(raw, mask);
@@ -492,7 +498,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::avx2::{h, h2, lanes01, offset_coefs};
+    use super::avx2::{h, h2, lanes01, offset_coefs, scale_lanes};
     use super::*;
 
     /// Sixteen bytes as unsigned integers, to f32.
@@ -536,12 +542,7 @@ mod avx512 {
                 let (size, qs) = if q4_0 { (18, 2) } else { (20, 4) };
                 let mask = _mm_set1_epi8(0x0F);
                 let mut offsets = _mm_setzero_ps();
-                // Lanes of [d, m, _, _] that hold scales: Q4_0 has no m.
-                let keep = _mm_castsi128_ps(if q4_0 {
-                    _mm_setr_epi32(-1, 0, 0, 0)
-                } else {
-                    _mm_setr_epi32(-1, -1, 0, 0)
-                });
+                let keep = scale_lanes(q4_0);
                 for (b, blk) in w.chunks_exact(size).enumerate() {
                     // Rows are short (18 blocks at k = 576): prefetch ahead across row ends.
                     _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
