@@ -25,7 +25,7 @@ use metallic::tokenizer::Tokenizer;
 use metallic_gguf::GgufFile;
 use serde_json::json;
 
-use crate::common::{open_gguf, resolve_model, Device};
+use crate::common::{count_in, open_gguf, resolve_model, Device};
 use crate::device::{on_device, OnBackend};
 
 #[derive(Args, Debug, Clone)]
@@ -49,8 +49,8 @@ pub struct BenchArgs {
         default_value = "128"
     )]
     pub n_gen: Vec<usize>,
-    /// Repetitions of each test.
-    #[arg(short = 'r', long, default_value_t = 5)]
+    /// Repetitions of each test (1 to 10000).
+    #[arg(short = 'r', long, default_value_t = 5, value_parser = count_in(1, 10_000))]
     pub repetitions: usize,
     /// CPU threads (0: all cores).
     #[arg(short = 't', long, default_value_t = 0)]

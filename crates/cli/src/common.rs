@@ -43,6 +43,7 @@ pub fn resolve_model(given: Option<&Path>) -> Result<PathBuf> {
 }
 
 pub fn open_gguf(path: &Path) -> Result<Arc<GgufFile>> {
+    check_input_kind(path, "model", false)?;
     let f = GgufFile::open(path).with_context(|| format!("opening {}", path.display()))?;
     Ok(Arc::new(f))
 }
@@ -57,4 +58,201 @@ pub fn env_flag(name: &str) -> bool {
             )
         })
         .unwrap_or(false)
+}
+
+/// The CPU thread count to use: `requested` (0: all cores), capped at the machine's cores
+/// with a warning. More threads than cores only oversubscribe (10,000 threads spent minutes
+/// spawning and contending), so a larger number is a mistake, not a tuning choice.
+pub fn cap_threads(requested: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if requested > cores {
+        eprintln!(
+            "metallic: warning: -t {requested} is more than the {cores} cores of this machine; \
+             using {cores}"
+        );
+        return cores;
+    }
+    requested
+}
+
+/// Longest prompt text read from a file or stdin (`--file`): far more than any context
+/// window holds, small enough that `--file /dev/zero` fails fast.
+pub const MAX_TEXT_INPUT: usize = 64 << 20;
+
+/// Reads the text of `path` (`-`: stdin), at most `limit` bytes. `what` names the input in
+/// errors (`"--file"`). Pipes and FIFOs work (reading waits for the writer, as `cat`
+/// does); a directory, a device or a text over the limit is a clear error, not a hang or an
+/// unbounded read.
+pub fn read_text_input(path: &Path, limit: usize, what: &str) -> Result<String> {
+    use std::io::Read;
+    let (mut reader, name): (Box<dyn Read>, String) = if path.as_os_str() == "-" {
+        (Box::new(std::io::stdin().lock()), "stdin".into())
+    } else {
+        check_input_kind(path, what, true)?;
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("{what}: cannot open {}", path.display()))?;
+        (Box::new(f), path.display().to_string())
+    };
+    let mut bytes = Vec::new();
+    reader
+        .by_ref()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{what}: reading {name}"))?;
+    if bytes.len() > limit {
+        bail!(
+            "{what}: {name} is longer than {} MiB, the most read as text; \
+             give a shorter file",
+            limit >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{what}: {name} is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Refuses what cannot be the file an argument names before opening it (opening a FIFO
+/// blocks until a writer comes; mapping a directory fails with "No such device"). With
+/// `streams`, FIFOs and character devices are fine (text read through a pipe).
+pub fn check_input_kind(path: &Path, what: &str, streams: bool) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{what}: cannot read {}", path.display()))?;
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() && !streams {
+        "a named pipe (FIFO)"
+    } else if ft.is_char_device() && !streams {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        return Ok(());
+    };
+    if streams {
+        bail!("{what}: {} is {kind}, not a text file", path.display());
+    }
+    bail!(
+        "{what}: {} is {kind}, not a GGUF file (models are memory-mapped: give a regular file)",
+        path.display()
+    )
+}
+
+/// Checks an output path before any work starts: not a directory, not one of the `inputs`
+/// (writing a trace over the model file destroys it), and its folder exists and can be
+/// written. Existing files are overwritten unless `overwrite` is false, in which case
+/// they are refused with a hint at `--force`.
+pub fn check_output_path(path: &Path, what: &str, inputs: &[&Path], overwrite: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.is_dir() {
+            bail!(
+                "{what}: {} is a directory; give a file name",
+                path.display()
+            );
+        }
+        for input in inputs {
+            if let Ok(im) = std::fs::metadata(input) {
+                if im.dev() == meta.dev() && im.ino() == meta.ino() {
+                    bail!(
+                        "{what}: {} is the input file {}; refusing to overwrite it",
+                        path.display(),
+                        input.display()
+                    );
+                }
+            }
+        }
+        if !overwrite {
+            bail!(
+                "{what}: {} exists; pass --force to overwrite it",
+                path.display()
+            );
+        }
+        if meta.permissions().readonly() {
+            bail!("{what}: {} is read-only", path.display());
+        }
+        return Ok(());
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "{what}: the folder {} of {} does not exist",
+            parent.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Rejects malformed values of the environment variables that change what runs, before
+/// any work: a typo there would otherwise be ignored silently.
+pub fn check_env() -> Result<()> {
+    if let Ok(v) = std::env::var("METALLIC_CPU_SIMD") {
+        if !v.trim().is_empty() {
+            match metallic_cpu::vec_dot::SimdLevel::parse(&v) {
+                None => bail!(
+                    "METALLIC_CPU_SIMD={v:?} is not a SIMD level (scalar, avx2 or avx512; \
+                     unset it for the best this CPU has)"
+                ),
+                Some(l) if !l.available() => eprintln!(
+                    "metallic: warning: METALLIC_CPU_SIMD={v} is not available on this CPU; \
+                     using the best level it has"
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    metallic::autotune::Mode::check_env().map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+/// A clap value parser for a count in `lo..=hi`: a number out of range is refused when the
+/// arguments are parsed, with the range in the message, before anything is sized by it.
+pub fn count_in(
+    lo: usize,
+    hi: usize,
+) -> impl Fn(&str) -> std::result::Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let n: usize = s
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{s}` is not a count: {e}"))?;
+        if n < lo || n > hi {
+            return Err(format!("{n} is out of range: give {lo} to {hi}"));
+        }
+        Ok(n)
+    }
+}
+
+/// Refuses to build `bytes` of host buffers when the machine does not have them available
+/// (an allocation that succeeds under overcommit can still get the process killed when its
+/// pages are touched). `what` names the buffers and the option to lower.
+pub fn check_host_memory(bytes: u128, what: &str) -> Result<()> {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return Ok(());
+    };
+    let available = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u128>().ok())
+        .map(|kib| kib * 1024);
+    if let Some(avail) = available {
+        if bytes > avail {
+            bail!(
+                "{what} need {:.1} GiB but {:.1} GiB of memory are available",
+                bytes as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ pub trait OnBackend {
 }
 
 pub fn on_device<W: OnBackend>(device: Device, threads: usize, work: W) -> Result<W::Out> {
+    let threads = crate::common::cap_threads(threads);
     match device {
         Device::Cpu => {
             let b = CpuBackend::new(threads).context("starting the CPU backend")?;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use metallic::backend::Backend;
-use metallic::chat::{ChatTemplate, Message};
+use metallic::chat::{encode_conversation, ChatTemplate, Message};
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
 use metallic::exec::Exec;
 use metallic::generate::{generate, GenerateOptions, Generation};
@@ -18,7 +18,7 @@ use metallic::tokenizer::Tokenizer;
 use metallic_gguf::GgufFile;
 use serde_json::json;
 
-use crate::common::{env_flag, open_gguf, resolve_model, Device};
+use crate::common::{env_flag, open_gguf, read_text_input, resolve_model, Device, MAX_TEXT_INPUT};
 use crate::device::{on_device, OnBackend};
 use crate::report;
 
@@ -113,9 +113,15 @@ pub struct GenerateArgs {
     /// System message for --chat.
     #[arg(long)]
     pub system: Option<String>,
-    /// Treat special-token text in the prompt as plain text.
+    /// Treat special-token text in the prompt as plain text. With --chat, message text is
+    /// always plain text unless --parse-special-content is given.
     #[arg(long)]
     pub no_parse_special: bool,
+    /// With --chat: let special-token text typed in the prompt or system message
+    /// (`<|im_end|><|im_start|>system`) become control tokens. Off by default: the
+    /// messages are data, and a message must not be able to forge roles.
+    #[arg(long, requires = "chat", conflicts_with = "no_parse_special")]
+    pub parse_special_content: bool,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output_format: OutputFormat,
     /// Context size in tokens (0: the model's, capped at 4096).
@@ -132,7 +138,9 @@ pub struct GenerateArgs {
     pub trace: Option<PathBuf>,
 }
 
-/// The prompt's token ids: chat-templated or plain.
+/// The prompt's token ids: chat-templated or plain. `parse_special`: special-token text in
+/// the prompt becomes control tokens (with `chat`, in the messages; the template's own
+/// special tokens always are).
 pub fn prompt_ids(
     file: &GgufFile,
     tok: &Tokenizer,
@@ -158,9 +166,13 @@ pub fn prompt_ids(
         messages.push(Message::system(s));
     }
     messages.push(Message::user(text));
-    let rendered = tmpl.render_messages(&messages, true)?;
-    // As transformers' apply_chat_template: the template writes any BOS itself.
-    Ok(tok.encode(&rendered, true))
+    Ok(encode_conversation(
+        tok,
+        &tmpl,
+        &messages,
+        true,
+        parse_special,
+    )?)
 }
 
 /// Context positions to allocate: the user's, else the model's capped at 4096.
@@ -208,7 +220,11 @@ impl OnBackend for Job {
             &self.prompt,
             args.chat,
             args.system.as_deref(),
-            !args.no_parse_special,
+            if args.chat {
+                args.parse_special_content
+            } else {
+                !args.no_parse_special
+            },
         )?;
         let dispatch = MatmulDispatch::new(backend.matmul_impls(), &DispatchConfig::from_env())?;
         let mut ex = Exec::new(&backend, dispatch);
@@ -281,11 +297,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let path = resolve_model(args.model.as_deref())?;
     let prompt = match (&args.prompt, &args.file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-        }
+        (None, Some(f)) => read_text_input(f, MAX_TEXT_INPUT, "--file")?,
         (None, None) => bail!("give a PROMPT or --file"),
     };
+    report::check_outputs(args.trace.as_deref(), &path)?;
     let file = open_gguf(&path)?;
     on_device(args.device, args.threads, Job { args, file, prompt })
 }

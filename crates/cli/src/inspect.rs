@@ -29,6 +29,7 @@ pub const JSON_ARRAY_ITEMS: usize = 1024;
 /// Prints the file's description to stdout. Errors (unreadable or invalid file) come back with
 /// the path in their context; a closed pipe (`metallic inspect f | head`) is not an error.
 pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
+    crate::common::check_input_kind(path, "inspect", false)?;
     let file =
         GgufFile::open(path).with_context(|| format!("cannot inspect {}", path.display()))?;
     let stdout = io::stdout();

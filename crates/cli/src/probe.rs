@@ -22,7 +22,7 @@ use metallic::percentile::nearest_rank;
 use metallic_gguf::{quant, GgmlType, GgufFile, GgufWriter};
 use serde::Serialize;
 
-use crate::common::Device;
+use crate::common::{check_host_memory, count_in, Device};
 use crate::device::{on_device, OnBackend};
 
 #[derive(Args, Debug, Clone)]
@@ -41,20 +41,22 @@ pub struct ProbeArgs {
     /// Weight types, comma-separated (ignored with --from, which records them).
     #[arg(long, default_value = "q8_0")]
     pub dtype: String,
-    /// Rows of the prefill shapes (0: decode shapes only).
-    #[arg(long, default_value_t = 128)]
+    /// Rows of the prefill shapes (0: decode shapes only; at most 16384).
+    #[arg(long, default_value_t = 128, value_parser = count_in(0, 16_384))]
     pub prefill_m: usize,
-    /// Timed repetitions per implementation and shape (at most).
-    #[arg(long, default_value_t = 30)]
+    /// Timed repetitions per implementation and shape (at most; 1 to 100000).
+    #[arg(long, default_value_t = 30, value_parser = count_in(1, 100_000))]
     pub reps: usize,
     /// Time budget per implementation and shape, in ms (at least 3 repetitions run).
     #[arg(long, default_value_t = 400)]
     pub budget_ms: u64,
-    /// Total size of the weight copies rotated through, in MiB (beyond the last-level cache).
-    #[arg(long, default_value_t = 1024)]
+    /// Total size of the weight copies rotated through, in MiB (beyond the last-level cache;
+    /// 1 to 65536, and what the machine's memory holds).
+    #[arg(long, default_value_t = 1024, value_parser = count_in(1, 65_536))]
     pub rotate_mb: usize,
-    /// Size of the streaming-read buffer for the bandwidth floor, in MiB.
-    #[arg(long, default_value_t = 1024)]
+    /// Size of the streaming-read buffer for the bandwidth floor, in MiB (1 to 65536, and
+    /// what the machine's memory holds).
+    #[arg(long, default_value_t = 1024, value_parser = count_in(1, 65_536))]
     pub stream_mb: usize,
     /// Only these implementations (comma-separated names).
     #[arg(long)]
@@ -312,8 +314,12 @@ fn time_reps<B: Backend>(
 /// Streaming-read bandwidth (GB/s) of a `mb` MiB buffer: median of 9 reads.
 fn stream_floor<B: Backend>(b: &B, mb: usize) -> Result<(f64, usize)> {
     let words = mb.max(1) << 18;
+    // The host copy and, on the CPU, the buffer itself.
+    check_host_memory(2 * words as u128 * 4, "--stream-mb buffers").context("lower --stream-mb")?;
     let mut buf = b.alloc(DType::I32, words, "stream buffer")?;
-    let host: Vec<i32> = (0..words as i32).collect();
+    // Wrapping: above 2^31 words (8 GiB) `0..words as i32` would be an empty range and the
+    // buffer would be read without ever being written (a wrong, too-high floor).
+    let host: Vec<i32> = (0..words).map(|i| i as i32).collect();
     b.write_i32(&mut buf, 0, &host)?;
     drop(host);
     let mut t = time_reps(b, 9, 2_000, |_| b.stream_read(&buf, words))
@@ -374,6 +380,15 @@ impl OnBackend for Job {
             let copies = (args.rotate_mb << 20)
                 .div_ceil(w_bytes.max(1))
                 .clamp(2, 4096);
+            // The in-memory file holds every copy; the backend uploads them again.
+            check_host_memory(
+                2 * copies as u128 * w_bytes as u128,
+                &format!(
+                    "{copies} weight copies of {ps:?} for --rotate-mb",
+                    ps = ps.label
+                ),
+            )
+            .context("lower --rotate-mb")?;
             let file = weights_file(&s, copies, 0x5eed + si as u64)?;
             let bias = (s.op == MatmulOp::MatmulBiasAdd)
                 .then(|| view(&file, "bias"))

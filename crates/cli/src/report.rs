@@ -18,6 +18,19 @@ fn jsonl_path() -> Option<std::path::PathBuf> {
         .map(Into::into)
 }
 
+/// Checks the profile outputs (`--trace`, METALLIC_METRICS_JSONL_PATH) before any work,
+/// so that a bad path fails at once instead of after the whole generation, and neither can
+/// overwrite the model.
+pub fn check_outputs(trace: Option<&Path>, model: &Path) -> Result<()> {
+    if let Some(t) = trace {
+        crate::common::check_output_path(t, "--trace", &[model], true)?;
+    }
+    if let Some(j) = jsonl_path() {
+        crate::common::check_output_path(&j, ENV_JSONL, &[model], true)?;
+    }
+    Ok(())
+}
+
 pub fn emit<M>(rec: &Recorder<M>, trace: Option<&Path>) -> Result<()> {
     if env_flag(ENV_ENABLED) {
         eprint!("\n{}", metallic::report::summary(rec));

@@ -39,6 +39,9 @@ pub struct SynthArgs {
     /// Output file.
     #[arg(short, long)]
     pub output: PathBuf,
+    /// Overwrite the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Qwen2.5's tokenizer ends at <|file_sep|>; later ids of the shared vocab file
@@ -76,6 +79,9 @@ fn load_tokenizer(path: &Path, arch: Arch) -> Result<(TokenizerSpec, Option<Stri
 }
 
 pub fn run(args: SynthArgs) -> Result<()> {
+    let mut inputs = vec![args.tokenizer.as_path()];
+    inputs.extend(args.chat_template.as_deref());
+    crate::common::check_output_path(&args.output, "--output", &inputs, args.force)?;
     let arch = Arch::from_name(&args.arch)
         .with_context(|| format!("unknown --arch {:?} (qwen2 or llama)", args.arch))?;
     let preset = synth::preset(arch, &args.preset)?;

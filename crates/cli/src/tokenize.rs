@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use metallic::tokenizer::Tokenizer;
-use metallic_gguf::GgufFile;
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["text", "file"])))]
@@ -28,13 +27,13 @@ pub struct TokenizeArgs {
 
 /// Tokenize and print to stdout. No BOS/EOS is added: the ids are those of the text alone.
 pub fn run(args: &TokenizeArgs) -> Result<()> {
-    let file = GgufFile::open(&args.model)?;
+    let file = crate::common::open_gguf(&args.model)?;
     let tokenizer = Tokenizer::from_gguf(&file)
         .with_context(|| format!("reading the tokenizer of {}", args.model.display()))?;
     let text = match (&args.text, &args.file) {
         (Some(t), _) => t.clone(),
         (None, Some(path)) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+            crate::common::read_text_input(path, crate::common::MAX_TEXT_INPUT, "--file")?
         }
         (None, None) => anyhow::bail!("give the text or --file PATH"),
     };

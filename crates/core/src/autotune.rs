@@ -35,6 +35,23 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// An error naming the variable when it is set to something [`Mode::from_env`] does not
+    /// know (which it would otherwise read as the default, silently).
+    pub fn check_env() -> std::result::Result<(), String> {
+        match std::env::var(ENV) {
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "" | "1" | "true" | "yes" | "on" | "0" | "false" | "no" | "off" | "cached" => {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "{ENV}={v:?} is not a mode: 1 (tune new shapes), 0 (off) or cached \
+                     (cached winners only; also what unset means)"
+                )),
+            },
+            Err(_) => Ok(()),
+        }
+    }
+
     pub fn from_env() -> Mode {
         match std::env::var(ENV) {
             Ok(v) => match v.trim().to_ascii_lowercase().as_str() {

@@ -296,11 +296,44 @@ impl<B: Backend> State<B> {
             ));
         }
         let f32t = |len: usize, what: &str| backend.alloc(DType::F32, len, what);
+        let too_large = || {
+            Error::InvalidArgument(format!(
+                "context size {capacity} x batch {max_batch} overflows the buffer sizes; \
+                 lower --ctx-size or --batch-size"
+            ))
+        };
         let kv_len = cfg
             .n_kv_heads
             .checked_mul(capacity)
             .and_then(|v| v.checked_mul(cfg.head_dim))
-            .ok_or_else(|| Error::InvalidArgument(format!("context size {capacity} too large")))?;
+            .ok_or_else(too_large)?;
+        // Everything this state allocates, in elements of 4 bytes, checked before the first
+        // allocation so that a request the device cannot hold is one clear error.
+        let mb = max_batch;
+        let per_row = cfg.hidden
+            + cfg.hidden.max(cfg.q_width())
+            + cfg.qkv_width()
+            + cfg.q_width().max(cfg.hidden)
+            + 3 * cfg.ffn
+            + 2;
+        let total_elems = kv_len
+            .checked_mul(2 * cfg.n_layers)
+            .zip(mb.checked_mul(per_row))
+            .and_then(|(a, b)| a.checked_add(b))
+            .and_then(|v| v.checked_add(logits_rows.checked_mul(cfg.vocab)?))
+            .ok_or_else(too_large)?;
+        let total_bytes = total_elems as u128 * 4;
+        if let Some(mem) = backend.memory() {
+            if total_bytes > mem.free as u128 {
+                return Err(Error::InvalidArgument(format!(
+                    "the KV cache and activations for context {capacity} and batch {max_batch} \
+                     need {:.2} GiB, but {} has {:.2} GiB free; lower --ctx-size or --batch-size",
+                    total_bytes as f64 / (1u64 << 30) as f64,
+                    backend.name(),
+                    mem.free as f64 / (1u64 << 30) as f64
+                )));
+            }
+        }
         let mut kv = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             kv.push(KvLayer {
@@ -308,7 +341,6 @@ impl<B: Backend> State<B> {
                 v: backend.alloc(DType::F32, kv_len, &format!("KV cache (layer {l} values)"))?,
             });
         }
-        let mb = max_batch;
         Ok(State {
             capacity,
             max_batch,

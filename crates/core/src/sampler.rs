@@ -81,6 +81,13 @@ impl SamplerParams {
         }
     }
 
+    /// Whether this samples greedily: temperature `<= 0`, or so small (subnormal) that
+    /// `1 / temperature` overflows to infinity, where the softmax is an argmax anyway (and
+    /// computing it would give NaN weights).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || !(1.0 / self.temperature).is_finite()
+    }
+
     fn penalties_active(&self) -> bool {
         self.repeat_last_n > 0
             && (self.repeat_penalty != 1.0
@@ -119,7 +126,11 @@ pub enum SamplerError {
     #[error("no logits to sample from")]
     EmptyLogits,
     /// Every logit is NaN or -inf (after penalties), so no token has any probability.
-    #[error("no token has a finite logit")]
+    #[error(
+        "no token has a finite logit: every logit is NaN or -inf after the penalties \
+         (the model produced non-finite values, e.g. from corrupt or overflowing weights, \
+         or the penalties excluded every token)"
+    )]
     NoFiniteLogits,
 }
 
@@ -152,6 +163,9 @@ const SMALL_TOP_K: usize = 128;
 /// (probability ratio e^-16 ~ 1e-7); almost always they hold the top-p mass.
 const TOP_P_PREFILTER: f32 = 16.0;
 
+/// Most history slots reserved up front (see [`Sampler::new`]).
+const HISTORY_RESERVE: usize = 4096;
+
 /// Samples tokens with [`SamplerParams`], remembering accepted tokens for the penalties.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -176,7 +190,14 @@ impl Sampler {
         Ok(Sampler {
             params,
             rng: Rng::new(params.seed),
-            history: Vec::with_capacity(if penalized { params.repeat_last_n } else { 0 }),
+            // The window fills one accepted token at a time, so it never holds more than the
+            // context; reserving `repeat_last_n` up front would let a huge value (the CLI
+            // accepts any count) abort the process.
+            history: Vec::with_capacity(if penalized {
+                params.repeat_last_n.min(HISTORY_RESERVE)
+            } else {
+                0
+            }),
             history_start: 0,
             counts: vec![0; if penalized { n_vocab } else { 0 }],
             seen: vec![0; if penalized { n_vocab } else { 0 }],
@@ -251,7 +272,7 @@ impl Sampler {
             return Err(SamplerError::EmptyLogits);
         }
         self.apply_penalties(logits);
-        if self.params.temperature <= 0.0 {
+        if self.params.is_greedy() {
             return argmax(logits);
         }
         let temperature = self.filter(logits)?;

@@ -20,8 +20,8 @@ mod vec_dot_x86;
 use std::time::Instant;
 
 use metallic::backend::{
-    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, QkvLayout, Rope, TimingKind,
-    WeightView,
+    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, QkvLayout, Rope,
+    TimingKind, WeightView,
 };
 use metallic::error::{Error, Result};
 use metallic::sampler::{Sampler, SamplerParams};
@@ -168,6 +168,33 @@ pub fn simd_level() -> &'static str {
     }
 }
 
+/// MemAvailable/MemTotal from /proc/meminfo and this process's resident size; `None` where
+/// there is no /proc (the allocation itself then is the only check).
+fn host_memory() -> Option<MemoryInfo> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        kib.checked_mul(1024)
+    };
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let resident_pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    Some(MemoryInfo {
+        used_by_us: resident_pages.saturating_mul(4096),
+        free: field("MemAvailable:")?,
+        total: field("MemTotal:")?,
+    })
+}
+
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Linear = CpuLinear;
@@ -182,8 +209,15 @@ impl Backend for CpuBackend {
         format!("{}, {} threads", cpu_description(), self.threads)
     }
 
-    fn alloc(&self, dtype: DType, len: usize, _what: &str) -> Result<CpuTensor> {
-        Ok(CpuTensor::zeros(dtype, len))
+    /// Host memory: `free` is the kernel's MemAvailable, so that a request the machine
+    /// cannot hold is refused up front (with overcommit, an allocation that succeeds can
+    /// still get the process killed when its pages are touched).
+    fn memory(&self) -> Option<MemoryInfo> {
+        host_memory()
+    }
+
+    fn alloc(&self, dtype: DType, len: usize, what: &str) -> Result<CpuTensor> {
+        CpuTensor::try_zeros(dtype, len, what)
     }
 
     fn upload_vector(&self, w: &WeightView) -> Result<CpuTensor> {

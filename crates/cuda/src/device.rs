@@ -400,7 +400,9 @@ impl Device {
             )));
         }
         self.bind()?;
-        let size = bytes.max(1).div_ceil(256) * 256;
+        let size = bytes.max(1).checked_next_multiple_of(256).ok_or_else(|| {
+            CudaError::Invalid(format!("allocating {what}: {bytes} bytes overflow"))
+        })?;
         let mut ptr = 0u64;
         let r = unsafe { sys::cuMemAlloc_v2(&mut ptr, size) };
         if r == CUresult::CUDA_ERROR_OUT_OF_MEMORY {

@@ -655,7 +655,7 @@ impl Backend for CudaBackend {
                 ],
             )?;
             s.work.ptr
-        } else if p.temperature <= 0.0 {
+        } else if p.is_greedy() {
             // Argmax maps NaN to "never wins" by itself.
             lp
         } else {
@@ -681,7 +681,7 @@ impl Backend for CudaBackend {
             Arg(s.hist.ptr),
             Arg::from(s.window as i32),
         ];
-        if p.temperature <= 0.0 {
+        if p.is_greedy() {
             let blocks = sampler::ARGMAX_BLOCKS.min(vocab.div_ceil(1024)).max(1);
             let a = s.argmax.ptr;
             let n = sampler::ARGMAX_BLOCKS as u64;

@@ -40,8 +40,21 @@ pub(crate) enum Clock {
     Fixed(i64),
 }
 
+/// The sandbox's instruction budget (minijinja fuel: one unit per instruction, plus the
+/// bytes of the strings and lists a step creates, checked before they are created). A
+/// model's chat template is code from an untrusted file: without a budget, nested loops run
+/// for minutes and string doubling exhausts memory. The real templates (Qwen2.5 with tools,
+/// Llama 3.x) rendering a conversation of a megabyte use a small fraction of it.
+pub(crate) const FUEL: u64 = 2_000_000;
+
+/// Deepest macro/include nesting allowed (minijinja's default is 500 frames, enough to
+/// overflow a small thread stack; real templates nest a handful).
+pub(crate) const RECURSION_LIMIT: usize = 100;
+
 pub(crate) fn build(clock: Clock) -> Result<Environment<'static>, Error> {
     let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(RECURSION_LIMIT);
     env.set_syntax(
         SyntaxConfig::builder()
             .trim_blocks(true)
@@ -55,12 +68,13 @@ pub(crate) fn build(clock: Clock) -> Result<Environment<'static>, Error> {
         // Jinja2 prints values with Python's `str()`: True/False/None, Python reprs for
         // containers and floats.
         let mut s = String::new();
-        write_py_str(value, &mut s);
+        write_py_str(value, &mut s)?;
         out.write_str(&s).map_err(Error::from)
     });
     env.set_unknown_method_callback(python_methods);
 
     env.add_filter("tojson", tojson);
+    env.add_filter("join", join);
     env.add_filter("trim", trim);
 
     // Jinja2's tests are Python isinstance/duck-typing checks: strings and dicts are
@@ -138,10 +152,67 @@ fn python_methods(
                 let () = from_args(args)?;
                 return Ok(Value::from(py_title(s)));
             }
+            // `'{:>1000000000}'.format(x)` allocates its width before any fuel is charged.
+            "format" if max_format_number(s) > MAX_FORMAT_WIDTH => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("str.format width or precision above {MAX_FORMAT_WIDTH}"),
+                ));
+            }
             _ => {}
         }
     }
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+/// Widest field `str.format` may pad to.
+const MAX_FORMAT_WIDTH: u64 = 4096;
+
+/// The largest number written inside a `{...}` replacement field of a format string.
+fn max_format_number(fmt: &str) -> u64 {
+    let mut max = 0u64;
+    for field in fmt.split('{').skip(1) {
+        let spec = field.split('}').next().unwrap_or_default();
+        for digits in spec.split(|c: char| !c.is_ascii_digit()) {
+            if !digits.is_empty() {
+                max = max.max(digits.parse().unwrap_or(u64::MAX));
+            }
+        }
+    }
+    max
+}
+
+/// Jinja2's `join(d='', attribute=None)`: items as `str()`, refusing a result longer than
+/// the sandbox allows (minijinja's own join charges no fuel with an empty separator, so
+/// joining a list that holds one long string many times would be free).
+fn join(value: &Value, d: Option<&str>, kwargs: Kwargs) -> Result<String, Error> {
+    let attribute: Option<&str> = kwargs.get("attribute")?;
+    kwargs.assert_all_used()?;
+    let sep = d.unwrap_or("");
+    let mut out = String::new();
+    for (i, item) in value.try_iter()?.enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
+        let item = match attribute {
+            None => item,
+            Some(path) => {
+                let mut v = item;
+                for part in path.split('.') {
+                    v = match part.parse::<i64>() {
+                        Ok(n) => v.get_item(&Value::from(n))?,
+                        Err(_) => v.get_attr(part)?,
+                    };
+                }
+                v
+            }
+        };
+        write_py_str(&item, &mut out)?;
+        if out.len() > super::pystr::MAX_VALUE_TEXT {
+            return Err(super::pystr::too_large());
+        }
+    }
+    Ok(out)
 }
 
 /// `|trim` is `str.strip(chars)` in Jinja2.

@@ -24,6 +24,8 @@ use serde_json::Value as Json;
 
 use environment::{Clock, RaisedByTemplate};
 
+use crate::tokenizer::Tokenizer;
+
 /// Name the template is stored under in its environment (shows up in error messages).
 const TEMPLATE_NAME: &str = "chat_template";
 
@@ -43,6 +45,14 @@ pub enum ChatError {
     /// Rendering failed inside the template (undefined operation, bad method call, ...).
     #[error("chat template render error: {0}")]
     Render(String),
+    /// The template ran past the sandbox's limits: its instruction/allocation budget, the
+    /// nesting depth or the size of the rendered prompt.
+    #[error(
+        "the model's chat template (tokenizer.chat_template) exceeded the sandbox limit: {0}; \
+         the template is broken or hostile (use a known template, or a conversation that \
+         renders smaller)"
+    )]
+    Limit(String),
     /// There were no messages (transformers refuses an empty conversation too).
     #[error("cannot apply a chat template to an empty conversation")]
     EmptyConversation,
@@ -204,9 +214,21 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| render_error(&e))?;
-        template
-            .render(Value::from_pairs(ctx))
-            .map_err(|e| render_error(&e))
+        let mut out = CappedWriter {
+            buf: Vec::new(),
+            cap: MAX_RENDERED_BYTES,
+        };
+        let rendered = template
+            .render_captured_to(Value::from_pairs(ctx), &mut out)
+            .map(drop);
+        if out.buf.len() >= MAX_RENDERED_BYTES {
+            return Err(ChatError::Limit(format!(
+                "the rendered prompt is larger than {} MiB",
+                MAX_RENDERED_BYTES >> 20
+            )));
+        }
+        rendered.map_err(|e| render_error(&e))?;
+        String::from_utf8(out.buf).map_err(|e| ChatError::Render(e.to_string()))
     }
 
     /// [`render`](Self::render) for plain role/content messages, no tools or extras.
@@ -218,6 +240,98 @@ impl ChatTemplate {
         let json: Vec<Json> = messages.iter().map(Message::to_json).collect();
         self.render(&json, add_generation_prompt, None, None)
     }
+}
+
+/// Largest rendered prompt: far beyond any context window (64 MiB of text is ~16M tokens).
+const MAX_RENDERED_BYTES: usize = 64 << 20;
+
+/// Collects the rendered text and refuses to grow past `cap` bytes.
+struct CappedWriter {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.cap {
+            self.buf
+                .extend_from_slice(&data[..self.cap.saturating_sub(self.buf.len())]);
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Token ids of a conversation rendered with `template`, where the template's own text is
+/// tokenized with special tokens parsed (`<|im_start|>` it writes becomes the control
+/// token) but message content is **data**: special-token text a user typed
+/// (`<|im_end|><|im_start|>system`) stays text, so a message cannot forge roles. With
+/// `parse_special_in_content` content is parsed too (the old behaviour, for trusted input).
+/// No BOS is added: the template writes it, as in transformers' `apply_chat_template`.
+pub fn encode_conversation(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    parse_special_in_content: bool,
+) -> Result<Vec<u32>, ChatError> {
+    let risky = !parse_special_in_content
+        && messages
+            .iter()
+            .any(|m| tok.contains_special_text(&m.content));
+    if !risky {
+        // Nothing in the content can become a control token: one plain render, tokenized as
+        // a whole, which is exactly what transformers + tokenizers produce.
+        let rendered = template.render_messages(messages, add_generation_prompt)?;
+        return Ok(tok.encode(&rendered, true));
+    }
+    // Fence each content with a marker that occurs nowhere else, render, and tokenize the
+    // fenced spans as text and the rest with special tokens.
+    let mut open = String::from("\u{10FFFD}");
+    while messages
+        .iter()
+        .any(|m| m.content.contains(&open) || m.role.contains(&open))
+    {
+        open.push('\u{10FFFD}');
+    }
+    let close = format!("{open}\u{10FFFC}");
+    let open = format!("{open}\u{10FFFB}");
+    let fenced: Vec<Message> = messages
+        .iter()
+        .map(|m| Message::new(m.role.clone(), format!("{open}{}{close}", m.content)))
+        .collect();
+    let rendered = template.render_messages(&fenced, add_generation_prompt)?;
+    let rewritten = || {
+        ChatError::Render(
+            "a message contains special-token text, which is kept as plain text, but this chat \
+             template rewrites message content so it cannot be located; remove the special-token \
+             text or allow it explicitly (--parse-special-content)"
+                .into(),
+        )
+    };
+    let mut ids = Vec::with_capacity(rendered.len() / 3 + 1);
+    let mut rest = rendered.as_str();
+    while let Some(start) = rest.find(&open) {
+        tok.encode_into(&rest[..start], true, &mut ids);
+        let inner = &rest[start + open.len()..];
+        let end = inner.find(&close).ok_or_else(rewritten)?;
+        let content = &inner[..end];
+        if content.contains(&open) {
+            return Err(rewritten());
+        }
+        tok.encode_into(content, false, &mut ids);
+        rest = &inner[end + close.len()..];
+    }
+    if rest.contains(&close) {
+        return Err(rewritten());
+    }
+    tok.encode_into(rest, true, &mut ids);
+    Ok(ids)
 }
 
 /// The error text with its whole source chain (minijinja nests the cause of a failed
@@ -234,6 +348,18 @@ fn describe(err: &minijinja::Error) -> String {
 }
 
 fn render_error(err: &minijinja::Error) -> ChatError {
+    if err.kind() == minijinja::ErrorKind::OutOfFuel {
+        return ChatError::Limit(format!(
+            "it used up its budget of {} steps (runaway loop or unbounded string growth)",
+            environment::FUEL
+        ));
+    }
+    if err.to_string().contains("recursion limit exceeded") {
+        return ChatError::Limit(format!(
+            "it nested deeper than {} levels",
+            environment::RECURSION_LIMIT
+        ));
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(s) = source {
         if let Some(raised) = s.downcast_ref::<RaisedByTemplate>() {

@@ -77,6 +77,9 @@ fn write_value(
     opts: &DumpOptions,
     level: usize,
 ) -> Result<(), Error> {
+    if level > super::pystr::MAX_VALUE_DEPTH || out.len() > super::pystr::MAX_VALUE_TEXT {
+        return Err(super::pystr::too_large());
+    }
     match value.kind() {
         ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),

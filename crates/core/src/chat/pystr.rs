@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use minijinja::value::{Value, ValueKind};
+use minijinja::{Error, ErrorKind};
 
 /// `str.isspace` for one character: Rust's `White_Space` set plus the four ASCII
 /// information separators U+001C..U+001F that Python also counts as whitespace.
@@ -236,17 +237,41 @@ fn py_str_repr(s: &str, out: &mut String) {
     out.push(quote);
 }
 
+/// Longest text one printed value or `tojson` result may become, and the deepest nesting
+/// printed: a template can build a list that contains itself many times over (`[l, l]`
+/// doubled in a loop shares storage, so it costs no fuel) whose text is exponentially long,
+/// or a list nested 100,000 deep that would overflow the stack when printed.
+pub(crate) const MAX_VALUE_TEXT: usize = 16 << 20;
+pub(crate) const MAX_VALUE_DEPTH: usize = 128;
+
+/// The error for a value past [`MAX_VALUE_TEXT`] or [`MAX_VALUE_DEPTH`]; reported as the
+/// template exceeding its sandbox.
+pub(crate) fn too_large() -> Error {
+    Error::from(ErrorKind::OutOfFuel)
+}
+
 /// `str(value)` as Jinja2 prints it: `None`, `True`/`False`, Python float repr, and
-/// containers in Python's `repr` form. Undefined prints nothing.
-pub(crate) fn write_py_str(value: &Value, out: &mut String) {
+/// containers in Python's `repr` form. Undefined prints nothing. Values whose text would
+/// pass [`MAX_VALUE_TEXT`] or nest past [`MAX_VALUE_DEPTH`] are an error.
+pub(crate) fn write_py_str(value: &Value, out: &mut String) -> Result<(), Error> {
     match value.kind() {
-        ValueKind::String => out.push_str(value.as_str().unwrap_or_default()),
+        ValueKind::String => {
+            out.push_str(value.as_str().unwrap_or_default());
+            Ok(())
+        }
         _ => write_py_repr(value, out),
     }
 }
 
-/// `repr(value)` for the JSON-like values templates see.
-pub(crate) fn write_py_repr(value: &Value, out: &mut String) {
+/// `repr(value)` for the JSON-like values templates see (limits as [`write_py_str`]).
+pub(crate) fn write_py_repr(value: &Value, out: &mut String) -> Result<(), Error> {
+    repr_at(value, out, 0)
+}
+
+fn repr_at(value: &Value, out: &mut String, depth: usize) -> Result<(), Error> {
+    if depth > MAX_VALUE_DEPTH || out.len() > MAX_VALUE_TEXT {
+        return Err(too_large());
+    }
     match value.kind() {
         ValueKind::Undefined => {}
         ValueKind::None => out.push_str("None"),
@@ -265,7 +290,7 @@ pub(crate) fn write_py_repr(value: &Value, out: &mut String) {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    write_py_repr(&item, out);
+                    repr_at(&item, out, depth + 1)?;
                 }
             }
             out.push(']');
@@ -277,10 +302,10 @@ pub(crate) fn write_py_repr(value: &Value, out: &mut String) {
                     if i > 0 {
                         out.push_str(", ");
                     }
-                    write_py_repr(&key, out);
+                    repr_at(&key, out, depth + 1)?;
                     out.push_str(": ");
                     if let Ok(item) = value.get_item(&key) {
-                        write_py_repr(&item, out);
+                        repr_at(&item, out, depth + 1)?;
                     }
                 }
             }
@@ -292,6 +317,10 @@ pub(crate) fn write_py_repr(value: &Value, out: &mut String) {
             let _ = write!(out, "{value}");
         }
     }
+    if out.len() > MAX_VALUE_TEXT {
+        return Err(too_large());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -363,7 +392,7 @@ mod tests {
             Value::from(1.5),
         ]);
         let mut s = String::new();
-        write_py_repr(&v, &mut s);
+        write_py_repr(&v, &mut s).unwrap();
         assert_eq!(s, r#"["it's", 'a\'b"c\n', True, None, 1.5]"#);
     }
 }

@@ -259,6 +259,18 @@ impl Tokenizer {
         out
     }
 
+    /// Whether `text` contains the text of a special (control) token, which
+    /// [`encode`](Self::encode) with `parse_special` would turn into that token.
+    pub fn contains_special_text(&self, text: &str) -> bool {
+        let mut found = false;
+        self.inner.added.split(text, true, &mut |segment| {
+            if let Segment::Token(id) = segment {
+                found |= self.is_special(id);
+            }
+        });
+        found
+    }
+
     /// Like [`encode`](Self::encode), plus BOS/EOS as the vocabulary's add_bos/add_eos say.
     pub fn encode_with_bos(&self, text: &str, parse_special: bool) -> Vec<u32> {
         let inner = &*self.inner;
