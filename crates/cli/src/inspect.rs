@@ -17,7 +17,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use metallic_gguf::{GgmlType, GgufFile, TensorInfo, Value};
-use serde_json::{json, Map, Value as Json};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::Value as Json;
 
 /// Characters of a string value shown in text mode.
 pub const TEXT_STRING_CHARS: usize = 60;
@@ -35,7 +37,7 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let written = if json {
-        serde_json::to_writer_pretty(&mut out, &to_json(path, &file))
+        serde_json::to_writer_pretty(&mut out, &Doc { path, file: &file })
             .map_err(io::Error::from)
             .and_then(|()| writeln!(out))
     } else {
@@ -60,10 +62,19 @@ fn write_text(out: &mut impl Write, path: &Path, file: &GgufFile) -> io::Result<
 
     let metadata = file.metadata();
     writeln!(out, "\nMetadata ({} entries):", metadata.len())?;
-    let key_width = metadata.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    // Columns are padded to the longest cell up to MAX_WIDTH; a longer cell (a hostile
+    // 64 KiB key) just overflows its column (format widths above 65535 panic).
+    let key_width = metadata
+        .iter()
+        .map(|(k, _)| k.len())
+        .max()
+        .unwrap_or(0)
+        .min(MAX_WIDTH);
     let types: Vec<String> = metadata.iter().map(|(_, v)| type_label(v)).collect();
     let type_width = types.iter().map(String::len).max().unwrap_or(0);
+    let type_width = type_width.min(MAX_WIDTH);
     for (i, ((key, value), ty)) in metadata.iter().zip(&types).enumerate() {
+        let key = printable(key);
         writeln!(
             out,
             "{:>5}  {ty:<type_width$}  {key:<key_width$}  {}",
@@ -82,7 +93,7 @@ fn write_text(out: &mut impl Write, path: &Path, file: &GgufFile) -> io::Result<
         .iter()
         .map(|t| {
             [
-                t.name.clone(),
+                printable(&t.name).into_owned(),
                 t.ggml_type.name().to_owned(),
                 shape(t),
                 t.n_elements.to_string(),
@@ -95,7 +106,7 @@ fn write_text(out: &mut impl Write, path: &Path, file: &GgufFile) -> io::Result<
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(cell.len()).min(MAX_WIDTH);
         }
     }
     let [wn, wt, ws, we, wb, wo] = widths;
@@ -135,6 +146,26 @@ fn write_text(out: &mut impl Write, path: &Path, file: &GgufFile) -> io::Result<
         summary.join(", ")
     )?;
     Ok(())
+}
+
+/// Widest padded column in text mode.
+const MAX_WIDTH: usize = 96;
+
+/// `s` with control characters (terminal escape sequences among them) written as escapes,
+/// so that a key or tensor name cannot drive the terminal.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn shape(t: &TensorInfo) -> String {
@@ -216,60 +247,93 @@ fn push_text(s: &mut String, v: &Value) {
     }
 }
 
-fn to_json(path: &Path, file: &GgufFile) -> Json {
-    let metadata: Vec<Json> = file
-        .metadata()
-        .iter()
-        .map(|(key, value)| {
-            let mut entry = Map::new();
-            entry.insert("key".into(), Json::from(key.as_str()));
-            entry.insert("type".into(), Json::from(value.value_type().name()));
-            if let Value::Array(elem, items) = value {
-                entry.insert("elem_type".into(), Json::from(elem.name()));
-                entry.insert("len".into(), Json::from(items.len()));
-                if items.len() > JSON_ARRAY_ITEMS {
-                    entry.insert("truncated".into(), Json::Bool(true));
-                }
-            }
-            entry.insert("value".into(), json_value(value));
-            Json::Object(entry)
-        })
-        .collect();
-    let tensors: Vec<Json> = file
-        .tensors()
-        .iter()
-        .map(|t| {
-            json!({
-                "name": t.name,
-                "type": t.ggml_type.name(),
-                "shape": t.dims,
-                "n_elements": t.n_elements,
-                "n_bytes": t.n_bytes,
-                "offset": t.offset,
-            })
-        })
-        .collect();
-    json!({
-        "path": path.display().to_string(),
-        "file_size": file.len(),
-        "version": file.version(),
-        "alignment": file.alignment(),
-        "data_offset": file.data_offset(),
-        "metadata": metadata,
-        "tensors": tensors,
-    })
+/// The `--json` document, serialised as it is written: the output is streamed, so memory
+/// stays that of the file (a million tensors must not become a million JSON objects first).
+struct Doc<'a> {
+    path: &'a Path,
+    file: &'a GgufFile,
 }
 
-fn json_value(v: &Value) -> Json {
-    match v {
-        Value::Array(_, items) => Json::Array(
-            items
-                .iter()
-                .take(JSON_ARRAY_ITEMS)
-                .map(json_value)
-                .collect(),
-        ),
-        other => scalar_json(other),
+impl Serialize for Doc<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let f = self.file;
+        let mut m = s.serialize_map(Some(7))?;
+        m.serialize_entry("path", &self.path.display().to_string())?;
+        m.serialize_entry("file_size", &f.len())?;
+        m.serialize_entry("version", &f.version())?;
+        m.serialize_entry("alignment", &f.alignment())?;
+        m.serialize_entry("data_offset", &f.data_offset())?;
+        m.serialize_entry("metadata", &Entries(f.metadata()))?;
+        m.serialize_entry("tensors", &Tensors(f.tensors()))?;
+        m.end()
+    }
+}
+
+struct Entries<'a>(&'a [(String, Value)]);
+
+impl Serialize for Entries<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(key, value)| Entry { key, value }))
+    }
+}
+
+struct Entry<'a> {
+    key: &'a str,
+    value: &'a Value,
+}
+
+impl Serialize for Entry<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("key", self.key)?;
+        m.serialize_entry("type", self.value.value_type().name())?;
+        if let Value::Array(elem, items) = self.value {
+            m.serialize_entry("elem_type", elem.name())?;
+            m.serialize_entry("len", &items.len())?;
+            if items.len() > JSON_ARRAY_ITEMS {
+                m.serialize_entry("truncated", &true)?;
+            }
+        }
+        m.serialize_entry("value", &JsonValue(self.value))?;
+        m.end()
+    }
+}
+
+/// A metadata value; arrays cut to [`JSON_ARRAY_ITEMS`] elements.
+struct JsonValue<'a>(&'a Value);
+
+impl Serialize for JsonValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Array(_, items) => {
+                s.collect_seq(items.iter().take(JSON_ARRAY_ITEMS).map(JsonValue))
+            }
+            other => scalar_json(other).serialize(s),
+        }
+    }
+}
+
+struct Tensors<'a>(&'a [TensorInfo]);
+
+impl Serialize for Tensors<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(TensorJson))
+    }
+}
+
+struct TensorJson<'a>(&'a TensorInfo);
+
+impl Serialize for TensorJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let mut m = s.serialize_map(Some(6))?;
+        m.serialize_entry("name", &t.name)?;
+        m.serialize_entry("type", t.ggml_type.name())?;
+        m.serialize_entry("shape", &t.dims)?;
+        m.serialize_entry("n_elements", &t.n_elements)?;
+        m.serialize_entry("n_bytes", &t.n_bytes)?;
+        m.serialize_entry("offset", &t.offset)?;
+        m.end()
     }
 }
 
@@ -298,6 +362,7 @@ fn scalar_json(v: &Value) -> Json {
         Value::F64(x) => json_float(*x),
         Value::Bool(x) => Json::from(*x),
         Value::String(s) => Json::from(s.as_str()),
-        Value::Array(..) => json_value(v),
+        // Nested arrays are written by `JsonValue`; text mode shows them with `push_text`.
+        Value::Array(..) => Json::Null,
     }
 }

@@ -4,6 +4,8 @@
 #     reference GGUFs, and prefixes of the SmolLM2 asset (a truncated real file is valid seed
 #     material; its first 1.78 MB are metadata, so short prefixes end inside the vocabulary).
 #   crates/gguf/fuzz/corpus/quant: raw f32 and block bytes.
+#   crates/gguf/fuzz/corpus/config: the reader's seeds (valid models are what it needs).
+#   crates/gguf/fuzz/corpus/template: the built-in chat templates and small hostile ones.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../../.." && pwd)
@@ -26,4 +28,13 @@ head -c 4096 "$top/crates/gguf/tests/data/quant_vectors.gguf" > "$quant/vectors_
 for f in "$reader"/minimal.gguf "$reader"/all_types.gguf; do
   cp "$f" "$quant/$(basename "$f").bin"
 done
-ls -l "$reader" "$quant" >&2
+config="$here/corpus/config"
+template="$here/corpus/template"
+mkdir -p "$config" "$template"
+cp "$reader"/* "$config/"
+for f in "$top"/crates/core/src/chat/templates/*.jinja; do
+  cp "$f" "$template/$(basename "$f")"
+done
+printf '%s' "{% for i in range(10) %}{{ i ~ messages[0].content }}{% endfor %}" > "$template/loop"
+printf '%s\0%s' "{{ messages[1].content|tojson }}{{ 'x' * 3 }}" "<|im_end|>" > "$template/tojson"
+ls -l "$reader" "$quant" "$template" >&2

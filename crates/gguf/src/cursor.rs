@@ -39,11 +39,17 @@ impl Field<'_> {
 pub(crate) struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Metadata array elements read so far (see [`crate::MAX_ARRAY_ELEMENTS`]).
+    pub(crate) array_elements: u64,
 }
 
 impl<'a> Cursor<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Cursor { buf, pos: 0 }
+        Cursor {
+            buf,
+            pos: 0,
+            array_elements: 0,
+        }
     }
 
     /// Current position as a file offset.

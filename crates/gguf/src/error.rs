@@ -103,6 +103,17 @@ pub enum GgufError {
         type_id: u32,
     },
 
+    /// The metadata arrays hold more elements than the reader accepts.
+    #[error(
+        "metadata {field} at offset {offset}: the arrays hold more than {max} elements in total \
+         (this reader's limit; no real model comes near it)"
+    )]
+    TooManyArrayElements {
+        field: String,
+        offset: u64,
+        max: u64,
+    },
+
     /// The same tensor name appears twice.
     #[error("duplicate tensor name {name:?} at offset {offset}")]
     DuplicateTensor { name: String, offset: u64 },

@@ -35,3 +35,8 @@ pub const MAX_DIMS: u32 = 4;
 /// Deepest nesting of arrays inside metadata arrays that is accepted. ggml itself accepts no
 /// nesting; gguf-py accepts any. The bound keeps hostile files from exhausting the stack.
 pub const MAX_ARRAY_NESTING: usize = 8;
+/// Most metadata array elements (all arrays together) a file may hold. Each element is
+/// held as a [`Value`] of 32 bytes, so a file of one-byte elements would take 32 times its
+/// size in memory; this caps that at 512 MiB. The largest real vocabularies (256k tokens,
+/// their types and scores, and merges) hold about a million.
+pub const MAX_ARRAY_ELEMENTS: u64 = 16 << 20;

@@ -457,6 +457,14 @@ fn read_array(cur: &mut Cursor<'_>, key: &str, depth: usize) -> Result<Value, Gg
         len_at,
         Field::ArrayLen { key },
     )?;
+    cur.array_elements = cur.array_elements.saturating_add(len as u64);
+    if cur.array_elements > crate::MAX_ARRAY_ELEMENTS {
+        return Err(GgufError::TooManyArrayElements {
+            field: Field::ArrayLen { key }.describe(),
+            offset: len_at,
+            max: crate::MAX_ARRAY_ELEMENTS,
+        });
+    }
     let mut items = Vec::with_capacity(len);
     match elem {
         // The common big arrays (token strings, merges) get a loop without per-element
@@ -546,16 +554,19 @@ fn read_tensor_info(
         .checked_mul(n_rows)
         .filter(|&n| n <= i64::MAX as u64)
         .ok_or_else(|| overflow("the element count exceeds i64::MAX"))?;
-    let row_bytes =
-        ggml_type
-            .row_bytes_u64(row_len)
-            .ok_or_else(|| GgufError::RowNotBlockAligned {
-                name: name.to_owned(),
-                offset: dims_at,
-                ty: ggml_type,
-                row_len,
-                block_size: ggml_type.block_size(),
-            })?;
+    if row_len % ggml_type.block_size() as u64 != 0 {
+        return Err(GgufError::RowNotBlockAligned {
+            name: name.to_owned(),
+            offset: dims_at,
+            ty: ggml_type,
+            row_len,
+            block_size: ggml_type.block_size(),
+        });
+    }
+    // Block-aligned, so `None` here can only be the byte count overflowing.
+    let row_bytes = ggml_type
+        .row_bytes_u64(row_len)
+        .ok_or_else(|| overflow("the row's byte size overflows u64"))?;
     let n_bytes = row_bytes
         .checked_mul(n_rows)
         .ok_or_else(|| overflow("the byte size overflows u64"))?;
