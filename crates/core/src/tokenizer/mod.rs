@@ -31,6 +31,12 @@ pub use pretokenize::PreTokenizerKind;
 pub use spec::{token_type, TokenizerSpec};
 pub use stream::StreamDecoder;
 
+/// The vocabulary piece of byte `b` in byte-level BPE (GPT-2's byte-to-unicode map: `Ġ` for
+/// a space), for building vocabularies.
+pub fn byte_piece(b: u8) -> String {
+    byte_level::BYTE_TO_CHAR[b as usize].to_string()
+}
+
 use bpe::{Bpe, BpeScratch};
 use fx_hash::FxHashMap;
 use special::{Segment, SpecialMatcher};
@@ -95,8 +101,24 @@ fn is_literal_type(ty: i32) -> bool {
 
 impl Tokenizer {
     /// Build from GGUF metadata (`tokenizer.ggml.*`).
+    ///
+    /// A model's vocabulary must hold all 256 byte-level pieces: byte-level BPE starts every
+    /// word from them, and a byte without its token would be dropped from the text
+    /// silently (llama.cpp refuses such text too).
     pub fn from_gguf(file: &metallic_gguf::GgufFile) -> Result<Tokenizer, TokenizerError> {
-        Self::from_spec(TokenizerSpec::from_gguf(file)?)
+        let tok = Self::from_spec(TokenizerSpec::from_gguf(file)?)?;
+        let missing: Vec<u8> = (0..=255u8).filter(|&b| tok.byte_id(b).is_none()).collect();
+        if let Some(first) = missing.first() {
+            return Err(TokenizerError::Malformed {
+                field: "tokenizer.ggml.tokens",
+                why: format!(
+                    "the byte-level vocabulary lacks {} of the 256 byte tokens (the first for \
+                     byte 0x{first:02X}); text with those bytes could not be encoded",
+                    missing.len()
+                ),
+            });
+        }
+        Ok(tok)
     }
 
     /// Build from a spec: validates ids and lengths, resolves merges to id pairs (merges that

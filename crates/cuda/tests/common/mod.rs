@@ -40,12 +40,14 @@ pub fn cuda_or_skip() -> Option<CudaBackend> {
     b
 }
 
-/// A byte-level-free tokenizer: enough for the model loader and detokenizer.
+/// The 256 byte-level pieces and plain pieces up to 512 tokens: enough for the model loader
+/// and detokenizer (`Tokenizer::from_gguf` requires the byte pieces).
 pub fn tokenizer_spec(pre: &str) -> TokenizerSpec {
+    let bytes = (0..=255u8).map(metallic::tokenizer::byte_piece);
     TokenizerSpec {
         model: "gpt2".into(),
         pre: pre.into(),
-        tokens: (0..512).map(|i| format!("t{i}_")).collect(),
+        tokens: bytes.chain((256..512).map(|i| format!("t{i}_"))).collect(),
         token_types: vec![1; 512],
         merges: Vec::new(),
         bos_id: None,
