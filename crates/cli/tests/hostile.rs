@@ -80,6 +80,8 @@ fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         });
     }
     let start = Instant::now();
+    // Reaped below by wait4 (which also gives the peak RSS), not by `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     let mut child = cmd.spawn().expect("spawn metallic");
     let pid = child.id() as libc::pid_t;
     let mut out = child.stdout.take().unwrap();
@@ -231,14 +233,14 @@ fn base() -> &'static GgufFile {
     })
 }
 
+/// New data for a tensor (by name and old data), or `None` to keep it.
+type Patch = dyn Fn(&str, &[u8]) -> Option<Vec<u8>>;
+/// A case: file name, metadata to set, needles of the expected error.
+type MetaCase<'a> = (&'a str, Vec<(&'a str, Value)>, Vec<&'a str>);
+
 /// The base model with metadata `set` (replaced or added), `remove`d keys, and tensors
 /// whose data `patch` replaces, written to `name` in the scratch folder.
-fn variant(
-    name: &str,
-    set: &[(&str, Value)],
-    remove: &[&str],
-    patch: &dyn Fn(&str, &[u8]) -> Option<Vec<u8>>,
-) -> PathBuf {
+fn variant(name: &str, set: &[(&str, Value)], remove: &[&str], patch: &Patch) -> PathBuf {
     let f = base();
     let mut w = GgufWriter::new();
     for (k, v) in f.metadata() {
@@ -546,7 +548,7 @@ fn pipes_directories_and_endless_files_are_clear_errors() {
 // Finding 8: wrong metadata types and inconsistent vocabularies are errors, not defaults.
 #[test]
 fn wrong_metadata_types_and_vocab_mismatches_are_errors() {
-    let cases: Vec<(&str, Vec<(&str, Value)>, Vec<&str>)> = vec![
+    let cases: Vec<MetaCase> = vec![
         (
             "freq_int",
             vec![("qwen2.rope.freq_base", Value::U32(1_000_000))],

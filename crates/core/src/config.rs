@@ -90,11 +90,7 @@ impl Meta<'_> {
 
     fn wrong_type(&self, key: &str, expected: &str) -> Error {
         let full = self.full(key);
-        let got = self
-            .file
-            .get(&full)
-            .map(|v| describe_value(v))
-            .unwrap_or_default();
+        let got = self.file.get(&full).map(describe_value).unwrap_or_default();
         Error::Config(format!("`{full}` is {got}, expected {expected}"))
     }
 
