@@ -622,7 +622,7 @@ fn wrong_metadata_types_and_vocab_mismatches_are_errors() {
     fails(
         &run(&["tokenize", "--model", p(&path), "hi"]),
         "no byte tokens",
-        &["byte tokens"],
+        &["byte tokens", "printable ASCII"],
     );
 }
 

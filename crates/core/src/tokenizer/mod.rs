@@ -102,18 +102,23 @@ fn is_literal_type(ty: i32) -> bool {
 impl Tokenizer {
     /// Build from GGUF metadata (`tokenizer.ggml.*`).
     ///
-    /// A model's vocabulary must hold all 256 byte-level pieces: byte-level BPE starts every
-    /// word from them, and a byte without its token would be dropped from the text
-    /// silently (llama.cpp refuses such text too).
+    /// A model's vocabulary must hold the byte-level pieces of printable ASCII and the
+    /// newline: byte-level BPE starts every word from them, and text made of bytes without
+    /// a token would encode to nothing, silently. (Real vocabularies may lack a few control
+    /// bytes: SmolLM2's lacks 21.)
     pub fn from_gguf(file: &metallic_gguf::GgufFile) -> Result<Tokenizer, TokenizerError> {
         let tok = Self::from_spec(TokenizerSpec::from_gguf(file)?)?;
-        let missing: Vec<u8> = (0..=255u8).filter(|&b| tok.byte_id(b).is_none()).collect();
+        let missing: Vec<u8> = (0x20..=0x7Eu8)
+            .chain([b'\n'])
+            .filter(|&b| tok.byte_id(b).is_none())
+            .collect();
         if let Some(first) = missing.first() {
             return Err(TokenizerError::Malformed {
                 field: "tokenizer.ggml.tokens",
                 why: format!(
-                    "the byte-level vocabulary lacks {} of the 256 byte tokens (the first for \
-                     byte 0x{first:02X}); text with those bytes could not be encoded",
+                    "the byte-level vocabulary lacks the byte tokens of {} printable ASCII \
+                     characters or the newline (the first for byte 0x{first:02X}); text with \
+                     them would encode to nothing",
                     missing.len()
                 ),
             });
