@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cudarc::driver::sys;
 
-use crate::cache::{cache_root, fnv1a64, KernelCache};
+use crate::cache::{fnv1a64, KernelCache};
 use crate::compile::{self, KernelSource};
 use crate::device::{check, Device, Func};
 use crate::error::{CudaError, CudaResult};
@@ -146,7 +146,7 @@ impl Kernels {
         crate::driver::nvrtc()?;
         dev.bind()?;
         let nvrtc = compile::nvrtc_version()?;
-        let cache = KernelCache::new(cache_root());
+        let cache = KernelCache::in_cache_dir(|k| std::env::var_os(k));
         let load = |src: &KernelSource| load_module(src, dev, &cache, nvrtc);
         let gemv_m = load(&compile::GEMV)?;
         let dequant_m = load(&compile::DEQUANT)?;
