@@ -1,6 +1,6 @@
 //! Profiling end to end: the real binary on a tiny synthetic Qwen2 model.
 //! The summary is parsed with patterns built from the seed profile's lines
-//! (`QWEN25_SHAPES.md`), its counts are checked against the number of calls
+//! (`docs/seed_profile_qwen25_05b.md`), its counts are checked against the number of calls
 //! the forward pass makes, and the Chrome trace's nesting is checked.
 
 #![cfg(feature = "profiling")]
