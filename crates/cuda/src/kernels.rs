@@ -143,7 +143,7 @@ fn allow_smem(f: Func, optin: u32) -> CudaResult<()> {
 
 impl Kernels {
     pub fn load(dev: &Arc<Device>) -> CudaResult<Kernels> {
-        crate::probe::nvrtc()?;
+        crate::driver::nvrtc()?;
         dev.bind()?;
         let nvrtc = compile::nvrtc_version()?;
         let cache = KernelCache::new(cache_root());

@@ -11,18 +11,18 @@
 //! crosses to the host.
 //!
 //! Opening the backend without a driver or a GPU is a typed error
-//! ([`CudaError`]), never a panic: the libraries are probed before cudarc
-//! first touches them.
+//! ([`CudaError`]), never a panic: the libraries are looked for
+//! (`driver.rs`) before cudarc first touches them.
 
 mod cache;
 mod compile;
 mod device;
+mod driver;
 pub mod error;
 mod graph;
 mod kernels;
 mod linear;
 mod matmul;
-mod probe;
 mod repack;
 mod sampler;
 mod tensor;
@@ -40,13 +40,13 @@ use metallic::error::Result;
 use metallic::sampler::SamplerParams;
 
 use crate::device::{Arg, Device, DeviceBuffer};
+pub use crate::driver::{discover as discover_driver, DriverInfo};
 pub use crate::error::CudaError;
 use crate::error::CudaResult;
 use crate::graph::Graphs;
 use crate::kernels::Kernels;
 pub use crate::linear::CudaLinear;
 use crate::matmul::Blas;
-pub use crate::probe::{driver as probe_driver, DriverInfo};
 pub use crate::sampler::CudaSampler;
 pub use crate::tensor::CudaTensor;
 pub use crate::timing::CudaMark;
@@ -86,7 +86,7 @@ fn invalid(msg: impl Into<String>) -> metallic::error::Error {
 }
 
 impl CudaBackend {
-    /// Open device `ordinal`: probe the driver, compile (or load cached)
+    /// Open device `ordinal`: find the driver, compile (or load cached)
     /// kernels, create the cuBLAS handle.
     pub fn new(ordinal: usize) -> std::result::Result<CudaBackend, CudaError> {
         let dev = Device::open(ordinal)?;
@@ -103,14 +103,14 @@ impl CudaBackend {
         })
     }
 
-    /// Whether a usable CUDA device is present (probes without panicking).
+    /// Whether a usable CUDA device is present (looks for the driver without panicking).
     pub fn available() -> bool {
-        probe::driver().is_ok()
+        driver::discover().is_ok()
     }
 
     /// Why no CUDA device can be used, if none can.
     pub fn unavailable_reason() -> Option<String> {
-        probe::driver().err().map(|e| e.to_string())
+        driver::discover().err().map(|e| e.to_string())
     }
 
     /// Graphs captured and replayed so far.
