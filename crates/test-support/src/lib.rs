@@ -5,6 +5,8 @@
 //! `scripts/reference/model_logits.py` and `synth_goldens.sh`), tokenizer ids
 //! (`tokenizer_golden.py`) and chat template renderings
 //! (`chat_template_golden.py`). [`logits`] reads and compares the logits.
+//!
+//! Its own tests check that `ARCHITECTURE.md` stays true (`tests/architecture.rs`).
 
 pub mod logits;
 
