@@ -449,6 +449,7 @@ fn memory_stays_in_proportion_to_the_file() {
     let path = scratch().join("big_array.gguf");
     std::fs::write(&path, raw_gguf(&[("big", 9, v)], &[])).unwrap();
     fails(&run(&["inspect", p(&path)]), "big array", &["elements"]);
+    std::fs::remove_file(&path).unwrap();
 
     // A million zero-size tensors, as JSON.
     let names: Vec<String> = (0..1_000_000).map(|i| format!("t{i}")).collect();
@@ -459,6 +460,8 @@ fn memory_stays_in_proportion_to_the_file() {
     let r = run(&["inspect", "--json", p(&path)]);
     succeeds(&r, "1M tensors --json");
     assert!(r.stdout.contains("\"t999999\""));
+    succeeds(&run(&["inspect", p(&path)]), "1M tensors text");
+    std::fs::remove_file(&path).unwrap();
 }
 
 // Findings 4 and 5: numbers on the command line.
