@@ -309,3 +309,84 @@ pub fn write_jsonl<M>(rec: &Recorder<M>, w: &mut dyn Write) -> std::io::Result<(
     }
     Ok(())
 }
+
+/// Running totals of a recording, for a live view: each [`update`](Self::update)
+/// adds only the ops recorded since the last one, so refreshing it every
+/// token costs the new ops, not the whole history.
+#[derive(Default)]
+pub struct LiveProfile {
+    seen: usize,
+    /// (op name, implementation) -> (count, total backend ms).
+    ops: HashMap<(&'static str, &'static str), (usize, f64)>,
+    /// (matmul shape, implementation) -> (count, total backend ms).
+    shapes: HashMap<(String, &'static str), (usize, f64)>,
+    /// Whole-run total of every op's backend time.
+    pub total_ms: f64,
+}
+
+/// One line of a live top list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveRow {
+    pub name: String,
+    pub imp: &'static str,
+    pub count: usize,
+    pub total_ms: f64,
+}
+
+impl LiveProfile {
+    pub fn update<M>(&mut self, rec: &Recorder<M>) {
+        for e in rec.ops.iter().skip(self.seen) {
+            let o = self.ops.entry((e.op.name(), e.imp)).or_insert((0, 0.0));
+            o.0 += 1;
+            o.1 += e.device_ms;
+            self.total_ms += e.device_ms;
+            if let (OpKind::Matmul(_), Some(shape)) = (e.op, e.shape) {
+                let key = format!(
+                    "{} {} m={} n={} k={}",
+                    shape.op.name(),
+                    shape.dtype,
+                    shape.m,
+                    shape.n,
+                    shape.k
+                );
+                let s = self.shapes.entry((key, e.imp)).or_insert((0, 0.0));
+                s.0 += 1;
+                s.1 += e.device_ms;
+            }
+        }
+        self.seen = rec.ops.len();
+    }
+
+    fn top<K: Clone>(
+        map: &HashMap<(K, &'static str), (usize, f64)>,
+        n: usize,
+        name: impl Fn(&K) -> String,
+    ) -> Vec<LiveRow> {
+        let mut rows: Vec<LiveRow> = map
+            .iter()
+            .map(|((k, imp), &(count, total_ms))| LiveRow {
+                name: name(k),
+                imp,
+                count,
+                total_ms,
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.total_ms
+                .total_cmp(&a.total_ms)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        rows.truncate(n);
+        rows
+    }
+
+    /// The `n` op kinds (by implementation) with the most time.
+    pub fn top_ops(&self, n: usize) -> Vec<LiveRow> {
+        Self::top(&self.ops, n, |k: &&'static str| k.to_string())
+    }
+
+    /// The `n` matmul shapes (by implementation) with the most time.
+    pub fn top_shapes(&self, n: usize) -> Vec<LiveRow> {
+        Self::top(&self.shapes, n, |k: &String| k.clone())
+    }
+}
