@@ -342,9 +342,8 @@ fn tui_loop<B: Backend>(s: &mut Session<'_, B>) -> Result<()> {
         match s.command(&line) {
             Ok(Action::Exit) => break,
             Ok(Action::Output(o)) => {
-                view.entries.push((Role::User, line.clone()));
-                view.note(o);
                 if line.starts_with("/load") || line.starts_with("/reset") {
+                    // Show the conversation as it now is.
                     view.entries = s
                         .conv
                         .messages()
@@ -352,6 +351,8 @@ fn tui_loop<B: Backend>(s: &mut Session<'_, B>) -> Result<()> {
                         .map(|m| (Role::from_name(&m.role), m.content.clone()))
                         .collect();
                 }
+                view.entries.push((Role::User, line.clone()));
+                view.note(o);
             }
             Err(e) => view.note(format!("error: {e:#}")),
             Ok(Action::Say(text)) => {

@@ -10,6 +10,7 @@ mod interrupt;
 mod machine;
 mod probe;
 mod probe_chart;
+mod progress;
 mod report;
 mod runinfo;
 mod synth;
