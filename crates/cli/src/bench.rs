@@ -55,7 +55,7 @@ pub struct BenchArgs {
     /// CPU threads (0: all cores).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
-    /// Where the model runs.
+    /// Where the model runs: cpu, or cuda (the first NVIDIA GPU).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Print one JSON document instead of the table.

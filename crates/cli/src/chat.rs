@@ -53,8 +53,8 @@ pub struct ChatArgs {
     /// Keep the prompt history in this file between sessions [default: memory only].
     #[arg(long, value_name = "FILE")]
     pub history_file: Option<PathBuf>,
-    /// `text`: a line-editing prompt with replies streamed; `tui`: a
-    /// full-screen live view (`json` is for generate).
+    /// text: a line-editing prompt, replies streamed; tui: a full-screen
+    /// live view (json is for generate).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output_format: OutputFormat,
 }

@@ -12,9 +12,9 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Device {
-    /// The CPU backend (every core by default).
+    // No doc comments here: clap would switch every --help to the long
+    // two-line layout. The flags' help says what the values mean.
     Cpu,
-    /// The first NVIDIA GPU, through the CUDA driver.
     Cuda,
 }
 

@@ -32,11 +32,10 @@ use crate::tui;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
-    /// Stream the text to stdout; statistics on stderr.
+    // Described in the flag's help (doc comments here would switch --help
+    // to clap's long layout).
     Text,
-    /// One JSON document on stdout at the end: text, ids, timings, settings.
     Json,
-    /// A full-screen live view: the text, tok/s, cache, memory and the op profile.
     Tui,
 }
 
@@ -187,7 +186,7 @@ pub struct ModelArgs {
     /// GGUF model [default: $METALLIC_MODEL, else assets/SmolLM2-135M-Instruct.Q4_1.gguf].
     #[arg(short, long)]
     pub model: Option<PathBuf>,
-    /// Where the model runs.
+    /// Where the model runs: cpu, or cuda (the first NVIDIA GPU).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// CPU threads (0: all cores).
@@ -244,7 +243,8 @@ pub struct GenerateArgs {
     /// Treat special-token text in the prompt as plain text.
     #[arg(long)]
     pub no_parse_special: bool,
-    /// How to show the result.
+    /// text: stream to stdout, report on stderr; json: one document at the
+    /// end (text, ids, timings, settings); tui: a full-screen live view.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output_format: OutputFormat,
     /// Write a Chrome/Perfetto trace of every op to this file.

@@ -27,7 +27,7 @@ use crate::device::{on_device, OnBackend};
 
 #[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
-    /// Where the matmuls run.
+    /// Where the matmuls run: cpu, or cuda (the first NVIDIA GPU).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// CPU threads (0: all cores).

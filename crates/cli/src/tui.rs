@@ -245,6 +245,41 @@ impl View {
         lines
     }
 
+    /// The numbers in four lines, for a terminal too narrow for the side panel.
+    fn compact_lines(&self) -> Vec<Line<'static>> {
+        let p = &self.progress;
+        let ttft = if p.generated > 0 {
+            fmt_ms(p.prefill_time)
+        } else {
+            "-".into()
+        };
+        vec![
+            Line::raw(format!(
+                "prefill {:.1} tok/s ({} new, {} reused) · ttft {ttft}",
+                p.prefill_tok_s(),
+                p.prefilled,
+                p.reused_tokens
+            )),
+            Line::raw(format!(
+                "decode {:.1} tok/s ({} tokens) · cache {} / {}",
+                p.decode_tok_s(),
+                p.generated,
+                p.n_past,
+                p.capacity
+            )),
+            Line::raw(format!("{} · load {:.0} ms", self.memory, self.load_ms)),
+            Line::raw(match &self.profile {
+                Some(prof) => prof
+                    .top_ops(2)
+                    .iter()
+                    .map(|r| format!("{}@{} {:.0} ms", r.name, r.imp, r.total_ms))
+                    .collect::<Vec<_>>()
+                    .join(" · "),
+                None => String::new(),
+            }),
+        ]
+    }
+
     fn conversation_lines(&self, width: usize, height: usize) -> Vec<Line<'static>> {
         let mut out: Vec<Line<'static>> = Vec::new();
         for (role, text) in &self.entries {
@@ -300,7 +335,8 @@ impl View {
             rows[0],
         );
         // Stats beside the conversation when there is room, else below it.
-        let (conv_area, stats_area) = if area.width >= 80 {
+        let wide = area.width >= 80;
+        let (conv_area, stats_area) = if wide {
             let cols = Layout::default()
                 .direction(Direction::Horizontal)
                 .constraints([Constraint::Min(30), Constraint::Length(46)])
@@ -321,8 +357,13 @@ impl View {
         let lines = self.conversation_lines(inner.width as usize, inner.height as usize);
         f.render_widget(Paragraph::new(lines), inner);
         let title = if self.generating { " live " } else { " stats " };
+        let stats = if wide {
+            self.stats_lines()
+        } else {
+            self.compact_lines()
+        };
         f.render_widget(
-            Paragraph::new(self.stats_lines())
+            Paragraph::new(stats)
                 .block(Block::default().borders(Borders::ALL).title(title)),
             stats_area,
         );

@@ -154,14 +154,21 @@ fn help_describes_every_flag_with_its_default() {
         let out = metallic(&[sub, "--help"]);
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{sub} --help");
-        // Every option or argument line has a description on its line.
-        for line in help.lines() {
+        // Every option or argument has a description: on its line, or on
+        // the next, further indented (clap's layout for long help).
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
             let l = line.trim_start();
+            let indent = line.len() - l.len();
             let is_entry = (l.starts_with('-') || l.starts_with('<') || l.starts_with('['))
-                && line.starts_with("  ");
+                && (2..=6).contains(&indent);
             if is_entry {
-                let desc = l.split("  ").skip(1).any(|p| !p.trim().is_empty());
-                assert!(desc, "`metallic {sub}`: no help for `{l}`");
+                let same_line = l.split("  ").skip(1).any(|p| !p.trim().is_empty());
+                let next_line = lines.get(i + 1).is_some_and(|n| {
+                    let t = n.trim_start();
+                    !t.is_empty() && n.len() - t.len() > indent + 2
+                });
+                assert!(same_line || next_line, "`metallic {sub}`: no help for `{l}`");
             }
         }
     }

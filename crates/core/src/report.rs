@@ -390,3 +390,53 @@ impl LiveProfile {
         Self::top(&self.shapes, n, |k: &String| k.clone())
     }
 }
+
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+    use crate::backend::{MatmulOp, MatmulShape, TimingKind};
+    use crate::profiler::{OpEvent, Phase, Recorder};
+    use metallic_gguf::GgmlType;
+
+    fn op(kind: OpKind, imp: &'static str, ms: f64, shape: Option<MatmulShape>) -> OpEvent {
+        OpEvent {
+            op: kind,
+            imp,
+            shape,
+            layer: None,
+            step: 0,
+            phase: Phase::Decode,
+            host_start_ns: 0,
+            host_ns: 0,
+            device_ms: ms,
+        }
+    }
+
+    #[test]
+    fn live_profile_adds_only_new_ops_and_ranks_by_total() {
+        let mut rec: Recorder<()> = Recorder::new(TimingKind::HostClock, "cpu", "test".into());
+        let shape = MatmulShape {
+            op: MatmulOp::Matmul,
+            dtype: GgmlType::Q8_0,
+            batch: 1,
+            m: 1,
+            n: 64,
+            k: 32,
+            ta: false,
+            tb: true,
+        };
+        rec.push_op(op(OpKind::RmsNorm, "cpu", 1.0, None), None);
+        rec.push_op(op(OpKind::Matmul(MatmulOp::Matmul), "fdot", 2.0, Some(shape)), None);
+        let mut live = LiveProfile::default();
+        live.update(&rec);
+        live.update(&rec); // nothing new: no double counting
+        assert_eq!(live.total_ms, 3.0);
+        rec.push_op(op(OpKind::RmsNorm, "cpu", 4.0, None), None);
+        live.update(&rec);
+        let top = live.top_ops(1);
+        assert_eq!((top[0].name.as_str(), top[0].count, top[0].total_ms), ("rms_norm", 2, 5.0));
+        let shapes = live.top_shapes(5);
+        assert_eq!(shapes.len(), 1);
+        assert!(shapes[0].name.contains("n=64 k=32"), "{:?}", shapes[0]);
+    }
+}
