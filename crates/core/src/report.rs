@@ -414,7 +414,7 @@ mod live_tests {
 
     #[test]
     fn live_profile_adds_only_new_ops_and_ranks_by_total() {
-        let mut rec: Recorder<()> = Recorder::new(TimingKind::HostClock, "cpu", "test".into());
+        let mut rec: Recorder<()> = Recorder::new(TimingKind::Host, "cpu", "test".into());
         let shape = MatmulShape {
             op: MatmulOp::Matmul,
             dtype: GgmlType::Q8_0,
