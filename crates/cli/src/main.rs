@@ -11,6 +11,7 @@ mod machine;
 mod probe;
 mod probe_chart;
 mod progress;
+mod quantize;
 mod report;
 mod runinfo;
 mod synth;
@@ -43,6 +44,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a GGUF with a real model's layout and random weights.
     Synth(synth::SynthArgs),
+    /// Rewrite a GGUF's weights to another type (llama-quantize's per-tensor rules).
+    Quantize(quantize::QuantizeArgs),
     /// Show the token ids of a text under a model's tokenizer.
     Tokenize(tokenize::TokenizeArgs),
     /// Time every matmul implementation on the Qwen2.5 shapes (or a recorded profile's).
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat::run(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(a) => bench::run(a).map(|()| ExitCode::SUCCESS),
         Command::Synth(a) => synth::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Quantize(a) => quantize::run(a).map(|()| ExitCode::SUCCESS),
         Command::Tokenize(a) => tokenize::run(&a).map(|()| ExitCode::SUCCESS),
         Command::Inspect { file, json } => inspect::run(&file, json).map(|()| ExitCode::SUCCESS),
         Command::Probe(a) => probe::run(a).map(|()| ExitCode::SUCCESS),

@@ -363,8 +363,7 @@ impl View {
             self.compact_lines()
         };
         f.render_widget(
-            Paragraph::new(stats)
-                .block(Block::default().borders(Borders::ALL).title(title)),
+            Paragraph::new(stats).block(Block::default().borders(Borders::ALL).title(title)),
             stats_area,
         );
         if let Some((text, cursor)) = &self.input {

@@ -168,7 +168,10 @@ fn help_describes_every_flag_with_its_default() {
                     let t = n.trim_start();
                     !t.is_empty() && n.len() - t.len() > indent + 2
                 });
-                assert!(same_line || next_line, "`metallic {sub}`: no help for `{l}`");
+                assert!(
+                    same_line || next_line,
+                    "`metallic {sub}`: no help for `{l}`"
+                );
             }
         }
     }

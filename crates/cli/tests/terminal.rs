@@ -100,7 +100,11 @@ impl Tmux {
     fn type_line(&self, text: &str) {
         if self.wait_prompt {
             self.wait_for("the prompt", 120, |s| {
-                s.lines().rev().find(|l| !l.trim().is_empty()).map(str::trim) == Some(">>>")
+                s.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    == Some(">>>")
             });
             // Let the cursor-position exchange (100 ms at most) finish first.
             std::thread::sleep(Duration::from_millis(400));

@@ -426,7 +426,10 @@ mod live_tests {
             tb: true,
         };
         rec.push_op(op(OpKind::RmsNorm, "cpu", 1.0, None), None);
-        rec.push_op(op(OpKind::Matmul(MatmulOp::Matmul), "fdot", 2.0, Some(shape)), None);
+        rec.push_op(
+            op(OpKind::Matmul(MatmulOp::Matmul), "fdot", 2.0, Some(shape)),
+            None,
+        );
         let mut live = LiveProfile::default();
         live.update(&rec);
         live.update(&rec); // nothing new: no double counting
@@ -434,7 +437,10 @@ mod live_tests {
         rec.push_op(op(OpKind::RmsNorm, "cpu", 4.0, None), None);
         live.update(&rec);
         let top = live.top_ops(1);
-        assert_eq!((top[0].name.as_str(), top[0].count, top[0].total_ms), ("rms_norm", 2, 5.0));
+        assert_eq!(
+            (top[0].name.as_str(), top[0].count, top[0].total_ms),
+            ("rms_norm", 2, 5.0)
+        );
         let shapes = live.top_shapes(5);
         assert_eq!(shapes.len(), 1);
         assert!(shapes[0].name.contains("n=64 k=32"), "{:?}", shapes[0]);
