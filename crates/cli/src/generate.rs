@@ -371,7 +371,7 @@ impl OnBackend for Job {
         let params = args.sampling.params(args.sampling.seed());
         let opts = GenerateOptions {
             max_tokens: args.max_tokens,
-            sampler: params.clone(),
+            sampler: params,
             stop: args.stop.clone(),
             ignore_eos: args.ignore_eos,
             use_graphs: !args.model.no_graphs,
