@@ -253,6 +253,9 @@ fn plain_loop<B: Backend>(s: &mut Session<'_, B>, history: Option<&Path>) -> Res
         ("", "")
     };
     let mut rl = rustyline::DefaultEditor::new().context("starting the line editor")?;
+    // After the editor: it installs a SIGINT handler of its own for its
+    // lifetime, which would swallow the Ctrl-C that stops a reply.
+    interrupt::install()?;
     if let Some(h) = history {
         // A missing history file is the first session, not an error.
         let _ = rl.load_history(h);
@@ -363,6 +366,7 @@ fn tui_loop<B: Backend>(s: &mut Session<'_, B>) -> Result<()> {
                 let r = run_live(&mut screen, &mut view, &opts, |obs| reply(s, &text, obs));
                 match r {
                     Ok(_) => {
+                        view.memory = RunInfo::memory_line(s.loaded.ex.backend.memory().as_ref());
                         if let Some((g, t)) = &s.last {
                             view.status = turn_line(g, t, s.loaded.st.n_past, s.loaded.st.capacity);
                         }
@@ -381,6 +385,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     }
     let path = resolve_model(args.model.model.as_deref())?;
     let file = open_gguf(&path)?;
-    interrupt::install()?;
+    // Ctrl-C is installed by the loop: after rustyline's editor (plain), or
+    // not at all (tui: raw mode delivers it as a key).
     on_device(args.model.device, args.model.threads, Job { args, file })
 }

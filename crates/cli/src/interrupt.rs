@@ -28,6 +28,7 @@ pub fn install() -> Result<()> {
         return Ok(());
     }
     let flag = flag();
+    // ctrlc's sigaction replaces whatever handler is installed now.
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::Relaxed) {
             // The first one has not been acted on yet (a long prefill step):

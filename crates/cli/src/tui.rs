@@ -555,6 +555,7 @@ pub fn generate_view<B: Backend>(
     let g = run_live(&mut screen, &mut view, opts, |obs| {
         Ok(generate_with(ex, model, st, tok, ids, 0, opts, obs)?)
     })?;
+    view.memory = RunInfo::memory_line(ex.backend.memory().as_ref());
     if g.stop_reason != StopReason::Interrupted {
         view.status = format!("{} · press q to quit", view.status);
         loop {

@@ -45,9 +45,7 @@ fn scratch(name: &str) -> PathBuf {
 struct Tmux {
     socket: String,
     dir: PathBuf,
-    /// Plain chat: type only once the prompt is shown and settled (rustyline
-    /// asks the terminal for the cursor position when it starts a line, and
-    /// keys arriving meanwhile are read as the answer and lost).
+    /// Plain chat: type only at the prompt, and check what was typed.
     wait_prompt: bool,
 }
 
@@ -55,6 +53,11 @@ impl Tmux {
     /// Run `args` of the metallic binary in a 200x50 pane; `EXIT=<status>` is
     /// written to a file when it ends and the pane stays for inspection.
     fn start(name: &str, args: &[&str]) -> Tmux {
+        Self::start_with(name, args, "METALLIC_PROFILING_ENABLED=")
+    }
+
+    /// [`start`](Self::start) with one `NAME=value` in the environment.
+    fn start_with(name: &str, args: &[&str], env: &str) -> Tmux {
         let dir = scratch(name);
         let socket = format!("metallic-{}-{name}", std::process::id());
         let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
@@ -77,7 +80,7 @@ impl Tmux {
                 "t",
             ])
             .args(["-x", "200", "-y", "50", "-e", "TERM=xterm-256color"])
-            .args(["-e", "METALLIC_PROFILING_ENABLED=", "sh", "-c", &cmd])
+            .args(["-e", env, "sh", "-c", &cmd])
             .status()
             .unwrap();
         assert!(st.success(), "tmux new-session failed");
@@ -98,19 +101,37 @@ impl Tmux {
     }
 
     fn type_line(&self, text: &str) {
-        if self.wait_prompt {
-            self.wait_for("the prompt", 120, |s| {
-                s.lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map(str::trim)
-                    == Some(">>>")
-            });
-            // Let the cursor-position exchange (100 ms at most) finish first.
-            std::thread::sleep(Duration::from_millis(400));
+        if !self.wait_prompt {
+            self.tmux(&["send-keys", "-t", "t", "-l", text]);
+            self.tmux(&["send-keys", "-t", "t", "Enter"]);
+            return;
         }
-        self.tmux(&["send-keys", "-t", "t", "-l", text]);
-        self.tmux(&["send-keys", "-t", "t", "Enter"]);
+        let at_prompt = |s: &str| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::trim)
+                == Some(">>>")
+        };
+        self.wait_for("the prompt", 120, at_prompt);
+        // rustyline asks the terminal for the cursor position when it starts
+        // a line and reads keys that arrive meanwhile as the answer. Type,
+        // check the line shows it all, else clear it and type again.
+        let typed = format!(">>> {text}");
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(300));
+            self.tmux(&["send-keys", "-t", "t", "-l", text]);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(3) {
+                if self.screen().lines().any(|l| l.trim_end() == typed) {
+                    self.tmux(&["send-keys", "-t", "t", "Enter"]);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            self.tmux(&["send-keys", "-t", "t", "C-u"]);
+        }
+        panic!("could not type {text:?}; screen:\n{}", self.screen());
     }
 
     fn key(&self, key: &str) {
@@ -412,4 +433,36 @@ fn synth_shows_a_progress_bar_on_a_terminal_only() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn generate_tui_shows_the_live_profile_when_profiling() {
+    if !have_tmux() {
+        return;
+    }
+    let Some(model) = smollm2() else { return };
+    let t = Tmux::start_with(
+        "profile",
+        &[
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "--greedy",
+            "-n",
+            "8",
+            "--output-format",
+            "tui",
+            "-p",
+            "Hello",
+        ],
+        "METALLIC_PROFILING_ENABLED=1",
+    );
+    let s = t.wait_for("the finished reply", 60, |s| s.contains("press q"));
+    assert!(
+        s.contains("top ops") && s.contains("top matmul shapes"),
+        "{s}"
+    );
+    assert!(s.contains("matmul") && s.contains("rms_norm"), "{s}");
+    t.key("q");
+    assert_eq!(t.exit_status(20), "EXIT=0");
 }
