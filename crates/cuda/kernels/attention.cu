@@ -31,6 +31,7 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
                                        const int* pos, int n_heads, int n_kv, int hd,
                                        int capacity, float scale, float* part,
                                        unsigned* counters, float* out) {
+    pdl_enter();
     __shared__ __align__(16) float q[256];
     __shared__ float wm[4], wl[4];
     __shared__ float wacc[4][256];
@@ -143,6 +144,7 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
 extern "C" __global__ void attn_prefill(const float* qkv, const float* kc, const float* vc,
                                         const int* pos, int m, int width, int n_heads, int n_kv,
                                         int hd, int capacity, float scale, float* out) {
+    pdl_enter();
     extern __shared__ __align__(16) float sm[];
     const int rows = blockDim.x >> 5;
     float* kt = sm;                   // [hd][33]

@@ -4,10 +4,12 @@
 // `vecdot` (ggml's Q8 activation scheme). Float weights take f32 activations:
 // the launcher runs the `fdot` kernels for them.
 //
-// quantize_act turns the activations into int8 (per 32 values: scale d, and
-// the sums of the quants of each 16-value half) once per product; each block
-// copies them to shared memory, then the inner loop is dp4a. (`x` is then
-// that quantised buffer.)
+// Each block first quantises the f32 activations into shared memory (int8
+// quants per 32 values with scale d and the sums of the quants of each
+// 16-value half; rounding as ggml's quantize_row_q8_1: d = amax / 127,
+// q = round(x / d)), then the inner loop is dp4a. Before it waits for the
+// kernel that writes x (programmatic dependent launch), each warp asks L2
+// for its first weight row, so weight traffic overlaps the previous kernel.
 
 // ---------------------------------------------------------------- quantised weights, dp4a
 
@@ -19,28 +21,6 @@ struct XGroup {
     int s0;
     int s1;
 };
-
-// Quantise x[m, k] once per product, into the layout the kernels copy to
-// shared memory: int8 quants [m][k], then XGroup [m][k/32]. One warp per
-// 32-value group. Rounding as ggml's quantize_row_q8_1: d = amax / 127,
-// q = round(x / d).
-extern "C" __global__ void quantize_act(const float* x, int m, int k, u8* out) {
-    const int lane = threadIdx.x & 31;
-    const int g = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    const int groups = m * (k / 32);
-    if (g >= groups) return;
-    i8* xq = reinterpret_cast<i8*>(out);
-    XGroup* xg = reinterpret_cast<XGroup*>(out + (long long)m * k);
-    float v = x[(long long)g * 32 + lane];
-    float amax = warp_max(fabsf(v));
-    float d = amax / 127.0f;
-    float id = d != 0.0f ? 1.0f / d : 0.0f;
-    int q = (int)roundf(v * id);
-    xq[(long long)g * 32 + lane] = (i8)q;
-    int s0 = warp_sum_i(lane < 16 ? q : 0);
-    int s1 = warp_sum_i(lane < 16 ? 0 : q);
-    if (lane == 0) xg[g] = XGroup{d, d * (float)(s0 + s1), s0, s1};
-}
 
 __device__ __forceinline__ int dot16(uint4 w, uint4 a, int c = 0) {
     c = dp4a((int)w.x, (int)a.x, c);
@@ -164,20 +144,33 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
 
 template <int T, int M>
 __device__ void vecdot_quant(MATVEC_ARGS) {
-    // `x` holds the activations already quantised by quantize_act; every
-    // block copies them (M * k * 1.5 bytes, from L2) into shared memory.
     extern __shared__ __align__(16) u8 smem[];
     i8* xq = reinterpret_cast<i8*>(smem);
     XGroup* xg = reinterpret_cast<XGroup*>(smem + M * k);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     {
-        const uint4* src = reinterpret_cast<const uint4*>(x);
-        uint4* dst = reinterpret_cast<uint4*>(smem);
-        const int n16 = (M * k + M * (k / 32) * 16) / 16;
-        for (int i = threadIdx.x; i < n16; i += blockDim.x) dst[i] = __ldg(src + i);
+        // Weights are never written: safe to touch before the wait.
+        const int row0 = blockIdx.x * warps + warp;
+        const long long rb = T == T_Q8_0 ? k : k / 2;  // bytes of plane 0 per row
+        if (row0 < n)
+            for (long long o = lane * 128; o < rb; o += 32 * 128) prefetch_l2(p0 + row0 * rb + o);
+    }
+    pdl_enter();
+    const int groups = M * (k / 32);
+#pragma unroll 4
+    for (int g = warp; g < groups; g += warps) {
+        float v = __ldg(x + (long long)g * 32 + lane);
+        float amax = warp_max(fabsf(v));
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        int q = (int)roundf(v * id);
+        xq[g * 32 + lane] = (i8)q;
+        int s0 = warp_sum_i(lane < 16 ? q : 0);
+        int s1 = warp_sum_i(lane < 16 ? 0 : q);
+        if (lane == 0) xg[g] = XGroup{d, d * (float)(s0 + s1), s0, s1};
     }
     __syncthreads();
     const W w{p0, p1, p2, p3};
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     const int nu = units_per_row<T>(k);
     for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
         float acc[M];

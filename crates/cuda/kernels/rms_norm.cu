@@ -3,6 +3,7 @@
 // reference does, so rows of thousands of values keep their low bits.
 
 extern "C" __global__ void rms_norm(const float* x, const float* w, int n, float eps, float* out) {
+    pdl_enter();
     __shared__ double part[32];
     const float* xr = x + (long long)blockIdx.x * n;
     float* orow = out + (long long)blockIdx.x * n;

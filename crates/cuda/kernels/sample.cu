@@ -25,6 +25,7 @@ struct SamplerState {
 extern "C" __global__ void sample_prepare(const float* logits, float* work, int V,
                                           const unsigned* counts, int penalize, float rp,
                                           float freq, float pres) {
+    pdl_enter();
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= V) return;
     float l = logits[t];
@@ -55,6 +56,7 @@ __device__ void accept_token(int t, int V, SamplerState* st, unsigned* counts, i
 // Feed host-chosen tokens (the prompt) into the penalty window.
 extern "C" __global__ void sampler_accept(const int* tokens, int n, int V, SamplerState* st,
                                           unsigned* counts, int* hist, int window) {
+    pdl_enter();
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
     for (int i = 0; i < n; i++) accept_token(tokens[i], V, st, counts, hist, window);
 }
@@ -67,6 +69,7 @@ extern "C" __global__ void sampler_accept(const int* tokens, int n, int V, Sampl
 extern "C" __global__ void sample_argmax(const float* x, int V, float* part_v, int* part_i,
                                          unsigned* counter, int* out_id, SamplerState* st,
                                          unsigned* counts, int* hist, int window) {
+    pdl_enter();
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ bool last;
@@ -340,6 +343,7 @@ __device__ double next_f64(SamplerState* st) {
 // id at the end, with the same ties and walks as on the whole vocabulary.
 extern "C" __global__ void sample_topk_blocks(const float* w, int V, int top_k, float* cand_v,
                                               int* cand_i) {
+    pdl_enter();
     __shared__ Shared s;
     const int chunk = (V + gridDim.x - 1) / gridDim.x;
     const int lo = min(V, (int)blockIdx.x * chunk), hi = min(V, lo + chunk);
@@ -381,6 +385,7 @@ extern "C" __global__ void sample_filter(const float* w, int V, int top_k, float
                                          float min_p, float temperature, SamplerState* st,
                                          unsigned* counts, int* hist, int window, int* out_id,
                                          const int* map) {
+    pdl_enter();
     __shared__ Shared s;
     __shared__ double u_shared;
     Ctx c{w, V, 0.0f, 1.0f / temperature};

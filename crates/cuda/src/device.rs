@@ -107,10 +107,22 @@ pub(crate) struct Device {
     pub sm_count: u32,
     pub smem_optin: u32,
     pub driver_version: i32,
+    /// Launch kernels with programmatic stream serialization (programmatic
+    /// dependent launch): sm_90 and newer, unless METALLIC_CUDA_PDL=0.
+    pub pdl: bool,
     used: AtomicU64,
     mode: AtomicU8,
     fingerprint: Mutex<u64>,
     staging: Mutex<Pinned>,
+}
+
+/// METALLIC_CUDA_PDL=0 (or `off`, `false`) turns programmatic dependent
+/// launch off, for comparison.
+fn pdl_enabled() -> bool {
+    !matches!(
+        std::env::var("METALLIC_CUDA_PDL").as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
 }
 
 #[inline]
@@ -182,6 +194,7 @@ impl Device {
             sm_count,
             smem_optin,
             driver_version: info.version,
+            pdl: cc >= (9, 0) && pdl_enabled(),
             used: AtomicU64::new(0),
             mode: AtomicU8::new(Mode::Normal as u8),
             fingerprint: Mutex::new(0),
@@ -276,6 +289,33 @@ impl Device {
         }
         for i in 0..args.len() {
             ptrs[i] = &mut slots[i] as *mut u64 as *mut c_void;
+        }
+        if self.pdl {
+            // Every kernel starts with `pdl_enter` (common.cuh), which waits
+            // for its predecessor before touching memory: the attribute only
+            // lets its launch overlap the predecessor's tail.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                hStream: self.stream.0,
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            return check(
+                unsafe {
+                    sys::cuLaunchKernelEx(&cfg, f.0, ptrs.as_mut_ptr(), std::ptr::null_mut())
+                },
+                "cuLaunchKernelEx",
+            );
         }
         check(
             unsafe {

@@ -132,7 +132,7 @@ impl Backend for CudaBackend {
     fn device_description(&self) -> String {
         let (_, total) = self.dev.mem_info();
         format!(
-            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{})",
+            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{}, PDL {})",
             self.dev.ordinal,
             self.dev.name,
             self.dev.cc.0,
@@ -140,7 +140,8 @@ impl Backend for CudaBackend {
             self.dev.sm_count,
             total as f64 / (1u64 << 30) as f64,
             self.dev.driver_version / 1000,
-            (self.dev.driver_version % 1000) / 10
+            (self.dev.driver_version % 1000) / 10,
+            if self.dev.pdl { "on" } else { "off" }
         )
     }
 
