@@ -94,6 +94,18 @@ impl CudaBackend {
         probe::driver().err().map(|e| e.to_string())
     }
 
+    /// Whether kernels launch with programmatic dependent launch (sm_90+;
+    /// METALLIC_CUDA_PDL=0 turns it off when the backend opens).
+    pub fn programmatic_launch(&self) -> bool {
+        self.dev.pdl()
+    }
+
+    /// Turn programmatic dependent launch on (where the device has it) or
+    /// off; graphs captured the other way are captured again.
+    pub fn set_programmatic_launch(&self, on: bool) {
+        self.dev.set_pdl(on);
+    }
+
     /// Graphs captured and replayed so far.
     pub fn graph_stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -141,7 +153,7 @@ impl Backend for CudaBackend {
             total as f64 / (1u64 << 30) as f64,
             self.dev.driver_version / 1000,
             (self.dev.driver_version % 1000) / 10,
-            if self.dev.pdl { "on" } else { "off" }
+            if self.dev.pdl() { "on" } else { "off" }
         )
     }
 
