@@ -243,12 +243,12 @@ fn attention_case(gpu: &impl Backend, a: &Attn) {
 }
 
 /// Decode (one query row) at filled lengths around the kernels' tiles (32
-/// keys a warp, 64 keys a split at least) and with few and many splits,
-/// for head dimensions 64 and 128.
+/// keys a warp, 256 keys a split at least), in one block or merged from
+/// several, for head dimensions 64 and 128 (compiled for) and 80 (generic).
 #[test]
 fn decode_attention_matches_cpu_at_many_lengths() {
     let Some(gpu) = cuda_or_skip() else { return };
-    for hd in [64, 128] {
+    for hd in [64, 80, 128] {
         let layout = QkvLayout {
             head_dim: hd,
             ..LAYOUT
@@ -261,6 +261,8 @@ fn decode_attention_matches_cpu_at_many_lengths() {
             (256, 65),
             (256, 200),
             (4096, 129),
+            (512, 300),
+            (2048, 777),
             (4096, 1000),
             (4096, 4096),
         ] {
@@ -281,7 +283,7 @@ fn decode_attention_matches_cpu_at_many_lengths() {
 #[test]
 fn prefill_attention_matches_cpu_at_many_lengths() {
     let Some(gpu) = cuda_or_skip() else { return };
-    for hd in [64, 128] {
+    for hd in [64, 80, 128] {
         let layout = QkvLayout {
             head_dim: hd,
             ..LAYOUT
