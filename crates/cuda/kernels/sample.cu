@@ -110,20 +110,43 @@ extern "C" __global__ void sample_argmax(const float* x, int V, float* part_v, i
         last = ticket == gridDim.x - 1;
     }
     __syncthreads();
-    if (!last || threadIdx.x != 0) return;
+    if (!last) return;
     __threadfence();
-    const volatile float* pv = part_v;
-    const volatile int* pi = part_i;
-    float b = NEG_INF;
-    int id = 0x7fffffff;
-    for (int k = 0; k < (int)gridDim.x; k++) {
-        float v = pv[k];
-        int i = pi[k];
-        if (v > b || (v == b && i < id)) {
-            b = v;
-            id = i;
+    // The whole last block merges the partials: one load per thread, past L1
+    // (other blocks wrote them), then the same reduction as above.
+    best = NEG_INF;
+    bi = 0x7fffffff;
+    for (int k = threadIdx.x; k < (int)gridDim.x; k += blockDim.x) {
+        float v = __ldcg(part_v + k);
+        int i = __ldcg(part_i + k);
+        if (v > best || (v == best && i < bi)) {
+            best = v;
+            bi = i;
         }
     }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(FULL_MASK, best, o);
+        int oi = __shfl_xor_sync(FULL_MASK, bi, o);
+        if (ov > best || (ov == best && oi < bi)) {
+            best = ov;
+            bi = oi;
+        }
+    }
+    __syncthreads();
+    if (lane == 0) {
+        sv[warp] = best;
+        si[warp] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    float b = NEG_INF;
+    int id = 0x7fffffff;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++)
+        if (sv[w] > b || (sv[w] == b && si[w] < id)) {
+            b = sv[w];
+            id = si[w];
+        }
     int tok = b == NEG_INF ? -1 : id;
     *out_id = tok;
     accept_token(tok, V, st, counts, hist, window);
