@@ -106,6 +106,17 @@ impl CudaBackend {
         self.dev.set_pdl(on);
     }
 
+    /// Quantise `vecdot`'s activations inside each product (`true`) or in a
+    /// separate kernel first (`false`; METALLIC_CUDA_VECDOT_FUSED=0 when the
+    /// backend opens). The results are identical.
+    pub fn set_vecdot_fused(&self, on: bool) {
+        self.k.vecdot.set_fused(on);
+    }
+
+    pub fn vecdot_fused(&self) -> bool {
+        self.k.vecdot.fused()
+    }
+
     /// Graphs captured and replayed so far.
     pub fn graph_stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;

@@ -3,11 +3,20 @@
 //! products against quantised weights (`kernels/matmul_vecdot.cu`). The same
 //! arithmetic as the CPU's `vecdot`; float weights take f32 activations
 //! through the `fdot` kernels, as there.
+//!
+//! The activations are quantised either inside every block of the product
+//! (one launch a product) or once by a separate kernel whose result each
+//! block copies (two launches, less work a block); the results are
+//! identical. [`Vecdot::set_fused`] (METALLIC_CUDA_VECDOT_FUSED=0/1 when the
+//! backend opens) chooses.
 
-use super::kernel_source;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use super::matmul_fdot::{check_m, matvec_args, matvec_grid, Fdot, MAX_M};
+use super::{ew_grid, kernel_source, EW_BLOCK};
 use crate::compile::KernelSource;
-use crate::device::{Device, Func};
+use crate::device::{Arg, Device, DeviceBuffer, Func};
 use crate::error::{CudaError, CudaResult};
 use crate::kernels::Loader;
 use crate::linear::CudaLinear;
@@ -18,9 +27,13 @@ pub(crate) const SOURCE: KernelSource = kernel_source!("matmul_vecdot");
 /// Shared memory the kernels may use for the quantised activations.
 const SMEM_LIMIT: usize = 160 * 1024;
 
-/// Shared-memory bytes of `m` rows of `k` quantised activations, which every
-/// block makes from the f32 activations itself: int8 quants, then a
-/// 16-byte group record (scale, scaled sum, half sums) per 32 values.
+/// The quantised-activation scratch is first sized for rows of this length,
+/// so that the products of one step do not regrow it mid-step.
+const XQ_MIN_K: usize = 16384;
+
+/// Bytes of `m` rows of `k` quantised activations (in shared memory and in
+/// the scratch buffer): int8 quants, then a 16-byte group record (scale,
+/// scaled sum, half sums) per 32 values.
 fn xq_bytes(m: usize, k: usize) -> usize {
     m * k + m * (k / 32) * 16
 }
@@ -33,29 +46,86 @@ pub(crate) fn supports(t: WType, k: usize, m: usize) -> bool {
     }
 }
 
+/// METALLIC_CUDA_VECDOT_FUSED: `0`/`off` quantises activations in a separate
+/// kernel; anything else (or unset) inside the product.
+fn fused_default() -> bool {
+    !matches!(
+        std::env::var("METALLIC_CUDA_VECDOT_FUSED").as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
+}
+
 pub(crate) struct Vecdot {
-    /// `vecdot_<type>_m<M>` for quantised types (null for float types).
-    f: [[Func; MAX_M]; WType::COUNT],
+    /// `vecdot_<type>_m<M>` (quantising in the block) for quantised types
+    /// (null for float types).
+    fused: [[Func; MAX_M]; WType::COUNT],
+    /// `vecdotpre_<type>_m<M>` (copying what `quantize_act` made).
+    pre: [[Func; MAX_M]; WType::COUNT],
+    quantize: Func,
+    use_fused: AtomicBool,
+    /// The activations quantised by `quantize_act`, grown on demand.
+    xq: Mutex<Option<DeviceBuffer>>,
 }
 
 impl Vecdot {
     pub fn load(l: &mut Loader) -> CudaResult<Vecdot> {
         let module = l.module(&SOURCE)?;
-        let mut f = [[Func::null(); MAX_M]; WType::COUNT];
+        let mut fused = [[Func::null(); MAX_M]; WType::COUNT];
+        let mut pre = [[Func::null(); MAX_M]; WType::COUNT];
         for t in WType::ALL.into_iter().filter(|t| t.is_quantized()) {
             for m in 1..=MAX_M {
-                let func = module.function(&format!("vecdot_{}_m{m}", t.suffix()))?;
-                l.allow_smem(func)?;
-                f[t as usize][m - 1] = func;
+                for (set, prefix) in [(&mut fused, "vecdot"), (&mut pre, "vecdotpre")] {
+                    let f = module.function(&format!("{prefix}_{}_m{m}", t.suffix()))?;
+                    l.allow_smem(f)?;
+                    set[t as usize][m - 1] = f;
+                }
             }
         }
-        Ok(Vecdot { f })
+        Ok(Vecdot {
+            fused,
+            pre,
+            quantize: module.function("quantize_act")?,
+            use_fused: AtomicBool::new(fused_default()),
+            xq: Mutex::new(None),
+        })
+    }
+
+    /// Quantise activations inside every product (`true`) or in a separate
+    /// kernel first (`false`). Same results either way.
+    pub fn set_fused(&self, on: bool) {
+        self.use_fused.store(on, Ordering::Relaxed);
+    }
+
+    pub fn fused(&self) -> bool {
+        self.use_fused.load(Ordering::Relaxed)
+    }
+
+    /// Quantise `x[m, k]` into the scratch buffer; its address.
+    fn quantize(&self, dev: &Arc<Device>, x: u64, m: usize, k: usize) -> CudaResult<u64> {
+        // Sized for the largest batch at once, so that a decode step (m = 1)
+        // and a prefill chunk share one buffer.
+        let want = xq_bytes(MAX_M, k.max(XQ_MIN_K));
+        let mut slot = self.xq.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|b| b.bytes < want) {
+            *slot = None;
+            *slot = Some(DeviceBuffer::new(dev, want, "quantised activations")?);
+        }
+        let buf = slot.as_ref().expect("just set").ptr;
+        // One warp per 32-value group.
+        dev.launch(
+            self.quantize,
+            ew_grid(m * k),
+            EW_BLOCK,
+            0,
+            &[Arg(x), Arg::from(m as i32), Arg::from(k as i32), Arg(buf)],
+        )?;
+        Ok(buf)
     }
 
     /// `out[m, n] = x[m, k] W^T (+ bias)`; float segments go to `fdot`.
     pub fn launch(
         &self,
-        dev: &Device,
+        dev: &Arc<Device>,
         fdot: &Fdot,
         x: u64,
         w: &CudaLinear,
@@ -65,6 +135,8 @@ impl Vecdot {
         check_m(m)?;
         let (n, k) = (w.info.n, w.info.k);
         let bias = w.bias.as_ref().map_or(0, |b| b.ptr);
+        let fused = self.fused();
+        let mut xq = 0;
         for seg in &w.segs {
             if !seg.ty.is_quantized() {
                 fdot.launch_segment(dev, seg, k, m, x, out, n, bias)?;
@@ -75,18 +147,26 @@ impl Vecdot {
                     "vecdot: rows of k = {k} are too long for m = {m}"
                 )));
             }
+            let (f, xin) = if fused {
+                (self.fused[seg.ty as usize][m - 1], x)
+            } else {
+                if xq == 0 {
+                    xq = self.quantize(dev, x, m, k)?;
+                }
+                (self.pre[seg.ty as usize][m - 1], xq)
+            };
             let sm = dev.sm_count as usize;
             let (warps, blocks) = matvec_grid(dev, seg.rows);
-            // Each block quantises the activations into shared memory once;
-            // cap the blocks so that this is amortised over many rows while
-            // every SM is still filled several times.
+            // Each block quantises (or copies) the activations into shared
+            // memory once; cap the blocks so that this is amortised over many
+            // rows while every SM is still filled several times.
             let blocks = blocks.min(sm * 32 / warps);
             dev.launch(
-                self.f[seg.ty as usize][m - 1],
+                f,
                 (blocks as u32, 1, 1),
                 (warps * 32) as u32,
                 xq_bytes(m, k) as u32,
-                &matvec_args(seg, k, x, out, n, bias),
+                &matvec_args(seg, k, xin, out, n, bias),
             )?;
         }
         Ok(())
