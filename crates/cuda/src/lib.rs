@@ -106,14 +106,15 @@ impl CudaBackend {
         self.dev.set_pdl(on);
     }
 
-    /// Quantise `vecdot`'s activations inside each product (`true`) or in a
-    /// separate kernel first (`false`; METALLIC_CUDA_VECDOT_FUSED=0 when the
-    /// backend opens). The results are identical.
-    pub fn set_vecdot_fused(&self, on: bool) {
+    /// Quantise `vecdot`'s activations inside each product (`Some(true)`),
+    /// in a separate kernel first (`Some(false)`), or by weight type (`None`,
+    /// the default: inside for Q8_0). METALLIC_CUDA_VECDOT_FUSED=1/0 sets it
+    /// when the backend opens. The results are identical.
+    pub fn set_vecdot_fused(&self, on: Option<bool>) {
         self.k.vecdot.set_fused(on);
     }
 
-    pub fn vecdot_fused(&self) -> bool {
+    pub fn vecdot_fused(&self) -> Option<bool> {
         self.k.vecdot.fused()
     }
 

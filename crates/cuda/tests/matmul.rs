@@ -191,7 +191,7 @@ fn vecdot_fused_quantisation_equals_separate_kernel_bit_for_bit() {
                 let xg = activations(&gpu, &x, m, k);
                 let mut out = [Vec::new(), Vec::new()];
                 for (fused, o) in [false, true].into_iter().zip(&mut out) {
-                    gpu.set_vecdot_fused(fused);
+                    gpu.set_vecdot_fused(Some(fused));
                     let mut og = gpu.alloc(DType::F32, m * n, "out").unwrap();
                     gpu.matmul(vecdot, &xg, &lg, m, &mut og).unwrap();
                     *o = read(&gpu, &og, m * n);
