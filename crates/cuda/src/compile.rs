@@ -107,7 +107,7 @@ mod tests {
     /// a message where NVRTC cannot be found.
     #[test]
     fn every_kernel_compiles_for_hopper_and_turing() {
-        if let Err(e) = crate::probe::nvrtc() {
+        if let Err(e) = crate::driver::nvrtc() {
             eprintln!("skipped: {e}");
             return;
         }

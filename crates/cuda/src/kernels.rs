@@ -162,7 +162,7 @@ pub(crate) struct Kernels {
 
 impl Kernels {
     pub fn load(dev: &Arc<Device>) -> CudaResult<Kernels> {
-        crate::probe::nvrtc()?;
+        crate::driver::nvrtc()?;
         dev.bind()?;
         let mut l = Loader {
             dev,

@@ -14,19 +14,19 @@
 //! crosses to the host.
 //!
 //! Opening the backend without a driver or a GPU is a typed error
-//! ([`CudaError`]), never a panic: the libraries are probed before cudarc
-//! first touches them.
+//! ([`CudaError`]), never a panic: the libraries are looked for
+//! (`driver.rs`) before cudarc first touches them.
 
 mod cache;
 mod compile;
 mod device;
+mod driver;
 pub mod error;
 mod graph;
 mod kernels;
 mod linear;
 mod matmul;
 mod ops;
-mod probe;
 mod repack;
 mod sampler;
 mod tensor;
@@ -50,7 +50,7 @@ pub use crate::linear::CudaLinear;
 use crate::ops::attention::Cache;
 use crate::ops::matmul_cublas::Blas;
 use crate::ops::rope::RopeParams;
-pub use crate::probe::{driver as probe_driver, DriverInfo};
+pub use crate::driver::{discover as discover_driver, DriverInfo};
 pub use crate::sampler::CudaSampler;
 pub use crate::tensor::CudaTensor;
 pub use crate::timing::CudaMark;
@@ -69,7 +69,7 @@ fn invalid(msg: impl Into<String>) -> metallic::error::Error {
 }
 
 impl CudaBackend {
-    /// Open device `ordinal`: probe the driver, compile (or load cached)
+    /// Open device `ordinal`: find the driver, compile (or load cached)
     /// kernels, create the cuBLAS handle.
     pub fn new(ordinal: usize) -> std::result::Result<CudaBackend, CudaError> {
         let dev = Device::open(ordinal)?;
@@ -84,14 +84,14 @@ impl CudaBackend {
         })
     }
 
-    /// Whether a usable CUDA device is present (probes without panicking).
+    /// Whether a usable CUDA device is present (looks for the driver without panicking).
     pub fn available() -> bool {
-        probe::driver().is_ok()
+        driver::discover().is_ok()
     }
 
     /// Why no CUDA device can be used, if none can.
     pub fn unavailable_reason() -> Option<String> {
-        probe::driver().err().map(|e| e.to_string())
+        driver::discover().err().map(|e| e.to_string())
     }
 
     /// Whether kernels launch with programmatic dependent launch (sm_90+;

@@ -135,7 +135,7 @@ fn grow(
 
 impl Blas {
     pub fn new(dev: &Arc<Device>) -> CudaResult<Blas> {
-        crate::probe::cublas()?;
+        crate::driver::cublas()?;
         dev.bind()?;
         let handle = cudarc::cublas::result::create_handle().ctx("cublasCreate")?;
         let workspace = DeviceBuffer::new(dev, WORKSPACE_BYTES, "cuBLAS workspace")?;
