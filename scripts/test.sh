@@ -5,4 +5,32 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
 ./scripts/fetch-assets.sh
+# The chat/TUI tests drive the binary inside tmux (a real terminal); they skip
+# without it, so install it where apt-get can.
+if ! command -v tmux >/dev/null; then
+    if command -v apt-get >/dev/null; then
+        SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        $SUDO apt-get update -qq && $SUDO apt-get install -y -qq tmux >/dev/null \
+            || echo "warning: could not install tmux; the terminal tests will skip" >&2
+    else
+        echo "warning: tmux not found and no apt-get; the terminal tests will skip" >&2
+    fi
+fi
+
+# NVRTC from PyPI (no GPU needed), so that the kernel-compile test builds every
+# CUDA kernel for sm_90 and sm_75 here too. Installed once into .nvrtc/ (git-
+# ignored); any failure only skips that test, with its message.
+if [ -z "${METALLIC_CUDA_LIB_DIR:-}" ]; then
+  lib=$(ls -d .nvrtc/nvidia/cu*/lib 2>/dev/null | head -1)
+  if [ -z "$lib" ]; then
+    echo "installing NVRTC (nvidia-cuda-nvrtc) into .nvrtc/ for the kernel-compile test"
+    timeout 600 python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target .nvrtc 'nvidia-cuda-nvrtc>=13,<14' >/dev/null 2>&1 \
+      || echo "warning: NVRTC could not be installed; the kernel-compile test will skip" >&2
+    lib=$(ls -d .nvrtc/nvidia/cu*/lib 2>/dev/null | head -1)
+  fi
+  if [ -n "$lib" ] && ls "$lib"/libnvrtc.so* >/dev/null 2>&1; then
+    export METALLIC_CUDA_LIB_DIR="$PWD/$lib"
+  fi
+fi
 cargo test --workspace --all-targets "$@"
