@@ -2,7 +2,7 @@
 # Do metallic's quantize and synth give every tensor the type llama-quantize
 # gives it? For each model layout and file type: a synthetic F16 model
 # (metallic synth), quantised by llama-quantize (built from the llama-cpp-python
-# sdist by scripts/llamacpp.sh) and by `metallic quantize`, and written directly
+# sdist by scripts/llamacpp.sh build cpu) and by `metallic quantize`, and written directly
 # by `metallic synth --dtype TYPE`; the three files' tensor types, and the
 # per-type tensor counts and bytes of the first two, must agree.
 #
@@ -26,7 +26,8 @@ if [ -z "${METALLIC:-}" ]; then
   METALLIC=target/release/metallic
 fi
 if [ -z "${LLAMA_QUANTIZE:-}" ]; then
-  LLAMA_QUANTIZE="$(scripts/llamacpp.sh llama-quantize)/llama-quantize"
+  LLAMA_QUANTIZE=.llamacpp/src/vendor/llama.cpp/build/bin/llama-quantize
+  [ -x "$LLAMA_QUANTIZE" ] || LLAMA_QUANTIZE="$(scripts/llamacpp.sh build cpu | tail -1)/llama-quantize"
 fi
 [ -f assets/qwen2/tokenizer.json ] || scripts/fetch-assets.sh
 if [ -z "${WORK:-}" ]; then
