@@ -32,14 +32,15 @@ fn xq_bytes(m: usize, k: usize) -> usize {
 
 /// Whether `vecdot` reads rows of `k` values of type `t` for `m` rows.
 pub(crate) fn supports(t: WType, k: usize, m: usize) -> bool {
-    match t {
-        WType::F32 | WType::F16 | WType::BF16 => super::matmul_fdot::supports_k(t, k),
-        _ => k.is_multiple_of(t.block()) && xq_bytes(m, k) <= SMEM_LIMIT,
+    if t.has_vecdot() {
+        k.is_multiple_of(t.block()) && xq_bytes(m, k) <= SMEM_LIMIT
+    } else {
+        super::matmul_fdot::supports_k(t, k)
     }
 }
 
 pub(crate) struct Vecdot {
-    /// `vecdot_<type>_m<M>` for quantised types (null for float types).
+    /// `vecdot_<type>_m<M>` for the types with a kernel (null for the others).
     f: [[Func; MAX_M]; WType::COUNT],
     quantize: Func,
     /// The quantised activations, grown on demand.
@@ -50,7 +51,7 @@ impl Vecdot {
     pub fn load(l: &mut Loader) -> CudaResult<Vecdot> {
         let module = l.module(&SOURCE)?;
         let mut f = [[Func::null(); MAX_M]; WType::COUNT];
-        for t in WType::ALL.into_iter().filter(|t| t.is_quantized()) {
+        for t in WType::ALL.into_iter().filter(|t| t.has_vecdot()) {
             for m in 1..=MAX_M {
                 let func = module.function(&format!("vecdot_{}_m{m}", t.suffix()))?;
                 l.allow_smem(func)?;
@@ -86,7 +87,8 @@ impl Vecdot {
         Ok(buf)
     }
 
-    /// `out[m, n] = x[m, k] W^T (+ bias)`; float segments go to `fdot`.
+    /// `out[m, n] = x[m, k] W^T (+ bias)`; segments of types without a
+    /// `vecdot` kernel (float, 5-, 3- and 2-bit) go to `fdot`.
     pub fn launch(
         &self,
         dev: &Arc<Device>,
@@ -101,7 +103,7 @@ impl Vecdot {
         let bias = w.bias.as_ref().map_or(0, |b| b.ptr);
         let mut xq = 0;
         for seg in &w.segs {
-            if !seg.ty.is_quantized() {
+            if !seg.ty.has_vecdot() {
                 fdot.launch_segment(dev, seg, k, m, x, out, n, bias)?;
                 continue;
             }
