@@ -155,11 +155,17 @@ fn qwen25_05b_f16_logits_match_transformers() {
 /// `metallic synth --arch ARCH --preset PRESET --dtype FTYPE --seed 1` writes
 /// it (Qwen2: assets/qwen2/tokenizer.json; Llama: the SmolLM2 GGUF's
 /// tokenizer); None when assets are missing.
-fn synth_mix(arch: Arch, preset: &str, ftype: metallic::quantize::FileType) -> Option<Arc<GgufFile>> {
+fn synth_mix(
+    arch: Arch,
+    preset: &str,
+    ftype: metallic::quantize::FileType,
+) -> Option<Arc<GgufFile>> {
     let spec = if arch == Arch::Qwen2 {
         let dir = repo_path("assets/qwen2");
         let Ok(json) = std::fs::read_to_string(dir.join("tokenizer.json")) else {
-            eprintln!("skipping: assets/qwen2/tokenizer.json missing (run scripts/fetch-assets.sh)");
+            eprintln!(
+                "skipping: assets/qwen2/tokenizer.json missing (run scripts/fetch-assets.sh)"
+            );
             return None;
         };
         let mut spec = TokenizerSpec::from_hf_json(&json, Some(151_664)).unwrap();
@@ -169,7 +175,10 @@ fn synth_mix(arch: Arch, preset: &str, ftype: metallic::quantize::FileType) -> O
     } else {
         let path = repo_path("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
         let Ok(file) = GgufFile::open(&path) else {
-            eprintln!("skipping: {} missing (run scripts/fetch-assets.sh)", path.display());
+            eprintln!(
+                "skipping: {} missing (run scripts/fetch-assets.sh)",
+                path.display()
+            );
             return None;
         };
         TokenizerSpec::from_gguf(&file).unwrap()
