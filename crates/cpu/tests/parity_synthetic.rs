@@ -19,12 +19,8 @@
 //! package dequantises every one of those types to the values our reference
 //! dequantisation gives, so the same f32 tolerance applies as for F16.
 
-#[path = "../../core/tests/support/golden.rs"]
-mod golden;
-
 use std::sync::Arc;
 
-use golden::{check_row, repo_path, Golden, Tolerance};
 use metallic::backend::Backend;
 use metallic::chat::builtin;
 use metallic::config::Arch;
@@ -36,6 +32,8 @@ use metallic::synth::{self, SynthOptions};
 use metallic::tokenizer::TokenizerSpec;
 use metallic_cpu::CpuBackend;
 use metallic_gguf::{GgmlType, GgufFile};
+use metallic_test_support::logits::{self as golden, check_row, Golden, Tolerance};
+use metallic_test_support::repo_path;
 
 /// Builds the synthetic model as `metallic synth --arch qwen2 --tokenizer
 /// assets/qwen2/tokenizer.json --seed 1` does; None when assets are missing.
@@ -114,11 +112,7 @@ fn tiny_qwen2_f32_logits_match_transformers() {
     let Some(f) = synth_qwen2("tiny", GgmlType::F32) else {
         return;
     };
-    check_against(
-        "crates/core/tests/golden/tiny_qwen2_f32_logits.json",
-        &f,
-        TINY_TOL,
-    );
+    check_against("tiny_qwen2_f32_logits.json", &f, TINY_TOL);
 }
 
 #[test]
@@ -126,11 +120,7 @@ fn tiny_qwen2_q8_0_logits_match_transformers() {
     let Some(f) = synth_qwen2("tiny", GgmlType::Q8_0) else {
         return;
     };
-    check_against(
-        "crates/core/tests/golden/tiny_qwen2_q8_0_logits.json",
-        &f,
-        TINY_TOL,
-    );
+    check_against("tiny_qwen2_q8_0_logits.json", &f, TINY_TOL);
 }
 
 /// Builds a 1 GB model in memory: run with `--include-ignored` (release).
@@ -144,11 +134,7 @@ fn qwen25_05b_f16_logits_match_transformers() {
         max_abs: 5e-4,
         min_cosine: 0.99999,
     };
-    check_against(
-        "crates/core/tests/golden/qwen25_05b_f16_logits.json",
-        &f,
-        tol,
-    );
+    check_against("qwen25_05b_f16_logits.json", &f, tol);
 }
 
 /// A synthetic model with llama.cpp's per-tensor types for `ftype`, as
@@ -207,11 +193,7 @@ fn smollm2_q4_k_m_logits_match_transformers() {
     };
     let types: std::collections::BTreeSet<_> = f.tensors().iter().map(|t| t.ggml_type).collect();
     assert!(types.contains(&GgmlType::Q5_0) && types.contains(&GgmlType::Q6_K));
-    check_against(
-        "crates/core/tests/golden/smollm2_135m_q4_k_m_logits.json",
-        &f,
-        MIX_TOL,
-    );
+    check_against("smollm2_135m_q4_k_m_logits.json", &f, MIX_TOL);
 }
 
 /// Builds a 400 MB model in memory: run with `--include-ignored` (release).
@@ -222,9 +204,5 @@ fn qwen25_05b_q4_k_m_logits_match_transformers() {
     let Some(f) = synth_mix(Arch::Qwen2, "qwen2.5-0.5b", FileType::Q4_K_M) else {
         return;
     };
-    check_against(
-        "crates/core/tests/golden/qwen25_05b_q4_k_m_logits.json",
-        &f,
-        MIX_TOL,
-    );
+    check_against("qwen25_05b_q4_k_m_logits.json", &f, MIX_TOL);
 }

@@ -12,13 +12,10 @@
 //! float32 summation order only (rel. L2 ~2e-7 on the tiny models).
 
 mod common;
-#[path = "../../core/tests/support/golden.rs"]
-mod golden;
 
 use std::sync::Arc;
 
 use common::*;
-use golden::{check_row, Golden, Tolerance};
 use metallic::backend::Backend;
 use metallic::config::Arch;
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
@@ -28,6 +25,7 @@ use metallic::model::{Model, State};
 use metallic::quantize::FileType;
 use metallic_cuda::CudaBackend;
 use metallic_gguf::GgufFile;
+use metallic_test_support::logits::{self as golden, check_row, Golden, Tolerance};
 
 const TOL: Tolerance = Tolerance {
     max_abs: 5e-4,
@@ -86,7 +84,7 @@ fn smollm2_q4_k_m_logits_match_transformers_on_the_gpu() {
     let p = preset(Arch::Llama, "smollm2-135m");
     check_against(
         &gpu,
-        "crates/core/tests/golden/smollm2_135m_q4_k_m_logits.json",
+        "smollm2_135m_q4_k_m_logits.json",
         &synth_mix_model(&p, FileType::Q4_K_M, 1),
     );
 }
@@ -97,7 +95,7 @@ fn qwen25_05b_q4_k_m_logits_match_transformers_on_the_gpu() {
     let p = preset(Arch::Qwen2, "qwen2.5-0.5b");
     check_against(
         &gpu,
-        "crates/core/tests/golden/qwen25_05b_q4_k_m_logits.json",
+        "qwen25_05b_q4_k_m_logits.json",
         &synth_mix_model(&p, FileType::Q4_K_M, 1),
     );
 }
