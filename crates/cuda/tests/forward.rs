@@ -16,6 +16,7 @@ use metallic::generate::prefill;
 use metallic::model::{Model, State};
 use metallic::synth::Preset;
 use metallic_cpu::CpuBackend;
+use metallic_cuda::CudaBackend;
 use metallic_gguf::{GgmlType, GgufFile};
 
 struct Run {
@@ -95,9 +96,12 @@ fn compare_at(
     capacity: usize,
     tol: f64,
 ) {
+    // Skip before building the model: no GPU, nothing to compare.
+    let Some(gpu) = cuda_or_skip() else { return };
     let file = synth_model(p, ty, 7);
     let label = format!("{} {}", p.name, ty.name());
     compare_file(
+        &gpu,
         &label,
         &file,
         p.vocab,
@@ -113,6 +117,7 @@ fn compare_at(
 /// [`compare_at`] on a given file.
 #[allow(clippy::too_many_arguments)]
 fn compare_file(
+    gpu: &CudaBackend,
     label: &str,
     file: &Arc<GgufFile>,
     vocab: usize,
@@ -123,11 +128,10 @@ fn compare_file(
     capacity: usize,
     tol: f64,
 ) {
-    let Some(gpu) = cuda_or_skip() else { return };
     let cpu = CpuBackend::new(0).unwrap();
     let toks = tokens(prompt + 5, vocab, seed);
     let want = run(&cpu, file, None, &toks, prompt, batch, false, capacity);
-    let got = run(&gpu, file, forced, &toks, prompt, batch, true, capacity);
+    let got = run(gpu, file, forced, &toks, prompt, batch, true, capacity);
     let mut worst: f64 = 0.0;
     for (s, (g, w)) in got.logits.iter().zip(&want.logits).enumerate() {
         let e = rel_l2(g, w);
@@ -211,12 +215,24 @@ fn tiny_logits_match_cpu_on_the_default_path_for_every_weight_type() {
 #[test]
 fn llama_cpp_mixes_match_cpu() {
     use metallic::quantize::FileType;
+    let Some(gpu) = cuda_or_skip() else { return };
     for p in [tiny(), tiny256()] {
         for ft in [FileType::Q4_K_M, FileType::Q5_K_M, FileType::Q3_K_M] {
             let file = synth_mix_model(&p, ft, 7);
             let label = format!("{} {}", p.name, ft.name());
-            compare_file(&label, &file, p.vocab, 11, Some("fdot"), 8, 13, 128, 1e-4);
-            compare_file(&label, &file, p.vocab, 11, None, 16, 40, 128, 3e-2);
+            compare_file(
+                &gpu,
+                &label,
+                &file,
+                p.vocab,
+                11,
+                Some("fdot"),
+                8,
+                13,
+                128,
+                1e-4,
+            );
+            compare_file(&gpu, &label, &file, p.vocab, 11, None, 16, 40, 128, 3e-2);
         }
     }
 }
