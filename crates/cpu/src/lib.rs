@@ -8,6 +8,8 @@ pub mod matmul;
 mod matmul_fdot;
 mod matmul_gemm;
 pub mod matmul_vecdot;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod q8_act;
 mod rope;
 mod shared_out;
@@ -160,6 +162,9 @@ pub fn simd_level() -> &'static str {
     }
     #[cfg(target_arch = "aarch64")]
     {
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return "NEON+dotprod";
+        }
         "NEON"
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]

@@ -365,7 +365,10 @@ mod tests {
             )
             .unwrap();
             let base: Vec<f64> = base.iter().map(|&v| v as f64).collect();
-            for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+            for level in SimdLevel::ALL
+                .into_iter()
+                .filter(|&l| l != SimdLevel::Scalar)
+            {
                 if let Some(kern) = Kernels::for_level(level) {
                     let mut out = vec![0.0; m * n];
                     vecdot_with(&kern, &x, &w, m, &mut out).unwrap();

@@ -57,7 +57,7 @@ fn q4_k_scale_min(j: usize, q: &[u8]) -> (f32, f32) {
 /// sub-blocks (low nibbles, then high nibbles) and the offset term
 /// `-(dmin * m1 * sum(x1) + dmin * m2 * sum(x2))`.
 #[inline]
-fn q4_k_chunk(blk: &[u8], c: usize, xsum: &[f32]) -> (f32, f32, f32) {
+pub(crate) fn q4_k_chunk(blk: &[u8], c: usize, xsum: &[f32]) -> (f32, f32, f32) {
     let d = f16_at(blk, 0);
     let dmin = f16_at(blk, 2);
     let (sc1, m1) = q4_k_scale_min(2 * c, &blk[4..16]);
@@ -160,6 +160,8 @@ struct Kernels {
     avx2: bool,
     #[cfg(target_arch = "x86_64")]
     avx512: bool,
+    #[cfg(target_arch = "aarch64")]
+    neon: bool,
 }
 
 impl Kernels {
@@ -174,18 +176,19 @@ impl Kernels {
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("f16c"),
+            #[cfg(target_arch = "aarch64")]
+            neon: std::arch::is_aarch64_feature_detected!("neon"),
         }
     }
 
     /// AVX2 even where AVX-512 exists, for testing one against the other.
     #[cfg(test)]
     fn avx2_only() -> Kernels {
-        let mut k = Kernels::detect();
-        #[cfg(target_arch = "x86_64")]
-        {
-            k.avx512 = false;
+        Kernels {
+            #[cfg(target_arch = "x86_64")]
+            avx512: false,
+            ..Kernels::detect()
         }
-        k
     }
 
     /// Scalar kernels only, for testing them against the SIMD ones.
@@ -196,6 +199,8 @@ impl Kernels {
             avx2: false,
             #[cfg(target_arch = "x86_64")]
             avx512: false,
+            #[cfg(target_arch = "aarch64")]
+            neon: false,
         }
     }
 
@@ -212,6 +217,24 @@ impl Kernels {
             // SAFETY: the CPU has AVX2, FMA and F16C (checked in `detect`), and the
             // row holds k / block elements of `ty` (checked by the caller).
             return unsafe { avx2::dot(ty, w, x, xsum) };
+        }
+        #[cfg(target_arch = "aarch64")]
+        if self.neon {
+            // SAFETY: the CPU has NEON (checked in `detect`); the row holds
+            // k / block elements of `ty` and `xsum` one sum per 32 (caller).
+            return unsafe {
+                match ty {
+                    GgmlType::F32 => crate::neon::f32_row(w, x),
+                    GgmlType::F16 => crate::neon::f16_row(w, x),
+                    GgmlType::Q8_0 => crate::neon::fdot_q8_0(w, x),
+                    GgmlType::Q4_0 => crate::neon::fdot_q4(w, x, xsum, false),
+                    GgmlType::Q4_1 => crate::neon::fdot_q4(w, x, xsum, true),
+                    GgmlType::Q5_0 => crate::neon::fdot_q5_0(w, x, xsum),
+                    GgmlType::Q4_K => crate::neon::fdot_q4_k(w, x, xsum),
+                    GgmlType::Q6_K => crate::neon::fdot_q6_k(w, x),
+                    _ => scalar::dot(ty, w, x, xsum),
+                }
+            };
         }
         scalar::dot(ty, w, x, xsum)
     }
