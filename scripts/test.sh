@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
 ./scripts/fetch-assets.sh
 cargo test --workspace --all-targets "$@"
+# The NEON kernels, cross-compiled and run under qemu-user (a subset: the CPU crate).
+./scripts/test-aarch64.sh

@@ -346,6 +346,85 @@ mod tests {
         }
     }
 
+    /// Every implementation and every SIMD level of `vecdot` on every shape
+    /// of a small ragged grid: row lengths that are not a multiple of the
+    /// kernels' unroll width (odd block counts, odd float lengths), 1..17
+    /// output rows (the row chunks' edges), stacked parts split mid-chunk, one
+    /// and three activation rows. An exhaustive sweep of the grid rather than
+    /// random draws: the space is small, and a failure names its shape.
+    #[test]
+    fn every_impl_and_level_matches_on_ragged_shapes() {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+            GgmlType::F16,
+            GgmlType::F32,
+        ] {
+            let ks: &[usize] = match ty {
+                GgmlType::F16 | GgmlType::F32 => &[1, 5, 17, 31, 33, 67],
+                GgmlType::Q4_K | GgmlType::Q6_K => &[256, 768],
+                _ => &[32, 96, 160, 288],
+            };
+            for &k in ks {
+                for n in 1..=17 {
+                    let parts = if n >= 3 {
+                        vec![n / 3, n - n / 3]
+                    } else {
+                        vec![n]
+                    };
+                    let w = linear(ty, k, &parts, n % 2 == 1);
+                    for m in [1, 3] {
+                        let x = values((k * 31 + n * 7 + m) as u64, m * k);
+                        let (y, abs, q8) = reference(&w, &x, m);
+                        let none = vec![0.0; m * n];
+                        let mut out = vec![f32::NAN; m * n];
+                        let what = format!("{} k={k} n={n} m={m}", ty.name());
+                        let shape = MatmulShape {
+                            op: metallic::backend::MatmulOp::Matmul,
+                            dtype: ty,
+                            batch: 1,
+                            m,
+                            n,
+                            k,
+                            ta: false,
+                            tb: true,
+                        };
+                        for (idx, imp) in IMPLS.iter().enumerate() {
+                            if !(imp.supports)(&shape) {
+                                continue;
+                            }
+                            let extra = if idx == VECDOT && vec_dot::needs_q8(ty) {
+                                &q8
+                            } else {
+                                &none
+                            };
+                            out.fill(f32::NAN);
+                            run(idx, &x, &w, m, &mut out).unwrap();
+                            check(&format!("{} {what}", imp.name), &out, &y, &abs, extra);
+                        }
+                        if !(IMPLS[VECDOT].supports)(&shape) {
+                            continue;
+                        }
+                        let extra = if vec_dot::needs_q8(ty) { &q8 } else { &none };
+                        for level in SimdLevel::ALL {
+                            let Some(kern) = Kernels::for_level(level) else {
+                                continue;
+                            };
+                            out.fill(f32::NAN);
+                            vecdot_with(&kern, &x, &w, m, &mut out).unwrap();
+                            let name = format!("vecdot/{} {what}", level.name());
+                            check(&name, &out, &y, &abs, extra);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn simd_levels_agree_with_the_scalar_kernels() {
         // Same integer dots, different float summation order: 1e-5 of sum |w x|.

@@ -771,6 +771,61 @@ mod tests {
         }
     }
 
+    /// Each kernel level against the scalar one on ragged row lengths (odd
+    /// block and super-block counts, float rows not a multiple of any unroll
+    /// width), rows 1..17 of one matrix so that block loads start at every
+    /// alignment the row stride gives.
+    #[test]
+    fn fdot_levels_match_scalar_on_ragged_rows() {
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
+            let ks: &[usize] = match ty {
+                GgmlType::F16 | GgmlType::F32 => &[1, 3, 15, 17, 33, 129],
+                GgmlType::Q4_K | GgmlType::Q6_K => &[256, 768, 1280],
+                _ => &[32, 96, 160, 544],
+            };
+            for &k in ks {
+                let n = 17;
+                let wv = values(k as u64 + 5, n * k);
+                let bytes = quant::quantize(ty, &wv).unwrap();
+                let row_bytes = bytes.len() / n;
+                let x = values(11 + k as u64, k);
+                let xsum: Vec<f32> = x.chunks(QK).map(|c| c.iter().sum()).collect();
+                for r in 0..n {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    let base = Kernels::scalar().dot(ty, row, &x, &xsum) as f64;
+                    let mag: f64 = {
+                        let mut deq = vec![0.0f32; k];
+                        quant::dequantize(ty, row, &mut deq).unwrap();
+                        deq.iter()
+                            .zip(&x)
+                            .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                            .sum()
+                    };
+                    let bound = 4.0 * k as f64 * mag * f32::EPSILON as f64 / 2.0 + 1e-6;
+                    for (name, kern) in [
+                        ("detected", Kernels::detect()),
+                        ("avx2", Kernels::avx2_only()),
+                    ] {
+                        let got = kern.dot(ty, row, &x, &xsum) as f64;
+                        assert!(
+                            (got - base).abs() <= bound,
+                            "{name} {ty} k={k} row {r}: {got} vs scalar {base} (bound {bound})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn unsupported_types_are_reported() {
         assert!(!supported(GgmlType::Q5_K));
