@@ -14,6 +14,7 @@ pub mod generate;
 pub mod model;
 pub mod percentile;
 pub mod profiler;
+pub mod quantize;
 pub mod report;
 pub mod rng;
 pub mod sampler;
