@@ -308,7 +308,11 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = f32s(x, "matmul x")?;
         let out = f32s_mut(out, "matmul out")?;
-        self.pool.install(|| matmul::run(imp, x, w, m, out))
+        // Small decode products stay on this thread (the row kernels then
+        // split serially too: see matmul::split).
+        self.run(matmul::needs_pool(imp, w, m), || {
+            matmul::run(imp, x, w, m, out)
+        })
     }
 
     fn rope(

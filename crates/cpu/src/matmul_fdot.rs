@@ -26,7 +26,6 @@ use std::cell::RefCell;
 use half::f16;
 use metallic::error::{Error, Result};
 use metallic_gguf::GgmlType;
-use rayon::prelude::*;
 
 use crate::linear::CpuLinear;
 use crate::shared_out::SharedOut;
@@ -125,7 +124,7 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
     static KERNELS: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
     let kernels = *KERNELS.get_or_init(Kernels::detect);
     let nb = k / QK;
-    XSUM.with(|cell| {
+    XSUM.with(|cell| -> Result<()> {
         let mut xsum = cell.borrow_mut();
         xsum.clear();
         for i in 0..m {
@@ -134,10 +133,9 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
         }
         let xsum: &[f32] = &xsum;
         let optr = SharedOut::new(out);
-        // Enough chunks for the pool to balance, few enough to amortise the task cost.
-        const ROWS: usize = 16;
-        (0..n.div_ceil(ROWS)).into_par_iter().for_each(|c| {
-            for r in c * ROWS..((c + 1) * ROWS).min(n) {
+        let split = crate::matmul::split(w, m, rayon::current_num_threads());
+        crate::matmul::try_for_each_task(split, n, |rows| {
+            for r in rows {
                 let (part, pr) = w.locate(r).expect("row within n");
                 let bytes = part.row(pr);
                 let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
@@ -145,13 +143,13 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
                     let xi = &x[i * k..(i + 1) * k];
                     let si = &xsum[i * nb..(i + 1) * nb];
                     let v = kernels.dot(part.ty, bytes, xi, si) + b;
-                    // SAFETY: column r is written by this task only; i * n + r < m * n <= out.len().
+                    // SAFETY: row r is in this task's range only; i * n + r < m * n <= out.len().
                     unsafe { *optr.ptr().add(i * n + r) = v };
                 }
             }
-        });
-    });
-    Ok(())
+            Ok(())
+        })
+    })
 }
 
 #[derive(Clone, Copy)]
