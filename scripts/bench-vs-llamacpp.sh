@@ -2,7 +2,7 @@
 # metallic vs llama.cpp on the CPU: the same GGUF files, the same machine,
 # alternating runs.
 #
-#   scripts/bench-vs-llamacpp.sh [MODEL.gguf...]
+#   scripts/bench-vs-llamacpp.sh [MODEL.gguf...] [THREADS]
 #
 # Without models it runs every row of the CPU comparison: SmolLM2-135M Q4_1
 # (assets/) and synthetic Qwen2.5-0.5B in Q8_0, Q4_0, F16 and Q4_K (written
@@ -13,7 +13,8 @@
 # with a monotonic host clock.
 #
 # Environment:
-#   THREADS      thread counts, comma-separated (default: all cores), e.g. 2,16
+#   THREADS      thread counts, comma-separated (default: all cores), e.g. 2,16;
+#                a numeric argument sets it too
 #   METALLIC     a prebuilt `metallic` binary (default: cargo build --release)
 #   LLAMA_BENCH  a prebuilt llama-bench (default: scripts/llamacpp.sh build cpu,
 #                i.e. llama.cpp from the llama-cpp-python sdist in .llamacpp/)
@@ -41,7 +42,10 @@ if [ -z "${METALLIC:-}" ]; then
   METALLIC=./target/release/metallic
 fi
 
-models=("$@")
+models=()
+for a in "$@"; do
+  if [[ $a =~ ^[0-9,]+$ ]]; then threads=$a; else models+=("$a"); fi
+done
 if [ ${#models[@]} -eq 0 ]; then
   models=(assets/SmolLM2-135M-Instruct.Q4_1.gguf)
   mkdir -p .bench
