@@ -35,7 +35,7 @@ if [ ${#need[@]} -gt 0 ]; then
         fi
     fi
     echo "installing ${need[*]}" >&2
-    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" apt-get update -qq || skip "apt-get update failed"
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
         || skip "apt-get could not install ${need[*]}"
 fi
