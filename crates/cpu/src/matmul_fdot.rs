@@ -27,7 +27,6 @@ use std::cell::RefCell;
 use half::f16;
 use metallic::error::{Error, Result};
 use metallic_gguf::GgmlType;
-use rayon::prelude::*;
 
 use crate::linear::CpuLinear;
 use crate::shared_out::SharedOut;
@@ -58,7 +57,7 @@ fn q4_k_scale_min(j: usize, q: &[u8]) -> (f32, f32) {
 /// sub-blocks (low nibbles, then high nibbles) and the offset term
 /// `-(dmin * m1 * sum(x1) + dmin * m2 * sum(x2))`.
 #[inline]
-fn q4_k_chunk(blk: &[u8], c: usize, xsum: &[f32]) -> (f32, f32, f32) {
+pub(crate) fn q4_k_chunk(blk: &[u8], c: usize, xsum: &[f32]) -> (f32, f32, f32) {
     let d = f16_at(blk, 0);
     let dmin = f16_at(blk, 2);
     let (sc1, m1) = q4_k_scale_min(2 * c, &blk[4..16]);
@@ -137,7 +136,7 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
     static KERNELS: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
     let kernels = *KERNELS.get_or_init(Kernels::detect);
     let nb = k / QK;
-    XSUM.with(|cell| {
+    XSUM.with(|cell| -> Result<()> {
         let mut xsum = cell.borrow_mut();
         xsum.clear();
         for i in 0..m {
@@ -146,10 +145,9 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
         }
         let xsum: &[f32] = &xsum;
         let optr = SharedOut::new(out);
-        // Enough chunks for the pool to balance, few enough to amortise the task cost.
-        const ROWS: usize = 16;
-        (0..n.div_ceil(ROWS)).into_par_iter().for_each(|c| {
-            for r in c * ROWS..((c + 1) * ROWS).min(n) {
+        let split = crate::matmul::split(w, m, rayon::current_num_threads());
+        crate::matmul::try_for_each_task(split, n, |rows| {
+            for r in rows {
                 let (part, pr) = w.locate(r).expect("row within n");
                 let bytes = part.row(pr);
                 let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
@@ -162,13 +160,13 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
                     } else {
                         reference_dot(part.ty, bytes, xi)
                     } + b;
-                    // SAFETY: column r is written by this task only; i * n + r < m * n <= out.len().
+                    // SAFETY: row r is in this task's range only; i * n + r < m * n <= out.len().
                     unsafe { *optr.ptr().add(i * n + r) = v };
                 }
             }
-        });
-    });
-    Ok(())
+            Ok(())
+        })
+    })
 }
 
 thread_local! {
@@ -197,6 +195,8 @@ struct Kernels {
     avx2: bool,
     #[cfg(target_arch = "x86_64")]
     avx512: bool,
+    #[cfg(target_arch = "aarch64")]
+    neon: bool,
 }
 
 impl Kernels {
@@ -211,18 +211,19 @@ impl Kernels {
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("f16c"),
+            #[cfg(target_arch = "aarch64")]
+            neon: std::arch::is_aarch64_feature_detected!("neon"),
         }
     }
 
     /// AVX2 even where AVX-512 exists, for testing one against the other.
     #[cfg(test)]
     fn avx2_only() -> Kernels {
-        let mut k = Kernels::detect();
-        #[cfg(target_arch = "x86_64")]
-        {
-            k.avx512 = false;
+        Kernels {
+            #[cfg(target_arch = "x86_64")]
+            avx512: false,
+            ..Kernels::detect()
         }
-        k
     }
 
     /// Scalar kernels only, for testing them against the SIMD ones.
@@ -233,6 +234,8 @@ impl Kernels {
             avx2: false,
             #[cfg(target_arch = "x86_64")]
             avx512: false,
+            #[cfg(target_arch = "aarch64")]
+            neon: false,
         }
     }
 
@@ -249,6 +252,24 @@ impl Kernels {
             // SAFETY: the CPU has AVX2, FMA and F16C (checked in `detect`), and the
             // row holds k / block elements of `ty` (checked by the caller).
             return unsafe { avx2::dot(ty, w, x, xsum) };
+        }
+        #[cfg(target_arch = "aarch64")]
+        if self.neon {
+            // SAFETY: the CPU has NEON (checked in `detect`); the row holds
+            // k / block elements of `ty` and `xsum` one sum per 32 (caller).
+            return unsafe {
+                match ty {
+                    GgmlType::F32 => crate::neon::f32_row(w, x),
+                    GgmlType::F16 => crate::neon::f16_row(w, x),
+                    GgmlType::Q8_0 => crate::neon::fdot_q8_0(w, x),
+                    GgmlType::Q4_0 => crate::neon::fdot_q4(w, x, xsum, false),
+                    GgmlType::Q4_1 => crate::neon::fdot_q4(w, x, xsum, true),
+                    GgmlType::Q5_0 => crate::neon::fdot_q5_0(w, x, xsum),
+                    GgmlType::Q4_K => crate::neon::fdot_q4_k(w, x, xsum),
+                    GgmlType::Q6_K => crate::neon::fdot_q6_k(w, x),
+                    _ => scalar::dot(ty, w, x, xsum),
+                }
+            };
         }
         scalar::dot(ty, w, x, xsum)
     }
@@ -824,6 +845,61 @@ mod tests {
                         (got - exact).abs() <= bound,
                         "{name} {ty} k={k}: {got} vs {exact} (bound {bound})"
                     );
+                }
+            }
+        }
+    }
+
+    /// Each kernel level against the scalar one on ragged row lengths (odd
+    /// block and super-block counts, float rows not a multiple of any unroll
+    /// width), rows 1..17 of one matrix so that block loads start at every
+    /// alignment the row stride gives.
+    #[test]
+    fn fdot_levels_match_scalar_on_ragged_rows() {
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
+            let ks: &[usize] = match ty {
+                GgmlType::F16 | GgmlType::F32 => &[1, 3, 15, 17, 33, 129],
+                GgmlType::Q4_K | GgmlType::Q6_K => &[256, 768, 1280],
+                _ => &[32, 96, 160, 544],
+            };
+            for &k in ks {
+                let n = 17;
+                let wv = values(k as u64 + 5, n * k);
+                let bytes = quant::quantize(ty, &wv).unwrap();
+                let row_bytes = bytes.len() / n;
+                let x = values(11 + k as u64, k);
+                let xsum: Vec<f32> = x.chunks(QK).map(|c| c.iter().sum()).collect();
+                for r in 0..n {
+                    let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                    let base = Kernels::scalar().dot(ty, row, &x, &xsum) as f64;
+                    let mag: f64 = {
+                        let mut deq = vec![0.0f32; k];
+                        quant::dequantize(ty, row, &mut deq).unwrap();
+                        deq.iter()
+                            .zip(&x)
+                            .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                            .sum()
+                    };
+                    let bound = 4.0 * k as f64 * mag * f32::EPSILON as f64 / 2.0 + 1e-6;
+                    for (name, kern) in [
+                        ("detected", Kernels::detect()),
+                        ("avx2", Kernels::avx2_only()),
+                    ] {
+                        let got = kern.dot(ty, row, &x, &xsum) as f64;
+                        assert!(
+                            (got - base).abs() <= bound,
+                            "{name} {ty} k={k} row {r}: {got} vs scalar {base} (bound {bound})"
+                        );
+                    }
                 }
             }
         }
