@@ -6,6 +6,7 @@ mod device;
 mod generate;
 mod inspect;
 mod machine;
+mod perplexity;
 mod probe;
 mod probe_chart;
 mod report;
@@ -40,6 +41,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Time every matmul implementation on the Qwen2.5 shapes (or a recorded profile's).
     Probe(probe::ProbeArgs),
+    /// Perplexity of a model on a text, and KL divergence from a saved reference, as llama-perplexity.
+    Perplexity(perplexity::PerplexityArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect {
         file: PathBuf,
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::run(&a),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Probe(a) => probe::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
