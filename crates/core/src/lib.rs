@@ -17,6 +17,7 @@ pub mod model;
 pub mod percentile;
 pub mod perplexity;
 pub mod profiler;
+pub mod quantize;
 pub mod report;
 pub mod rng;
 pub mod sampler;

@@ -80,3 +80,40 @@ __device__ __forceinline__ uint4 ldg_stream(const void* p) {
 __device__ __forceinline__ float4 ldg_f4(const float* p) {
     return __ldg(reinterpret_cast<const float4*>(p));
 }
+
+// ---------------------------------------------------------------- matrix-vector products
+// Shared by matmul_fdot.cu and matmul_vecdot.cu (m <= 8 activation rows):
+// out[m, n] = x[m, k] W^T (+ bias). One warp computes one output column (a
+// weight row) for all m rows. Arguments: the four weight pointers (see
+// formats.cuh), n rows, k columns, x [m, k], out (already offset to this
+// weight's first column), the row stride of out, and an optional bias [n].
+
+#define MATVEC_ARGS                                                                      \
+    const u8 *p0, const u8 *p1, const u8 *p2, const u8 *p3, int n, int k, const float *x, \
+        float *out, int ldo, const float *bias
+
+template <int M>
+__device__ __forceinline__ void matvec_store(float (&acc)[M], int lane, int row, float* out, int ldo,
+                                           const float* bias) {
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = warp_sum(acc[m]);
+    if (lane == 0) {
+        float b = bias ? bias[row] : 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; m++) out[(long long)m * ldo + row] = acc[m] + b;
+    }
+}
+
+
+#define MATVEC_M(NAME, IMPL, T, M) \
+    extern "C" __global__ void NAME##_m##M(MATVEC_ARGS) { IMPL<T, M>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
+
+#define MATVEC_ALL_M(NAME, IMPL, T) \
+    MATVEC_M(NAME, IMPL, T, 1)      \
+    MATVEC_M(NAME, IMPL, T, 2)      \
+    MATVEC_M(NAME, IMPL, T, 3)      \
+    MATVEC_M(NAME, IMPL, T, 4)      \
+    MATVEC_M(NAME, IMPL, T, 5)      \
+    MATVEC_M(NAME, IMPL, T, 6)      \
+    MATVEC_M(NAME, IMPL, T, 7)      \
+    MATVEC_M(NAME, IMPL, T, 8)

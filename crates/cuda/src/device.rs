@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::sys::{self, CUresult};
 use cudarc::driver::CudaContext;
 
+use crate::driver;
 use crate::error::{CudaError, CudaResult};
-use crate::probe;
 
 /// Raw driver handles are plain pointers; the driver allows their use from
 /// any thread once the context is current there.
@@ -43,7 +43,7 @@ pub(crate) fn check(r: CUresult, what: &'static str) -> CudaResult<()> {
     } else {
         Err(CudaError::Invalid(format!(
             "CUDA driver: {what} failed: {}",
-            probe::error_name(r)
+            driver::error_name(r)
         )))
     }
 }
@@ -120,7 +120,7 @@ fn mix(h: u64, v: u64) -> u64 {
 
 impl Device {
     pub fn open(ordinal: usize) -> CudaResult<Arc<Device>> {
-        let info = probe::driver()?;
+        let info = driver::discover()?;
         if ordinal >= info.devices as usize {
             return Err(CudaError::BadOrdinal {
                 ordinal,

@@ -27,11 +27,11 @@ fn tolerance(imp: &str, ty: GgmlType) -> f64 {
     match (imp, ty) {
         // f32 arithmetic on the same values, other summation order:
         // about sqrt(k) * 2^-24 per output.
-        ("gemv_f32", _) => 1e-5,
-        ("gemv", _) if !quant => 1e-5,
+        ("fdot", _) => 1e-5,
+        ("vecdot", _) if !quant => 1e-5,
         // Activations quantised to int8 per 32 values (ggml's q8_1 scheme):
         // each value moves by up to amax/254, about 0.3% of a dot product.
-        ("gemv", _) => 1.5e-2,
+        ("vecdot", _) => 1.5e-2,
         // cuBLAS without TF32 (default math mode) on f32 data.
         ("cublas", GgmlType::F32) => 1e-5,
         // Activations rounded to bf16 (8 significant bits, 2^-9 relative).
@@ -100,7 +100,7 @@ fn every_impl_matches_cpu_for_every_weight_type() {
             }
         }
     }
-    // gemv and gemv_f32 for m <= 8 on 8 types, cublas everywhere.
+    // vecdot and fdot for m <= 8 on 8 types, cublas everywhere.
     assert!(
         checked >= 8 * 4 + 8 * 3 * 2,
         "only {checked} products checked"
@@ -163,7 +163,7 @@ fn mixed_type_parts_write_their_own_columns() {
         let imp = gpu.default_matmul_impl(&shape);
         gpu.matmul(imp, &xg, &lg, m, &mut og).unwrap();
         let got = read(&gpu, &og, m * n);
-        // The widest of the parts' tolerances (int8 activations on gemv, f16 on cuBLAS).
+        // The widest of the parts' tolerances (int8 activations on vecdot, f16 on cuBLAS).
         let err = rel_l2(&got, &want);
         eprintln!("mixed m={m}: rel_l2={err:.2e}");
         assert!(err <= 1.5e-2, "m={m}: rel_l2 {err:.3e}");
