@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use metallic::backend::Backend;
+use metallic::config::ModelConfig;
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
 use metallic::exec::Exec;
 use metallic::logprob_file::{Header, LogProbReader, LogProbWriter};
@@ -84,7 +85,8 @@ struct Job {
 fn expected_header(job: &Job, vocab: usize) -> Result<Header> {
     let c = &job.chunking;
     let bos = job.tok.add_bos().then(|| job.tok.bos_id()).flatten();
-    let u = |v: usize, what: &str| u32::try_from(v).with_context(|| format!("{what} {v} too large"));
+    let u =
+        |v: usize, what: &str| u32::try_from(v).with_context(|| format!("{what} {v} too large"));
     Ok(Header {
         vocab: u(vocab, "vocabulary")?,
         n_ctx: u(c.n_ctx, "context")?,
@@ -102,9 +104,11 @@ fn progress(total: usize) -> ProgressBar {
     }
     let pb = ProgressBar::new(total as u64);
     pb.set_style(
-        ProgressStyle::with_template("{bar:30} chunk {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("a valid template")
-            .progress_chars("##-"),
+        ProgressStyle::with_template(
+            "{bar:30} chunk {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("##-"),
     );
     pb
 }
@@ -131,13 +135,6 @@ impl OnBackend for Job {
             );
         }
         let c = self.chunking;
-        if c.n_ctx > cfg.context_length {
-            bail!(
-                "-c {} exceeds the model's context length {}",
-                c.n_ctx,
-                cfg.context_length
-            );
-        }
         let batch = match args.batch_size {
             0 => c.first().clamp(1, 512),
             b => b.min(c.n_ctx),
@@ -299,6 +296,14 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let text = String::from_utf8(text)
         .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text: {e}", args.file.display()))?;
     let file = open_gguf(&model_path)?;
+    let cfg = ModelConfig::from_gguf(&file).context("reading the model's configuration")?;
+    if args.ctx_size > cfg.context_length {
+        bail!(
+            "-c {} exceeds the model's context length {}; use a smaller -c",
+            args.ctx_size,
+            cfg.context_length
+        );
+    }
     let tok = Tokenizer::from_gguf(&file).context("building the tokenizer")?;
     // As llama-perplexity's common_tokenize(text, add_special = true,
     // parse_special = false): BOS when the vocabulary adds one, no EOS.

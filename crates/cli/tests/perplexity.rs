@@ -137,7 +137,12 @@ fn reported_perplexity_equals_one_computed_by_hand_from_all_row_logits() {
         for pos in n_ctx / 2..n_ctx - 1 {
             let row = &logits[pos * vocab..(pos + 1) * vocab];
             let max = row.iter().fold(f64::MIN, |a, &x| a.max(x as f64));
-            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
             nlls.push(lse - row[chunk[pos + 1] as usize] as f64);
         }
     }
@@ -153,7 +158,10 @@ fn reported_perplexity_equals_one_computed_by_hand_from_all_row_logits() {
     let got = v["ppl"]["ppl"].as_f64().unwrap();
     let got_err = v["ppl"]["ppl_error"].as_f64().unwrap();
     // Same logits (same single pass); only the order of the f64 sums differs.
-    assert!((got / want - 1.0).abs() < 1e-9, "PPL {got} vs by hand {want}");
+    assert!(
+        (got / want - 1.0).abs() < 1e-9,
+        "PPL {got} vs by hand {want}"
+    );
     assert!(
         (got_err / want_err - 1.0).abs() < 1e-6,
         "error {got_err} vs {want_err}"
@@ -242,14 +250,48 @@ fn bad_text_chunking_and_base_files_are_clear_errors() {
     // A base saved with -c 16 over 2 chunks.
     let base = d.join("bad.base");
     ok(&metallic(&[
-        "perplexity", "-m", m, "-f", t, "-c", "16", "--chunks", "2", "--save-logits", s(&base),
+        "perplexity",
+        "-m",
+        m,
+        "-f",
+        t,
+        "-c",
+        "16",
+        "--chunks",
+        "2",
+        "--save-logits",
+        s(&base),
     ]));
     fails_with(
-        &metallic(&["perplexity", "-m", m, "-f", t, "-c", "32", "--chunks", "2", "--kld", s(&base)]),
+        &metallic(&[
+            "perplexity",
+            "-m",
+            m,
+            "-f",
+            t,
+            "-c",
+            "32",
+            "--chunks",
+            "2",
+            "--kld",
+            s(&base),
+        ]),
         "use -c 16",
     );
     fails_with(
-        &metallic(&["perplexity", "-m", m, "-f", t, "-c", "16", "--chunks", "3", "--kld", s(&base)]),
+        &metallic(&[
+            "perplexity",
+            "-m",
+            m,
+            "-f",
+            t,
+            "-c",
+            "16",
+            "--chunks",
+            "3",
+            "--kld",
+            s(&base),
+        ]),
         "chunks",
     );
     // Other text, same length in tokens and chunks.
@@ -257,7 +299,19 @@ fn bad_text_chunking_and_base_files_are_clear_errors() {
     let body = std::fs::read_to_string(&text).unwrap();
     std::fs::write(&other, body.replace("Alice", "Alison")).unwrap();
     fails_with(
-        &metallic(&["perplexity", "-m", m, "-f", s(&other), "-c", "16", "--chunks", "2", "--kld", s(&base)]),
+        &metallic(&[
+            "perplexity",
+            "-m",
+            m,
+            "-f",
+            s(&other),
+            "-c",
+            "16",
+            "--chunks",
+            "2",
+            "--kld",
+            s(&base),
+        ]),
         "other tokens",
     );
     // Truncated, and not a base at all.
@@ -265,15 +319,49 @@ fn bad_text_chunking_and_base_files_are_clear_errors() {
     let cut = d.join("cut.base");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     fails_with(
-        &metallic(&["perplexity", "-m", m, "-f", t, "-c", "16", "--chunks", "2", "--kld", s(&cut)]),
+        &metallic(&[
+            "perplexity",
+            "-m",
+            m,
+            "-f",
+            t,
+            "-c",
+            "16",
+            "--chunks",
+            "2",
+            "--kld",
+            s(&cut),
+        ]),
         "truncated",
     );
     fails_with(
-        &metallic(&["perplexity", "-m", m, "-f", t, "-c", "16", "--chunks", "2", "--kld", t]),
+        &metallic(&[
+            "perplexity",
+            "-m",
+            m,
+            "-f",
+            t,
+            "-c",
+            "16",
+            "--chunks",
+            "2",
+            "--kld",
+            t,
+        ]),
         "not a metallic log-probability file",
     );
     fails_with(
-        &metallic(&["perplexity", "-m", m, "-f", t, "--kld", "/nonexistent/base"]),
+        &metallic(&[
+            "perplexity",
+            "-m",
+            m,
+            "-f",
+            t,
+            "-c",
+            "16",
+            "--kld",
+            "/nonexistent/base",
+        ]),
         "opening",
     );
 }

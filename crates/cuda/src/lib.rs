@@ -43,6 +43,7 @@ use metallic::error::Result;
 use metallic::sampler::SamplerParams;
 
 use crate::device::{Device, DeviceBuffer};
+pub use crate::driver::{discover as discover_driver, DriverInfo};
 pub use crate::error::CudaError;
 use crate::graph::Graphs;
 use crate::kernels::Kernels;
@@ -50,7 +51,6 @@ pub use crate::linear::CudaLinear;
 use crate::ops::attention::Cache;
 use crate::ops::matmul_cublas::Blas;
 use crate::ops::rope::RopeParams;
-pub use crate::driver::{discover as discover_driver, DriverInfo};
 pub use crate::sampler::CudaSampler;
 pub use crate::tensor::CudaTensor;
 pub use crate::timing::CudaMark;
