@@ -22,6 +22,7 @@
 #   SMOL_CTX, SMOL_CHUNKS   SmolLM2 context and chunks (default 512, 20)
 #   QWEN_CTX, QWEN_CHUNKS   synthetic Qwen2.5-0.5B context and chunks (default 256, 2)
 #   THREADS            CPU threads for metallic and llama.cpp (default: all cores)
+#   ONLY               smollm2 or qwen: make only that model's rows
 #
 # References: SmolLM2's is the Q4_1 file dequantised to F32 by
 # `metallic quantize`; the synthetic Qwen2.5-0.5B's is `metallic synth --dtype F32`
@@ -139,20 +140,27 @@ table() {
   done
 }
 
+only=${ONLY:-}
+case "$only" in ''|smollm2|qwen) ;; *) echo "ONLY=smollm2 or qwen, not $only" >&2; exit 2 ;; esac
+
 # SmolLM2-135M-Instruct: the real model, Q4_1 against its F32 dequantisation.
-smol_q=assets/SmolLM2-135M-Instruct.Q4_1.gguf
-smol_f=$dir/SmolLM2-135M-Instruct.F32.gguf
-[ -s "$smol_f" ] || "$bin" quantize "$smol_q" "$smol_f" F32
-table SmolLM2-135M "$smol_f" "${SMOL_CTX:-512}" "${SMOL_CHUNKS:-20}" "$smol_q"
+if [ "$only" != qwen ]; then
+  smol_q=assets/SmolLM2-135M-Instruct.Q4_1.gguf
+  smol_f=$dir/SmolLM2-135M-Instruct.F32.gguf
+  [ -s "$smol_f" ] || "$bin" quantize "$smol_q" "$smol_f" F32 >&2
+  table SmolLM2-135M "$smol_f" "${SMOL_CTX:-512}" "${SMOL_CHUNKS:-20}" "$smol_q"
+fi
 
 # Synthetic Qwen2.5-0.5B (random weights, seed 1): Q8_0 and Q4_0 against F32.
-for t in F32 Q8_0 Q4_0; do
-  f=$dir/qwen25-05b-synth.$t.gguf
-  [ -s "$f" ] || "$bin" synth --arch qwen2 --preset qwen2.5-0.5b --dtype "$t" \
-    --tokenizer assets/qwen2/tokenizer.json --seed 1 -o "$f" >&2
-done
-table "Qwen2.5-0.5B (synthetic)" "$dir/qwen25-05b-synth.F32.gguf" "${QWEN_CTX:-256}" "${QWEN_CHUNKS:-2}" \
-  "$dir/qwen25-05b-synth.Q8_0.gguf" "$dir/qwen25-05b-synth.Q4_0.gguf"
+if [ "$only" != smollm2 ]; then
+  for t in F32 Q8_0 Q4_0; do
+    f=$dir/qwen25-05b-synth.$t.gguf
+    [ -s "$f" ] || "$bin" synth --arch qwen2 --preset qwen2.5-0.5b --dtype "$t" \
+      --tokenizer assets/qwen2/tokenizer.json --seed 1 -o "$f" >&2
+  done
+  table "Qwen2.5-0.5B (synthetic)" "$dir/qwen25-05b-synth.F32.gguf" "${QWEN_CTX:-256}" "${QWEN_CHUNKS:-2}" \
+    "$dir/qwen25-05b-synth.Q8_0.gguf" "$dir/qwen25-05b-synth.Q4_0.gguf"
+fi
 
 {
   echo "<!-- scripts/quality-table.sh --device $device; $(date -u +%Y-%m-%d); text $(basename "$text"); SmolLM2 -c ${SMOL_CTX:-512} --chunks ${SMOL_CHUNKS:-20}, Qwen -c ${QWEN_CTX:-256} --chunks ${QWEN_CHUNKS:-2} -->"

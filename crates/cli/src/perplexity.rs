@@ -103,13 +103,11 @@ fn progress(total: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(total as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} chunk {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("a valid template")
-        .progress_chars("##-"),
-    );
+    let style = ProgressStyle::with_template(
+        "{bar:30} chunk {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style.progress_chars("##-"));
     pb
 }
 
