@@ -84,34 +84,40 @@ metallic_row() {
   log "$label $ty $device $impl ..."
   if env "${env[@]}" "$bin" perplexity -m "$model" -f "$text" -c "$ctx" --chunks "$chunks" \
       --device "$device" -t "$threads" --kld "$base" --json >"$j" 2>"$dir/run.err"; then
-    rows+=("| $label | $ty | metallic $device \`$impl\` | $(fmt "$(field "$j" kld.ppl.ppl)" .4f) ± $(fmt "$(field "$j" kld.ppl.ppl_error)" .4f) | $(fmt "$(field "$j" kld.mean_kld)" .6f) ± $(fmt "$(field "$j" kld.mean_kld_error)" .6f) | $(fmt "$(field "$j" kld.kld_p999)" .5f) | $(fmt "$(field "$j" kld.same_top_pct)" .2f) |")
+    rows+=("| $label | $ty | metallic $device \`$impl\` | $(fmt "$(field "$j" kld.ppl.ppl)" .4f) ± $(fmt "$(field "$j" kld.ppl.ppl_error)" .4f) | $(fmt "$(field "$j" kld.mean_kld)" .3g) ± $(fmt "$(field "$j" kld.mean_kld_error)" .2g) | $(fmt "$(field "$j" kld.kld_p999)" .3g) | $(fmt "$(field "$j" kld.same_top_pct)" .2f) |")
   else
     rows+=("| $label | $ty | metallic $device \`$impl\` | n/a: $(tail -1 "$dir/run.err" | tr '|' '/' | cut -c1-120) | | | |")
   fi
 }
 
-# llama_rows LABEL REF QUANT CTX CHUNKS: llama-perplexity's reference and quantised rows.
+# llama_rows LABEL REF QUANT CTX CHUNKS TYPE: llama-perplexity's reference and
+# quantised rows (it prints its KLD summary only over 100 or more positions).
 llama_rows() {
   local label=$1 ref=$2 q=$3 ctx=$4 chunks=$5 ty=$6
   if [ ! -x "$lp" ]; then
     rows+=("| $label | $ty | llama.cpp $device | n/a: no llama-perplexity at $lp (set LLAMA_PERPLEXITY) | | | |")
     return
   fi
-  local kb="$dir/$(basename "$ref" .gguf).llama-$ctx-$chunks.kld"
+  local kb="$dir/$(basename "$ref" .gguf).llama-$device-$ctx-$chunks.kld"
   if [ ! -s "$kb" ]; then
     log "$label F32 llama.cpp $device (base) ..."
     "$lp" -m "$ref" -f "$text" -c "$ctx" --chunks "$chunks" -t "$threads" "${ngl[@]}" \
-      --kl-divergence-base "$kb" >"$dir/llama-base.log" 2>&1
+      --kl-divergence-base "$kb.part" >"$kb.log" 2>&1
+    mv "$kb.part" "$kb"
   fi
   local base_ppl
-  base_ppl=$(grep -o 'Final estimate: PPL = [0-9.]* +/- [0-9.]*' "$dir/llama-base.log" | sed 's/Final estimate: PPL = //; s|+/-|±|' || true)
+  base_ppl=$(grep -o 'Final estimate: PPL = [0-9.]* +/- [0-9.]*' "$kb.log" | sed 's/Final estimate: PPL = //; s|+/-|±|' || true)
   log "$label $ty llama.cpp $device ..."
+  local l="$dir/$(basename "$q" .gguf).llama-$device-$ctx-$chunks.log"
   "$lp" -m "$q" -f "$text" -c "$ctx" --chunks "$chunks" -t "$threads" "${ngl[@]}" \
-    --kl-divergence-base "$kb" --kl-divergence >"$dir/llama-q.log" 2>&1
-  local l="$dir/llama-q.log"
-  get() { grep -m1 "$1" "$l" | sed "s/.*: *//; s/±/±/"; }
+    --kl-divergence-base "$kb" --kl-divergence >"$l" 2>&1
+  get() { grep -m1 "^$1" "$l" | sed 's/^[^:]*: *//; s/ *%$//'; }
   [ -n "$base_ppl" ] && rows+=("| $label | F32 | llama.cpp $device | $base_ppl | (its own base) | | |")
-  rows+=("| $label | $ty | llama.cpp $device | $(get 'Mean PPL(Q)') | $(get 'Mean    KLD') | $(get '99.9%   KLD') | $(get 'Same top p' | sed 's/ %//') |")
+  if grep -q '^Same top p:' "$l"; then
+    rows+=("| $label | $ty | llama.cpp $device | $(get 'Mean PPL(Q)') | $(get 'Mean    KLD:') | $(get '99.9%   KLD:') | $(get 'Same top p:') |")
+  else
+    rows+=("| $label | $ty | llama.cpp $device | n/a: no summary in $l (llama-perplexity needs 100+ positions) | | | |")
+  fi
 }
 
 # table LABEL REF QUANT... : reference base on the CPU, then every row.
@@ -163,7 +169,7 @@ if [ "$only" != smollm2 ]; then
 fi
 
 {
-  echo "<!-- scripts/quality-table.sh --device $device; $(date -u +%Y-%m-%d); text $(basename "$text"); SmolLM2 -c ${SMOL_CTX:-512} --chunks ${SMOL_CHUNKS:-20}, Qwen -c ${QWEN_CTX:-256} --chunks ${QWEN_CHUNKS:-2} -->"
+  echo "<!-- scripts/quality-table.sh --device $device ${only:+(ONLY=$only) }on $(date -u +%Y-%m-%d), text $(basename "$text"), $("$bin" --version); SmolLM2 -c ${SMOL_CTX:-512} --chunks ${SMOL_CHUNKS:-20}, Qwen -c ${QWEN_CTX:-256} --chunks ${QWEN_CHUNKS:-2} -->"
   echo "| model | weights | path | PPL | mean KLD vs F32 | 99.9% KLD | same top % |"
   echo "| --- | --- | --- | --- | --- | --- | --- |"
   printf '%s\n' "${rows[@]}"

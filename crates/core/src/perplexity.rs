@@ -137,7 +137,7 @@ pub fn chunk_logits<B: Backend>(
     out.try_reserve_exact(want).map_err(|_| {
         Error::InvalidArgument(format!(
             "cannot allocate {} MiB for a chunk's logits; use a smaller context (-c)",
-            want * 4 >> 20
+            (want * 4) >> 20
         ))
     })?;
     st.reset();
