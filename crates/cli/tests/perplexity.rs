@@ -91,7 +91,7 @@ fn tiny(dtype: &str) -> Option<PathBuf> {
     .clone()
 }
 
-const TEXT: &str = "crates/core/tests/data/alice_excerpt.txt";
+const TEXT: &str = "crates/test-support/golden/alice_excerpt.txt";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -1,9 +1,9 @@
 //! metallic's float32 perplexity of SmolLM2-135M-Instruct on a committed
 //! excerpt of Alice's Adventures in Wonderland against transformers'.
 //!
-//! Golden: `crates/core/tests/golden/smollm2_alice_ppl.json`, written by
+//! Golden: `crates/test-support/golden/smollm2_alice_ppl.json`, written by
 //! `scripts/reference/perplexity.py assets/SmolLM2-135M-Instruct.Q4_1.gguf
-//! crates/core/tests/data/alice_excerpt.txt crates/core/tests/golden/smollm2_alice_ppl.json -c 128`
+//! crates/test-support/golden/alice_excerpt.txt crates/test-support/golden/smollm2_alice_ppl.json -c 128`
 //! (transformers dequantises the Q4_1 file to float32 and runs in float32).
 //!
 //! metallic runs the same file through its reference matmul (`gemv`:
@@ -30,8 +30,8 @@ use metallic_gguf::GgufFile;
 use serde_json::Value;
 
 const MODEL: &str = "assets/SmolLM2-135M-Instruct.Q4_1.gguf";
-const GOLDEN: &str = "crates/core/tests/golden/smollm2_alice_ppl.json";
-const TEXT: &str = "crates/core/tests/data/alice_excerpt.txt";
+const GOLDEN: &str = "crates/test-support/golden/smollm2_alice_ppl.json";
+const TEXT: &str = "crates/test-support/golden/alice_excerpt.txt";
 
 fn repo_path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -15,6 +15,19 @@ typedef long long i64;
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+// Programmatic dependent launch (sm_90+). Every kernel calls this first: it
+// lets the next kernel on the stream be scheduled now (its launch latency then
+// overlaps this kernel), and waits until the previous kernel has finished and
+// its writes are visible. Nothing before it touches global memory, so with the
+// launch attribute on or off the ordering is the same as plain stream order.
+// Without the attribute (or below sm_90) both instructions are no-ops.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -77,6 +90,11 @@ __device__ __forceinline__ uint4 ldg_stream(const void* p) {
     return r;
 }
 
+// Ask L2 for the 128-byte line at p (no register result, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 __device__ __forceinline__ float4 ldg_f4(const float* p) {
     return __ldg(reinterpret_cast<const float4*>(p));
 }
@@ -87,6 +105,8 @@ __device__ __forceinline__ float4 ldg_f4(const float* p) {
 // weight row) for all m rows. Arguments: the four weight pointers (see
 // formats.cuh), n rows, k columns, x [m, k], out (already offset to this
 // weight's first column), the row stride of out, and an optional bias [n].
+// Each IMPL calls pdl_enter() itself, after whatever it may do before its
+// producer has finished.
 
 #define MATVEC_ARGS                                                                      \
     const u8 *p0, const u8 *p1, const u8 *p2, const u8 *p3, int n, int k, const float *x, \

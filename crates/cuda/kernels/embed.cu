@@ -41,7 +41,7 @@ __device__ void embed_float(const W& w, int rows, int k, const int* ids, int m, 
 
 #define EMBED_ARGS const u8 *p0, const u8 *p1, const u8 *p2, const u8 *p3, int rows, int k, const int *ids, int m, float *out
 #define EMBED(NAME, IMPL, T) \
-    extern "C" __global__ void NAME(EMBED_ARGS) { IMPL<T>(W{p0, p1, p2, p3}, rows, k, ids, m, out); }
+    extern "C" __global__ void NAME(EMBED_ARGS) { pdl_enter(); IMPL<T>(W{p0, p1, p2, p3}, rows, k, ids, m, out); }
 
 EMBED(embed_f32, embed_float, T_F32)
 EMBED(embed_f16, embed_float, T_F16)

@@ -25,7 +25,7 @@ __device__ void dequant_rows(const W& w, int row0, int rows, int k, u16* out) {
 
 #define DEQUANT_ARGS const u8 *p0, const u8 *p1, const u8 *p2, const u8 *p3, int row0, int rows, int k, u16 *out
 #define DEQUANT(NAME, T) \
-    extern "C" __global__ void NAME(DEQUANT_ARGS) { dequant_rows<T>(W{p0, p1, p2, p3}, row0, rows, k, out); }
+    extern "C" __global__ void NAME(DEQUANT_ARGS) { pdl_enter(); dequant_rows<T>(W{p0, p1, p2, p3}, row0, rows, k, out); }
 
 DEQUANT(dequant_q8_0, T_Q8_0)
 DEQUANT(dequant_q4_0, T_Q4_0)
@@ -34,17 +34,20 @@ DEQUANT(dequant_q4_k, T_Q4_K)
 DEQUANT(dequant_q6_k, T_Q6_K)
 
 extern "C" __global__ void f32_to_f16(const float* x, u16* out, long long len) {
+    pdl_enter();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) out[i] = f2h(x[i]);
 }
 
 extern "C" __global__ void f32_to_bf16(const float* x, u16* out, long long len) {
+    pdl_enter();
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) out[i] = f2bf(x[i]);
 }
 
 // out[i, j] += bias[j] for i < m, j < n; rows of out are ldo apart.
 extern "C" __global__ void bias_add(float* out, const float* bias, int m, int n, int ldo) {
+    pdl_enter();
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (long long)m * n) return;
     int i = (int)(t / n), j = (int)(t % n);

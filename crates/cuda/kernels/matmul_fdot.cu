@@ -41,6 +41,7 @@ __device__ __forceinline__ void fma_chunk(float (&acc)[M], uint4 v, const float*
 
 template <int T, int M>
 __device__ void fdot_float(MATVEC_ARGS) {
+    pdl_enter();
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     const int per = T == T_F32 ? 4 : 8;  // values per 16-byte chunk
     const int nch = k / per;
@@ -66,6 +67,7 @@ __device__ void fdot_float(MATVEC_ARGS) {
 
 template <int T, int M>
 __device__ void fdot_quant(MATVEC_ARGS) {
+    pdl_enter();
     const W w{p0, p1, p2, p3};
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     const int nch = k / 32;

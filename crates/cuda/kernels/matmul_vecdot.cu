@@ -4,10 +4,14 @@
 // `vecdot` (ggml's Q8 activation scheme). Float weights take f32 activations:
 // the launcher runs the `fdot` kernels for them.
 //
-// quantize_act turns the activations into int8 (per 32 values: scale d, and
-// the sums of the quants of each 16-value half) once per product; each block
-// copies them to shared memory, then the inner loop is dp4a. (`x` is then
-// that quantised buffer.)
+// The activations are quantised to int8 per 32 values (scale d and the sums
+// of the quants of each 16-value half; rounding as ggml's quantize_row_q8_1:
+// d = amax / 127, q = round(x / d)) into shared memory, then the inner loop
+// is dp4a. Two ways, with identical results: vecdot_<t>_m<M> quantises the
+// f32 activations in every block; vecdotpre_<t>_m<M> copies what one
+// quantize_act launch made before it. Before it waits for the kernel that
+// writes x (programmatic dependent launch), each warp asks L2 for its first
+// weight row, so weight traffic overlaps the previous kernel.
 
 // ---------------------------------------------------------------- quantised weights, dp4a
 
@@ -25,6 +29,7 @@ struct XGroup {
 // 32-value group. Rounding as ggml's quantize_row_q8_1: d = amax / 127,
 // q = round(x / d).
 extern "C" __global__ void quantize_act(const float* x, int m, int k, u8* out) {
+    pdl_enter();
     const int lane = threadIdx.x & 31;
     const int g = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     const int groups = m * (k / 32);
@@ -162,22 +167,75 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
     }
 }
 
-template <int T, int M>
+// Quantise x[m, k] (f32) into shared memory, with the same operations as
+// quantize_act: each thread takes 8 values, 4 lanes make a 32-value group.
+template <int M>
+__device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XGroup* xg) {
+    const int chunks = M * k / 8;  // a multiple of 4: k % 32 == 0
+    for (int base = 0; base < chunks; base += blockDim.x) {
+        const int c = base + threadIdx.x;
+        const bool ok = c < chunks;  // uniform within a group of 4 lanes
+        float v[8];
+        if (ok) {
+            float4 a = ldg_f4(x + 8LL * c), b = ldg_f4(x + 8LL * c + 4);
+            v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+            v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[j] = 0.0f;
+        }
+        float amax = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
+        amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, 2));
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        u32 lo = 0, hi = 0;
+        int s = 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int q = (int)roundf(v[j] * id);
+            s += q;
+            if (j < 4) lo |= ((u32)q & 0xFFu) << (8 * j);
+            else hi |= ((u32)q & 0xFFu) << (8 * (j - 4));
+        }
+        // Lanes 0, 1 of a group hold its first 16 values, lanes 2, 3 the rest.
+        int half = s + __shfl_xor_sync(FULL_MASK, s, 1);
+        int other = __shfl_xor_sync(FULL_MASK, half, 2);
+        if (ok) {
+            *reinterpret_cast<uint2*>(xq + 8LL * c) = make_uint2(lo, hi);
+            if ((c & 3) == 0) xg[c >> 2] = XGroup{d, d * (float)(half + other), half, other};
+        }
+    }
+}
+
+// PRE: `x` holds the activations already quantised by quantize_act (copied
+// to shared memory); else `x` is f32 and each block quantises it itself.
+template <int T, int M, bool PRE>
 __device__ void vecdot_quant(MATVEC_ARGS) {
-    // `x` holds the activations already quantised by quantize_act; every
-    // block copies them (M * k * 1.5 bytes, from L2) into shared memory.
     extern __shared__ __align__(16) u8 smem[];
     i8* xq = reinterpret_cast<i8*>(smem);
     XGroup* xg = reinterpret_cast<XGroup*>(smem + M * k);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     {
+        // Weights are never written: safe to touch before the wait.
+        const int row0 = blockIdx.x * warps + warp;
+        const long long rb = T == T_Q8_0 ? k : k / 2;  // bytes of plane 0 per row
+        if (row0 < n)
+            for (long long o = lane * 128; o < rb; o += 32 * 128) prefetch_l2(p0 + row0 * rb + o);
+    }
+    pdl_enter();
+    if (PRE) {
         const uint4* src = reinterpret_cast<const uint4*>(x);
         uint4* dst = reinterpret_cast<uint4*>(smem);
         const int n16 = (M * k + M * (k / 32) * 16) / 16;
         for (int i = threadIdx.x; i < n16; i += blockDim.x) dst[i] = __ldg(src + i);
+    } else {
+        quantize_block<M>(x, k, xq, xg);
     }
     __syncthreads();
     const W w{p0, p1, p2, p3};
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     const int nu = units_per_row<T>(k);
     for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
         float acc[M];
@@ -190,8 +248,18 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
 }
 
 
-MATVEC_ALL_M(vecdot_q8_0, vecdot_quant, T_Q8_0)
-MATVEC_ALL_M(vecdot_q4_0, vecdot_quant, T_Q4_0)
-MATVEC_ALL_M(vecdot_q4_1, vecdot_quant, T_Q4_1)
-MATVEC_ALL_M(vecdot_q4_k, vecdot_quant, T_Q4_K)
-MATVEC_ALL_M(vecdot_q6_k, vecdot_quant, T_Q6_K)
+template <int T, int M>
+__device__ void vecdot_fused(MATVEC_ARGS) { vecdot_quant<T, M, false>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
+template <int T, int M>
+__device__ void vecdot_pre(MATVEC_ARGS) { vecdot_quant<T, M, true>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
+
+MATVEC_ALL_M(vecdot_q8_0, vecdot_fused, T_Q8_0)
+MATVEC_ALL_M(vecdot_q4_0, vecdot_fused, T_Q4_0)
+MATVEC_ALL_M(vecdot_q4_1, vecdot_fused, T_Q4_1)
+MATVEC_ALL_M(vecdot_q4_k, vecdot_fused, T_Q4_K)
+MATVEC_ALL_M(vecdot_q6_k, vecdot_fused, T_Q6_K)
+MATVEC_ALL_M(vecdotpre_q8_0, vecdot_pre, T_Q8_0)
+MATVEC_ALL_M(vecdotpre_q4_0, vecdot_pre, T_Q4_0)
+MATVEC_ALL_M(vecdotpre_q4_1, vecdot_pre, T_Q4_1)
+MATVEC_ALL_M(vecdotpre_q4_k, vecdot_pre, T_Q4_K)
+MATVEC_ALL_M(vecdotpre_q6_k, vecdot_pre, T_Q6_K)

@@ -3,6 +3,7 @@
 // XOR of everything is written back only in a case the data decides, so the
 // compiler must keep every load; the probe's buffer is scratch either way.
 extern "C" __global__ void stream_read(int* t, long long len) {
+    pdl_enter();
     long long n4 = len / 4;
     const int4* v = reinterpret_cast<const int4*>(t);
     long long stride = (long long)gridDim.x * blockDim.x;

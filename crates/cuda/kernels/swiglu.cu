@@ -1,6 +1,7 @@
 // out[i, j] = silu(gate[i, j]) * up[i, j], gate_up rows being [gate | up].
 // One thread per output value; the same f32 operations as the host's.
 extern "C" __global__ void swiglu(const float* gu, int m, int ffn, float* out) {
+    pdl_enter();
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (long long)m * ffn) return;
     long long i = t / ffn, j = t % ffn;

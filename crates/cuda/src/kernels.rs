@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use cudarc::driver::sys;
 
-use crate::cache::{cache_root, fnv1a64, KernelCache};
+use crate::cache::{fnv1a64, KernelCache};
 use crate::compile::{self, KernelSource};
 use crate::device::{check, Device, Func};
 use crate::error::{CudaError, CudaResult};
@@ -166,7 +166,7 @@ impl Kernels {
         dev.bind()?;
         let mut l = Loader {
             dev,
-            cache: KernelCache::new(cache_root()),
+            cache: KernelCache::in_cache_dir(|k| std::env::var_os(k)),
             nvrtc: compile::nvrtc_version()?,
             modules: Vec::new(),
         };

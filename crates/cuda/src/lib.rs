@@ -94,6 +94,30 @@ impl CudaBackend {
         driver::discover().err().map(|e| e.to_string())
     }
 
+    /// Whether kernels launch with programmatic dependent launch (sm_90+;
+    /// METALLIC_CUDA_PDL=0 turns it off when the backend opens).
+    pub fn programmatic_launch(&self) -> bool {
+        self.dev.pdl()
+    }
+
+    /// Turn programmatic dependent launch on (where the device has it) or
+    /// off; graphs captured the other way are captured again.
+    pub fn set_programmatic_launch(&self, on: bool) {
+        self.dev.set_pdl(on);
+    }
+
+    /// Quantise `vecdot`'s activations inside each product (`Some(true)`),
+    /// in a separate kernel first (`Some(false)`), or by weight type (`None`,
+    /// the default: inside for Q8_0). METALLIC_CUDA_VECDOT_FUSED=1/0 sets it
+    /// when the backend opens. The results are identical.
+    pub fn set_vecdot_fused(&self, on: Option<bool>) {
+        self.k.vecdot.set_fused(on);
+    }
+
+    pub fn vecdot_fused(&self) -> Option<bool> {
+        self.k.vecdot.fused()
+    }
+
     /// Graphs captured and replayed so far.
     pub fn graph_stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -132,7 +156,7 @@ impl Backend for CudaBackend {
     fn device_description(&self) -> String {
         let (_, total) = self.dev.mem_info();
         format!(
-            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{})",
+            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{}, PDL {})",
             self.dev.ordinal,
             self.dev.name,
             self.dev.cc.0,
@@ -140,7 +164,8 @@ impl Backend for CudaBackend {
             self.dev.sm_count,
             total as f64 / (1u64 << 30) as f64,
             self.dev.driver_version / 1000,
-            (self.dev.driver_version % 1000) / 10
+            (self.dev.driver_version % 1000) / 10,
+            if self.dev.pdl() { "on" } else { "off" }
         )
     }
 

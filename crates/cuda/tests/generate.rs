@@ -129,7 +129,7 @@ fn smollm2_greedy_32_tokens_match_cpu() {
 
 /// The CPU parity test's prompt, "The capital of France is": the GPU engine
 /// with the exact `fdot` products reproduces transformers' greedy tokens
-/// (crates/core/tests/golden/smollm2_logits.json, prompt 0: its argmax after
+/// (crates/test-support/golden/smollm2_logits.json, prompt 0: its argmax after
 /// the prompt and after each of 32 decode steps), as the CPU does.
 #[test]
 fn smollm2_capital_of_france_greedy_matches_transformers_on_exact_path() {
@@ -137,20 +137,7 @@ fn smollm2_capital_of_france_greedy_matches_transformers_on_exact_path() {
     let Some((file, _)) = smollm2() else {
         return;
     };
-    let golden = ["crates/core/tests/golden/smollm2_logits.json"]
-        .iter()
-        .flat_map(|rel| {
-            [
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../..")
-                    .join(rel),
-                PathBuf::from(rel),
-            ]
-        })
-        .find(|p| p.exists())
-        .expect("the golden travels with the source tree");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    let v = metallic_test_support::golden_json("smollm2_logits.json");
     let ids = |x: &serde_json::Value| -> Vec<u32> {
         x.as_array()
             .unwrap()

@@ -169,3 +169,43 @@ fn mixed_type_parts_write_their_own_columns() {
         assert!(err <= 1.5e-2, "m={m}: rel_l2 {err:.3e}");
     }
 }
+
+/// `vecdot` quantises activations inside each product or in a separate
+/// kernel first: the same operations, so bit-identical products, for every
+/// quantised type, every batch size and a long row (the down projection's).
+#[test]
+fn vecdot_fused_quantisation_equals_separate_kernel_bit_for_bit() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let vecdot = gpu
+        .matmul_impls()
+        .iter()
+        .position(|i| i.name == "vecdot")
+        .expect("vecdot registered");
+    let was = gpu.vecdot_fused();
+    for (ti, &ty) in TYPES.iter().enumerate().skip(3) {
+        for (n, k) in [(300, 512), (70, 4864)] {
+            let f = tensor_file(&[("w", ty, k, n, randn(n * k, 500 + ti as u64))]);
+            let lg = gpu.upload_linear(&[view(&f, "w")], None).unwrap();
+            for m in 1..=8usize {
+                let x = randn(m * k, 600 + m as u64);
+                let xg = activations(&gpu, &x, m, k);
+                let mut out = [Vec::new(), Vec::new()];
+                for (fused, o) in [false, true].into_iter().zip(&mut out) {
+                    gpu.set_vecdot_fused(Some(fused));
+                    let mut og = gpu.alloc(DType::F32, m * n, "out").unwrap();
+                    gpu.matmul(vecdot, &xg, &lg, m, &mut og).unwrap();
+                    *o = read(&gpu, &og, m * n);
+                }
+                assert!(
+                    out[0]
+                        .iter()
+                        .zip(&out[1])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} n={n} k={k} m={m}: fused and separate quantisation differ",
+                    ty.name()
+                );
+            }
+        }
+    }
+    gpu.set_vecdot_fused(was);
+}

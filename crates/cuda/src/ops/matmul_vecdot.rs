@@ -3,7 +3,18 @@
 //! products against quantised weights (`kernels/matmul_vecdot.cu`). The same
 //! arithmetic as the CPU's `vecdot`; float weights take f32 activations
 //! through the `fdot` kernels, as there.
+//!
+//! The activations are quantised either inside every block of the product
+//! (one launch a product) or once by a separate kernel whose result each
+//! block copies (two launches, less work a block); the results are
+//! identical. By default Q8_0 weights quantise inside the product and the
+//! other types in the separate kernel: on the H200, Qwen2.5-0.5B decoded
+//! 1097 vs 1047 tok/s in Q8_0 that way, and 1099 vs 1040 in Q4_0 the other
+//! way (a 4-bit row streams in half the time, so the per-block quantisation
+//! weighs more). [`Vecdot::set_fused`] (METALLIC_CUDA_VECDOT_FUSED=0/1 when
+//! the backend opens) forces one way for every type.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::matmul_fdot::{check_m, matvec_args, matvec_grid, Fdot, MAX_M};
@@ -24,8 +35,9 @@ const SMEM_LIMIT: usize = 160 * 1024;
 /// so that the products of one step do not regrow it mid-step.
 const XQ_MIN_K: usize = 16384;
 
-/// Bytes of `m` rows of `k` quantised activations: int8 quants, then a
-/// 16-byte group record (scale, scaled sum, half sums) per 32 values.
+/// Bytes of `m` rows of `k` quantised activations (in shared memory and in
+/// the scratch buffer): int8 quants, then a 16-byte group record (scale,
+/// scaled sum, half sums) per 32 values.
 fn xq_bytes(m: usize, k: usize) -> usize {
     m * k + m * (k / 32) * 16
 }
@@ -38,30 +50,74 @@ pub(crate) fn supports(t: WType, k: usize, m: usize) -> bool {
     }
 }
 
+const AUTO: u8 = 0;
+const FUSED: u8 = 1;
+const SEPARATE: u8 = 2;
+
+/// METALLIC_CUDA_VECDOT_FUSED: `1`/`on` quantises activations inside every
+/// product, `0`/`off` in a separate kernel; unset, by weight type.
+fn mode_from_env() -> u8 {
+    match std::env::var("METALLIC_CUDA_VECDOT_FUSED").as_deref() {
+        Ok("1" | "on" | "true" | "yes") => FUSED,
+        Ok("0" | "off" | "false" | "no") => SEPARATE,
+        _ => AUTO,
+    }
+}
+
 pub(crate) struct Vecdot {
-    /// `vecdot_<type>_m<M>` for quantised types (null for float types).
-    f: [[Func; MAX_M]; WType::COUNT],
+    /// `vecdot_<type>_m<M>` (quantising in the block) for quantised types
+    /// (null for float types).
+    fused: [[Func; MAX_M]; WType::COUNT],
+    /// `vecdotpre_<type>_m<M>` (copying what `quantize_act` made).
+    pre: [[Func; MAX_M]; WType::COUNT],
     quantize: Func,
-    /// The quantised activations, grown on demand.
+    /// AUTO, FUSED or SEPARATE.
+    mode: AtomicU8,
+    /// The activations quantised by `quantize_act`, grown on demand.
     xq: Mutex<Option<DeviceBuffer>>,
 }
 
 impl Vecdot {
     pub fn load(l: &mut Loader) -> CudaResult<Vecdot> {
         let module = l.module(&SOURCE)?;
-        let mut f = [[Func::null(); MAX_M]; WType::COUNT];
+        let mut fused = [[Func::null(); MAX_M]; WType::COUNT];
+        let mut pre = [[Func::null(); MAX_M]; WType::COUNT];
         for t in WType::ALL.into_iter().filter(|t| t.is_quantized()) {
             for m in 1..=MAX_M {
-                let func = module.function(&format!("vecdot_{}_m{m}", t.suffix()))?;
-                l.allow_smem(func)?;
-                f[t as usize][m - 1] = func;
+                for (set, prefix) in [(&mut fused, "vecdot"), (&mut pre, "vecdotpre")] {
+                    let f = module.function(&format!("{prefix}_{}_m{m}", t.suffix()))?;
+                    l.allow_smem(f)?;
+                    set[t as usize][m - 1] = f;
+                }
             }
         }
         Ok(Vecdot {
-            f,
+            fused,
+            pre,
             quantize: module.function("quantize_act")?,
+            mode: AtomicU8::new(mode_from_env()),
             xq: Mutex::new(None),
         })
+    }
+
+    /// Quantise activations inside every product (`Some(true)`), in a
+    /// separate kernel first (`Some(false)`), or by weight type (`None`).
+    /// Same results every way.
+    pub fn set_fused(&self, on: Option<bool>) {
+        let m = match on {
+            None => AUTO,
+            Some(true) => FUSED,
+            Some(false) => SEPARATE,
+        };
+        self.mode.store(m, Ordering::Relaxed);
+    }
+
+    pub fn fused(&self) -> Option<bool> {
+        match self.mode.load(Ordering::Relaxed) {
+            FUSED => Some(true),
+            SEPARATE => Some(false),
+            _ => None,
+        }
     }
 
     /// Quantise `x[m, k]` into the scratch buffer; its address.
@@ -99,6 +155,7 @@ impl Vecdot {
         check_m(m)?;
         let (n, k) = (w.info.n, w.info.k);
         let bias = w.bias.as_ref().map_or(0, |b| b.ptr);
+        let forced = self.fused();
         let mut xq = 0;
         for seg in &w.segs {
             if !seg.ty.is_quantized() {
@@ -110,21 +167,29 @@ impl Vecdot {
                     "vecdot: rows of k = {k} are too long for m = {m}"
                 )));
             }
-            if xq == 0 {
-                xq = self.quantize(dev, x, m, k)?;
-            }
+            // Measured (see the module note): fused pays where rows are long
+            // in bytes (8-bit weights).
+            let fused = forced.unwrap_or(seg.ty == WType::Q8_0);
+            let (f, xin) = if fused {
+                (self.fused[seg.ty as usize][m - 1], x)
+            } else {
+                if xq == 0 {
+                    xq = self.quantize(dev, x, m, k)?;
+                }
+                (self.pre[seg.ty as usize][m - 1], xq)
+            };
             let sm = dev.sm_count as usize;
             let (warps, blocks) = matvec_grid(dev, seg.rows);
-            // Each block copies the activations to shared memory once; cap the
-            // blocks so that the copy is amortised over many rows while every
-            // SM is still filled several times.
+            // Each block quantises (or copies) the activations into shared
+            // memory once; cap the blocks so that this is amortised over many
+            // rows while every SM is still filled several times.
             let blocks = blocks.min(sm * 32 / warps);
             dev.launch(
-                self.f[seg.ty as usize][m - 1],
+                f,
                 (blocks as u32, 1, 1),
                 (warps * 32) as u32,
                 xq_bytes(m, k) as u32,
-                &matvec_args(seg, k, xq, out, n, bias),
+                &matvec_args(seg, k, xin, out, n, bias),
             )?;
         }
         Ok(())
