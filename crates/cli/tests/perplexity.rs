@@ -18,11 +18,7 @@ use metallic_cpu::CpuBackend;
 use metallic_gguf::GgufFile;
 use serde_json::Value;
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
+use metallic_test_support::{golden_path, repo_path as repo};
 
 fn metallic(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_metallic"))
@@ -91,7 +87,7 @@ fn tiny(dtype: &str) -> Option<PathBuf> {
     .clone()
 }
 
-const TEXT: &str = "crates/test-support/golden/alice_excerpt.txt";
+const TEXT: &str = "alice_excerpt.txt";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -100,7 +96,7 @@ fn s(p: &Path) -> &str {
 #[test]
 fn reported_perplexity_equals_one_computed_by_hand_from_all_row_logits() {
     let Some(model) = tiny("f32") else { return };
-    let text = repo(TEXT);
+    let text = golden_path(TEXT);
     let (n_ctx, chunks) = (32usize, 3usize);
     // -b 32: the whole chunk in one step, the same single forward pass as below.
     let v = json(&metallic(&[
@@ -176,7 +172,7 @@ fn kld_of_a_model_against_itself_is_zero_and_against_another_is_positive() {
     let (Some(f32m), Some(q8m)) = (tiny("f32"), tiny("q8_0")) else {
         return;
     };
-    let text = repo(TEXT);
+    let text = golden_path(TEXT);
     let base = dir().join("self.base");
     let common = ["-f", s(&text), "-c", "16", "--chunks", "4"];
     let run = |model: &Path, extra: &[&str]| {
@@ -215,7 +211,7 @@ fn bad_text_chunking_and_base_files_are_clear_errors() {
     let Some(model) = tiny("f32") else { return };
     let m = s(&model);
     let d = dir();
-    let text = repo(TEXT);
+    let text = golden_path(TEXT);
     let t = s(&text);
 
     fails_with(

@@ -27,17 +27,12 @@ use metallic::perplexity::{chunk_logits, nll, Chunking, NllSums};
 use metallic::tokenizer::Tokenizer;
 use metallic_cpu::CpuBackend;
 use metallic_gguf::GgufFile;
+use metallic_test_support::{golden_json, golden_path, repo_path};
 use serde_json::Value;
 
 const MODEL: &str = "assets/SmolLM2-135M-Instruct.Q4_1.gguf";
-const GOLDEN: &str = "crates/test-support/golden/smollm2_alice_ppl.json";
-const TEXT: &str = "crates/test-support/golden/alice_excerpt.txt";
-
-fn repo_path(rel: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
+const GOLDEN: &str = "smollm2_alice_ppl.json";
+const TEXT: &str = "alice_excerpt.txt";
 
 fn open() -> Option<(Arc<GgufFile>, Value)> {
     let path = repo_path(MODEL);
@@ -48,9 +43,10 @@ fn open() -> Option<(Arc<GgufFile>, Value)> {
         );
         return None;
     }
-    let g: Value =
-        serde_json::from_str(&std::fs::read_to_string(repo_path(GOLDEN)).unwrap()).unwrap();
-    Some((Arc::new(GgufFile::open(&path).unwrap()), g))
+    Some((
+        Arc::new(GgufFile::open(&path).unwrap()),
+        golden_json(GOLDEN),
+    ))
 }
 
 fn golden_tokens(g: &Value) -> Vec<u32> {
@@ -66,7 +62,7 @@ fn golden_tokens(g: &Value) -> Vec<u32> {
 fn smollm2_tokenizes_the_excerpt_as_transformers() {
     let Some((file, g)) = open() else { return };
     let tok = Tokenizer::from_gguf(&file).unwrap();
-    let text = std::fs::read_to_string(repo_path(TEXT)).unwrap();
+    let text = std::fs::read_to_string(golden_path(TEXT)).unwrap();
     let want = golden_tokens(&g);
     let ids = tok.encode(&text, false);
     assert!(!tok.add_bos() && g["add_bos"] == false);
