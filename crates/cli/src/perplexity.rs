@@ -2,13 +2,12 @@
 //! from a reference model's saved distributions, scored as llama-perplexity.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal};
+use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use metallic::backend::Backend;
 use metallic::config::ModelConfig;
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
@@ -97,20 +96,6 @@ fn expected_header(job: &Job, vocab: usize) -> Result<Header> {
     })
 }
 
-fn progress(total: usize) -> ProgressBar {
-    // Quiet in pipes and logs: only a terminal gets the bar.
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new(total as u64);
-    let style = ProgressStyle::with_template(
-        "{bar:30} chunk {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
-    pb.set_style(style.progress_chars("##-"));
-    pb
-}
-
 fn fmt_ppl(p: &Perplexity) -> String {
     format!("{:.4} ± {:.4}", p.ppl, p.ppl_error)
 }
@@ -176,7 +161,7 @@ impl OnBackend for Job {
                 backend.device_description()
             );
         }
-        let pb = progress(c.n_chunks);
+        let pb = crate::progress::bar(c.n_chunks as u64, "chunks");
         let mut total = NllSums::default();
         let mut total_kld = KldSums::default();
         let mut chunk_rows = Vec::with_capacity(c.n_chunks);

@@ -110,8 +110,13 @@ pub fn run(args: SynthArgs) -> Result<()> {
         chat_template: template.as_deref(),
         seed: args.seed,
     };
-    synth::write(&opts, &args.output)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    let bar = crate::progress::bar(preset.layers as u64, "synth");
+    bar.set_message("layers");
+    synth::write_with(&opts, &args.output, &mut |done, _| {
+        bar.set_position(done as u64)
+    })
+    .with_context(|| format!("writing {}", args.output.display()))?;
+    bar.finish();
     let size = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);

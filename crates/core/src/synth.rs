@@ -281,6 +281,15 @@ fn strings(v: impl IntoIterator<Item = String>) -> Value {
 
 /// Build the GGUF of a synthetic model.
 pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
+    build_with(opts, &mut |_, _| {})
+}
+
+/// [`build`], calling `on_layer(done, total)` after each layer (progress bars:
+/// the layers' random weights and quantisation are nearly all of the time).
+pub fn build_with(
+    opts: &SynthOptions<'_>,
+    on_layer: &mut dyn FnMut(usize, usize),
+) -> Result<GgufWriter<'static>> {
     let p = opts.preset;
     let tok = opts.tokenizer;
     if tok.tokens.len() > p.vocab {
@@ -415,6 +424,7 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
         matrix(&mut w, &n("ffn_gate.weight"), p.hidden, p.ffn, std)?;
         matrix(&mut w, &n("ffn_up.weight"), p.hidden, p.ffn, std)?;
         matrix(&mut w, &n("ffn_down.weight"), p.ffn, p.hidden, std)?;
+        on_layer(l + 1, p.layers);
     }
     vector(&mut w, "output_norm.weight", p.hidden, 1.0, 0.1)?;
     if !p.tied {
@@ -425,7 +435,16 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
 
 /// Build and write a synthetic model.
 pub fn write(opts: &SynthOptions<'_>, path: &Path) -> Result<()> {
-    let w = build(opts)?;
+    write_with(opts, path, &mut |_, _| {})
+}
+
+/// [`write`] with [`build_with`]'s progress callback.
+pub fn write_with(
+    opts: &SynthOptions<'_>,
+    path: &Path,
+    on_layer: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let w = build_with(opts, on_layer)?;
     w.write_file(path)?;
     Ok(())
 }
