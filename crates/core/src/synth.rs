@@ -494,7 +494,13 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
 
 /// Build and write a synthetic model whose matrices are all `opts.dtype`, tensor by tensor.
 pub fn write(opts: &SynthOptions<'_>, path: &Path) -> Result<()> {
-    write_impl(opts, pure_file_type(opts.dtype)?, true, path, &mut |_, _| {})
+    write_impl(
+        opts,
+        pure_file_type(opts.dtype)?,
+        true,
+        path,
+        &mut |_, _| {},
+    )
 }
 
 /// [`build`] with llama.cpp's per-tensor types for `ftype` (`opts.dtype` is ignored).
