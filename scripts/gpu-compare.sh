@@ -10,7 +10,8 @@
 #   gpu-compare.sh wait                      wait (up to 15 min) for that build
 #   gpu-compare.sh bench METALLIC MODEL...   two rounds of llama-bench -ngl 99 -fa 1
 #                                            and metallic bench --device cuda, pp512 and
-#                                            tg128, 5 repetitions each, per model, in turn
+#                                            tg128, REPS (default 5) repetitions each, per
+#                                            model, in turn; a missing model is skipped
 #
 # Both programs time with CUDA events/syncs of their own; their tables are
 # printed as they come, and a summary of tg128 and pp512 means follows.
@@ -46,12 +47,14 @@ bench() {
   wait_build || return 1
   local lb="$llama/build/bin/llama-bench" out=${OUT:-/tmp/out}
   mkdir -p "$out"
+  local reps=${REPS:-5}
   for model in "$@"; do
+    [ -s "$model" ] || { echo "## $model: missing, skipped"; continue; }
     for round in 1 2; do
       echo "## $(basename "$model") round $round: llama.cpp"
-      "$lb" -m "$model" -ngl 99 -fa 1 -p 512 -n 128 -r 5 -o md 2>/dev/null | tee -a "$out/compare.log"
+      "$lb" -m "$model" -ngl 99 -fa 1 -p 512 -n 128 -r "$reps" -o md 2>/dev/null | tee -a "$out/compare.log"
       echo "## $(basename "$model") round $round: metallic"
-      "$m" bench --device cuda -m "$model" -p 512 -n 128 -r 5 2>/dev/null | tee -a "$out/compare.log"
+      "$m" bench --device cuda -m "$model" -p 512 -n 128 -r "$reps" 2>/dev/null | tee -a "$out/compare.log"
     done
   done
 }

@@ -34,3 +34,5 @@ if [ -z "${METALLIC_CUDA_LIB_DIR:-}" ]; then
   fi
 fi
 cargo test --workspace --all-targets "$@"
+# The NEON kernels, cross-compiled and run under qemu-user (a subset: the CPU crate).
+./scripts/test-aarch64.sh

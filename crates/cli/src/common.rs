@@ -198,7 +198,7 @@ pub fn check_env() -> Result<()> {
         if !v.trim().is_empty() {
             match metallic_cpu::vec_dot::SimdLevel::parse(&v) {
                 None => bail!(
-                    "METALLIC_CPU_SIMD={v:?} is not a SIMD level (scalar, avx2 or avx512; \
+                    "METALLIC_CPU_SIMD={v:?} is not a SIMD level (scalar, avx2, avx512; on aarch64 neon, neon-dot; \
                      unset it for the best this CPU has)"
                 ),
                 Some(l) if !l.available() => eprintln!(

@@ -19,7 +19,7 @@ use anyhow::Context;
 use metallic_gguf::{GgmlType, GgufFile, TensorInfo, Value};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 
 /// Characters of a string value shown in text mode.
 pub const TEXT_STRING_CHARS: usize = 60;
@@ -124,6 +124,23 @@ fn write_text(out: &mut impl Write, path: &Path, file: &GgufFile) -> io::Result<
     }
 
     let total: u64 = tensors.iter().map(|t| t.n_bytes).sum();
+    let by_type = by_type(tensors);
+    let summary: Vec<String> = by_type
+        .iter()
+        .map(|(ty, n, bytes)| format!("{ty} x{n} ({}, {bytes} B)", human_bytes(*bytes)))
+        .collect();
+    writeln!(
+        out,
+        "\nTensor data: {} in {} tensors: {}",
+        human_bytes(total),
+        tensors.len(),
+        summary.join(", ")
+    )?;
+    Ok(())
+}
+
+/// Tensor count and data bytes per type, in order of first appearance.
+fn by_type(tensors: &[TensorInfo]) -> Vec<(GgmlType, usize, u64)> {
     let mut by_type: Vec<(GgmlType, usize, u64)> = Vec::new();
     for t in tensors {
         match by_type.iter_mut().find(|(ty, _, _)| *ty == t.ggml_type) {
@@ -134,18 +151,7 @@ fn write_text(out: &mut impl Write, path: &Path, file: &GgufFile) -> io::Result<
             None => by_type.push((t.ggml_type, 1, t.n_bytes)),
         }
     }
-    let summary: Vec<String> = by_type
-        .iter()
-        .map(|(ty, n, bytes)| format!("{ty} x{n} ({})", human_bytes(*bytes)))
-        .collect();
-    writeln!(
-        out,
-        "\nTensor data: {} in {} tensors: {}",
-        human_bytes(total),
-        tensors.len(),
-        summary.join(", ")
-    )?;
-    Ok(())
+    by_type
 }
 
 /// Widest padded column in text mode.
@@ -257,7 +263,7 @@ struct Doc<'a> {
 impl Serialize for Doc<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let f = self.file;
-        let mut m = s.serialize_map(Some(7))?;
+        let mut m = s.serialize_map(Some(8))?;
         m.serialize_entry("path", &self.path.display().to_string())?;
         m.serialize_entry("file_size", &f.len())?;
         m.serialize_entry("version", &f.version())?;
@@ -265,6 +271,11 @@ impl Serialize for Doc<'_> {
         m.serialize_entry("data_offset", &f.data_offset())?;
         m.serialize_entry("metadata", &Entries(f.metadata()))?;
         m.serialize_entry("tensors", &Tensors(f.tensors()))?;
+        let by_type: Vec<Json> = by_type(f.tensors())
+            .into_iter()
+            .map(|(ty, n, bytes)| json!({"type": ty.name(), "tensors": n, "bytes": bytes}))
+            .collect();
+        m.serialize_entry("by_type", &by_type)?;
         m.end()
     }
 }

@@ -8,6 +8,7 @@ mod generate;
 mod inspect;
 mod interrupt;
 mod machine;
+mod perplexity;
 mod probe;
 mod probe_chart;
 mod progress;
@@ -50,6 +51,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Time every matmul implementation on the Qwen2.5 shapes (or a recorded profile's).
     Probe(probe::ProbeArgs),
+    /// Perplexity of a model on a text, and KL divergence from a saved reference, as llama-perplexity.
+    Perplexity(perplexity::PerplexityArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect {
         /// The GGUF file to show.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::run(&a).map(|()| ExitCode::SUCCESS),
         Command::Inspect { file, json } => inspect::run(&file, json).map(|()| ExitCode::SUCCESS),
         Command::Probe(a) => probe::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Perplexity(a) => perplexity::run(a).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

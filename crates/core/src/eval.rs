@@ -32,6 +32,28 @@ pub fn logits_rows<B: Backend>(
     Ok(out)
 }
 
+/// Feed `tokens` at positions `st.n_past..` to fill the KV cache, without
+/// computing more than the last row's logits and without reading any back
+/// (the unscored half of a perplexity chunk).
+pub fn advance<B: Backend>(
+    ex: &mut Exec<'_, B>,
+    model: &Model<B>,
+    st: &mut State<B>,
+    tokens: &[u32],
+) -> Result<()> {
+    let m = tokens.len();
+    if m == 0 {
+        return Err(Error::InvalidArgument("no tokens to evaluate".into()));
+    }
+    let start = st.n_past;
+    st.stage(ex.backend, tokens, model.config.vocab)?;
+    ex.begin_step(phase_of(m, start), m)?;
+    model.forward(ex, st, m, start, false)?;
+    ex.end_step()?;
+    st.n_past += m;
+    Ok(())
+}
+
 /// Index of the largest value (the first of equal maxima, as argmax in NumPy/PyTorch).
 pub fn argmax(row: &[f32]) -> usize {
     let mut best = 0;

@@ -8,6 +8,8 @@ pub mod matmul;
 mod matmul_fdot;
 mod matmul_gemm;
 pub mod matmul_vecdot;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod q8_act;
 mod rope;
 mod shared_out;
@@ -160,6 +162,9 @@ pub fn simd_level() -> &'static str {
     }
     #[cfg(target_arch = "aarch64")]
     {
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return "NEON+dotprod";
+        }
         "NEON"
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -337,7 +342,11 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = f32s(x, "matmul x")?;
         let out = f32s_mut(out, "matmul out")?;
-        self.pool.install(|| matmul::run(imp, x, w, m, out))
+        // Small decode products stay on this thread (the row kernels then
+        // split serially too: see matmul::split).
+        self.run(matmul::needs_pool(imp, w, m), || {
+            matmul::run(imp, x, w, m, out)
+        })
     }
 
     fn rope(

@@ -5,7 +5,7 @@
 //! | 0     | `gemv`   | dequantise a row, f32 dot (reference)  | every type the CPU loads          |
 //! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0, Q4_1, Q8_0, F16, F32        |
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
-//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0, Q8_0, Q4_K, Q6_K, F16, F32 |
+//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32 |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
 //! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows go to `gemm`
@@ -94,6 +94,71 @@ pub fn default_impl(s: &MatmulShape) -> usize {
     } else {
         GEMV
     }
+}
+
+/// Weight bytes (times activation rows) below which the row kernels run on
+/// the calling thread: waking the pool and joining it costs ~10-20 µs, about
+/// what one core needs to stream 64 KiB from memory and multiply it.
+pub const SERIAL_WORK: usize = 64 << 10;
+/// Work per task the row kernels aim at once they go parallel: large enough
+/// that a task's scheduling is a few percent of it.
+const TASK_WORK: usize = 32 << 10;
+
+/// How the row kernels (`fdot`, `vecdot`) split a product's `n` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Rows per task.
+    pub rows: usize,
+    /// Tasks go to the pool; otherwise everything runs on the calling thread.
+    pub parallel: bool,
+}
+
+/// Bytes of weights a product reads, times its activation rows.
+pub fn work(w: &CpuLinear, m: usize) -> usize {
+    let bytes: usize = w.parts.iter().map(|p| p.rows * p.row_bytes).sum();
+    bytes.saturating_mul(m.max(1))
+}
+
+/// The split of `w`'s rows for `m` activation rows over `threads`: serial
+/// below [`SERIAL_WORK`]; else tasks of about [`TASK_WORK`], at least one and
+/// at most four per thread (a few spare tasks let work stealing even out a
+/// core that is slowed by something else, as on a shared machine).
+pub fn split(w: &CpuLinear, m: usize, threads: usize) -> Split {
+    let n = w.info.n.max(1);
+    let work = work(w, m);
+    if threads <= 1 || work < SERIAL_WORK {
+        return Split {
+            rows: n,
+            parallel: false,
+        };
+    }
+    let tasks = (work / TASK_WORK).clamp(threads, threads * 4).min(n);
+    Split {
+        rows: n.div_ceil(tasks),
+        parallel: true,
+    }
+}
+
+/// Run `f` on every task's row range of `0..n`, in the current pool or, for
+/// a serial split, on the calling thread as one range.
+pub fn try_for_each_task(
+    s: Split,
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> Result<()> + Sync + Send,
+) -> Result<()> {
+    if !s.parallel {
+        return f(0..n);
+    }
+    let rows = s.rows.max(1);
+    (0..n.div_ceil(rows))
+        .into_par_iter()
+        .try_for_each(|t| f(t * rows..((t + 1) * rows).min(n)))
+}
+
+/// Whether a product runs in the pool at all: the row kernels stay on the
+/// calling thread for small products (no hand-off to a pool thread and back).
+pub fn needs_pool(imp: usize, w: &CpuLinear, m: usize) -> bool {
+    !matches!(imp, FDOT | VECDOT) || work(w, m) >= SERIAL_WORK
 }
 
 /// Run implementation `imp` (inside the backend's thread pool).
@@ -196,8 +261,14 @@ mod tests {
 
     /// A linear layer of `parts` (rows each) of type `ty`, with an optional bias.
     fn linear(ty: GgmlType, k: usize, parts: &[usize], bias: bool) -> CpuLinear {
+        let typed: Vec<(GgmlType, usize)> = parts.iter().map(|&r| (ty, r)).collect();
+        mixed_linear(k, &typed, bias)
+    }
+
+    /// A fused projection whose parts have their own types.
+    fn mixed_linear(k: usize, parts: &[(GgmlType, usize)], bias: bool) -> CpuLinear {
         let mut w = GgufWriter::new();
-        for (i, &rows) in parts.iter().enumerate() {
+        for (i, &(ty, rows)) in parts.iter().enumerate() {
             let data = values(100 + i as u64, rows * k);
             let bytes = quant::quantize(ty, &data).unwrap();
             w.add_tensor(format!("w{i}"), ty, &[k as u64, rows as u64], bytes)
@@ -211,7 +282,7 @@ mod tests {
             .iter()
             .map(|t| WeightView::new(file.clone(), t.clone()))
             .collect();
-        let n: usize = parts.iter().sum();
+        let n: usize = parts.iter().map(|&(_, r)| r).sum();
         let b = bias.then(|| values(7, n));
         CpuLinear::new(&views, b).unwrap()
     }
@@ -346,6 +417,85 @@ mod tests {
         }
     }
 
+    /// Every implementation and every SIMD level of `vecdot` on every shape
+    /// of a small ragged grid: row lengths that are not a multiple of the
+    /// kernels' unroll width (odd block counts, odd float lengths), 1..17
+    /// output rows (the row chunks' edges), stacked parts split mid-chunk, one
+    /// and three activation rows. An exhaustive sweep of the grid rather than
+    /// random draws: the space is small, and a failure names its shape.
+    #[test]
+    fn every_impl_and_level_matches_on_ragged_shapes() {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+            GgmlType::F16,
+            GgmlType::F32,
+        ] {
+            let ks: &[usize] = match ty {
+                GgmlType::F16 | GgmlType::F32 => &[1, 5, 17, 31, 33, 67],
+                GgmlType::Q4_K | GgmlType::Q6_K => &[256, 768],
+                _ => &[32, 96, 160, 288],
+            };
+            for &k in ks {
+                for n in 1..=17 {
+                    let parts = if n >= 3 {
+                        vec![n / 3, n - n / 3]
+                    } else {
+                        vec![n]
+                    };
+                    let w = linear(ty, k, &parts, n % 2 == 1);
+                    for m in [1, 3] {
+                        let x = values((k * 31 + n * 7 + m) as u64, m * k);
+                        let (y, abs, q8) = reference(&w, &x, m);
+                        let none = vec![0.0; m * n];
+                        let mut out = vec![f32::NAN; m * n];
+                        let what = format!("{} k={k} n={n} m={m}", ty.name());
+                        let shape = MatmulShape {
+                            op: metallic::backend::MatmulOp::Matmul,
+                            dtype: ty,
+                            batch: 1,
+                            m,
+                            n,
+                            k,
+                            ta: false,
+                            tb: true,
+                        };
+                        for (idx, imp) in IMPLS.iter().enumerate() {
+                            if !(imp.supports)(&shape) {
+                                continue;
+                            }
+                            let extra = if idx == VECDOT && vec_dot::needs_q8(ty) {
+                                &q8
+                            } else {
+                                &none
+                            };
+                            out.fill(f32::NAN);
+                            run(idx, &x, &w, m, &mut out).unwrap();
+                            check(&format!("{} {what}", imp.name), &out, &y, &abs, extra);
+                        }
+                        if !(IMPLS[VECDOT].supports)(&shape) {
+                            continue;
+                        }
+                        let extra = if vec_dot::needs_q8(ty) { &q8 } else { &none };
+                        for level in SimdLevel::ALL {
+                            let Some(kern) = Kernels::for_level(level) else {
+                                continue;
+                            };
+                            out.fill(f32::NAN);
+                            vecdot_with(&kern, &x, &w, m, &mut out).unwrap();
+                            let name = format!("vecdot/{} {what}", level.name());
+                            check(&name, &out, &y, &abs, extra);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn simd_levels_agree_with_the_scalar_kernels() {
         // Same integer dots, different float summation order: 1e-5 of sum |w x|.
@@ -365,13 +515,60 @@ mod tests {
             )
             .unwrap();
             let base: Vec<f64> = base.iter().map(|&v| v as f64).collect();
-            for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+            for level in SimdLevel::ALL
+                .into_iter()
+                .filter(|&l| l != SimdLevel::Scalar)
+            {
                 if let Some(kern) = Kernels::for_level(level) {
                     let mut out = vec![0.0; m * n];
                     vecdot_with(&kern, &x, &w, m, &mut out).unwrap();
                     check(level.name(), &out, &base, &abs, &vec![0.0; m * n]);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn row_split_is_serial_for_small_products_and_sized_by_work_otherwise() {
+        // 64 rows of 896 Q8_0 values: 61 KB, under the serial threshold.
+        let small = linear(GgmlType::Q8_0, 896, &[64], false);
+        assert!(work(&small, 1) < SERIAL_WORK);
+        assert_eq!(
+            split(&small, 1, 16),
+            Split {
+                rows: 64,
+                parallel: false
+            }
+        );
+        assert!(!needs_pool(FDOT, &small, 1) && !needs_pool(VECDOT, &small, 1));
+        assert!(needs_pool(GEMM, &small, 1));
+        // 4864 rows of 896: 4.6 MB, parallel with one to four tasks per thread.
+        let big = linear(GgmlType::Q8_0, 896, &[4000, 864], false);
+        for threads in [2, 3, 16] {
+            let s = split(&big, 1, threads);
+            let tasks = 4864usize.div_ceil(s.rows);
+            assert!(
+                s.parallel && (threads..=4 * threads).contains(&tasks),
+                "{threads}: {s:?}"
+            );
+        }
+        // One thread never goes to the pool.
+        assert!(!split(&big, 1, 1).parallel);
+        // Every row is visited once, serial or parallel.
+        for s in [split(&big, 1, 1), split(&big, 1, 7)] {
+            let seen: Vec<std::sync::atomic::AtomicU8> = (0..4864)
+                .map(|_| std::sync::atomic::AtomicU8::new(0))
+                .collect();
+            try_for_each_task(s, 4864, |rows| {
+                for r in rows {
+                    seen[r].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            })
+            .unwrap();
+            assert!(seen
+                .iter()
+                .all(|c| c.load(std::sync::atomic::Ordering::Relaxed) == 1));
         }
     }
 
@@ -397,5 +594,29 @@ mod tests {
         let mut odd = shape(1, GgmlType::Q8_0);
         odd.batch = 14;
         assert!(IMPLS.iter().all(|i| !(i.supports)(&odd)));
+    }
+
+    /// llama.cpp's mixes fuse parts of different types (Q3_K_M on 64-wide
+    /// rows: a Q4_0 query, a Q5_1 value); fdot runs its kernel for the parts
+    /// it has one for and the reference dot for the others.
+    #[test]
+    fn fdot_runs_mixed_type_parts_with_and_without_kernels() {
+        let k = 256;
+        let w = mixed_linear(
+            k,
+            &[
+                (GgmlType::Q4_0, 8),
+                (GgmlType::Q3_K, 4),
+                (GgmlType::Q5_1, 4),
+            ],
+            true,
+        );
+        let m = 2;
+        let x = values(11, m * k);
+        let (y, abs, _) = reference(&w, &x, m);
+        let mut out = vec![f32::NAN; m * w.info.n];
+        crate::matmul_fdot::fdot(&x, &w, m, &mut out).unwrap();
+        let none = vec![0.0; m * w.info.n];
+        check("fdot mixed", &out, &y, &abs, &none);
     }
 }

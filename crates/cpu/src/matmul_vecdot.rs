@@ -6,7 +6,6 @@ use std::cell::RefCell;
 
 use metallic::error::{Error, Result};
 use metallic_gguf::quant;
-use rayon::prelude::*;
 
 use crate::linear::CpuLinear;
 use crate::q8_act::Q8Acts;
@@ -86,46 +85,41 @@ fn run_rows(
 ) -> Result<()> {
     let (n, k) = (w.info.n, w.info.k);
     let optr = SharedOut::new(out);
-    // Enough chunks to balance the pool, few enough to amortise scheduling.
-    let threads = rayon::current_num_threads().max(1);
-    let rows = (n / (threads * 8)).clamp(16, 512);
-    let n_chunks = n.div_ceil(rows);
+    let split = crate::matmul::split(w, m, rayon::current_num_threads());
     let ahead = (PREFETCH_BYTES / w.parts[0].row_bytes.max(1)).max(1);
-    (0..n_chunks)
-        .into_par_iter()
-        .try_for_each(|c| -> Result<()> {
-            let end = ((c + 1) * rows).min(n);
-            for r in c * rows..end {
-                if r + ahead < end {
-                    if let Some((p, pr)) = w.locate(r + ahead) {
-                        prefetch(p.row(pr));
-                    }
-                }
-                let (part, pr) = w.locate(r).expect("row within n");
-                let wrow = part.row(pr);
-                let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
-                for i in 0..m {
-                    let v = if vec_dot::needs_q8(part.ty) {
-                        kern.quant(part.ty, wrow, acts.row(i))
-                    } else if vec_dot::supported(part.ty) {
-                        kern.float(part.ty, wrow, &x[i * k..(i + 1) * k])
-                    } else {
-                        // A stacked part of a type without a kernel: dequantise it.
-                        ROW.with_borrow_mut(|buf| -> Result<f32> {
-                            buf.resize(k, 0.0);
-                            quant::dequantize(part.ty, wrow, buf)?;
-                            Ok(buf
-                                .iter()
-                                .zip(&x[i * k..(i + 1) * k])
-                                .map(|(a, b)| a * b)
-                                .sum())
-                        })?
-                    };
-                    // SAFETY: column r of every row is written by this task only,
-                    // and i * n + r < m * n <= out.len() (checked by the caller).
-                    unsafe { *optr.ptr().add(i * n + r) = v + b };
+    crate::matmul::try_for_each_task(split, n, |rows| -> Result<()> {
+        let end = rows.end;
+        for r in rows {
+            if r + ahead < end {
+                if let Some((p, pr)) = w.locate(r + ahead) {
+                    prefetch(p.row(pr));
                 }
             }
-            Ok(())
-        })
+            let (part, pr) = w.locate(r).expect("row within n");
+            let wrow = part.row(pr);
+            let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
+            for i in 0..m {
+                let v = if vec_dot::needs_q8(part.ty) {
+                    kern.quant(part.ty, wrow, acts.row(i))
+                } else if vec_dot::supported(part.ty) {
+                    kern.float(part.ty, wrow, &x[i * k..(i + 1) * k])
+                } else {
+                    // A stacked part of a type without a kernel: dequantise it.
+                    ROW.with_borrow_mut(|buf| -> Result<f32> {
+                        buf.resize(k, 0.0);
+                        quant::dequantize(part.ty, wrow, buf)?;
+                        Ok(buf
+                            .iter()
+                            .zip(&x[i * k..(i + 1) * k])
+                            .map(|(a, b)| a * b)
+                            .sum())
+                    })?
+                };
+                // SAFETY: column r of every row is written by this task only,
+                // and i * n + r < m * n <= out.len() (checked by the caller).
+                unsafe { *optr.ptr().add(i * n + r) = v + b };
+            }
+        }
+        Ok(())
+    })
 }

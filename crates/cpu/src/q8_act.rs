@@ -59,6 +59,19 @@ impl Q8Acts {
 
 #[inline]
 fn quantize_block(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut f32) {
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of the aarch64 baseline; both slices hold a
+        // whole block (`chunks_exact(QK)` in the caller).
+        (*d_out, *s_out) = unsafe { crate::neon::quantize_block(x, q) };
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    quantize_block_scalar(x, q, d_out, s_out);
+}
+
+/// The portable quantiser (and the NEON one's cross-check).
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+fn quantize_block_scalar(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut f32) {
     let mut amax = 0.0f32;
     for &v in x {
         amax = amax.max(v.abs());
@@ -79,6 +92,37 @@ fn quantize_block(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simd_quantiser_gives_the_portable_bytes() {
+        // Ties (x.5 steps), zeros, a negative maximum and ragged magnitudes.
+        let mut blocks: Vec<Vec<f32>> = vec![vec![0.0; QK]];
+        blocks.push((0..QK).map(|i| i as f32 - 15.5).collect());
+        blocks.push(
+            (0..QK)
+                .map(|i| {
+                    if i == 7 {
+                        -127.0
+                    } else {
+                        (i as f32) * 2.5 - 40.0
+                    }
+                })
+                .collect(),
+        );
+        blocks.push(
+            (0..QK)
+                .map(|i| ((i * 7919 % 263) as f32 - 131.0) / 17.0)
+                .collect(),
+        );
+        for x in blocks {
+            let (mut qa, mut qb) = ([0i8; QK], [0i8; QK]);
+            let (mut da, mut sa, mut db, mut sb) = (0.0, 0.0, 0.0, 0.0);
+            quantize_block(&x, &mut qa, &mut da, &mut sa);
+            quantize_block_scalar(&x, &mut qb, &mut db, &mut sb);
+            assert_eq!(qa, qb, "block {x:?}");
+            assert_eq!((da, sa), (db, sb));
+        }
+    }
 
     #[test]
     fn q8_rows_dequantise_within_half_a_step() {

@@ -4,8 +4,8 @@
 //! Quantised weights (Q4_0, Q4_1, Q8_0) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per block;
 //! float weights (F32, F16) with f32 activations. The level is detected at run
-//! time; `METALLIC_CPU_SIMD=scalar|avx2|avx512` forces a lower one (for
-//! measurements and tests).
+//! time; `METALLIC_CPU_SIMD=scalar|avx2|avx512|neon|neon-dot` forces a lower
+//! one (for measurements and tests).
 
 use std::sync::OnceLock;
 
@@ -22,6 +22,11 @@ pub enum SimdLevel {
     Avx2,
     /// AVX-512 F/BW/DQ/VL with VNNI (`vpdpbusd`).
     Avx512,
+    /// aarch64 NEON without the dot-product extension (Cortex-A53/A72).
+    Neon,
+    /// NEON with the Armv8.2 dot-product extension (`sdot`): Apple silicon,
+    /// Graviton 2+, Ampere, Cortex-A76+.
+    NeonDot,
 }
 
 impl SimdLevel {
@@ -30,6 +35,8 @@ impl SimdLevel {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx512 => "avx512",
+            SimdLevel::Neon => "neon",
+            SimdLevel::NeonDot => "neon-dot",
         }
     }
 
@@ -38,6 +45,8 @@ impl SimdLevel {
             "scalar" => Some(SimdLevel::Scalar),
             "avx2" => Some(SimdLevel::Avx2),
             "avx512" => Some(SimdLevel::Avx512),
+            "neon" => Some(SimdLevel::Neon),
+            "neon-dot" => Some(SimdLevel::NeonDot),
             _ => None,
         }
     }
@@ -61,12 +70,27 @@ impl SimdLevel {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
-    pub const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512];
+    /// Every level, narrowest first per architecture: the widest available
+    /// one is the last of these that [`SimdLevel::available`] accepts.
+    pub const ALL: [SimdLevel; 5] = [
+        SimdLevel::Scalar,
+        SimdLevel::Avx2,
+        SimdLevel::Avx512,
+        SimdLevel::Neon,
+        SimdLevel::NeonDot,
+    ];
 }
 
 /// Bytes of one block and values per block of the weight types these kernels read.
@@ -138,7 +162,25 @@ impl Kernels {
                 f16: crate::vec_dot_x86::f16_avx512,
                 f32: crate::vec_dot_x86::f32_avx512,
             },
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => Kernels {
+                level,
+                q4_0: crate::neon::q4_0_plain,
+                q4_1: crate::neon::q4_1_plain,
+                q8_0: crate::neon::q8_0_plain,
+                f16: crate::neon::f16_row,
+                f32: crate::neon::f32_row,
+            },
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::NeonDot => Kernels {
+                level,
+                q4_0: crate::neon::q4_0_dot,
+                q4_1: crate::neon::q4_1_dot,
+                q8_0: crate::neon::q8_0_dot,
+                f16: crate::neon::f16_row,
+                f32: crate::neon::f32_row,
+            },
+            #[allow(unreachable_patterns)]
             _ => return None,
         })
     }

@@ -65,6 +65,8 @@ mod tests {
             "tokenizer_golden.json",
             "tokenizer_corpus.json",
             "chat_golden.json",
+            "smollm2_alice_ppl.json",
+            "alice_excerpt.txt",
         ] {
             assert!(golden_path(name).is_file(), "{name} missing");
         }

@@ -399,6 +399,26 @@ impl Tokenizer {
         self.inner.bos
     }
 
+    /// A 64-bit FNV-1a digest of the vocabulary (every token's bytes), the
+    /// pre-tokenizer and the BOS/EOS settings: two tokenizers with the same
+    /// fingerprint map a text to the same ids. Saved log-probabilities carry it
+    /// so that they are never compared across vocabularies.
+    pub fn fingerprint(&self) -> u64 {
+        let inner = &*self.inner;
+        let mut h = crate::hash::Fnv64::new();
+        h.write_u64(inner.offsets.len() as u64);
+        for &o in &inner.offsets {
+            h.write_u32(o);
+        }
+        h.write(&inner.bytes);
+        h.write(format!("{:?}", inner.pre).as_bytes());
+        for id in [inner.bos, inner.eos] {
+            h.write_u32(id.map_or(u32::MAX, |i| i));
+        }
+        h.write(&[inner.add_bos as u8, inner.add_eos as u8]);
+        h.finish()
+    }
+
     pub fn eos_id(&self) -> Option<u32> {
         self.inner.eos
     }
