@@ -87,9 +87,6 @@ fn load_tokenizer(path: &Path, arch: Arch) -> Result<(TokenizerSpec, Option<Stri
 }
 
 pub fn run(args: SynthArgs) -> Result<()> {
-    let mut inputs = vec![args.tokenizer.as_path()];
-    inputs.extend(args.chat_template.as_deref());
-    crate::common::check_output_path(&args.output, "--output", &inputs, args.force)?;
     let arch = Arch::from_name(&args.arch)
         .with_context(|| format!("unknown --arch {:?} (qwen2 or llama)", args.arch))?;
     let preset = synth::preset(arch, &args.preset)?;
@@ -115,6 +112,10 @@ pub fn run(args: SynthArgs) -> Result<()> {
             (ftype.default_type(), Some(ftype))
         }
     };
+    // Before any work: the arguments above are checked first so that their errors win.
+    let mut inputs = vec![args.tokenizer.as_path()];
+    inputs.extend(args.chat_template.as_deref());
+    crate::common::check_output_path(&args.output, "--output", &inputs, args.force)?;
     let (spec, gguf_template) = load_tokenizer(&args.tokenizer, arch)?;
     let template = match &args.chat_template {
         Some(p) => Some(read(p)?),
