@@ -9,6 +9,7 @@ mod machine;
 mod probe;
 mod probe_chart;
 mod report;
+mod serve;
 mod synth;
 mod tokenize;
 
@@ -40,6 +41,8 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Time every matmul implementation on the Qwen2.5 shapes (or a recorded profile's).
     Probe(probe::ProbeArgs),
+    /// Serve the OpenAI API (chat and completions) with continuous batching.
+    Serve(serve::ServeArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect {
         file: PathBuf,
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize::run(&a),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Probe(a) => probe::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
