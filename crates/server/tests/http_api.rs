@@ -436,3 +436,35 @@ async fn shutdown_lets_an_in_flight_stream_finish() {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     shutdown.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preempted_sequences_resume_with_the_same_tokens() {
+    // 6 MiB of KV: 8 blocks of 16 positions for SmolLM2; four sequences
+    // growing to 5 blocks each cannot all fit, so some are preempted and
+    // recomputed.
+    let mut cfg = config();
+    cfg.kv_memory = 6 << 20;
+    let Some(s) = start(cfg).await else { return };
+    let prompts = ["Once upon a time", "The history of Rome", "Dear diary,", "Step one:"];
+    let body = |p: &str| json!({"prompt": p, "max_tokens": 60, "temperature": 0});
+    let mut alone = Vec::new();
+    for p in prompts {
+        let (st, v) = s.post("/v1/completions", &body(p)).await;
+        assert_eq!(st, 200, "{v}");
+        alone.push(v["choices"][0]["text"].as_str().unwrap().to_string());
+    }
+    let mut tasks = Vec::new();
+    for p in prompts {
+        let (http, url, b) = (s.http.clone(), format!("{}/v1/completions", s.base), body(p));
+        tasks.push(tokio::spawn(async move {
+            let v: Value = http.post(url).json(&b).send().await.unwrap().json().await.unwrap();
+            v["choices"][0]["text"].as_str().unwrap().to_string()
+        }));
+    }
+    for (t, want) in tasks.into_iter().zip(&alone) {
+        assert_eq!(&t.await.unwrap(), want);
+    }
+    assert!(s.metric("metallic_preemptions_total").await > 0.0, "nothing was preempted");
+    s.wait_idle().await;
+    s.server.shutdown().await.unwrap();
+}
