@@ -445,7 +445,12 @@ async fn preempted_sequences_resume_with_the_same_tokens() {
     let mut cfg = config();
     cfg.kv_memory = 6 << 20;
     let Some(s) = start(cfg).await else { return };
-    let prompts = ["Once upon a time", "The history of Rome", "Dear diary,", "Step one:"];
+    let prompts = [
+        "Once upon a time",
+        "The history of Rome",
+        "Dear diary,",
+        "Step one:",
+    ];
     let body = |p: &str| json!({"prompt": p, "max_tokens": 60, "temperature": 0});
     let mut alone = Vec::new();
     for p in prompts {
@@ -455,16 +460,31 @@ async fn preempted_sequences_resume_with_the_same_tokens() {
     }
     let mut tasks = Vec::new();
     for p in prompts {
-        let (http, url, b) = (s.http.clone(), format!("{}/v1/completions", s.base), body(p));
+        let (http, url, b) = (
+            s.http.clone(),
+            format!("{}/v1/completions", s.base),
+            body(p),
+        );
         tasks.push(tokio::spawn(async move {
-            let v: Value = http.post(url).json(&b).send().await.unwrap().json().await.unwrap();
+            let v: Value = http
+                .post(url)
+                .json(&b)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             v["choices"][0]["text"].as_str().unwrap().to_string()
         }));
     }
     for (t, want) in tasks.into_iter().zip(&alone) {
         assert_eq!(&t.await.unwrap(), want);
     }
-    assert!(s.metric("metallic_preemptions_total").await > 0.0, "nothing was preempted");
+    assert!(
+        s.metric("metallic_preemptions_total").await > 0.0,
+        "nothing was preempted"
+    );
     s.wait_idle().await;
     s.server.shutdown().await.unwrap();
 }
