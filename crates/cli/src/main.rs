@@ -43,6 +43,8 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Serve the OpenAI API (chat and completions) with continuous batching.
     Serve(serve::ServeArgs),
+    /// Concurrent streaming clients against an OpenAI-compatible server: tok/s, TTFT, inter-token latency.
+    BenchServe(serve::BenchServeArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect {
         file: PathBuf,
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Probe(a) => probe::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::BenchServe(a) => serve::bench(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

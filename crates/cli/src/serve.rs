@@ -150,3 +150,77 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .context("starting the tokio runtime")?;
     rt.block_on(serve(backend, file, cfg))
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchServeArgs {
+    /// Base URL of an OpenAI-compatible server (metallic serve, llama-server).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Concurrent streaming clients.
+    #[arg(short, long, default_value_t = 4)]
+    pub clients: usize,
+    /// Requests in all (0: 4 per client).
+    #[arg(short = 'r', long, default_value_t = 0)]
+    pub requests: usize,
+    /// Tokens each request asks for.
+    #[arg(short = 'n', long, default_value_t = 64)]
+    pub max_tokens: usize,
+    #[arg(
+        long,
+        default_value = "Write a long story about a lighthouse keeper and the sea."
+    )]
+    pub prompt: String,
+    /// Bearer key, if the server wants one (default: $METALLIC_API_KEY).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Seconds before a request is given up.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(args: BenchServeArgs) -> Result<()> {
+    if args.clients == 0 || args.clients > 1024 {
+        bail!("--clients must be 1..=1024");
+    }
+    let requests = if args.requests == 0 {
+        4 * args.clients
+    } else {
+        args.requests
+    };
+    let cfg = metallic_server::bench::BenchConfig {
+        url: args.url.clone(),
+        clients: args.clients,
+        requests,
+        max_tokens: args.max_tokens,
+        prompt: args.prompt.clone(),
+        api_key: args.api_key.clone().or_else(|| {
+            std::env::var("METALLIC_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())
+        }),
+        timeout: Duration::from_secs(args.timeout),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let r = rt.block_on(metallic_server::bench::run(cfg));
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} clients, {} requests ({} failed): {} tokens in {:.2} s = {:.1} tok/s; \
+             TTFT p50 {:.0} ms p99 {:.0} ms; inter-token p50 {:.1} ms p99 {:.1} ms (client monotonic clock)",
+            r.clients, r.requests, r.failed, r.generated_tokens, r.wall_s, r.tokens_per_s,
+            r.ttft_p50_ms, r.ttft_p99_ms, r.itl_p50_ms, r.itl_p99_ms
+        );
+    }
+    if r.failed > 0 {
+        bail!("{} of {} requests failed", r.failed, r.requests);
+    }
+    Ok(())
+}

@@ -488,3 +488,24 @@ async fn preempted_sequences_resume_with_the_same_tokens() {
     s.wait_idle().await;
     s.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_serve_counts_every_streamed_token() {
+    let Some(s) = start(config()).await else { return };
+    let r = metallic_server::bench::run(metallic_server::bench::BenchConfig {
+        url: s.base.clone(),
+        clients: 2,
+        requests: 4,
+        max_tokens: 5,
+        prompt: "1, 2, 3, 4,".into(),
+        api_key: None,
+        timeout: Duration::from_secs(60),
+    })
+    .await;
+    assert_eq!(r.failed, 0);
+    // Each greedy request runs to its 5 tokens (the continuation has no EOS).
+    assert_eq!(r.generated_tokens, 20, "{r:?}");
+    assert_eq!(s.metric("metallic_generation_tokens_total").await, 20.0);
+    assert!(r.ttft_p50_ms > 0.0 && r.itl_p99_ms >= r.itl_p50_ms, "{r:?}");
+    s.server.shutdown().await.unwrap();
+}
