@@ -167,7 +167,7 @@ pub struct BenchServeArgs {
     pub max_tokens: usize,
     #[arg(
         long,
-        default_value = "Write a long story about a lighthouse keeper and the sea."
+        default_value = "Once upon a time, in a small village by the sea,"
     )]
     pub prompt: String,
     /// Bearer key, if the server wants one (default: $METALLIC_API_KEY).
