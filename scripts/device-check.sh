@@ -29,7 +29,9 @@ pack() {
   cd "$top"
   rm -rf "$dest"; mkdir -p "$dest/tests" "$dest/bin"
   cargo build --release -p metallic-cli --bin metallic
-  cargo build --release -p metallic-cuda --example profile_decode
+  # The workspace takes the core crate without default features; the profile
+  # needs its recorder.
+  cargo build --release -p metallic-cuda --example profile_decode --features metallic/profiling
   cp target/release/metallic target/release/examples/profile_decode "$dest/bin/"
   cargo test --release -p metallic-cuda --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys, shutil, os

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Golden chat-template renderings from transformers' apply_chat_template(tokenize=False).
 
-Writes crates/core/tests/data/chat_golden.json: the template sources (so the Rust tests
+Writes crates/test-support/golden/chat_golden.json: the template sources (so the Rust tests
 render exactly what was rendered here) and, per case, the inputs plus either the expected
 prompt text or the fact that transformers raised (and its message).
 
@@ -390,7 +390,7 @@ def main():
     ap.add_argument("--gguf", default=ROOT / "assets/SmolLM2-135M-Instruct.Q4_1.gguf", type=pathlib.Path)
     ap.add_argument("--tokenizer-dir", default=ROOT / "assets/qwen2", type=pathlib.Path)
     ap.add_argument("--templates-dir", default=ROOT / "crates/core/src/chat/templates", type=pathlib.Path)
-    ap.add_argument("--out", default=ROOT / "crates/core/tests/data/chat_golden.json", type=pathlib.Path)
+    ap.add_argument("--out", default=ROOT / "crates/test-support/golden/chat_golden.json", type=pathlib.Path)
     args = ap.parse_args()
 
     reader = gguf.GGUFReader(str(args.gguf))

@@ -10,7 +10,8 @@ it records, for every prompt row and for `--steps` greedy decode steps:
   * the argmax id and the top-20 (id, logit) pairs,
   * the logits at a fixed, seeded sample of vocabulary ids (all of them for
     last row of the first --full-last prompts), for max-abs-error and cosine checks,
-and the greedy continuation ids. Output: one JSON file (small enough to commit).
+and the greedy continuation ids. Output: one JSON file (small enough to commit;
+the parity tests read it from crates/test-support/golden/).
 
 usage: model_logits.py GGUF OUT.json --prompt-ids 1,2,3 [--prompt-ids ...]
        [--steps 8] [--record-steps 8] [--sample 512] [--full-last N]

@@ -11,7 +11,7 @@ py=${1:-python3}
 bin=./target/release/metallic
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-out=crates/core/tests/golden
+out=crates/test-support/golden
 tok=assets/qwen2/tokenizer.json
 # 16 ids of ordinary Qwen2 tokens ("The quick brown fox ..." and a few more).
 prompt=785,3974,13876,38835,34208,916,279,15678,5562,11,1053,1207,16948,594,220,17

@@ -5,7 +5,7 @@
   python scripts/reference/tokenize_bench.py make-text OUT   # write the ~1 MB bench text
   python scripts/reference/tokenize_bench.py run FILE        # time both tokenizers on it
 
-The text is the tokenizer corpus (crates/core/tests/data/tokenizer_corpus.json) joined by
+The text is the tokenizer corpus (crates/test-support/golden/tokenizer_corpus.json) joined by
 newlines and repeated up to 1,000,000 bytes: mixed scripts, code, numbers, emoji, whitespace
 oddities and some special tokens.
 

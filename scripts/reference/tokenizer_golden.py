@@ -2,9 +2,9 @@
 """Tokenizer corpus and golden token ids from Hugging Face `tokenizers`.
 
 Writes (paths relative to the repository root):
-  crates/core/tests/data/tokenizer_corpus.json   the corpus: hand-picked edge cases, seeded
+  crates/test-support/golden/tokenizer_corpus.json   the corpus: hand-picked edge cases, seeded
                                                  random strings, and one ~100 kB text
-  crates/core/tests/data/tokenizer_golden.json   ids per corpus string for two tokenizers,
+  crates/test-support/golden/tokenizer_golden.json   ids per corpus string for two tokenizers,
                                                  with special-token parsing on ("special")
                                                  and off ("plain", null where identical);
                                                  ids of the hand-picked strings for a Llama 3
@@ -42,7 +42,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DATA = os.path.join(TOP, "crates", "core", "tests", "data")
+DATA = os.path.join(TOP, "crates", "test-support", "golden")
 QWEN2_JSON = os.path.join(TOP, "assets", "qwen2", "tokenizer.json")
 SMOLLM2_GGUF = os.path.join(TOP, "assets", "SmolLM2-135M-Instruct.Q4_1.gguf")
 QWEN25_MAX_ID = 151664

@@ -13,13 +13,13 @@ pub struct Machine {
     /// The backend's own description (the GPU for CUDA).
     pub device: String,
     pub os: String,
-    /// CUDA GPUs seen by the driver probe (or why none).
+    /// CUDA GPUs seen by driver discovery (or why none).
     pub gpu: String,
 }
 
 /// What the CUDA driver reports, without creating a context.
 fn gpu_summary() -> String {
-    match metallic_cuda::probe_driver() {
+    match metallic_cuda::discover_driver() {
         Ok(d) => format!(
             "{} CUDA device(s), driver {}.{}",
             d.devices,

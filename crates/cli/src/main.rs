@@ -8,6 +8,7 @@ mod inspect;
 mod machine;
 mod probe;
 mod probe_chart;
+mod quantize;
 mod report;
 mod serve;
 mod synth;
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a GGUF with a real model's layout and random weights.
     Synth(synth::SynthArgs),
+    /// Rewrite a GGUF's weights to another type (llama-quantize's per-tensor rules).
+    Quantize(quantize::QuantizeArgs),
     /// Show the token ids of a text under a model's tokenizer.
     Tokenize(tokenize::TokenizeArgs),
     /// Time every matmul implementation on the Qwen2.5 shapes (or a recorded profile's).
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Tokenize(a) => tokenize::run(&a),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Probe(a) => probe::run(a),

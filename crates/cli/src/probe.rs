@@ -1,5 +1,5 @@
 //! `metallic probe`: time every matmul implementation of a backend on the
-//! Qwen2.5 shapes of the seed profile (or on a recorded profile's shapes),
+//! Qwen2.5 shapes of the seed profile (`docs/seed_profile_qwen25_05b.md`) (or on a recorded profile's shapes),
 //! against a memory-bandwidth floor measured in the same run.
 //!
 //! Weights are random, quantised once and copied until the copies span
@@ -591,7 +591,7 @@ mod tests {
             .filter(|p| p.m == 1)
             .map(|p| (p.op, p.m, p.n, p.k))
             .collect();
-        // QWEN25_SHAPES.md: fused qkv with bias, o_proj, gate|up, down, tied lm_head.
+        // docs/seed_profile_qwen25_05b.md: fused qkv with bias, o_proj, gate|up, down, tied lm_head.
         assert_eq!(
             decode,
             vec![

@@ -1,6 +1,6 @@
 //! Profiling end to end: the real binary on a tiny synthetic Qwen2 model.
 //! The summary is parsed with patterns built from the seed profile's lines
-//! (`QWEN25_SHAPES.md`), its counts are checked against the number of calls
+//! (`docs/seed_profile_qwen25_05b.md`), its counts are checked against the number of calls
 //! the forward pass makes, and the Chrome trace's nesting is checked.
 
 #![cfg(feature = "profiling")]
@@ -88,6 +88,7 @@ fn metallic(args: &[&str], env: &[(&str, &str)]) -> Output {
     // Hermetic: no autotune cache of the user's (tests that want one set their own).
     c.env("XDG_CACHE_HOME", scratch().join("empty-cache"));
     for k in [
+        "METALLIC_CACHE_DIR",
         "METALLIC_PROFILING_ENABLED",
         "METALLIC_METRICS_JSONL_PATH",
         "METALLIC_MATMUL_BACKEND",
@@ -517,6 +518,24 @@ fn autotune_times_each_new_shape_once_and_later_runs_use_the_cache() {
     );
     let s = parse_summary(&String::from_utf8(out.stderr).unwrap());
     assert!(s.backends.iter().all(|b| b.0 != "gemv"), "{:?}", s.backends);
+}
+
+#[test]
+fn metallic_cache_dir_holds_the_autotune_cache_ahead_of_xdg_cache_home() {
+    let root = scratch().join("cache-dir-override");
+    let _ = std::fs::remove_dir_all(&root);
+    let (own, xdg) = (root.join("own"), root.join("xdg"));
+    generate(
+        2,
+        &[],
+        &[
+            ("METALLIC_CACHE_DIR", own.to_str().unwrap()),
+            ("XDG_CACHE_HOME", xdg.to_str().unwrap()),
+            ("METALLIC_MATMUL_AUTOTUNE", "1"),
+        ],
+    );
+    assert!(own.join("matmul-autotune.json").is_file());
+    assert!(!xdg.exists(), "nothing written under XDG_CACHE_HOME");
 }
 
 #[test]

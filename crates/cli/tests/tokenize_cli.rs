@@ -1,5 +1,5 @@
 //! `metallic tokenize` end to end: the binary's ids equal the Hugging Face `tokenizers` goldens
-//! (tests/data of the core crate, written by scripts/reference/tokenizer_golden.py). Ids are
+//! (crates/test-support/golden, written by scripts/reference/tokenizer_golden.py). Ids are
 //! integers: exact comparison.
 
 use std::path::{Path, PathBuf};
@@ -7,19 +7,8 @@ use std::process::Command;
 
 use metallic::tokenizer::TokenizerSpec;
 use metallic_gguf::{GgufWriter, Value, ValueType};
+use metallic_test_support::{golden_json as load, repo_path as repo};
 use serde_json::Value as Json;
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn load(rel: &str) -> Json {
-    let path = repo(rel);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
 
 fn metallic(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_metallic"))
@@ -44,7 +33,7 @@ fn ids(v: &Json) -> Vec<u64> {
 
 /// Corpus strings to run through the binary (each run loads the model, so a sample).
 fn sample() -> Vec<(usize, String)> {
-    let corpus = load("crates/core/tests/data/tokenizer_corpus.json");
+    let corpus = load("tokenizer_corpus.json");
     let strings = corpus["strings"].as_array().unwrap();
     let wanted = |s: &str| {
         s.contains("<|im_start|>") || s.contains("DON'T") || s.contains('😀') || s.contains("中文")
@@ -98,7 +87,7 @@ fn check(model: &Path, golden: &Json) {
 
 #[test]
 fn tokenize_smollm2_gguf_matches_hf_tokenizers() {
-    let golden = load("crates/core/tests/data/tokenizer_golden.json");
+    let golden = load("tokenizer_golden.json");
     check(
         &repo("assets/SmolLM2-135M-Instruct.Q4_1.gguf"),
         &golden["smollm2"],
@@ -135,7 +124,7 @@ fn tokenize_qwen2_gguf_matches_hf_tokenizers() {
     let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("qwen2-tokenizer-{}.gguf", std::process::id()));
     w.write_file(&path).unwrap();
-    let golden = load("crates/core/tests/data/tokenizer_golden.json");
+    let golden = load("tokenizer_golden.json");
     check(&path, &golden["qwen2"]);
 
     // The readable listing: one line per id, specials marked.

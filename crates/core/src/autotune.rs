@@ -8,11 +8,12 @@
 //!   operands); the winner is used from then on and saved.
 //! - `0|false|no|off`: the cache is neither read nor written.
 //!
-//! The cache is `$XDG_CACHE_HOME/metallic/matmul-autotune.json` (else
-//! `$HOME/.cache/...`), one table per key: device description, program version
+//! The cache is `matmul-autotune.json` in the cache directory
+//! ([`crate::dirs::cache_dir`]), one table per key: device description, program version
 //! and the backend's implementation names (a new implementation re-tunes).
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -47,13 +48,10 @@ impl Mode {
     }
 }
 
-/// `$XDG_CACHE_HOME/metallic`, else `$HOME/.cache/metallic`.
-pub fn cache_dir() -> Option<PathBuf> {
-    let nonempty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    nonempty("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("metallic"))
+/// The autotune file in the cache directory of the environment `env`
+/// ([`crate::dirs::cache_dir_with`]).
+pub fn default_path(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    crate::dirs::cache_dir_with(env).map(|d| d.join(FILE_NAME))
 }
 
 /// One tuned shape: the winner and every candidate's median time.
@@ -112,11 +110,8 @@ impl TuneCache {
 
     /// The cache in the user's cache directory (None when it has none).
     pub fn open_default(device: &str, impls: &[&str]) -> Result<Option<TuneCache>> {
-        match cache_dir() {
-            Some(d) => Ok(Some(TuneCache::open(
-                d.join(FILE_NAME),
-                Self::table_key(device, impls),
-            )?)),
+        match default_path(|k| std::env::var_os(k)) {
+            Some(path) => Ok(Some(TuneCache::open(path, Self::table_key(device, impls))?)),
             None => Ok(None),
         }
     }

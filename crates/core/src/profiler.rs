@@ -12,7 +12,8 @@ use std::time::Instant;
 use crate::backend::{Backend, MatmulOp, MatmulShape, TimingKind};
 use crate::error::Result;
 
-/// The ops of the forward pass, named as in the seed profile where it had them.
+/// The ops of the forward pass, named as in the seed profile
+/// (`docs/seed_profile_qwen25_05b.md`) where it had them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OpKind {
     Embed,

@@ -1,7 +1,7 @@
 //! Text and JSONL reports of a recorded run.
 //!
 //! The three matmul summaries keep the seed profile's exact format
-//! (`QWEN25_SHAPES.md`): `backend=` names the matmul implementation that ran,
+//! (`docs/seed_profile_qwen25_05b.md`): `backend=` names the matmul implementation that ran,
 //! times are the backend interval of each op (device events on a GPU; on the
 //! CPU the host clock, said in the header line), groups are sorted by total
 //! time, descending. Per-op, per-layer and per-token sections follow.

@@ -8,12 +8,7 @@ use metallic::chat::{builtin, ChatError, ChatTemplate};
 use serde_json::Value;
 
 fn golden() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/chat_golden.json"
-    ))
-    .expect("golden file present");
-    serde_json::from_str(&text).expect("golden file is JSON")
+    metallic_test_support::golden_json("chat_golden.json")
 }
 
 fn template_source<'a>(golden: &'a Value, name: &str) -> &'a Value {

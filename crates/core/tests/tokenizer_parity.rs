@@ -1,8 +1,8 @@
 //! Tokenizer parity with Hugging Face `tokenizers` and behaviour at the edges.
 //!
-//! Goldens: `tests/data/tokenizer_golden.json`, written by
+//! Goldens: `crates/test-support/golden/tokenizer_golden.json`, written by
 //! `scripts/reference/tokenizer_golden.py` from `tokenizers` 0.23 over the committed corpus
-//! `tests/data/tokenizer_corpus.json` (hand-picked edge cases, seeded random strings and one
+//! `crates/test-support/golden/tokenizer_corpus.json` (hand-picked edge cases, seeded random strings and one
 //! ~100 kB text). Token ids are integers, so every comparison is exact: tolerance zero.
 //!
 //! The Qwen2 reference is `assets/qwen2/tokenizer.json` with added tokens above id 151664
@@ -17,20 +17,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use metallic::tokenizer::{PreTokenizerKind, Tokenizer, TokenizerError, TokenizerSpec};
+use metallic_test_support::repo_path;
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
-
-fn repo_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn data_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(rel)
-}
 
 fn read(path: PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -39,7 +28,7 @@ fn read(path: PathBuf) -> String {
 fn corpus() -> &'static Vec<String> {
     static C: OnceLock<Vec<String>> = OnceLock::new();
     C.get_or_init(|| {
-        let v: Value = serde_json::from_str(&read(data_path("tokenizer_corpus.json"))).unwrap();
+        let v = metallic_test_support::golden_json("tokenizer_corpus.json");
         v["strings"]
             .as_array()
             .unwrap()
@@ -57,7 +46,7 @@ struct Golden {
 
 fn golden_json() -> &'static Value {
     static G: OnceLock<Value> = OnceLock::new();
-    G.get_or_init(|| serde_json::from_str(&read(data_path("tokenizer_golden.json"))).unwrap())
+    G.get_or_init(|| metallic_test_support::golden_json("tokenizer_golden.json"))
 }
 
 fn golden(name: &str) -> Golden {

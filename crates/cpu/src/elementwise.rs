@@ -59,3 +59,106 @@ pub fn add(x: &mut [f32], y: &[f32]) {
         *a += b;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metallic::rng::Xoshiro256;
+
+    /// Values in [-3, 3), the range activations mostly take.
+    fn values(seed: u64, len: usize) -> Vec<f32> {
+        let mut r = Xoshiro256::new(seed);
+        (0..len)
+            .map(|_| (r.next_f64() * 6.0 - 3.0) as f32)
+            .collect()
+    }
+
+    fn assert_close(got: &[f32], want: &[f64], rel: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= rel * w.abs().max(1.0),
+                "{what}: element {i}: {g} vs {w}"
+            );
+        }
+    }
+
+    /// `x / sqrt(mean(x^2) + eps) * w` per row, in f64.
+    fn rms_norm_reference(x: &[f32], w: &[f32], n: usize, eps: f32) -> Vec<f64> {
+        x.chunks(n)
+            .flat_map(|r| {
+                let ms = r.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
+                let s = 1.0 / (ms + eps as f64).sqrt();
+                r.iter().zip(w).map(move |(&v, &g)| v as f64 * s * g as f64)
+            })
+            .collect()
+    }
+
+    /// Both sides of the pool threshold, with row widths that are no power
+    /// of two, and rows of very different scale (the norm must be per row).
+    #[test]
+    fn rms_norm_matches_f64_per_row_serial_and_pooled() {
+        for (m, n) in [(1, 896), (3, 13), (29, 1000)] {
+            assert_eq!(parallel(m * n), m * n >= SERIAL_ELEMENTS);
+            let mut x = values(m as u64, m * n);
+            x[..n].iter_mut().for_each(|v| *v *= 1000.0);
+            let w = values(7, n);
+            let mut out = vec![f32::NAN; m * n + 5];
+            rms_norm(&x, &w, m, n, 1e-6, &mut out);
+            let want = rms_norm_reference(&x, &w, n, 1e-6);
+            assert_close(&out[..m * n], &want, 1e-6, &format!("rms_norm {m}x{n}"));
+            assert!(out[m * n..].iter().all(|v| v.is_nan()), "wrote past m*n");
+        }
+    }
+
+    #[test]
+    fn rms_norm_eps_bounds_the_scale_of_a_zero_row() {
+        let (x, w) = (vec![0.0f32; 8], vec![1.0f32; 8]);
+        let mut out = vec![f32::NAN; 8];
+        rms_norm(&x, &w, 1, 8, 1e-5, &mut out);
+        assert_eq!(out, vec![0.0; 8]);
+    }
+
+    /// `silu(g) * u` with the gate in the first half of each row, in f64.
+    #[test]
+    fn swiglu_matches_f64_serial_and_pooled() {
+        for (m, ffn) in [(1, 4864), (5, 7), (9, 2000)] {
+            let gu = values(ffn as u64, m * 2 * ffn);
+            let mut out = vec![f32::NAN; m * ffn];
+            swiglu(&gu, m, ffn, &mut out);
+            let want: Vec<f64> = gu
+                .chunks(2 * ffn)
+                .flat_map(|r| {
+                    let (g, u) = r.split_at(ffn);
+                    g.iter().zip(u).map(|(&g, &u)| {
+                        let g = g as f64;
+                        g / (1.0 + (-g).exp()) * u as f64
+                    })
+                })
+                .collect();
+            assert_close(&out, &want, 1e-6, &format!("swiglu {m}x{ffn}"));
+        }
+    }
+
+    #[test]
+    fn swiglu_saturates_without_nan_for_large_gates() {
+        let gu = [100.0, -100.0, 2.0, 3.0];
+        let mut out = [0.0f32; 2];
+        swiglu(&gu, 1, 2, &mut out);
+        assert_eq!(out[0], 200.0);
+        assert!(out[1].abs() < 1e-40 && !out[1].is_nan());
+    }
+
+    #[test]
+    fn add_accumulates_elementwise() {
+        let mut x = values(1, 11);
+        let y = values(2, 11);
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(&a, &b)| a as f64 + b as f64)
+            .collect();
+        add(&mut x, &y);
+        assert_close(&x, &want, 1e-7, "add");
+    }
+}

@@ -3,18 +3,15 @@
 //! logits do not depend on the other rows of a step nor on how its prompt was
 //! chunked (batch invariance by construction: see core `model/batched.rs`).
 
-#[path = "../../core/tests/support/golden.rs"]
-mod golden;
-
 use std::sync::Arc;
 
-use golden::repo_path;
 use metallic::backend::{Backend, PagedLayout};
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
 use metallic::exec::Exec;
 use metallic::model::{BatchRow, BatchState, Model, State};
 use metallic_cpu::CpuBackend;
 use metallic_gguf::GgufFile;
+use metallic_test_support::repo_path;
 
 const MODEL: &str = "assets/SmolLM2-135M-Instruct.Q4_1.gguf";
 

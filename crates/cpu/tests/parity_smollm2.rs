@@ -1,6 +1,6 @@
 //! SmolLM2-135M-Instruct Q4_1 on the CPU against Hugging Face transformers.
 //!
-//! Golden: `crates/core/tests/golden/smollm2_logits.json`, written by
+//! Golden: `crates/test-support/golden/smollm2_logits.json`, written by
 //! `scripts/reference/model_logits.py` (transformers loads the same GGUF and
 //! dequantises it to float32; see the command in that file's header).
 //!
@@ -15,12 +15,8 @@
 //! logits by whole units. Faster implementations that quantise activations
 //! (as llama.cpp does) are held to greedy identity instead: see the second test.
 
-#[path = "../../core/tests/support/golden.rs"]
-mod golden;
-
 use std::sync::Arc;
 
-use golden::{check_row, repo_path, Golden, Tolerance};
 use metallic::backend::Backend;
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
 use metallic::eval::logits_rows;
@@ -31,9 +27,11 @@ use metallic::sampler::SamplerParams;
 use metallic::tokenizer::Tokenizer;
 use metallic_cpu::CpuBackend;
 use metallic_gguf::GgufFile;
+use metallic_test_support::logits::{self as golden, check_row, Golden, Tolerance};
+use metallic_test_support::repo_path;
 
 const MODEL: &str = "assets/SmolLM2-135M-Instruct.Q4_1.gguf";
-const GOLDEN: &str = "crates/core/tests/golden/smollm2_logits.json";
+const GOLDEN: &str = "smollm2_logits.json";
 const TOL: Tolerance = Tolerance {
     max_abs: 1e-3,
     min_cosine: 0.999999,

@@ -14,12 +14,8 @@
 //! rounding (hidden 896, FFN 4864; measured 8.9e-6): we allow 5e-4. A wrong
 //! bias, rope pairing or GQA mapping moves logits by orders of magnitude more.
 
-#[path = "../../core/tests/support/golden.rs"]
-mod golden;
-
 use std::sync::Arc;
 
-use golden::{check_row, repo_path, Golden, Tolerance};
 use metallic::backend::Backend;
 use metallic::chat::builtin;
 use metallic::config::Arch;
@@ -31,6 +27,8 @@ use metallic::synth::{self, SynthOptions};
 use metallic::tokenizer::TokenizerSpec;
 use metallic_cpu::CpuBackend;
 use metallic_gguf::{GgmlType, GgufFile};
+use metallic_test_support::logits::{self as golden, check_row, Golden, Tolerance};
+use metallic_test_support::repo_path;
 
 /// Builds the synthetic model as `metallic synth --arch qwen2 --tokenizer
 /// assets/qwen2/tokenizer.json --seed 1` does; None when assets are missing.
@@ -109,11 +107,7 @@ fn tiny_qwen2_f32_logits_match_transformers() {
     let Some(f) = synth_qwen2("tiny", GgmlType::F32) else {
         return;
     };
-    check_against(
-        "crates/core/tests/golden/tiny_qwen2_f32_logits.json",
-        &f,
-        TINY_TOL,
-    );
+    check_against("tiny_qwen2_f32_logits.json", &f, TINY_TOL);
 }
 
 #[test]
@@ -121,11 +115,7 @@ fn tiny_qwen2_q8_0_logits_match_transformers() {
     let Some(f) = synth_qwen2("tiny", GgmlType::Q8_0) else {
         return;
     };
-    check_against(
-        "crates/core/tests/golden/tiny_qwen2_q8_0_logits.json",
-        &f,
-        TINY_TOL,
-    );
+    check_against("tiny_qwen2_q8_0_logits.json", &f, TINY_TOL);
 }
 
 /// Builds a 1 GB model in memory: run with `--include-ignored` (release).
@@ -139,9 +129,5 @@ fn qwen25_05b_f16_logits_match_transformers() {
         max_abs: 5e-4,
         min_cosine: 0.99999,
     };
-    check_against(
-        "crates/core/tests/golden/qwen25_05b_f16_logits.json",
-        &f,
-        tol,
-    );
+    check_against("qwen25_05b_f16_logits.json", &f, tol);
 }

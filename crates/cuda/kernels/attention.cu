@@ -23,24 +23,59 @@ __device__ __forceinline__ float dot_q_k(const float* q, const float* kr, int hd
     return s;
 }
 
-// Decode (one query row): grid (n_heads, splits), 128 threads. The key range
-// 0..L is cut into `splits` chunks of at least 64 keys; each block reduces its
-// chunk to (max, sum, acc[hd]) in `part`, and the last block of a head to
-// finish (counted in `counters`, which it resets) merges the chunks into out.
-extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const float* vc,
-                                       const int* pos, int n_heads, int n_kv, int hd,
-                                       int capacity, float scale, float* part,
-                                       unsigned* counters, float* out) {
+// q . k over HD dimensions known at compile time: every load of the row is
+// issued before the first sum (0: the run-time `hd`).
+template <int HD>
+__device__ __forceinline__ float dot_q_k_n(const float* q, const float* kr, int hd) {
+    if constexpr (HD == 0) {
+        return dot_q_k(q, kr, hd);
+    } else {
+        float4 b[HD / 4];
+#pragma unroll
+        for (int i = 0; i < HD / 4; i++) b[i] = __ldg(reinterpret_cast<const float4*>(kr) + i);
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < HD / 4; i += 2) {
+            float4 a = *reinterpret_cast<const float4*>(q + 4 * i);
+            s0 += a.x * b[i].x + a.y * b[i].y + a.z * b[i].z + a.w * b[i].w;
+            float4 c = *reinterpret_cast<const float4*>(q + 4 * i + 4);
+            s1 += c.x * b[i + 1].x + c.y * b[i + 1].y + c.z * b[i + 1].z + c.w * b[i + 1].w;
+        }
+        return s0 + s1;
+    }
+}
+
+// Keys one decode block takes at least: short contexts are one block per head
+// (no merge at all); long ones at most `splits` blocks of this many or more.
+#define DECODE_CHUNK_MIN 256
+
+// Decode (one query row): grid (n_heads, splits), 128 threads. The filled
+// length L = pos[0] + 1 (read on the device, so a replayed graph sees it) is
+// cut into `active` chunks of at least DECODE_CHUNK_MIN keys; blocks past
+// them return at once. A block reduces its chunk to (max, sum, acc[hd]);
+// with one chunk it writes the output itself, otherwise into `part`, and the
+// last of the active blocks of a head to finish (counted in `counters`, which
+// it resets) merges the chunks into out. At most 32 splits.
+template <int HD>
+__device__ __forceinline__ void attn_decode_body(const float* qkv, const float* kc,
+                                                 const float* vc, const int* pos, int n_heads,
+                                                 int n_kv, int hd_rt, int capacity, float scale,
+                                                 float* part, unsigned* counters, float* out) {
+    constexpr int DPL = HD ? (HD + 31) / 32 : MAX_DPL;
+    const int hd = HD ? HD : hd_rt;
     __shared__ __align__(16) float q[256];
     __shared__ float wm[4], wl[4];
     __shared__ float wacc[4][256];
+    __shared__ float sw[32];
+    __shared__ float sinv;
     __shared__ bool last;
     const int h = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int kvh = h / (n_heads / n_kv);
     const int L = min(pos[0] + 1, capacity);
-    int chunk = max((L + splits - 1) / splits, 64);
+    const int chunk = max((L + splits - 1) / splits, DECODE_CHUNK_MIN);
     const int active = (L + chunk - 1) / chunk;
+    if (split >= active) return;
     const int t0 = split * chunk, t1 = min(L, t0 + chunk);
 
     for (int d = threadIdx.x; d < hd; d += blockDim.x) q[d] = qkv[(long long)h * hd + d];
@@ -48,20 +83,20 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
 
     const float* kb = kc + (long long)kvh * capacity * hd;
     const float* vb = vc + (long long)kvh * capacity * hd;
-    float mw = -INFINITY, lw = 0.0f, acc[MAX_DPL];
+    float mw = -INFINITY, lw = 0.0f, acc[DPL];
 #pragma unroll
-    for (int i = 0; i < MAX_DPL; i++) acc[i] = 0.0f;
+    for (int i = 0; i < DPL; i++) acc[i] = 0.0f;
     for (int base = t0 + warp * 32; base < t1; base += 128) {
         int t = base + lane;
         float s = -INFINITY;
-        if (t < t1) s = dot_q_k(q, kb + (long long)t * hd, hd) * scale;
+        if (t < t1) s = dot_q_k_n<HD>(q, kb + (long long)t * hd, hd) * scale;
         float nm = fmaxf(mw, warp_max(s));
         float p = t < t1 ? expf(s - nm) : 0.0f;
         float corr = expf(mw - nm);
         lw = lw * corr + warp_sum(p);
         int n = min(32, t1 - base);
 #pragma unroll
-        for (int i = 0; i < MAX_DPL; i++) acc[i] *= corr;
+        for (int i = 0; i < DPL; i++) acc[i] *= corr;
         // Full tiles unrolled, so that the 32 rows' loads are in flight together
         // rather than one dependent latency per key.
         if (n == 32) {
@@ -70,9 +105,9 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
                 float pj = __shfl_sync(FULL_MASK, p, j);
                 const float* vr = vb + (long long)(base + j) * hd;
 #pragma unroll
-                for (int i = 0; i < MAX_DPL; i++) {
+                for (int i = 0; i < DPL; i++) {
                     int d = lane + 32 * i;
-                    if (d < hd) acc[i] += pj * vr[d];
+                    if (d < hd) acc[i] += pj * __ldg(vr + d);
                 }
             }
         } else {
@@ -80,9 +115,9 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
                 float pj = __shfl_sync(FULL_MASK, p, j);
                 const float* vr = vb + (long long)(base + j) * hd;
 #pragma unroll
-                for (int i = 0; i < MAX_DPL; i++) {
+                for (int i = 0; i < DPL; i++) {
                     int d = lane + 32 * i;
-                    if (d < hd) acc[i] += pj * vr[d];
+                    if (d < hd) acc[i] += pj * __ldg(vr + d);
                 }
             }
         }
@@ -93,47 +128,73 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
         wl[warp] = lw;
     }
 #pragma unroll
-    for (int i = 0; i < MAX_DPL; i++) {
+    for (int i = 0; i < DPL; i++) {
         int d = lane + 32 * i;
         if (d < hd) wacc[warp][d] = acc[i];
     }
     __syncthreads();
     // Merge the four warps; warps that saw no key have max -inf and weigh 0.
-    const int stride = hd + 2;
-    if (split < active) {
-        float bm = fmaxf(fmaxf(wm[0], wm[1]), fmaxf(wm[2], wm[3]));
-        float e[4];
+    float bm = fmaxf(fmaxf(wm[0], wm[1]), fmaxf(wm[2], wm[3]));
+    float e[4];
 #pragma unroll
-        for (int w = 0; w < 4; w++) e[w] = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - bm);
-        float* pp = part + ((long long)h * splits + split) * stride;
+    for (int w = 0; w < 4; w++) e[w] = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - bm);
+    float bl = e[0] * wl[0] + e[1] * wl[1] + e[2] * wl[2] + e[3] * wl[3];
+    if (active == 1) {
+        float inv = 1.0f / bl;
         for (int d = threadIdx.x; d < hd; d += blockDim.x)
-            pp[2 + d] = e[0] * wacc[0][d] + e[1] * wacc[1][d] + e[2] * wacc[2][d] + e[3] * wacc[3][d];
-        if (threadIdx.x == 0) {
-            pp[0] = bm;
-            pp[1] = e[0] * wl[0] + e[1] * wl[1] + e[2] * wl[2] + e[3] * wl[3];
-        }
+            out[(long long)h * hd + d] =
+                (e[0] * wacc[0][d] + e[1] * wacc[1][d] + e[2] * wacc[2][d] + e[3] * wacc[3][d]) * inv;
+        return;
+    }
+    const int stride = hd + 2;
+    float* pp = part + ((long long)h * splits + split) * stride;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x)
+        pp[2 + d] = e[0] * wacc[0][d] + e[1] * wacc[1][d] + e[2] * wacc[2][d] + e[3] * wacc[3][d];
+    if (threadIdx.x == 0) {
+        pp[0] = bm;
+        pp[1] = bl;
     }
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
         unsigned ticket = atomicAdd(&counters[h], 1u);
-        last = ticket == (unsigned)splits - 1;
+        last = ticket == (unsigned)active - 1;
     }
     __syncthreads();
     if (!last) return;
     __threadfence();
-    const volatile float* pv = part + (long long)h * splits * stride;
-    float gm = -INFINITY;
-    for (int s = 0; s < active; s++) gm = fmaxf(gm, pv[s * stride]);
-    float total = 0.0f;
-    for (int s = 0; s < active; s++) total += expf(pv[s * stride] - gm) * pv[s * stride + 1];
-    float inv = 1.0f / total;
+    // Weights of the chunks from one warp (active <= splits <= 32), then
+    // every thread sums its dimensions; partials are read past L1 (__ldcg),
+    // since other blocks wrote them.
+    const float* pb = part + (long long)h * splits * stride;
+    if (warp == 0) {
+        float ms = lane < active ? __ldcg(pb + lane * stride) : -INFINITY;
+        float gm = warp_max(ms);
+        float ew = lane < active ? expf(ms - gm) : 0.0f;
+        float tot = warp_sum(lane < active ? ew * __ldcg(pb + lane * stride + 1) : 0.0f);
+        sw[lane] = ew;
+        if (lane == 0) sinv = 1.0f / tot;
+    }
+    __syncthreads();
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.0f;
-        for (int s = 0; s < active; s++) o += expf(pv[s * stride] - gm) * pv[s * stride + 2 + d];
-        out[(long long)h * hd + d] = o * inv;
+        for (int s = 0; s < active; s++) o += sw[s] * __ldcg(pb + s * stride + 2 + d);
+        out[(long long)h * hd + d] = o * sinv;
     }
     if (threadIdx.x == 0) counters[h] = 0;
+}
+
+extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const float* vc,
+                                       const int* pos, int n_heads, int n_kv, int hd,
+                                       int capacity, float scale, float* part,
+                                       unsigned* counters, float* out) {
+    pdl_enter();
+    if (hd == 64)
+        attn_decode_body<64>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out);
+    else if (hd == 128)
+        attn_decode_body<128>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out);
+    else
+        attn_decode_body<0>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out);
 }
 
 // Prefill (many query rows): grid (ceil(m / ROWS), n_heads), ROWS warps, one
@@ -143,6 +204,7 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
 extern "C" __global__ void attn_prefill(const float* qkv, const float* kc, const float* vc,
                                         const int* pos, int m, int width, int n_heads, int n_kv,
                                         int hd, int capacity, float scale, float* out) {
+    pdl_enter();
     extern __shared__ __align__(16) float sm[];
     const int rows = blockDim.x >> 5;
     float* kt = sm;                   // [hd][33]

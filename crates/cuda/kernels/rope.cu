@@ -9,6 +9,7 @@
 extern "C" __global__ void rope(float* qkv, const int* pos, int m, int width, int heads, int hd,
                                 int dim, float theta, float pos_scale, const float* factors,
                                 int style) {
+    pdl_enter();
     const int half = dim / 2;
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (long long)m * heads * half) return;

@@ -25,6 +25,7 @@ struct SamplerState {
 extern "C" __global__ void sample_prepare(const float* logits, float* work, int V,
                                           const unsigned* counts, int penalize, float rp,
                                           float freq, float pres) {
+    pdl_enter();
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= V) return;
     float l = logits[t];
@@ -55,6 +56,7 @@ __device__ void accept_token(int t, int V, SamplerState* st, unsigned* counts, i
 // Feed host-chosen tokens (the prompt) into the penalty window.
 extern "C" __global__ void sampler_accept(const int* tokens, int n, int V, SamplerState* st,
                                           unsigned* counts, int* hist, int window) {
+    pdl_enter();
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
     for (int i = 0; i < n; i++) accept_token(tokens[i], V, st, counts, hist, window);
 }
@@ -67,6 +69,7 @@ extern "C" __global__ void sampler_accept(const int* tokens, int n, int V, Sampl
 extern "C" __global__ void sample_argmax(const float* x, int V, float* part_v, int* part_i,
                                          unsigned* counter, int* out_id, SamplerState* st,
                                          unsigned* counts, int* hist, int window) {
+    pdl_enter();
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ bool last;
@@ -107,20 +110,43 @@ extern "C" __global__ void sample_argmax(const float* x, int V, float* part_v, i
         last = ticket == gridDim.x - 1;
     }
     __syncthreads();
-    if (!last || threadIdx.x != 0) return;
+    if (!last) return;
     __threadfence();
-    const volatile float* pv = part_v;
-    const volatile int* pi = part_i;
-    float b = NEG_INF;
-    int id = 0x7fffffff;
-    for (int k = 0; k < (int)gridDim.x; k++) {
-        float v = pv[k];
-        int i = pi[k];
-        if (v > b || (v == b && i < id)) {
-            b = v;
-            id = i;
+    // The whole last block merges the partials: one load per thread, past L1
+    // (other blocks wrote them), then the same reduction as above.
+    best = NEG_INF;
+    bi = 0x7fffffff;
+    for (int k = threadIdx.x; k < (int)gridDim.x; k += blockDim.x) {
+        float v = __ldcg(part_v + k);
+        int i = __ldcg(part_i + k);
+        if (v > best || (v == best && i < bi)) {
+            best = v;
+            bi = i;
         }
     }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(FULL_MASK, best, o);
+        int oi = __shfl_xor_sync(FULL_MASK, bi, o);
+        if (ov > best || (ov == best && oi < bi)) {
+            best = ov;
+            bi = oi;
+        }
+    }
+    __syncthreads();
+    if (lane == 0) {
+        sv[warp] = best;
+        si[warp] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    float b = NEG_INF;
+    int id = 0x7fffffff;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++)
+        if (sv[w] > b || (sv[w] == b && si[w] < id)) {
+            b = sv[w];
+            id = si[w];
+        }
     int tok = b == NEG_INF ? -1 : id;
     *out_id = tok;
     accept_token(tok, V, st, counts, hist, window);
@@ -340,6 +366,7 @@ __device__ double next_f64(SamplerState* st) {
 // id at the end, with the same ties and walks as on the whole vocabulary.
 extern "C" __global__ void sample_topk_blocks(const float* w, int V, int top_k, float* cand_v,
                                               int* cand_i) {
+    pdl_enter();
     __shared__ Shared s;
     const int chunk = (V + gridDim.x - 1) / gridDim.x;
     const int lo = min(V, (int)blockIdx.x * chunk), hi = min(V, lo + chunk);
@@ -381,6 +408,7 @@ extern "C" __global__ void sample_filter(const float* w, int V, int top_k, float
                                          float min_p, float temperature, SamplerState* st,
                                          unsigned* counts, int* hist, int window, int* out_id,
                                          const int* map) {
+    pdl_enter();
     __shared__ Shared s;
     __shared__ double u_shared;
     Ctx c{w, V, 0.0f, 1.0f / temperature};

@@ -5,6 +5,7 @@
 //! small header (magic, length, checksum) so that a truncated or corrupt file
 //! is detected and rebuilt rather than handed to the driver.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -26,24 +27,18 @@ pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// `METALLIC_CACHE_DIR`, else `$XDG_CACHE_HOME/metallic`, else `~/.cache/metallic`.
-pub fn cache_root() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("METALLIC_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d).join("metallic"));
-    }
-    std::env::var_os("HOME")
-        .filter(|d| !d.is_empty())
-        .map(|h| PathBuf::from(h).join(".cache").join("metallic"))
-}
-
 pub struct KernelCache {
     dir: Option<PathBuf>,
 }
 
 impl KernelCache {
+    /// The cache under the cache directory of the environment `env`
+    /// ([`metallic::dirs::cache_dir_with`], shared with the autotune table).
+    pub fn in_cache_dir(env: impl Fn(&str) -> Option<OsString>) -> KernelCache {
+        KernelCache::new(metallic::dirs::cache_dir_with(env))
+    }
+
+    /// The cache under `root` (none: nothing is cached).
     pub fn new(root: Option<PathBuf>) -> KernelCache {
         KernelCache {
             dir: root.map(|r| r.join("cuda-kernels")),
@@ -146,6 +141,34 @@ mod tests {
         assert_eq!(cache.load("norm", 42), None);
         assert!(!path.exists());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// One variable moves every cache: the compiled kernels and the autotune
+    /// table land under `METALLIC_CACHE_DIR`, ahead of `XDG_CACHE_HOME`.
+    #[test]
+    fn metallic_cache_dir_moves_kernels_and_autotune_table() {
+        let env = |k: &str| match k {
+            "METALLIC_CACHE_DIR" => Some(OsString::from("/m")),
+            "XDG_CACHE_HOME" => Some(OsString::from("/x")),
+            _ => None,
+        };
+        let kernel = KernelCache::in_cache_dir(env).path("norm", 1).unwrap();
+        assert!(
+            kernel.starts_with("/m/cuda-kernels"),
+            "{}",
+            kernel.display()
+        );
+        let tune = metallic::autotune::default_path(env).unwrap();
+        assert_eq!(tune, std::path::Path::new("/m/matmul-autotune.json"));
+        let no_override = |k: &str| (k == "XDG_CACHE_HOME").then(|| OsString::from("/x"));
+        let kernel = KernelCache::in_cache_dir(no_override)
+            .path("norm", 1)
+            .unwrap();
+        assert!(kernel.starts_with("/x/metallic/cuda-kernels"));
+        assert_eq!(
+            metallic::autotune::default_path(no_override).unwrap(),
+            std::path::Path::new("/x/metallic/matmul-autotune.json")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Kernel sources and their compilation by NVRTC.
 //!
-//! The `.cu` files under `kernels/` are embedded in the binary. Each is
+//! The `.cu` files under `kernels/` are embedded in the binary (each by its
+//! op module, `ops/<op>.rs`). Each is
 //! compiled on first use for the GPU's own architecture (a cubin, so the
 //! driver does no JIT work) with `common.cuh` and `formats.cuh` prepended, and
 //! the result is cached on disk (see [`crate::cache`]).
@@ -18,51 +19,6 @@ pub struct KernelSource {
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
 const FORMATS: &str = include_str!("../kernels/formats.cuh");
-
-pub const GEMV: KernelSource = KernelSource {
-    name: "gemv",
-    text: include_str!("../kernels/gemv.cu"),
-};
-pub const DEQUANT: KernelSource = KernelSource {
-    name: "dequant",
-    text: include_str!("../kernels/dequant.cu"),
-};
-pub const NORM: KernelSource = KernelSource {
-    name: "norm",
-    text: include_str!("../kernels/norm.cu"),
-};
-pub const ROPE: KernelSource = KernelSource {
-    name: "rope",
-    text: include_str!("../kernels/rope.cu"),
-};
-pub const KV: KernelSource = KernelSource {
-    name: "kv",
-    text: include_str!("../kernels/kv.cu"),
-};
-pub const ATTENTION: KernelSource = KernelSource {
-    name: "attention",
-    text: include_str!("../kernels/attention.cu"),
-};
-pub const ELEMENTWISE: KernelSource = KernelSource {
-    name: "elementwise",
-    text: include_str!("../kernels/elementwise.cu"),
-};
-pub const SAMPLE: KernelSource = KernelSource {
-    name: "sample",
-    text: include_str!("../kernels/sample.cu"),
-};
-
-#[cfg(test)]
-pub const ALL: &[&KernelSource] = &[
-    &GEMV,
-    &DEQUANT,
-    &NORM,
-    &ROPE,
-    &KV,
-    &ATTENTION,
-    &ELEMENTWISE,
-    &SAMPLE,
-];
 
 /// The text NVRTC compiles: the shared headers, then the file, with a `#line`
 /// marker so that diagnostics point into the file itself.
@@ -151,12 +107,12 @@ mod tests {
     /// a message where NVRTC cannot be found.
     #[test]
     fn every_kernel_compiles_for_hopper_and_turing() {
-        if let Err(e) = crate::probe::nvrtc() {
+        if let Err(e) = crate::driver::nvrtc() {
             eprintln!("skipped: {e}");
             return;
         }
         for (major, minor) in [(9, 0), (7, 5)] {
-            for src in ALL {
+            for src in crate::ops::SOURCES {
                 let c = compile(src, major, minor, true).unwrap_or_else(|e| {
                     panic!("kernels/{}.cu for sm_{major}{minor}: {e}", src.name)
                 });

@@ -10,14 +10,14 @@
 //! same buffers, same sizes).
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{self, CUresult};
 use cudarc::driver::CudaContext;
 
+use crate::driver;
 use crate::error::{CudaError, CudaResult};
-use crate::probe;
 
 /// Raw driver handles are plain pointers; the driver allows their use from
 /// any thread once the context is current there.
@@ -43,7 +43,7 @@ pub(crate) fn check(r: CUresult, what: &'static str) -> CudaResult<()> {
     } else {
         Err(CudaError::Invalid(format!(
             "CUDA driver: {what} failed: {}",
-            probe::error_name(r)
+            driver::error_name(r)
         )))
     }
 }
@@ -107,10 +107,22 @@ pub(crate) struct Device {
     pub sm_count: u32,
     pub smem_optin: u32,
     pub driver_version: i32,
+    /// Launch kernels with programmatic stream serialization (programmatic
+    /// dependent launch): sm_90 and newer, unless METALLIC_CUDA_PDL=0.
+    pdl: AtomicBool,
     used: AtomicU64,
     mode: AtomicU8,
     fingerprint: Mutex<u64>,
     staging: Mutex<Pinned>,
+}
+
+/// METALLIC_CUDA_PDL=0 (or `off`, `false`) turns programmatic dependent
+/// launch off, for comparison.
+fn pdl_enabled() -> bool {
+    !matches!(
+        std::env::var("METALLIC_CUDA_PDL").as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
 }
 
 #[inline]
@@ -120,7 +132,7 @@ fn mix(h: u64, v: u64) -> u64 {
 
 impl Device {
     pub fn open(ordinal: usize) -> CudaResult<Arc<Device>> {
-        let info = probe::driver()?;
+        let info = driver::discover()?;
         if ordinal >= info.devices as usize {
             return Err(CudaError::BadOrdinal {
                 ordinal,
@@ -182,6 +194,7 @@ impl Device {
             sm_count,
             smem_optin,
             driver_version: info.version,
+            pdl: AtomicBool::new(cc >= (9, 0) && pdl_enabled()),
             used: AtomicU64::new(0),
             mode: AtomicU8::new(Mode::Normal as u8),
             fingerprint: Mutex::new(0),
@@ -204,6 +217,16 @@ impl Device {
             CURRENT.with(|c| c.set(want));
         }
         Ok(())
+    }
+
+    /// Whether kernels launch with programmatic dependent launch.
+    pub fn pdl(&self) -> bool {
+        self.pdl.load(Ordering::Relaxed)
+    }
+
+    /// Turn programmatic dependent launch on (where the device has it) or off.
+    pub fn set_pdl(&self, on: bool) {
+        self.pdl.store(on && self.cc >= (9, 0), Ordering::Relaxed);
     }
 
     pub fn mode(&self) -> Mode {
@@ -250,9 +273,10 @@ impl Device {
         args: &[Arg],
     ) -> CudaResult<()> {
         debug_assert!(args.len() <= 24);
+        let pdl = self.pdl();
         if self.mode() != Mode::Normal {
             let head = [
-                f.0 as u64,
+                f.0 as u64 ^ pdl as u64,
                 grid.0 as u64 | (grid.1 as u64) << 32,
                 grid.2 as u64 | (block as u64) << 32,
                 smem as u64,
@@ -276,6 +300,33 @@ impl Device {
         }
         for i in 0..args.len() {
             ptrs[i] = &mut slots[i] as *mut u64 as *mut c_void;
+        }
+        if pdl {
+            // Every kernel starts with `pdl_enter` (common.cuh), which waits
+            // for its predecessor before touching memory: the attribute only
+            // lets its launch overlap the predecessor's tail.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                hStream: self.stream.0,
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            return check(
+                unsafe {
+                    sys::cuLaunchKernelEx(&cfg, f.0, ptrs.as_mut_ptr(), std::ptr::null_mut())
+                },
+                "cuLaunchKernelEx",
+            );
         }
         check(
             unsafe {

@@ -1,5 +1,6 @@
-//! Every kernel the backend launches, loaded once from NVRTC-compiled
-//! modules (through the disk cache) and kept as function handles, so that
+//! Loading the kernel modules: each `kernels/<op>.cu` is compiled by NVRTC
+//! (or loaded from the disk cache) once when the backend opens, and every op
+//! module (`ops/<op>.rs`) takes its function handles from it, so that
 //! launching never looks a name up.
 
 use std::ffi::CString;
@@ -7,11 +8,11 @@ use std::sync::Arc;
 
 use cudarc::driver::sys;
 
-use crate::cache::{cache_root, fnv1a64, KernelCache};
+use crate::cache::{fnv1a64, KernelCache};
 use crate::compile::{self, KernelSource};
 use crate::device::{check, Device, Func};
 use crate::error::{CudaError, CudaResult};
-use crate::wtype::WType;
+use crate::ops;
 
 struct Module(sys::CUmodule);
 unsafe impl Send for Module {}
@@ -25,36 +26,30 @@ impl Drop for Module {
     }
 }
 
-/// Largest M of the small-batch matrix-vector kernels.
-pub const GEMV_MAX_M: usize = 8;
+/// A loaded module's handle, valid while the [`Loader`] (then [`Kernels`])
+/// that loaded it lives.
+#[derive(Clone, Copy)]
+pub(crate) struct ModuleRef {
+    raw: sys::CUmodule,
+    name: &'static str,
+}
 
-pub(crate) struct Kernels {
-    _modules: Vec<Module>,
-    /// `[weight type][m - 1]`: dp4a kernels for quantised weights.
-    pub gemv: [[Func; GEMV_MAX_M]; WType::COUNT],
-    /// `[weight type][m - 1]`: f32-activation kernels (the same as `gemv` for float weights).
-    pub gemvx: [[Func; GEMV_MAX_M]; WType::COUNT],
-    pub embed: [Func; WType::COUNT],
-    /// Quantised types only (null for float types).
-    pub dequant: [Func; WType::COUNT],
-    pub quantize_act: Func,
-    pub f32_to_f16: Func,
-    pub f32_to_bf16: Func,
-    pub bias_add: Func,
-    pub rms_norm: Func,
-    pub rope: Func,
-    pub kv_store: Func,
-    pub attn_decode: Func,
-    pub attn_prefill: Func,
-    pub swiglu: Func,
-    pub add: Func,
-    pub advance: Func,
-    pub stream_read: Func,
-    pub sample_prepare: Func,
-    pub sample_argmax: Func,
-    pub sample_filter: Func,
-    pub sample_topk_blocks: Func,
-    pub sampler_accept: Func,
+impl ModuleRef {
+    pub fn function(&self, name: &str) -> CudaResult<Func> {
+        let c = CString::new(name).expect("kernel names have no NUL");
+        let mut f = std::ptr::null_mut();
+        check(
+            unsafe { sys::cuModuleGetFunction(&mut f, self.raw, c.as_ptr()) },
+            "cuModuleGetFunction",
+        )
+        .map_err(|_| {
+            CudaError::Invalid(format!(
+                "kernel `{name}` missing from kernels/{}.cu",
+                self.name
+            ))
+        })?;
+        Ok(Func(f))
+    }
 }
 
 /// Everything that changes the compiled code: the program text, the options,
@@ -77,138 +72,119 @@ fn load_image(image: &[u8]) -> Option<Module> {
     (r == sys::CUresult::CUDA_SUCCESS).then_some(Module(m))
 }
 
-/// Load one kernel file: from the cache when a valid entry exists, else
-/// compiled by NVRTC (and then cached).
-fn load_module(
-    src: &KernelSource,
-    dev: &Device,
-    cache: &KernelCache,
+/// Compiles or loads modules and keeps them loaded.
+pub(crate) struct Loader<'a> {
+    pub dev: &'a Device,
+    cache: KernelCache,
     nvrtc: (i32, i32),
-) -> CudaResult<Module> {
-    let key = cache_key(src, dev, nvrtc);
-    if let Some(image) = cache.load(src.name, key) {
-        if let Some(m) = load_image(&image) {
-            return Ok(m);
+    modules: Vec<Module>,
+}
+
+impl Loader<'_> {
+    /// Load one kernel file: from the cache when a valid entry exists, else
+    /// compiled by NVRTC (and then cached).
+    pub fn module(&mut self, src: &KernelSource) -> CudaResult<ModuleRef> {
+        let key = cache_key(src, self.dev, self.nvrtc);
+        let mut loaded = None;
+        if let Some(image) = self.cache.load(src.name, key) {
+            loaded = load_image(&image);
+            if loaded.is_none() {
+                // The driver refused it (damaged or stale): rebuild.
+                self.cache.evict(src.name, key);
+            }
         }
-        // The driver refused it (damaged or stale): rebuild.
-        cache.evict(src.name, key);
+        let m = match loaded {
+            Some(m) => m,
+            None => {
+                let compiled = compile::compile(src, self.dev.cc.0, self.dev.cc.1, false)?;
+                let m = load_image(&compiled.cubin).ok_or_else(|| {
+                    CudaError::Invalid(format!(
+                        "the driver could not load the module compiled from kernels/{}.cu",
+                        src.name
+                    ))
+                })?;
+                self.cache.store(src.name, key, &compiled.cubin);
+                m
+            }
+        };
+        let r = ModuleRef {
+            raw: m.0,
+            name: src.name,
+        };
+        self.modules.push(m);
+        Ok(r)
     }
-    let compiled = compile::compile(src, dev.cc.0, dev.cc.1, false)?;
-    let m = load_image(&compiled.cubin).ok_or_else(|| {
-        CudaError::Invalid(format!(
-            "the driver could not load the module compiled from kernels/{}.cu",
-            src.name
-        ))
-    })?;
-    cache.store(src.name, key, &compiled.cubin);
-    Ok(m)
+
+    /// Allow a kernel as much dynamic shared memory as the device lets one
+    /// block have (`optin`), less what the kernel declares statically.
+    pub fn allow_smem(&self, f: Func) -> CudaResult<()> {
+        let mut stat = 0i32;
+        check(
+            unsafe {
+                sys::cuFuncGetAttribute(
+                    &mut stat,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                    f.0,
+                )
+            },
+            "cuFuncGetAttribute",
+        )?;
+        check(
+            unsafe {
+                sys::cuFuncSetAttribute(
+                    f.0,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    self.dev.smem_optin as i32 - stat,
+                )
+            },
+            "cuFuncSetAttribute",
+        )
+    }
 }
 
-fn function(m: &Module, name: &str) -> CudaResult<Func> {
-    let c = CString::new(name).expect("kernel names have no NUL");
-    let mut f = std::ptr::null_mut();
-    check(
-        unsafe { sys::cuModuleGetFunction(&mut f, m.0, c.as_ptr()) },
-        "cuModuleGetFunction",
-    )
-    .map_err(|_| CudaError::Invalid(format!("kernel `{name}` missing from its module")))?;
-    Ok(Func(f))
-}
-
-/// Allow a kernel as much dynamic shared memory as the device lets one block
-/// have (`optin`), less what the kernel declares statically.
-fn allow_smem(f: Func, optin: u32) -> CudaResult<()> {
-    let mut stat = 0i32;
-    check(
-        unsafe {
-            sys::cuFuncGetAttribute(
-                &mut stat,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
-                f.0,
-            )
-        },
-        "cuFuncGetAttribute",
-    )?;
-    check(
-        unsafe {
-            sys::cuFuncSetAttribute(
-                f.0,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                optin as i32 - stat,
-            )
-        },
-        "cuFuncSetAttribute",
-    )
+/// Every op's kernels, one field per `kernels/<op>.cu`.
+pub(crate) struct Kernels {
+    pub embed: ops::embed::Embed,
+    pub rms_norm: ops::rms_norm::RmsNorm,
+    pub rope: ops::rope::Rope,
+    pub kv_store: ops::kv_store::KvStore,
+    pub attention: ops::attention::Attention,
+    pub swiglu: ops::swiglu::Swiglu,
+    pub add: ops::add::Add,
+    pub advance: ops::advance::Advance,
+    pub stream_read: ops::stream_read::StreamRead,
+    pub sample: ops::sample::Sample,
+    pub fdot: ops::matmul_fdot::Fdot,
+    pub vecdot: ops::matmul_vecdot::Vecdot,
+    pub cublas: ops::matmul_cublas::CublasKernels,
+    _modules: Vec<Module>,
 }
 
 impl Kernels {
     pub fn load(dev: &Arc<Device>) -> CudaResult<Kernels> {
-        crate::probe::nvrtc()?;
+        crate::driver::nvrtc()?;
         dev.bind()?;
-        let nvrtc = compile::nvrtc_version()?;
-        let cache = KernelCache::new(cache_root());
-        let load = |src: &KernelSource| load_module(src, dev, &cache, nvrtc);
-        let gemv_m = load(&compile::GEMV)?;
-        let dequant_m = load(&compile::DEQUANT)?;
-        let norm_m = load(&compile::NORM)?;
-        let rope_m = load(&compile::ROPE)?;
-        let kv_m = load(&compile::KV)?;
-        let attn_m = load(&compile::ATTENTION)?;
-        let elem_m = load(&compile::ELEMENTWISE)?;
-        let sample_m = load(&compile::SAMPLE)?;
-
-        let mut gemv = [[Func::null(); GEMV_MAX_M]; WType::COUNT];
-        let mut gemvx = [[Func::null(); GEMV_MAX_M]; WType::COUNT];
-        let mut embed = [Func::null(); WType::COUNT];
-        let mut dequant = [Func::null(); WType::COUNT];
-        for t in WType::ALL {
-            let s = t.suffix();
-            for m in 1..=GEMV_MAX_M {
-                let f = function(&gemv_m, &format!("gemv_{s}_m{m}"))?;
-                gemv[t as usize][m - 1] = f;
-                gemvx[t as usize][m - 1] = if t.is_quantized() {
-                    function(&gemv_m, &format!("gemvx_{s}_m{m}"))?
-                } else {
-                    f
-                };
-                if t.is_quantized() {
-                    allow_smem(f, dev.smem_optin)?;
-                }
-            }
-            embed[t as usize] = function(&dequant_m, &format!("embed_{s}"))?;
-            if t.is_quantized() {
-                dequant[t as usize] = function(&dequant_m, &format!("dequant_{s}"))?;
-            }
-        }
-        let attn_prefill = function(&attn_m, "attn_prefill")?;
-        allow_smem(attn_prefill, dev.smem_optin)?;
-        let sample_filter = function(&sample_m, "sample_filter")?;
+        let mut l = Loader {
+            dev,
+            cache: KernelCache::in_cache_dir(|k| std::env::var_os(k)),
+            nvrtc: compile::nvrtc_version()?,
+            modules: Vec::new(),
+        };
         Ok(Kernels {
-            gemv,
-            gemvx,
-            embed,
-            dequant,
-            quantize_act: function(&gemv_m, "quantize_act")?,
-            f32_to_f16: function(&dequant_m, "f32_to_f16")?,
-            f32_to_bf16: function(&dequant_m, "f32_to_bf16")?,
-            bias_add: function(&dequant_m, "bias_add")?,
-            rms_norm: function(&norm_m, "rms_norm")?,
-            rope: function(&rope_m, "rope")?,
-            kv_store: function(&kv_m, "kv_store")?,
-            attn_decode: function(&attn_m, "attn_decode")?,
-            attn_prefill,
-            swiglu: function(&elem_m, "swiglu")?,
-            add: function(&elem_m, "add")?,
-            advance: function(&elem_m, "advance")?,
-            stream_read: function(&elem_m, "stream_read")?,
-            sample_prepare: function(&sample_m, "sample_prepare")?,
-            sample_argmax: function(&sample_m, "sample_argmax")?,
-            sample_filter,
-            sample_topk_blocks: function(&sample_m, "sample_topk_blocks")?,
-            sampler_accept: function(&sample_m, "sampler_accept")?,
-            _modules: vec![
-                gemv_m, dequant_m, norm_m, rope_m, kv_m, attn_m, elem_m, sample_m,
-            ],
+            embed: ops::embed::Embed::load(&mut l)?,
+            rms_norm: ops::rms_norm::RmsNorm::load(&mut l)?,
+            rope: ops::rope::Rope::load(&mut l)?,
+            kv_store: ops::kv_store::KvStore::load(&mut l)?,
+            attention: ops::attention::Attention::load(&mut l)?,
+            swiglu: ops::swiglu::Swiglu::load(&mut l)?,
+            add: ops::add::Add::load(&mut l)?,
+            advance: ops::advance::Advance::load(&mut l)?,
+            stream_read: ops::stream_read::StreamRead::load(&mut l)?,
+            sample: ops::sample::Sample::load(&mut l)?,
+            fdot: ops::matmul_fdot::Fdot::load(&mut l)?,
+            vecdot: ops::matmul_vecdot::Vecdot::load(&mut l)?,
+            cublas: ops::matmul_cublas::CublasKernels::load(&mut l)?,
+            _modules: l.modules,
         })
     }
 }

@@ -3,59 +3,58 @@
 //! Weights are uploaded once in their GGUF block formats (split into aligned
 //! planes, never dequantised to a full-precision copy). Kernels live in
 //! `kernels/*.cu`, are compiled by NVRTC for the GPU's own architecture on
-//! first use and cached on disk. Matrix products run on own gemv kernels
-//! (dp4a for quantised weights) for decode-sized batches and on cuBLAS above;
-//! attention, norms, rotary embedding and sampling are own kernels. Positions,
+//! first use and cached on disk. Each op has one home: `kernels/<op>.cu` and
+//! its launcher `ops/<op>.rs`; this file checks buffers and calls one
+//! launcher per op. Matrix products run on own matrix-vector kernels
+//! (`vecdot`, `fdot`) for decode-sized batches and on cuBLAS above (see
+//! `matmul.rs`); attention, norms, rotary embedding and sampling are own
+//! kernels. Positions,
 //! KV lengths and the sampler state live in device memory, so a decode step
 //! can be captured once and replayed as a CUDA graph; only the chosen token id
 //! crosses to the host.
 //!
 //! Opening the backend without a driver or a GPU is a typed error
-//! ([`CudaError`]), never a panic: the libraries are probed before cudarc
-//! first touches them.
+//! ([`CudaError`]), never a panic: the libraries are looked for
+//! (`driver.rs`) before cudarc first touches them.
 
 mod cache;
 mod compile;
 mod device;
+mod driver;
 pub mod error;
 mod graph;
 mod kernels;
 mod linear;
 mod matmul;
-mod probe;
+mod ops;
 mod repack;
 mod sampler;
 mod tensor;
 mod timing;
 mod wtype;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use metallic::backend::{
     Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, QkvLayout, Rope,
     TimingKind, WeightView,
 };
-use metallic::config::RopeStyle;
 use metallic::error::Result;
 use metallic::sampler::SamplerParams;
 
-use crate::device::{Arg, Device, DeviceBuffer};
+use crate::device::{Device, DeviceBuffer};
+pub use crate::driver::{discover as discover_driver, DriverInfo};
 pub use crate::error::CudaError;
-use crate::error::CudaResult;
 use crate::graph::Graphs;
 use crate::kernels::Kernels;
 pub use crate::linear::CudaLinear;
-use crate::matmul::Blas;
-pub use crate::probe::{driver as probe_driver, DriverInfo};
+use crate::ops::attention::Cache;
+use crate::ops::matmul_cublas::Blas;
+use crate::ops::rope::RopeParams;
 pub use crate::sampler::CudaSampler;
 pub use crate::tensor::CudaTensor;
 pub use crate::timing::CudaMark;
 use crate::timing::EventPool;
-
-/// Rows of queries one prefill attention block handles (one warp each).
-const ATTN_PREFILL_ROWS: usize = 8;
-/// Most KV splits of the decode attention kernel.
-const ATTN_MAX_SPLITS: usize = 32;
 
 pub struct CudaBackend {
     dev: Arc<Device>,
@@ -63,22 +62,6 @@ pub struct CudaBackend {
     blas: std::result::Result<Blas, CudaError>,
     graphs: Graphs,
     events: Arc<EventPool>,
-    attn: Mutex<Option<AttnScratch>>,
-    /// Activations quantised for the dp4a gemv kernels.
-    xq: Mutex<Option<DeviceBuffer>>,
-}
-
-/// Partial results of split decode attention: per head and split, (max, sum,
-/// acc[hd]); and per head the counter the last block uses to find itself.
-struct AttnScratch {
-    part: DeviceBuffer,
-    counters: DeviceBuffer,
-    part_floats: usize,
-    heads: usize,
-}
-
-fn grid1(len: usize, block: usize) -> (u32, u32, u32) {
-    (len.div_ceil(block).max(1) as u32, 1, 1)
 }
 
 fn invalid(msg: impl Into<String>) -> metallic::error::Error {
@@ -86,7 +69,7 @@ fn invalid(msg: impl Into<String>) -> metallic::error::Error {
 }
 
 impl CudaBackend {
-    /// Open device `ordinal`: probe the driver, compile (or load cached)
+    /// Open device `ordinal`: find the driver, compile (or load cached)
     /// kernels, create the cuBLAS handle.
     pub fn new(ordinal: usize) -> std::result::Result<CudaBackend, CudaError> {
         let dev = Device::open(ordinal)?;
@@ -98,19 +81,41 @@ impl CudaBackend {
             blas,
             graphs: Graphs::default(),
             events: EventPool::new(),
-            attn: Mutex::new(None),
-            xq: Mutex::new(None),
         })
     }
 
-    /// Whether a usable CUDA device is present (probes without panicking).
+    /// Whether a usable CUDA device is present (looks for the driver without panicking).
     pub fn available() -> bool {
-        probe::driver().is_ok()
+        driver::discover().is_ok()
     }
 
     /// Why no CUDA device can be used, if none can.
     pub fn unavailable_reason() -> Option<String> {
-        probe::driver().err().map(|e| e.to_string())
+        driver::discover().err().map(|e| e.to_string())
+    }
+
+    /// Whether kernels launch with programmatic dependent launch (sm_90+;
+    /// METALLIC_CUDA_PDL=0 turns it off when the backend opens).
+    pub fn programmatic_launch(&self) -> bool {
+        self.dev.pdl()
+    }
+
+    /// Turn programmatic dependent launch on (where the device has it) or
+    /// off; graphs captured the other way are captured again.
+    pub fn set_programmatic_launch(&self, on: bool) {
+        self.dev.set_pdl(on);
+    }
+
+    /// Quantise `vecdot`'s activations inside each product (`Some(true)`),
+    /// in a separate kernel first (`Some(false)`), or by weight type (`None`,
+    /// the default: inside for Q8_0). METALLIC_CUDA_VECDOT_FUSED=1/0 sets it
+    /// when the backend opens. The results are identical.
+    pub fn set_vecdot_fused(&self, on: Option<bool>) {
+        self.k.vecdot.set_fused(on);
+    }
+
+    pub fn vecdot_fused(&self) -> Option<bool> {
+        self.k.vecdot.fused()
     }
 
     /// Graphs captured and replayed so far.
@@ -120,26 +125,6 @@ impl CudaBackend {
             self.graphs.captures.load(Relaxed),
             self.graphs.replays.load(Relaxed),
         )
-    }
-
-    fn attn_scratch(&self, heads: usize, floats: usize) -> CudaResult<(u64, u64)> {
-        let mut g = self.attn.lock().unwrap_or_else(|e| e.into_inner());
-        let fits = g
-            .as_ref()
-            .is_some_and(|s| s.part_floats >= floats && s.heads >= heads);
-        if !fits {
-            *g = None;
-            let part = DeviceBuffer::new(&self.dev, floats * 4, "attention partials")?;
-            let counters = DeviceBuffer::zeroed(&self.dev, heads * 4, "attention counters")?;
-            *g = Some(AttnScratch {
-                part,
-                counters,
-                part_floats: floats,
-                heads,
-            });
-        }
-        let s = g.as_ref().expect("just set");
-        Ok((s.part.ptr, s.counters.ptr))
     }
 
     /// Copy 4-byte elements `offset..offset + out.len() / 4` of `src` to the host.
@@ -154,11 +139,6 @@ impl CudaBackend {
         let p = src.ptr_of(dtype, offset + out.len() / 4, what)?;
         self.dev.bind()?;
         self.dev.copy_dtoh(out, p + 4 * offset as u64)?;
-        Ok(())
-    }
-
-    fn ew(&self, f: device::Func, len: usize, args: &[Arg]) -> Result<()> {
-        self.dev.launch(f, grid1(len, 256), 256, 0, args)?;
         Ok(())
     }
 }
@@ -176,7 +156,7 @@ impl Backend for CudaBackend {
     fn device_description(&self) -> String {
         let (_, total) = self.dev.mem_info();
         format!(
-            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{})",
+            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{}, PDL {})",
             self.dev.ordinal,
             self.dev.name,
             self.dev.cc.0,
@@ -184,7 +164,8 @@ impl Backend for CudaBackend {
             self.dev.sm_count,
             total as f64 / (1u64 << 30) as f64,
             self.dev.driver_version / 1000,
-            (self.dev.driver_version % 1000) / 10
+            (self.dev.driver_version % 1000) / 10,
+            if self.dev.pdl() { "on" } else { "off" }
         )
     }
 
@@ -268,27 +249,7 @@ impl Backend for CudaBackend {
             return Err(invalid("embedding table of several parts"));
         };
         self.dev.bind()?;
-        let threads = if seg.ty.is_quantized() {
-            m * (k / 32)
-        } else {
-            m * k
-        };
-        let p = seg.planes;
-        self.ew(
-            self.k.embed[seg.ty as usize],
-            threads,
-            &[
-                Arg(p[0]),
-                Arg(p[1]),
-                Arg(p[2]),
-                Arg(p[3]),
-                Arg::from(seg.rows as i32),
-                Arg::from(k as i32),
-                Arg(idp),
-                Arg::from(m as i32),
-                Arg(op),
-            ],
-        )
+        Ok(self.k.embed.launch(&self.dev, seg, k, idp, m, op)?)
     }
 
     fn rms_norm(
@@ -304,21 +265,7 @@ impl Backend for CudaBackend {
         let wp = w.ptr_of(DType::F32, n, "rms_norm w")?;
         let op = out.ptr_of(DType::F32, m * n, "rms_norm out")?;
         self.dev.bind()?;
-        let threads = if n >= 4096 { 1024 } else { 256 };
-        self.dev.launch(
-            self.k.rms_norm,
-            (m as u32, 1, 1),
-            threads,
-            0,
-            &[
-                Arg(xp),
-                Arg(wp),
-                Arg::from(n as i32),
-                Arg::from(eps),
-                Arg(op),
-            ],
-        )?;
-        Ok(())
+        Ok(self.k.rms_norm.launch(&self.dev, xp, wp, m, n, eps, op)?)
     }
 
     fn matmul_impls(&self) -> &[MatmulImpl] {
@@ -340,18 +287,8 @@ impl Backend for CudaBackend {
         let xp = x.ptr_of(DType::F32, m * w.info.k, "matmul x")?;
         let op = out.ptr_of(DType::F32, m * w.info.n, "matmul out")?;
         self.dev.bind()?;
-        matmul::matmul(
-            &self.dev,
-            &self.k,
-            self.blas.as_ref(),
-            &self.xq,
-            imp,
-            xp,
-            w,
-            m,
-            op,
-        )?;
-        Ok(())
+        let blas = self.blas.as_ref();
+        Ok(matmul::run(&self.dev, &self.k, blas, imp, xp, w, m, op)?)
     }
 
     fn rope(
@@ -369,35 +306,21 @@ impl Backend for CudaBackend {
                 rope.dim
             )));
         }
-        let width = layout.row_width();
-        let qp = qkv.ptr_of(DType::F32, m * width, "rope qkv")?;
+        let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "rope qkv")?;
         let pp = pos.ptr_of(DType::I32, m, "rope positions")?;
-        let fp = match rope.freq_factors {
+        let factors = match rope.freq_factors {
             Some(t) => t.ptr_of(DType::F32, rope.dim / 2, "rope factors")?,
             None => 0,
         };
-        let heads = layout.n_heads + layout.n_kv_heads;
+        let p = RopeParams {
+            style: rope.style,
+            theta: rope.theta,
+            dim: rope.dim,
+            pos_scale: rope.pos_scale,
+            factors,
+        };
         self.dev.bind()?;
-        self.ew(
-            self.k.rope,
-            m * heads * (rope.dim / 2),
-            &[
-                Arg(qp),
-                Arg(pp),
-                Arg::from(m as i32),
-                Arg::from(width as i32),
-                Arg::from(heads as i32),
-                Arg::from(hd as i32),
-                Arg::from(rope.dim as i32),
-                Arg::from(rope.theta),
-                Arg::from(rope.pos_scale),
-                Arg(fp),
-                Arg::from(match rope.style {
-                    RopeStyle::Normal => 0i32,
-                    RopeStyle::Neox => 1,
-                }),
-            ],
-        )
+        Ok(self.k.rope.launch(&self.dev, qp, pp, m, layout, &p)?)
     }
 
     fn kv_store(
@@ -409,29 +332,14 @@ impl Backend for CudaBackend {
         m: usize,
         layout: &QkvLayout,
     ) -> Result<()> {
-        let width = layout.row_width();
         let need = layout.n_kv_heads * capacity * layout.head_dim;
-        let qp = qkv.ptr_of(DType::F32, m * width, "kv qkv")?;
+        let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "kv qkv")?;
         let pp = pos.ptr_of(DType::I32, m, "kv positions")?;
         let kp = cache.k.ptr_of(DType::F32, need, "k cache")?;
         let vp = cache.v.ptr_of(DType::F32, need, "v cache")?;
         self.dev.bind()?;
-        self.ew(
-            self.k.kv_store,
-            m * layout.n_kv_heads * layout.head_dim,
-            &[
-                Arg(qp),
-                Arg(kp),
-                Arg(vp),
-                Arg(pp),
-                Arg::from(m as i32),
-                Arg::from(width as i32),
-                Arg::from(layout.n_heads as i32),
-                Arg::from(layout.n_kv_heads as i32),
-                Arg::from(layout.head_dim as i32),
-                Arg::from(capacity as i32),
-            ],
-        )
+        let k = &self.k.kv_store;
+        Ok(k.launch(&self.dev, qp, kp, vp, capacity, pp, m, layout)?)
     }
 
     fn attention(
@@ -445,71 +353,19 @@ impl Backend for CudaBackend {
         layout: &QkvLayout,
         out: &mut CudaTensor,
     ) -> Result<()> {
-        let (nh, nkv, hd) = (layout.n_heads, layout.n_kv_heads, layout.head_dim);
-        if hd == 0 || hd > 256 || nkv == 0 || nh % nkv != 0 {
-            return Err(invalid(format!(
-                "attention layout {nh} heads / {nkv} kv heads / dim {hd}"
-            )));
-        }
-        let width = layout.row_width();
-        let need = nkv * capacity * hd;
-        let qp = qkv.ptr_of(DType::F32, m * width, "attention qkv")?;
+        let need = layout.n_kv_heads * capacity * layout.head_dim;
+        let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "attention qkv")?;
         let pp = pos.ptr_of(DType::I32, m, "attention positions")?;
-        let kp = cache.k.ptr_of(DType::F32, need, "k cache")?;
-        let vp = cache.v.ptr_of(DType::F32, need, "v cache")?;
-        let op = out.ptr_of(DType::F32, m * nh * hd, "attention out")?;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let c = Cache {
+            k: cache.k.ptr_of(DType::F32, need, "k cache")?,
+            v: cache.v.ptr_of(DType::F32, need, "v cache")?,
+            capacity,
+        };
+        let out_len = m * layout.n_heads * layout.head_dim;
+        let op = out.ptr_of(DType::F32, out_len, "attention out")?;
         self.dev.bind()?;
-        if m == 1 {
-            // Splits are fixed by the capacity, not the current length, so that
-            // the launch is the same at every step of a replayed decode.
-            let splits = capacity.div_ceil(128).clamp(1, ATTN_MAX_SPLITS);
-            let (part, counters) = self.attn_scratch(nh, nh * splits * (hd + 2))?;
-            self.dev.launch(
-                self.k.attn_decode,
-                (nh as u32, splits as u32, 1),
-                128,
-                0,
-                &[
-                    Arg(qp),
-                    Arg(kp),
-                    Arg(vp),
-                    Arg(pp),
-                    Arg::from(nh as i32),
-                    Arg::from(nkv as i32),
-                    Arg::from(hd as i32),
-                    Arg::from(capacity as i32),
-                    Arg::from(scale),
-                    Arg(part),
-                    Arg(counters),
-                    Arg(op),
-                ],
-            )?;
-        } else {
-            let rows = ATTN_PREFILL_ROWS;
-            let smem = (hd * 33 + 32 * hd + rows * hd) * 4;
-            self.dev.launch(
-                self.k.attn_prefill,
-                (m.div_ceil(rows) as u32, nh as u32, 1),
-                (rows * 32) as u32,
-                smem as u32,
-                &[
-                    Arg(qp),
-                    Arg(kp),
-                    Arg(vp),
-                    Arg(pp),
-                    Arg::from(m as i32),
-                    Arg::from(width as i32),
-                    Arg::from(nh as i32),
-                    Arg::from(nkv as i32),
-                    Arg::from(hd as i32),
-                    Arg::from(capacity as i32),
-                    Arg::from(scale),
-                    Arg(op),
-                ],
-            )?;
-        }
-        Ok(())
+        let a = &self.k.attention;
+        Ok(a.launch(&self.dev, qp, &c, pp, m, layout, op)?)
     }
 
     fn swiglu(
@@ -522,33 +378,20 @@ impl Backend for CudaBackend {
         let gp = gate_up.ptr_of(DType::F32, m * 2 * ffn, "swiglu in")?;
         let op = out.ptr_of(DType::F32, m * ffn, "swiglu out")?;
         self.dev.bind()?;
-        self.ew(
-            self.k.swiglu,
-            m * ffn,
-            &[Arg(gp), Arg::from(m as i32), Arg::from(ffn as i32), Arg(op)],
-        )
+        Ok(self.k.swiglu.launch(&self.dev, gp, m, ffn, op)?)
     }
 
     fn add(&self, x: &mut CudaTensor, y: &CudaTensor, len: usize) -> Result<()> {
         let xp = x.ptr_of(DType::F32, len, "add x")?;
         let yp = y.ptr_of(DType::F32, len, "add y")?;
         self.dev.bind()?;
-        self.ew(self.k.add, len, &[Arg(xp), Arg(yp), Arg::from(len as i64)])
+        Ok(self.k.add.launch(&self.dev, xp, yp, len)?)
     }
 
     fn stream_read(&self, t: &CudaTensor, len: usize) -> Result<()> {
         let p = t.ptr_of(DType::I32, len, "stream_read")?;
         self.dev.bind()?;
-        // A few resident blocks per SM keep enough loads in flight to saturate HBM.
-        let grid = (self.dev.sm_count * 4, 1, 1);
-        self.dev.launch(
-            self.k.stream_read,
-            grid,
-            512,
-            0,
-            &[Arg(p), Arg::from(len as i64)],
-        )?;
-        Ok(())
+        Ok(self.k.stream_read.launch(&self.dev, p, len)?)
     }
 
     fn copy(
@@ -580,42 +423,8 @@ impl Backend for CudaBackend {
     }
 
     fn sampler_accept(&self, s: &mut CudaSampler, tokens: &[u32]) -> Result<()> {
-        if s.window == 0 || tokens.is_empty() {
-            return Ok(());
-        }
         self.dev.bind()?;
-        // Only the last `window` tokens can matter; earlier ones would be evicted.
-        let tail = &tokens[tokens.len().saturating_sub(s.window)..];
-        let ids: Vec<u8> = tail
-            .iter()
-            .flat_map(|&t| (t.min(i32::MAX as u32) as i32).to_le_bytes())
-            .collect();
-        if s.upload.as_ref().is_none_or(|b| b.bytes < ids.len()) {
-            s.upload = None;
-            s.upload = Some(DeviceBuffer::new(
-                &self.dev,
-                ids.len(),
-                "sampler token upload",
-            )?);
-        }
-        let up = s.upload.as_ref().expect("just set").ptr;
-        self.dev.copy_htod(up, &ids)?;
-        self.dev.launch(
-            self.k.sampler_accept,
-            (1, 1, 1),
-            32,
-            0,
-            &[
-                Arg(up),
-                Arg::from(tail.len() as i32),
-                Arg::from(s.vocab as i32),
-                Arg(s.state.ptr),
-                Arg(s.counts.ptr),
-                Arg(s.hist.ptr),
-                Arg::from(s.window as i32),
-            ],
-        )?;
-        Ok(())
+        Ok(self.k.sample.accept(&self.dev, s, tokens)?)
     }
 
     fn sample(
@@ -636,118 +445,7 @@ impl Backend for CudaBackend {
             + 4 * (row * vocab) as u64;
         let idp = ids.ptr_of(DType::I32, 1, "sample ids")?;
         self.dev.bind()?;
-        let p = s.params;
-        let v = vocab as i32;
-        let penalize = s.window > 0;
-        let src = if penalize {
-            self.ew(
-                self.k.sample_prepare,
-                vocab,
-                &[
-                    Arg(lp),
-                    Arg(s.work.ptr),
-                    Arg::from(v),
-                    Arg(s.counts.ptr),
-                    Arg::from(1i32),
-                    Arg::from(p.repeat_penalty),
-                    Arg::from(p.frequency_penalty),
-                    Arg::from(p.presence_penalty),
-                ],
-            )?;
-            s.work.ptr
-        } else if p.temperature <= 0.0 {
-            // Argmax maps NaN to "never wins" by itself.
-            lp
-        } else {
-            self.ew(
-                self.k.sample_prepare,
-                vocab,
-                &[
-                    Arg(lp),
-                    Arg(s.work.ptr),
-                    Arg::from(v),
-                    Arg(s.counts.ptr),
-                    Arg::from(0i32),
-                    Arg::from(1.0f32),
-                    Arg::from(0.0f32),
-                    Arg::from(0.0f32),
-                ],
-            )?;
-            s.work.ptr
-        };
-        let common = [
-            Arg(s.state.ptr),
-            Arg(s.counts.ptr),
-            Arg(s.hist.ptr),
-            Arg::from(s.window as i32),
-        ];
-        if p.temperature <= 0.0 {
-            let blocks = sampler::ARGMAX_BLOCKS.min(vocab.div_ceil(1024)).max(1);
-            let a = s.argmax.ptr;
-            let n = sampler::ARGMAX_BLOCKS as u64;
-            self.dev.launch(
-                self.k.sample_argmax,
-                (blocks as u32, 1, 1),
-                1024,
-                0,
-                &[
-                    Arg(src),
-                    Arg::from(v),
-                    Arg(a),
-                    Arg(a + 4 * n),
-                    Arg(a + 8 * n),
-                    Arg(idp),
-                    common[0],
-                    common[1],
-                    common[2],
-                    common[3],
-                ],
-            )?;
-        } else {
-            let top_k = p.top_k.min(i32::MAX as usize) as i32;
-            // With a small top-k over a large vocabulary, cut the candidates
-            // to each block's top-k first: one block then filters a few
-            // thousand values instead of the whole vocabulary.
-            let two_phase = p.top_k > 0
-                && p.top_k <= sampler::TOPK_MAX
-                && vocab > 4 * sampler::TOPK_BLOCKS * p.top_k;
-            let (fsrc, fv, map) = if two_phase {
-                let n = sampler::TOPK_BLOCKS * p.top_k;
-                let cv = s.cand.ptr;
-                let ci = s.cand.ptr + (4 * sampler::TOPK_BLOCKS * sampler::TOPK_MAX) as u64;
-                self.dev.launch(
-                    self.k.sample_topk_blocks,
-                    (sampler::TOPK_BLOCKS as u32, 1, 1),
-                    256,
-                    0,
-                    &[Arg(src), Arg::from(v), Arg::from(top_k), Arg(cv), Arg(ci)],
-                )?;
-                (cv, n as i32, ci)
-            } else {
-                (src, v, 0)
-            };
-            self.dev.launch(
-                self.k.sample_filter,
-                (1, 1, 1),
-                1024,
-                0,
-                &[
-                    Arg(fsrc),
-                    Arg::from(fv),
-                    Arg::from(top_k),
-                    Arg::from(p.top_p),
-                    Arg::from(p.min_p),
-                    Arg::from(p.temperature),
-                    common[0],
-                    common[1],
-                    common[2],
-                    common[3],
-                    Arg(idp),
-                    Arg(map),
-                ],
-            )?;
-        }
-        Ok(())
+        Ok(self.k.sample.draw(&self.dev, lp, s, idp)?)
     }
 
     fn advance(&self, pos: &mut CudaTensor, m: usize) -> Result<()> {
@@ -756,14 +454,7 @@ impl Backend for CudaBackend {
         }
         let pp = pos.ptr_of(DType::I32, m, "advance positions")?;
         self.dev.bind()?;
-        self.dev.launch(
-            self.k.advance,
-            (1, 1, 1),
-            32,
-            0,
-            &[Arg(pp), Arg::from(m as i32)],
-        )?;
-        Ok(())
+        Ok(self.k.advance.launch(&self.dev, pp, m)?)
     }
 
     fn replayable(&self, key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {

@@ -41,7 +41,7 @@ impl WType {
         })
     }
 
-    /// Kernel name suffix (`gemv_<suffix>_m1`).
+    /// Kernel name suffix (`fdot_<suffix>_m1`, `embed_<suffix>`).
     pub fn suffix(self) -> &'static str {
         match self {
             WType::F32 => "f32",

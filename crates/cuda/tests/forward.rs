@@ -124,7 +124,7 @@ fn tiny() -> Preset {
     preset(Arch::Qwen2, "tiny")
 }
 
-/// `gemv_f32` multiplies exactly dequantised weights with f32 activations,
+/// `fdot` multiplies exactly dequantised weights with f32 activations,
 /// as the CPU does: only summation order, and the GPU's expf/cosf/sinf (2 ulp),
 /// differ, so the logits agree to f32 rounding accumulated over the layers.
 #[test]
@@ -137,15 +137,15 @@ fn tiny_logits_match_cpu_on_the_f32_path_for_every_weight_type() {
         GgmlType::Q4_0,
         GgmlType::Q4_1,
     ] {
-        compare(&tiny(), ty, Some("gemv_f32"), 8, 13, 1e-4);
+        compare(&tiny(), ty, Some("fdot"), 8, 13, 1e-4);
     }
     for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
-        compare(&tiny256(), ty, Some("gemv_f32"), 8, 13, 1e-4);
+        compare(&tiny256(), ty, Some("fdot"), 8, 13, 1e-4);
     }
 }
 
 /// The default dispatch: cuBLAS for prefill chunks above 8 rows (16-bit
-/// activations), int8-activation gemv for the last chunk and decode. The
+/// activations), int8-activation `vecdot` for the last chunk and decode. The
 /// tolerance is that of the roundings each path adds (see matmul.rs),
 /// compounded over the layers and the logit projection.
 #[test]
@@ -161,17 +161,17 @@ fn tiny_logits_match_cpu_on_the_default_path_for_every_weight_type() {
         (tiny256(), GgmlType::Q6_K, 3e-2),
     ];
     for (p, ty, tol) in cases {
-        // 40 prompt tokens in chunks of 16, 16 and 8: cuBLAS twice, gemv once,
+        // 40 prompt tokens in chunks of 16, 16 and 8: cuBLAS twice, vecdot once,
         // and prefill attention over a cache that already holds positions.
         compare(&p, ty, None, 16, 40, tol);
     }
 }
 
 /// A long context: prefill attention over 700 positions in chunks of 64,
-/// then decode attention split over the cache (a 2048-position cache gives 16
-/// splits of at least 64 keys, 11 of them holding keys) and merged by the
-/// last block of each head. F32 weights: the products are f32 on both sides
-/// (cuBLAS without TF32, gemv in f32), so the tolerance is f32 rounding.
+/// then decode attention split over the filled length (a 2048-position cache
+/// gives 16 splits; chunks of at least 256 keys, so 3 of them hold keys) and
+/// merged by the last block of each head. F32 weights: the products are f32 on both sides
+/// (cuBLAS without TF32, fdot), so the tolerance is f32 rounding.
 #[test]
 fn long_context_attention_matches_cpu() {
     compare_at(&tiny(), GgmlType::F32, None, 64, 700, 2048, 1e-4);
@@ -191,6 +191,29 @@ fn graph_replay_matches_direct_launches_bit_for_bit() {
     assert_eq!(c1 - c0, 1, "one capture for the decode steps");
     assert_eq!(r1 - r0, 13, "every later step replays");
     for (s, (a, b)) in direct.logits.iter().zip(&replayed.logits).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "step {s} differs"
+        );
+    }
+}
+
+/// Programmatic dependent launch changes only when kernels may start, never
+/// what they compute: decode replayed from graphs captured with it on and off
+/// gives bit-identical logits (on a GPU without it, both runs are plain).
+#[test]
+fn programmatic_launch_on_and_off_decode_bit_for_bit() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let file = synth_model(&tiny(), GgmlType::Q8_0, 13);
+    let toks = tokens(20, 500, 9);
+    let was = gpu.programmatic_launch();
+    gpu.set_programmatic_launch(false);
+    let off = run(&gpu, &file, None, &toks, 6, 8, true, 128);
+    gpu.set_programmatic_launch(true);
+    eprintln!("programmatic launch: {}", gpu.programmatic_launch());
+    let on = run(&gpu, &file, None, &toks, 6, 8, true, 128);
+    gpu.set_programmatic_launch(was);
+    for (s, (a, b)) in off.logits.iter().zip(&on.logits).enumerate() {
         assert!(
             a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
             "step {s} differs"

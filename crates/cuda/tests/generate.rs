@@ -104,7 +104,7 @@ fn smollm2() -> Option<(Arc<GgufFile>, Vec<u32>)> {
 /// The real SmolLM2-135M-Instruct Q4_1 file (assets/, fetched by
 /// scripts/fetch-assets.sh): 32 greedy tokens are identical on both backends,
 /// through the whole GPU engine (embedding, attention, decode graphs,
-/// device-side sampling) with the `gemv_f32` products, which multiply the
+/// device-side sampling) with the `fdot` products, which multiply the
 /// exactly dequantised weights with f32 activations as the CPU does. Their
 /// logits agree to ~1e-7 relative (forward.rs), and the CPU's smallest top-2
 /// margin on this path is about 0.04: no near-tie for rounding to flip.
@@ -116,8 +116,8 @@ fn smollm2_greedy_32_tokens_match_cpu() {
     };
     let cpu = CpuBackend::new(0).unwrap();
     let want = greedy(&cpu, &file, &prompt, 32, None, 64);
-    // Chunks of 8 rows so that prefill stays within gemv_f32's batch sizes.
-    let got = greedy(&gpu, &file, &prompt, 32, Some("gemv_f32"), 8);
+    // Chunks of 8 rows so that prefill stays within fdot's batch sizes.
+    let got = greedy(&gpu, &file, &prompt, 32, Some("fdot"), 8);
     let tok = Tokenizer::from_gguf(&file).unwrap();
     eprintln!(
         "cpu:  {want:?}\ncuda: {got:?}\ntext: {:?}",
@@ -128,8 +128,8 @@ fn smollm2_greedy_32_tokens_match_cpu() {
 }
 
 /// The CPU parity test's prompt, "The capital of France is": the GPU engine
-/// with the exact `gemv_f32` products reproduces transformers' greedy tokens
-/// (crates/core/tests/golden/smollm2_logits.json, prompt 0: its argmax after
+/// with the exact `fdot` products reproduces transformers' greedy tokens
+/// (crates/test-support/golden/smollm2_logits.json, prompt 0: its argmax after
 /// the prompt and after each of 32 decode steps), as the CPU does.
 #[test]
 fn smollm2_capital_of_france_greedy_matches_transformers_on_exact_path() {
@@ -137,20 +137,7 @@ fn smollm2_capital_of_france_greedy_matches_transformers_on_exact_path() {
     let Some((file, _)) = smollm2() else {
         return;
     };
-    let golden = ["crates/core/tests/golden/smollm2_logits.json"]
-        .iter()
-        .flat_map(|rel| {
-            [
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../..")
-                    .join(rel),
-                PathBuf::from(rel),
-            ]
-        })
-        .find(|p| p.exists())
-        .expect("the golden travels with the source tree");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden).unwrap()).unwrap();
+    let v = metallic_test_support::golden_json("smollm2_logits.json");
     let ids = |x: &serde_json::Value| -> Vec<u32> {
         x.as_array()
             .unwrap()
@@ -161,7 +148,7 @@ fn smollm2_capital_of_france_greedy_matches_transformers_on_exact_path() {
     let prompt = ids(&v["prompts"][0]["prompt"]);
     let want = ids(&v["prompts"][0]["greedy"]);
     assert_eq!(want.len(), 33);
-    let got = greedy(&gpu, &file, &prompt, want.len(), Some("gemv_f32"), 8);
+    let got = greedy(&gpu, &file, &prompt, want.len(), Some("fdot"), 8);
     assert_eq!(got, want, "greedy continuation differs from transformers");
 }
 
@@ -193,7 +180,7 @@ fn smollm2_default_path_diverges_only_at_near_ties() {
 
 /// A synthetic model of SmolLM2-135M's exact layout in Q4_1 (llama
 /// architecture, 30 layers, GQA 9/3): 32 greedy tokens are identical on the
-/// `gemv_f32` path (as for the real file), and the default path diverges, if
+/// `fdot` path (as for the real file), and the default path diverges, if
 /// at all, only at a near-tie (see above).
 #[test]
 fn synthetic_smollm2_q4_1_greedy_32_tokens_match_cpu() {
@@ -202,7 +189,7 @@ fn synthetic_smollm2_q4_1_greedy_32_tokens_match_cpu() {
     let prompt: Vec<u32> = vec![1, 17, 230, 45, 99, 310, 8, 77, 150];
     let cpu = CpuBackend::new(0).unwrap();
     let want = greedy(&cpu, &file, &prompt, 32, None, 64);
-    let exact = greedy(&gpu, &file, &prompt, 32, Some("gemv_f32"), 8);
+    let exact = greedy(&gpu, &file, &prompt, 32, Some("fdot"), 8);
     let fast = greedy(&gpu, &file, &prompt, 32, None, 64);
     let margins = cpu_margins(&file, &prompt, &want);
     let same = want.iter().zip(&fast).take_while(|(a, b)| a == b).count();

@@ -27,11 +27,11 @@ fn tolerance(imp: &str, ty: GgmlType) -> f64 {
     match (imp, ty) {
         // f32 arithmetic on the same values, other summation order:
         // about sqrt(k) * 2^-24 per output.
-        ("gemv_f32", _) => 1e-5,
-        ("gemv", _) if !quant => 1e-5,
+        ("fdot", _) => 1e-5,
+        ("vecdot", _) if !quant => 1e-5,
         // Activations quantised to int8 per 32 values (ggml's q8_1 scheme):
         // each value moves by up to amax/254, about 0.3% of a dot product.
-        ("gemv", _) => 1.5e-2,
+        ("vecdot", _) => 1.5e-2,
         // cuBLAS without TF32 (default math mode) on f32 data.
         ("cublas", GgmlType::F32) => 1e-5,
         // Activations rounded to bf16 (8 significant bits, 2^-9 relative).
@@ -100,7 +100,7 @@ fn every_impl_matches_cpu_for_every_weight_type() {
             }
         }
     }
-    // gemv and gemv_f32 for m <= 8 on 8 types, cublas everywhere.
+    // vecdot and fdot for m <= 8 on 8 types, cublas everywhere.
     assert!(
         checked >= 8 * 4 + 8 * 3 * 2,
         "only {checked} products checked"
@@ -163,9 +163,49 @@ fn mixed_type_parts_write_their_own_columns() {
         let imp = gpu.default_matmul_impl(&shape);
         gpu.matmul(imp, &xg, &lg, m, &mut og).unwrap();
         let got = read(&gpu, &og, m * n);
-        // The widest of the parts' tolerances (int8 activations on gemv, f16 on cuBLAS).
+        // The widest of the parts' tolerances (int8 activations on vecdot, f16 on cuBLAS).
         let err = rel_l2(&got, &want);
         eprintln!("mixed m={m}: rel_l2={err:.2e}");
         assert!(err <= 1.5e-2, "m={m}: rel_l2 {err:.3e}");
     }
+}
+
+/// `vecdot` quantises activations inside each product or in a separate
+/// kernel first: the same operations, so bit-identical products, for every
+/// quantised type, every batch size and a long row (the down projection's).
+#[test]
+fn vecdot_fused_quantisation_equals_separate_kernel_bit_for_bit() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let vecdot = gpu
+        .matmul_impls()
+        .iter()
+        .position(|i| i.name == "vecdot")
+        .expect("vecdot registered");
+    let was = gpu.vecdot_fused();
+    for (ti, &ty) in TYPES.iter().enumerate().skip(3) {
+        for (n, k) in [(300, 512), (70, 4864)] {
+            let f = tensor_file(&[("w", ty, k, n, randn(n * k, 500 + ti as u64))]);
+            let lg = gpu.upload_linear(&[view(&f, "w")], None).unwrap();
+            for m in 1..=8usize {
+                let x = randn(m * k, 600 + m as u64);
+                let xg = activations(&gpu, &x, m, k);
+                let mut out = [Vec::new(), Vec::new()];
+                for (fused, o) in [false, true].into_iter().zip(&mut out) {
+                    gpu.set_vecdot_fused(Some(fused));
+                    let mut og = gpu.alloc(DType::F32, m * n, "out").unwrap();
+                    gpu.matmul(vecdot, &xg, &lg, m, &mut og).unwrap();
+                    *o = read(&gpu, &og, m * n);
+                }
+                assert!(
+                    out[0]
+                        .iter()
+                        .zip(&out[1])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{} n={n} k={k} m={m}: fused and separate quantisation differ",
+                    ty.name()
+                );
+            }
+        }
+    }
+    gpu.set_vecdot_fused(was);
 }

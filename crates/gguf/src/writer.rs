@@ -22,7 +22,10 @@ struct PendingTensor<'a> {
     name: String,
     ty: GgmlType,
     dims: Vec<u64>,
-    data: Cow<'a, [u8]>,
+    /// `None` for a tensor whose bytes a [`TensorStream`] writes later.
+    data: Option<Cow<'a, [u8]>>,
+    /// Bytes of data (the length of `data` where present).
+    len: u64,
     offset: Option<u64>,
 }
 
@@ -68,7 +71,8 @@ impl<'a> GgufWriter<'a> {
                     name: t.name.clone(),
                     ty: t.ggml_type,
                     dims: t.dims.clone(),
-                    data: Cow::Borrowed(file.tensor_data(t)),
+                    data: Some(Cow::Borrowed(file.tensor_data(t))),
+                    len: file.tensor_data(t).len() as u64,
                     offset: Some(t.offset),
                 })
                 .collect(),
@@ -134,7 +138,27 @@ impl<'a> GgufWriter<'a> {
         dims: &[u64],
         data: impl Into<Cow<'a, [u8]>>,
     ) -> Result<&mut Self, GgufError> {
-        self.push_tensor(name.into(), ty, dims, data.into(), None)
+        let data = data.into();
+        let len = data.len() as u64;
+        self.push_tensor(name.into(), ty, dims, Some(data), len, None)
+    }
+
+    /// Adds a tensor placed after the previous one whose data is not at hand yet: a
+    /// [`TensorStream`] from [`GgufWriter::stream_to`] writes it later, so a file can be
+    /// written tensor by tensor without holding all the data in memory.
+    pub fn add_tensor_info(
+        &mut self,
+        name: impl Into<String>,
+        ty: GgmlType,
+        dims: &[u64],
+    ) -> Result<&mut Self, GgufError> {
+        let name = name.into();
+        let len = tensor_bytes(ty, dims).ok_or_else(|| {
+            GgufError::InvalidWriter(format!(
+                "tensor {name:?}: dims {dims:?} are not whole {ty} rows or overflow"
+            ))
+        })?;
+        self.push_tensor(name, ty, dims, None, len, None)
     }
 
     /// Adds a tensor at an explicit offset in the data section (must be aligned and must not
@@ -147,7 +171,9 @@ impl<'a> GgufWriter<'a> {
         data: impl Into<Cow<'a, [u8]>>,
         offset: u64,
     ) -> Result<&mut Self, GgufError> {
-        self.push_tensor(name.into(), ty, dims, data.into(), Some(offset))
+        let data = data.into();
+        let len = data.len() as u64;
+        self.push_tensor(name.into(), ty, dims, Some(data), len, Some(offset))
     }
 
     fn push_tensor(
@@ -155,7 +181,8 @@ impl<'a> GgufWriter<'a> {
         name: String,
         ty: GgmlType,
         dims: &[u64],
-        data: Cow<'a, [u8]>,
+        data: Option<Cow<'a, [u8]>>,
+        len: u64,
         offset: Option<u64>,
     ) -> Result<&mut Self, GgufError> {
         if self.tensors.iter().any(|t| t.name == name) {
@@ -174,13 +201,13 @@ impl<'a> GgufWriter<'a> {
                 "tensor {name:?}: dims {dims:?} are not whole {ty} rows or overflow"
             ))
         })?;
-        if expected != data.len() as u64 {
+        if expected != len {
             return Err(GgufError::TensorDataSize {
                 name,
                 ty,
                 dims: dims.to_vec(),
                 expected,
-                actual: data.len() as u64,
+                actual: len,
             });
         }
         self.tensors.push(PendingTensor {
@@ -188,6 +215,7 @@ impl<'a> GgufWriter<'a> {
             ty,
             dims: dims.to_vec(),
             data,
+            len,
             offset,
         });
         Ok(self)
@@ -196,6 +224,12 @@ impl<'a> GgufWriter<'a> {
     /// Writes the file to `w`, returning the number of bytes written. Buffer `w` if it is a
     /// plain file: metadata goes out in one piece, tensor data in one write per tensor.
     pub fn write_to<W: Write + ?Sized>(&self, w: &mut W) -> Result<u64, GgufError> {
+        if let Some(t) = self.tensors.iter().find(|t| t.data.is_none()) {
+            return Err(GgufError::InvalidWriter(format!(
+                "tensor {:?} has no data (added by add_tensor_info: write with stream_to)",
+                t.name
+            )));
+        }
         let header = self.header_bytes()?;
         let (offsets, data_len) = self.layout()?;
 
@@ -206,14 +240,14 @@ impl<'a> GgufWriter<'a> {
         let mut pos = 0u64;
         for i in order {
             let t = &self.tensors[i];
-            if t.data.is_empty() {
-                // May sit anywhere, even inside another tensor's range.
+            let Some(data) = t.data.as_deref().filter(|d| !d.is_empty()) else {
+                // An empty tensor may sit anywhere, even inside another tensor's range.
                 continue;
-            }
+            };
             // layout() checked that non-empty tensors do not overlap, so offsets[i] >= pos.
             write_zeros(w, offsets[i].saturating_sub(pos))?;
-            w.write_all(&t.data).map_err(GgufError::Write)?;
-            pos = offsets[i] + t.data.len() as u64;
+            w.write_all(data).map_err(GgufError::Write)?;
+            pos = offsets[i] + t.len;
         }
         write_zeros(w, data_len.saturating_sub(pos))?;
         Ok((header.len() as u64).saturating_add(data_len))
@@ -237,6 +271,32 @@ impl<'a> GgufWriter<'a> {
         self.write_to(&mut w)?;
         w.flush().map_err(io)?;
         Ok(())
+    }
+
+    /// Writes the header to `w` and returns a [`TensorStream`] that takes the data of the
+    /// tensors added by [`GgufWriter::add_tensor_info`] in file order, piece by piece; the data
+    /// of tensors added with their bytes is written when the stream reaches them. Memory stays
+    /// bounded by what the caller holds at once, whatever the model size.
+    pub fn stream_to<W: Write>(&self, mut w: W) -> Result<TensorStream<'_, 'a, W>, GgufError> {
+        let header = self.header_bytes()?;
+        let (offsets, data_len) = self.layout()?;
+        let mut order: Vec<usize> = (0..self.tensors.len())
+            .filter(|&i| self.tensors[i].len != 0)
+            .collect();
+        order.sort_by_key(|&i| offsets[i]);
+        w.write_all(&header).map_err(GgufError::Write)?;
+        let mut stream = TensorStream {
+            writer: self,
+            w,
+            order,
+            offsets,
+            data_len,
+            next: 0,
+            written: 0,
+            pos: 0,
+        };
+        stream.write_ready()?;
+        Ok(stream)
     }
 
     fn check_settings(&self) -> Result<(), GgufError> {
@@ -313,19 +373,17 @@ impl<'a> GgufWriter<'a> {
                     t.name
                 )));
             }
-            let end = offset
-                .checked_add(t.data.len() as u64)
-                .ok_or_else(overflow)?;
+            let end = offset.checked_add(t.len).ok_or_else(overflow)?;
             end_max = end_max.max(end);
             offsets.push(offset);
         }
         let mut order: Vec<usize> = (0..self.tensors.len())
-            .filter(|&i| !self.tensors[i].data.is_empty())
+            .filter(|&i| self.tensors[i].len != 0)
             .collect();
         order.sort_by_key(|&i| offsets[i]);
         for pair in order.windows(2) {
             let (a, b) = (pair[0], pair[1]);
-            if offsets[b] < offsets[a] + self.tensors[a].data.len() as u64 {
+            if offsets[b] < offsets[a] + self.tensors[a].len {
                 return Err(GgufError::InvalidWriter(format!(
                     "tensors {:?} and {:?} overlap",
                     self.tensors[a].name, self.tensors[b].name
@@ -336,6 +394,101 @@ impl<'a> GgufWriter<'a> {
             .checked_next_multiple_of(align)
             .ok_or_else(overflow)?;
         Ok((offsets, data_len))
+    }
+}
+
+/// The data section of a file being written by [`GgufWriter::stream_to`].
+pub struct TensorStream<'w, 'a, W: Write> {
+    writer: &'w GgufWriter<'a>,
+    w: W,
+    /// Indices of the non-empty tensors in offset order.
+    order: Vec<usize>,
+    offsets: Vec<u64>,
+    data_len: u64,
+    /// Position in `order` of the tensor being written.
+    next: usize,
+    /// Bytes of that tensor written so far.
+    written: u64,
+    /// Bytes of the data section written so far.
+    pos: u64,
+}
+
+impl<W: Write> TensorStream<'_, '_, W> {
+    /// The name of the tensor whose data [`TensorStream::write`] takes next, `None` when all
+    /// data is written.
+    pub fn next_tensor(&self) -> Option<&str> {
+        self.order
+            .get(self.next)
+            .map(|&i| self.writer.tensors[i].name.as_str())
+    }
+
+    /// Bytes still due for the tensor named by [`TensorStream::next_tensor`].
+    pub fn remaining_in_tensor(&self) -> u64 {
+        self.order
+            .get(self.next)
+            .map_or(0, |&i| self.writer.tensors[i].len - self.written)
+    }
+
+    /// Writes the next `bytes` of the current tensor's data; a tensor may come in any number
+    /// of pieces. Fails when `bytes` runs past the end of the current tensor.
+    pub fn write(&mut self, mut bytes: &[u8]) -> Result<(), GgufError> {
+        while !bytes.is_empty() {
+            let Some(&i) = self.order.get(self.next) else {
+                return Err(GgufError::InvalidWriter(format!(
+                    "{} bytes of tensor data after the last tensor",
+                    bytes.len()
+                )));
+            };
+            let t = &self.writer.tensors[i];
+            if self.written == 0 {
+                write_zeros(&mut self.w, self.offsets[i] - self.pos)?;
+                self.pos = self.offsets[i];
+            }
+            let left = t.len - self.written;
+            if bytes.len() as u64 > left {
+                return Err(GgufError::InvalidWriter(format!(
+                    "{} bytes written to tensor {:?}, which has {left} bytes left",
+                    bytes.len(),
+                    t.name
+                )));
+            }
+            self.w.write_all(bytes).map_err(GgufError::Write)?;
+            self.written += bytes.len() as u64;
+            self.pos += bytes.len() as u64;
+            bytes = &[];
+            if self.written == t.len {
+                self.next += 1;
+                self.written = 0;
+                self.write_ready()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the tensors from the current one on whose bytes the writer holds.
+    fn write_ready(&mut self) -> Result<(), GgufError> {
+        while let Some(&i) = self.order.get(self.next) {
+            let Some(data) = self.writer.tensors[i].data.as_deref() else {
+                return Ok(());
+            };
+            write_zeros(&mut self.w, self.offsets[i] - self.pos)?;
+            self.w.write_all(data).map_err(GgufError::Write)?;
+            self.pos = self.offsets[i] + data.len() as u64;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Pads the data section and hands back the output (flush it). Fails when tensor data is
+    /// still missing.
+    pub fn finish(mut self) -> Result<W, GgufError> {
+        if let Some(name) = self.next_tensor() {
+            return Err(GgufError::InvalidWriter(format!(
+                "the data of tensor {name:?} and the tensors after it was never written"
+            )));
+        }
+        write_zeros(&mut self.w, self.data_len.saturating_sub(self.pos))?;
+        Ok(self.w)
     }
 }
 

@@ -103,6 +103,56 @@ fn read_then_write_is_byte_identical_for_synthetic_files() {
 }
 
 #[test]
+fn streamed_tensor_data_gives_the_same_bytes_as_write_to() {
+    for alignment in [32, 256] {
+        let full = synthetic_writer(alignment);
+        let expected = full.to_bytes().unwrap();
+        let f = GgufFile::from_bytes(expected.clone()).unwrap();
+        // Same metadata; every other tensor deferred and streamed in two pieces.
+        let mut w = GgufWriter::new();
+        for (k, v) in f.metadata() {
+            w.add_metadata(k.clone(), v.clone());
+        }
+        for (i, t) in f.tensors().iter().enumerate() {
+            if i % 2 == 0 {
+                w.add_tensor_info(t.name.clone(), t.ggml_type, &t.dims)
+                    .unwrap();
+            } else {
+                w.add_tensor(t.name.clone(), t.ggml_type, &t.dims, f.tensor_data(t))
+                    .unwrap();
+            }
+        }
+        let mut stream = w.stream_to(Vec::new()).unwrap();
+        while let Some(name) = stream.next_tensor().map(str::to_owned) {
+            let data = f.tensor_data(f.tensor(&name).unwrap());
+            let (a, b) = data.split_at(data.len() / 3);
+            stream.write(a).unwrap();
+            assert_eq!(stream.remaining_in_tensor(), b.len() as u64);
+            stream.write(b).unwrap();
+        }
+        let bytes = stream.finish().unwrap();
+        assert!(bytes == expected, "alignment {alignment}");
+    }
+}
+
+#[test]
+fn a_stream_rejects_too_much_data_and_missing_data() {
+    let mut w = GgufWriter::new();
+    w.add_tensor_info("a", GgmlType::F32, &[4]).unwrap();
+    w.add_tensor_info("b", GgmlType::Q8_0, &[32, 2]).unwrap();
+    assert!(matches!(w.to_bytes(), Err(GgufError::InvalidWriter(_))));
+    let mut stream = w.stream_to(Vec::new()).unwrap();
+    assert!(matches!(
+        stream.write(&[0; 17]),
+        Err(GgufError::InvalidWriter(_))
+    ));
+    stream.write(&[0; 16]).unwrap();
+    assert_eq!(stream.next_tensor(), Some("b"));
+    let err = stream.finish().err().unwrap().to_string();
+    assert!(err.contains("\"b\""), "{err}");
+}
+
+#[test]
 fn tensor_data_is_zero_copy_into_the_file() {
     let f = GgufFile::from_bytes(synthetic_writer(32).to_bytes().unwrap()).unwrap();
     let base = f.as_bytes().as_ptr() as usize;

@@ -1,4 +1,5 @@
-//! Finding the driver, NVRTC and cuBLAS before cudarc touches them.
+//! Driver discovery: finding the driver, NVRTC and cuBLAS before cudarc
+//! touches them.
 //!
 //! cudarc loads each library on first use and panics when it is missing, so
 //! every library is looked for here first. A library that is not on the
@@ -16,7 +17,7 @@ use crate::error::{CudaError, CudaResult};
 /// Versions the backend was built against and needs at run time.
 pub const MIN_DRIVER_VERSION: i32 = 13000;
 
-/// What the probe found: the driver's CUDA version and the device count.
+/// What discovery found: the driver's CUDA version and the device count.
 #[derive(Clone, Copy, Debug)]
 pub struct DriverInfo {
     pub version: i32,
@@ -24,7 +25,7 @@ pub struct DriverInfo {
 }
 
 /// Load the driver, initialise it and count devices; never panics.
-pub fn driver() -> CudaResult<DriverInfo> {
+pub fn discover() -> CudaResult<DriverInfo> {
     if !unsafe { sys::is_culib_present() } {
         return Err(CudaError::NoDriver);
     }
@@ -166,11 +167,11 @@ pub fn cublas() -> CudaResult<()> {
 mod tests {
     use super::*;
 
-    /// Without a driver the probe must answer with a typed error, not a panic;
+    /// Without a driver, discovery must answer with a typed error, not a panic;
     /// with one it must find at least one device.
     #[test]
-    fn driver_probe_never_panics() {
-        match driver() {
+    fn driver_discovery_never_panics() {
+        match discover() {
             Ok(info) => assert!(info.devices > 0 && info.version >= MIN_DRIVER_VERSION),
             Err(e) => {
                 let msg = e.to_string();

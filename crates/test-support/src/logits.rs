@@ -1,18 +1,8 @@
 //! Reading the transformers logits goldens written by
-//! `scripts/reference/model_logits.py`, and comparing our logits with them.
-//! Shared by the CPU and CUDA parity tests (included with `#[path]`).
-
-#![allow(dead_code)]
-
-use std::path::{Path, PathBuf};
+//! `scripts/reference/model_logits.py`, and comparing our logits with them
+//! (the CPU and CUDA parity tests).
 
 use serde_json::Value;
-
-pub fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
 
 /// One recorded row of logits: argmax, top-20 and the logits at the file's sampled ids.
 pub struct Row {
@@ -89,9 +79,9 @@ fn b64_decode(s: &str) -> Vec<u8> {
 }
 
 impl Golden {
-    pub fn load(rel: &str) -> Golden {
-        let text = std::fs::read_to_string(repo_path(rel)).unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap();
+    /// The golden file `name` of the golden folder (e.g. `smollm2_logits.json`).
+    pub fn load(name: &str) -> Golden {
+        let v = crate::golden_json(name);
         let prompts = v["prompts"]
             .as_array()
             .unwrap()
@@ -226,7 +216,7 @@ pub fn check_row(
         d.cosine,
         tol.min_cosine
     );
-    let ours_top = metallic::eval::argmax(ours);
+    let ours_top = argmax(ours);
     if ours_top != golden.argmax {
         let gap = golden.top[0].1 - golden.top[1].1;
         let tied: Vec<usize> = golden
@@ -242,4 +232,68 @@ pub fn check_row(
         );
     }
     d
+}
+
+/// Index of the largest value, the first of equal maxima (as NumPy and
+/// PyTorch, which wrote the goldens).
+///
+/// Not `metallic::eval::argmax`: this crate depends on no metallic crate, so
+/// that a golden check does not lean on the code it checks.
+pub fn argmax(row: &[f32]) -> usize {
+    // Strictly greater replaces, so ties keep the earlier index.
+    row.iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes_padded_and_unpadded_input() {
+        assert_eq!(b64_decode("TWFu"), b"Man");
+        assert_eq!(b64_decode("TWE="), b"Ma");
+        assert_eq!(b64_decode("TQ=="), b"M");
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+    }
+
+    #[test]
+    fn diff_measures_worst_error_and_direction() {
+        let d = diff(&[1.0, 2.0, 3.0], &[1.0, 2.5, 3.0]);
+        assert_eq!(d.max_abs, 0.5);
+        assert!(d.cosine < 1.0 && d.cosine > 0.99);
+        let mut w = Diff::best();
+        w.fold(d);
+        w.fold(diff(&[2.0, 4.0, 6.0], &[1.0, 2.0, 3.0]));
+        assert_eq!(w.max_abs, 3.0);
+        assert_eq!(w.cosine, d.cosine);
+    }
+
+    #[test]
+    fn every_logits_golden_parses_with_full_rows_of_its_vocab() {
+        for name in [
+            "smollm2_logits.json",
+            "tiny_qwen2_f32_logits.json",
+            "tiny_qwen2_q8_0_logits.json",
+            "qwen25_05b_f16_logits.json",
+        ] {
+            let g = Golden::load(name);
+            assert!(g.vocab > 0 && !g.prompts.is_empty(), "{name}");
+            for p in &g.prompts {
+                assert!(!p.rows.is_empty(), "{name}");
+                for r in p.rows.iter().chain(&p.decode) {
+                    assert!(r.argmax < g.vocab && r.top.len() >= 2, "{name}");
+                    assert_eq!(r.sampled.len(), g.sample_ids.len(), "{name}");
+                }
+                if let Some(l) = &p.last_logits {
+                    assert_eq!(l.len(), g.vocab, "{name}");
+                }
+            }
+        }
+    }
 }

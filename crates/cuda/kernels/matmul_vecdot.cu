@@ -1,91 +1,17 @@
-// Matrix-vector products for small batches (m <= 8): out[m, n] = x[m, k] W^T (+ bias).
+// `vecdot` matrix-vector products (m <= 8) for quantised weights: activations
+// rounded to 8 bits per 32 values, integer dot products against the weights'
+// own quants, one float multiply per block. The same arithmetic as the CPU's
+// `vecdot` (ggml's Q8 activation scheme). Float weights take f32 activations:
+// the launcher runs the `fdot` kernels for them.
 //
-// One warp computes one output column (a weight row) for all m activation
-// rows, looping over rows with a grid stride. Every lane streams 16-byte
-// chunks of the row; the partial sums meet in a shuffle reduction.
-//
-//  * gemv_<f32|f16|bf16>_m<M>: float weights times f32 activations.
-//  * gemv_<quant>_m<M>: quantised weights. quantize_act first turns the
-//    activations into int8 (per 32 values: scale d, and the sums of the quants
-//    of each 16-value half) once per product; each block copies them to shared
-//    memory, then the inner loop is dp4a integer dot products, one float
-//    multiply per block of weights. (`x` is then that quantised buffer.)
-//  * gemvx_<quant>_m<M>: quantised weights decoded to f32 and multiplied with
-//    the f32 activations: slower, but with no activation rounding.
-//
-// Arguments: the four weight pointers (see formats.cuh), n rows, k columns,
-// x [m, k], out (already offset to this weight's first column), the row
-// stride of out, and an optional bias [n] (null for none).
-
-#define GEMV_ARGS                                                                      \
-    const u8 *p0, const u8 *p1, const u8 *p2, const u8 *p3, int n, int k, const float *x, \
-        float *out, int ldo, const float *bias
-
-template <int M>
-__device__ __forceinline__ void gemv_store(float (&acc)[M], int lane, int row, float* out, int ldo,
-                                           const float* bias) {
-#pragma unroll
-    for (int m = 0; m < M; m++) acc[m] = warp_sum(acc[m]);
-    if (lane == 0) {
-        float b = bias ? bias[row] : 0.0f;
-#pragma unroll
-        for (int m = 0; m < M; m++) out[(long long)m * ldo + row] = acc[m] + b;
-    }
-}
-
-// ---------------------------------------------------------------- float weights
-
-template <int T, int M>
-__device__ __forceinline__ void fma_chunk(float (&acc)[M], uint4 v, const float* x, int k, int c) {
-    if (T == T_F32) {
-        float w[4] = {__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z),
-                      __uint_as_float(v.w)};
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            float4 a = ldg_f4(x + (long long)m * k + 4 * c);
-            acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w;
-        }
-    } else {
-        u32 u[4] = {v.x, v.y, v.z, v.w};
-        float w[8];
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            u16 lo = (u16)(u[j] & 0xffff), hi = (u16)(u[j] >> 16);
-            w[2 * j] = T == T_F16 ? h2f(lo) : bf2f(lo);
-            w[2 * j + 1] = T == T_F16 ? h2f(hi) : bf2f(hi);
-        }
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            float4 a = ldg_f4(x + (long long)m * k + 8 * c);
-            float4 b = ldg_f4(x + (long long)m * k + 8 * c + 4);
-            acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x +
-                      w[5] * b.y + w[6] * b.z + w[7] * b.w;
-        }
-    }
-}
-
-template <int T, int M>
-__device__ void gemv_float(GEMV_ARGS) {
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int per = T == T_F32 ? 4 : 8;  // values per 16-byte chunk
-    const int nch = k / per;
-    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
-        const uint4* wr = reinterpret_cast<const uint4*>(p0) + (long long)row * nch;
-        float acc[M];
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[m] = 0.0f;
-        int c = lane;
-        for (; c + 96 < nch; c += 128) {
-            uint4 v[4];
-#pragma unroll
-            for (int u = 0; u < 4; u++) v[u] = ldg_stream(wr + c + 32 * u);
-#pragma unroll
-            for (int u = 0; u < 4; u++) fma_chunk<T, M>(acc, v[u], x, k, c + 32 * u);
-        }
-        for (; c < nch; c += 32) fma_chunk<T, M>(acc, ldg_stream(wr + c), x, k, c);
-        gemv_store<M>(acc, lane, row, out, ldo, bias);
-    }
-}
+// The activations are quantised to int8 per 32 values (scale d and the sums
+// of the quants of each 16-value half; rounding as ggml's quantize_row_q8_1:
+// d = amax / 127, q = round(x / d)) into shared memory, then the inner loop
+// is dp4a. Two ways, with identical results: vecdot_<t>_m<M> quantises the
+// f32 activations in every block; vecdotpre_<t>_m<M> copies what one
+// quantize_act launch made before it. Before it waits for the kernel that
+// writes x (programmatic dependent launch), each warp asks L2 for its first
+// weight row, so weight traffic overlaps the previous kernel.
 
 // ---------------------------------------------------------------- quantised weights, dp4a
 
@@ -103,6 +29,7 @@ struct XGroup {
 // 32-value group. Rounding as ggml's quantize_row_q8_1: d = amax / 127,
 // q = round(x / d).
 extern "C" __global__ void quantize_act(const float* x, int m, int k, u8* out) {
+    pdl_enter();
     const int lane = threadIdx.x & 31;
     const int g = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     const int groups = m * (k / 32);
@@ -240,22 +167,75 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
     }
 }
 
-template <int T, int M>
-__device__ void gemv_quant(GEMV_ARGS) {
-    // `x` holds the activations already quantised by quantize_act; every
-    // block copies them (M * k * 1.5 bytes, from L2) into shared memory.
+// Quantise x[m, k] (f32) into shared memory, with the same operations as
+// quantize_act: each thread takes 8 values, 4 lanes make a 32-value group.
+template <int M>
+__device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XGroup* xg) {
+    const int chunks = M * k / 8;  // a multiple of 4: k % 32 == 0
+    for (int base = 0; base < chunks; base += blockDim.x) {
+        const int c = base + threadIdx.x;
+        const bool ok = c < chunks;  // uniform within a group of 4 lanes
+        float v[8];
+        if (ok) {
+            float4 a = ldg_f4(x + 8LL * c), b = ldg_f4(x + 8LL * c + 4);
+            v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+            v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[j] = 0.0f;
+        }
+        float amax = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
+        amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, 2));
+        float d = amax / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        u32 lo = 0, hi = 0;
+        int s = 0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int q = (int)roundf(v[j] * id);
+            s += q;
+            if (j < 4) lo |= ((u32)q & 0xFFu) << (8 * j);
+            else hi |= ((u32)q & 0xFFu) << (8 * (j - 4));
+        }
+        // Lanes 0, 1 of a group hold its first 16 values, lanes 2, 3 the rest.
+        int half = s + __shfl_xor_sync(FULL_MASK, s, 1);
+        int other = __shfl_xor_sync(FULL_MASK, half, 2);
+        if (ok) {
+            *reinterpret_cast<uint2*>(xq + 8LL * c) = make_uint2(lo, hi);
+            if ((c & 3) == 0) xg[c >> 2] = XGroup{d, d * (float)(half + other), half, other};
+        }
+    }
+}
+
+// PRE: `x` holds the activations already quantised by quantize_act (copied
+// to shared memory); else `x` is f32 and each block quantises it itself.
+template <int T, int M, bool PRE>
+__device__ void vecdot_quant(MATVEC_ARGS) {
     extern __shared__ __align__(16) u8 smem[];
     i8* xq = reinterpret_cast<i8*>(smem);
     XGroup* xg = reinterpret_cast<XGroup*>(smem + M * k);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     {
+        // Weights are never written: safe to touch before the wait.
+        const int row0 = blockIdx.x * warps + warp;
+        const long long rb = T == T_Q8_0 ? k : k / 2;  // bytes of plane 0 per row
+        if (row0 < n)
+            for (long long o = lane * 128; o < rb; o += 32 * 128) prefetch_l2(p0 + row0 * rb + o);
+    }
+    pdl_enter();
+    if (PRE) {
         const uint4* src = reinterpret_cast<const uint4*>(x);
         uint4* dst = reinterpret_cast<uint4*>(smem);
         const int n16 = (M * k + M * (k / 32) * 16) / 16;
         for (int i = threadIdx.x; i < n16; i += blockDim.x) dst[i] = __ldg(src + i);
+    } else {
+        quantize_block<M>(x, k, xq, xg);
     }
     __syncthreads();
     const W w{p0, p1, p2, p3};
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     const int nu = units_per_row<T>(k);
     for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
         float acc[M];
@@ -263,63 +243,23 @@ __device__ void gemv_quant(GEMV_ARGS) {
         for (int m = 0; m < M; m++) acc[m] = 0.0f;
 #pragma unroll 4
         for (int u = lane; u < nu; u += 32) q_unit<T, M>(acc, w, row, k, u, xq, xg);
-        gemv_store<M>(acc, lane, row, out, ldo, bias);
+        matvec_store<M>(acc, lane, row, out, ldo, bias);
     }
 }
 
-// ---------------------------------------------------------------- quantised weights, f32 activations
 
 template <int T, int M>
-__device__ void gemv_exact(GEMV_ARGS) {
-    const W w{p0, p1, p2, p3};
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int nch = k / 32;
-    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
-        float acc[M];
-#pragma unroll
-        for (int m = 0; m < M; m++) acc[m] = 0.0f;
-        for (int c = lane; c < nch; c += 32) {
-            float v[32];
-            decode32<T>(w, row, k, c, v);
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                const float* a = x + (long long)m * k + 32 * c;
-                float s = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 32; i += 4) {
-                    float4 xv = ldg_f4(a + i);
-                    s += v[i] * xv.x + v[i + 1] * xv.y + v[i + 2] * xv.z + v[i + 3] * xv.w;
-                }
-                acc[m] += s;
-            }
-        }
-        gemv_store<M>(acc, lane, row, out, ldo, bias);
-    }
-}
+__device__ void vecdot_fused(MATVEC_ARGS) { vecdot_quant<T, M, false>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
+template <int T, int M>
+__device__ void vecdot_pre(MATVEC_ARGS) { vecdot_quant<T, M, true>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
 
-#define GEMV_M(NAME, IMPL, T, M) \
-    extern "C" __global__ void NAME##_m##M(GEMV_ARGS) { IMPL<T, M>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
-
-#define GEMV_ALL_M(NAME, IMPL, T) \
-    GEMV_M(NAME, IMPL, T, 1)      \
-    GEMV_M(NAME, IMPL, T, 2)      \
-    GEMV_M(NAME, IMPL, T, 3)      \
-    GEMV_M(NAME, IMPL, T, 4)      \
-    GEMV_M(NAME, IMPL, T, 5)      \
-    GEMV_M(NAME, IMPL, T, 6)      \
-    GEMV_M(NAME, IMPL, T, 7)      \
-    GEMV_M(NAME, IMPL, T, 8)
-
-GEMV_ALL_M(gemv_f32, gemv_float, T_F32)
-GEMV_ALL_M(gemv_f16, gemv_float, T_F16)
-GEMV_ALL_M(gemv_bf16, gemv_float, T_BF16)
-GEMV_ALL_M(gemv_q8_0, gemv_quant, T_Q8_0)
-GEMV_ALL_M(gemv_q4_0, gemv_quant, T_Q4_0)
-GEMV_ALL_M(gemv_q4_1, gemv_quant, T_Q4_1)
-GEMV_ALL_M(gemv_q4_k, gemv_quant, T_Q4_K)
-GEMV_ALL_M(gemv_q6_k, gemv_quant, T_Q6_K)
-GEMV_ALL_M(gemvx_q8_0, gemv_exact, T_Q8_0)
-GEMV_ALL_M(gemvx_q4_0, gemv_exact, T_Q4_0)
-GEMV_ALL_M(gemvx_q4_1, gemv_exact, T_Q4_1)
-GEMV_ALL_M(gemvx_q4_k, gemv_exact, T_Q4_K)
-GEMV_ALL_M(gemvx_q6_k, gemv_exact, T_Q6_K)
+MATVEC_ALL_M(vecdot_q8_0, vecdot_fused, T_Q8_0)
+MATVEC_ALL_M(vecdot_q4_0, vecdot_fused, T_Q4_0)
+MATVEC_ALL_M(vecdot_q4_1, vecdot_fused, T_Q4_1)
+MATVEC_ALL_M(vecdot_q4_k, vecdot_fused, T_Q4_K)
+MATVEC_ALL_M(vecdot_q6_k, vecdot_fused, T_Q6_K)
+MATVEC_ALL_M(vecdotpre_q8_0, vecdot_pre, T_Q8_0)
+MATVEC_ALL_M(vecdotpre_q4_0, vecdot_pre, T_Q4_0)
+MATVEC_ALL_M(vecdotpre_q4_1, vecdot_pre, T_Q4_1)
+MATVEC_ALL_M(vecdotpre_q4_k, vecdot_pre, T_Q4_K)
+MATVEC_ALL_M(vecdotpre_q6_k, vecdot_pre, T_Q6_K)

@@ -4,6 +4,7 @@
 
 extern "C" __global__ void kv_store(const float* qkv, float* kc, float* vc, const int* pos, int m,
                                     int width, int n_heads, int n_kv, int hd, int capacity) {
+    pdl_enter();
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long per_row = (long long)n_kv * hd;
     if (t >= (long long)m * per_row) return;

@@ -1,0 +1,105 @@
+// `fdot` matrix-vector products (m <= 8): f32 activations times weights
+// decoded to f32 in registers, f32 products and sums. No activation rounding:
+// the same arithmetic as the CPU's `fdot` (only the summation order differs).
+// Every lane streams 16-byte chunks of its warp's weight row; the partial sums
+// meet in a shuffle reduction.
+//
+//  * fdot_<f32|f16|bf16>_m<M>: float weights.
+//  * fdot_<quant>_m<M>: quantised weights, 32 values at a time with the
+//    reference dequantisation's operations (formats.cuh decode32).
+
+// ---------------------------------------------------------------- float weights
+
+template <int T, int M>
+__device__ __forceinline__ void fma_chunk(float (&acc)[M], uint4 v, const float* x, int k, int c) {
+    if (T == T_F32) {
+        float w[4] = {__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z),
+                      __uint_as_float(v.w)};
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float4 a = ldg_f4(x + (long long)m * k + 4 * c);
+            acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w;
+        }
+    } else {
+        u32 u[4] = {v.x, v.y, v.z, v.w};
+        float w[8];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u16 lo = (u16)(u[j] & 0xffff), hi = (u16)(u[j] >> 16);
+            w[2 * j] = T == T_F16 ? h2f(lo) : bf2f(lo);
+            w[2 * j + 1] = T == T_F16 ? h2f(hi) : bf2f(hi);
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float4 a = ldg_f4(x + (long long)m * k + 8 * c);
+            float4 b = ldg_f4(x + (long long)m * k + 8 * c + 4);
+            acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x +
+                      w[5] * b.y + w[6] * b.z + w[7] * b.w;
+        }
+    }
+}
+
+template <int T, int M>
+__device__ void fdot_float(MATVEC_ARGS) {
+    pdl_enter();
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int per = T == T_F32 ? 4 : 8;  // values per 16-byte chunk
+    const int nch = k / per;
+    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
+        const uint4* wr = reinterpret_cast<const uint4*>(p0) + (long long)row * nch;
+        float acc[M];
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[m] = 0.0f;
+        int c = lane;
+        for (; c + 96 < nch; c += 128) {
+            uint4 v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) v[u] = ldg_stream(wr + c + 32 * u);
+#pragma unroll
+            for (int u = 0; u < 4; u++) fma_chunk<T, M>(acc, v[u], x, k, c + 32 * u);
+        }
+        for (; c < nch; c += 32) fma_chunk<T, M>(acc, ldg_stream(wr + c), x, k, c);
+        matvec_store<M>(acc, lane, row, out, ldo, bias);
+    }
+}
+
+// ---------------------------------------------------------------- quantised weights, f32 activations
+
+template <int T, int M>
+__device__ void fdot_quant(MATVEC_ARGS) {
+    pdl_enter();
+    const W w{p0, p1, p2, p3};
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int nch = k / 32;
+    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
+        float acc[M];
+#pragma unroll
+        for (int m = 0; m < M; m++) acc[m] = 0.0f;
+        for (int c = lane; c < nch; c += 32) {
+            float v[32];
+            decode32<T>(w, row, k, c, v);
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                const float* a = x + (long long)m * k + 32 * c;
+                float s = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 32; i += 4) {
+                    float4 xv = ldg_f4(a + i);
+                    s += v[i] * xv.x + v[i + 1] * xv.y + v[i + 2] * xv.z + v[i + 3] * xv.w;
+                }
+                acc[m] += s;
+            }
+        }
+        matvec_store<M>(acc, lane, row, out, ldo, bias);
+    }
+}
+
+
+MATVEC_ALL_M(fdot_f32, fdot_float, T_F32)
+MATVEC_ALL_M(fdot_f16, fdot_float, T_F16)
+MATVEC_ALL_M(fdot_bf16, fdot_float, T_BF16)
+MATVEC_ALL_M(fdot_q8_0, fdot_quant, T_Q8_0)
+MATVEC_ALL_M(fdot_q4_0, fdot_quant, T_Q4_0)
+MATVEC_ALL_M(fdot_q4_1, fdot_quant, T_Q4_1)
+MATVEC_ALL_M(fdot_q4_k, fdot_quant, T_Q4_K)
+MATVEC_ALL_M(fdot_q6_k, fdot_quant, T_Q6_K)

@@ -1,0 +1,150 @@
+//! Causal grouped-query attention over the f32 KV cache
+//! (`kernels/attention.cu`): a split-KV kernel for one query row (decode)
+//! and a tiled kernel for many (prefill).
+
+use std::sync::{Arc, Mutex};
+
+use metallic::backend::QkvLayout;
+
+use super::kernel_source;
+use crate::compile::KernelSource;
+use crate::device::{Arg, Device, DeviceBuffer, Func};
+use crate::error::{CudaError, CudaResult};
+use crate::kernels::Loader;
+
+pub(crate) const SOURCE: KernelSource = kernel_source!("attention");
+
+/// Rows of queries one prefill attention block handles (one warp each).
+const PREFILL_ROWS: usize = 8;
+/// Most KV splits of the decode kernel.
+const MAX_SPLITS: usize = 32;
+/// Largest head dimension (each lane owns at most 8 output dimensions).
+pub(crate) const MAX_HEAD_DIM: usize = 256;
+
+pub(crate) struct Attention {
+    decode: Func,
+    prefill: Func,
+    scratch: Mutex<Option<Scratch>>,
+}
+
+/// Partial results of split decode attention: per head and split, (max, sum,
+/// acc[hd]); and per head the counter the last block uses to find itself.
+struct Scratch {
+    part: DeviceBuffer,
+    counters: DeviceBuffer,
+    part_floats: usize,
+    heads: usize,
+}
+
+/// The cache of one layer: `[kv_heads, capacity, head_dim]` f32 each.
+pub(crate) struct Cache {
+    pub k: u64,
+    pub v: u64,
+    pub capacity: usize,
+}
+
+impl Attention {
+    pub fn load(l: &mut Loader) -> CudaResult<Attention> {
+        let m = l.module(&SOURCE)?;
+        let prefill = m.function("attn_prefill")?;
+        l.allow_smem(prefill)?;
+        Ok(Attention {
+            decode: m.function("attn_decode")?,
+            prefill,
+            scratch: Mutex::new(None),
+        })
+    }
+
+    fn scratch(&self, dev: &Arc<Device>, heads: usize, floats: usize) -> CudaResult<(u64, u64)> {
+        let mut g = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = g
+            .as_ref()
+            .is_some_and(|s| s.part_floats >= floats && s.heads >= heads);
+        if !fits {
+            *g = None;
+            let part = DeviceBuffer::new(dev, floats * 4, "attention partials")?;
+            let counters = DeviceBuffer::zeroed(dev, heads * 4, "attention counters")?;
+            *g = Some(Scratch {
+                part,
+                counters,
+                part_floats: floats,
+                heads,
+            });
+        }
+        let s = g.as_ref().expect("just set");
+        Ok((s.part.ptr, s.counters.ptr))
+    }
+
+    /// `out[m, n_heads * head_dim]`: row `i` of `qkv` attends to cache
+    /// positions `0..=pos[i]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch(
+        &self,
+        dev: &Arc<Device>,
+        qkv: u64,
+        cache: &Cache,
+        pos: u64,
+        m: usize,
+        layout: &QkvLayout,
+        out: u64,
+    ) -> CudaResult<()> {
+        let (nh, nkv, hd) = (layout.n_heads, layout.n_kv_heads, layout.head_dim);
+        if hd == 0 || hd > MAX_HEAD_DIM || nkv == 0 || nh % nkv != 0 {
+            return Err(CudaError::Invalid(format!(
+                "attention layout {nh} heads / {nkv} kv heads / dim {hd}"
+            )));
+        }
+        let scale = 1.0 / (hd as f32).sqrt();
+        let capacity = cache.capacity;
+        if m == 1 {
+            // Splits are fixed by the capacity, not the current length, so that
+            // the launch is the same at every step of a replayed decode.
+            let splits = capacity.div_ceil(128).clamp(1, MAX_SPLITS);
+            let (part, counters) = self.scratch(dev, nh, nh * splits * (hd + 2))?;
+            dev.launch(
+                self.decode,
+                (nh as u32, splits as u32, 1),
+                128,
+                0,
+                &[
+                    Arg(qkv),
+                    Arg(cache.k),
+                    Arg(cache.v),
+                    Arg(pos),
+                    Arg::from(nh as i32),
+                    Arg::from(nkv as i32),
+                    Arg::from(hd as i32),
+                    Arg::from(capacity as i32),
+                    Arg::from(scale),
+                    Arg(part),
+                    Arg(counters),
+                    Arg(out),
+                ],
+            )
+        } else {
+            let rows = PREFILL_ROWS;
+            // K tile transposed and padded [hd][33], V tile [32][hd], queries [rows][hd].
+            let smem = (hd * 33 + 32 * hd + rows * hd) * 4;
+            dev.launch(
+                self.prefill,
+                (m.div_ceil(rows) as u32, nh as u32, 1),
+                (rows * 32) as u32,
+                smem as u32,
+                &[
+                    Arg(qkv),
+                    Arg(cache.k),
+                    Arg(cache.v),
+                    Arg(pos),
+                    Arg::from(m as i32),
+                    Arg::from(layout.row_width() as i32),
+                    Arg::from(nh as i32),
+                    Arg::from(nkv as i32),
+                    Arg::from(hd as i32),
+                    Arg::from(capacity as i32),
+                    Arg::from(scale),
+                    Arg(out),
+                ],
+            )
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `fdot`: matrix-vector products for up to [`MAX_M`] rows with f32
+//! activations and weights decoded to f32 in registers (`kernels/matmul_fdot.cu`).
+//! The same arithmetic as the CPU's `fdot`: no activation rounding.
+
+use super::kernel_source;
+use crate::compile::KernelSource;
+use crate::device::{Arg, Device, Func};
+use crate::error::{CudaError, CudaResult};
+use crate::kernels::Loader;
+use crate::linear::{CudaLinear, Segment};
+use crate::wtype::WType;
+
+pub(crate) const SOURCE: KernelSource = kernel_source!("matmul_fdot");
+
+/// Largest batch of the matrix-vector kernels (`fdot` and `vecdot`).
+pub(crate) const MAX_M: usize = 8;
+
+/// Whether `fdot` reads rows of `k` values of type `t`: float rows are read
+/// in 16-byte chunks, quantised ones by whole blocks (checked at upload).
+pub(crate) fn supports_k(t: WType, k: usize) -> bool {
+    match t {
+        WType::F32 => k.is_multiple_of(4),
+        WType::F16 | WType::BF16 => k.is_multiple_of(8),
+        _ => true,
+    }
+}
+
+pub(crate) struct Fdot {
+    /// `fdot_<type>_m<M>`, by [`WType`] and `M - 1`.
+    f: [[Func; MAX_M]; WType::COUNT],
+}
+
+/// Warps per block and blocks for a matrix-vector launch over `rows` rows:
+/// one warp per row; 8-warp blocks once every SM has plenty of rows.
+pub(crate) fn matvec_grid(dev: &Device, rows: usize) -> (usize, usize) {
+    let warps = if rows >= 16 * dev.sm_count as usize {
+        8
+    } else {
+        4
+    };
+    (warps, rows.div_ceil(warps))
+}
+
+/// The arguments every matrix-vector kernel takes (`MATVEC_ARGS` in
+/// common.cuh): planes, rows, k, x, out at the segment's first column, the
+/// row stride of out, and the bias at the same column (0 for none).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matvec_args(
+    seg: &Segment,
+    k: usize,
+    x: u64,
+    out: u64,
+    ldo: usize,
+    bias: u64,
+) -> [Arg; 10] {
+    let p = seg.planes;
+    let col = 4 * seg.row0 as u64;
+    [
+        Arg(p[0]),
+        Arg(p[1]),
+        Arg(p[2]),
+        Arg(p[3]),
+        Arg::from(seg.rows as i32),
+        Arg::from(k as i32),
+        Arg(x),
+        Arg(out + col),
+        Arg::from(ldo as i32),
+        Arg(if bias == 0 { 0 } else { bias + col }),
+    ]
+}
+
+pub(crate) fn check_m(m: usize) -> CudaResult<()> {
+    if m == 0 || m > MAX_M {
+        return Err(CudaError::Invalid(format!(
+            "the matrix-vector kernels run 1..={MAX_M} rows, not {m}"
+        )));
+    }
+    Ok(())
+}
+
+impl Fdot {
+    pub fn load(l: &mut Loader) -> CudaResult<Fdot> {
+        let module = l.module(&SOURCE)?;
+        let mut f = [[Func::null(); MAX_M]; WType::COUNT];
+        for t in WType::ALL {
+            for m in 1..=MAX_M {
+                f[t as usize][m - 1] = module.function(&format!("fdot_{}_m{m}", t.suffix()))?;
+            }
+        }
+        Ok(Fdot { f })
+    }
+
+    /// One segment's columns of `out[m, ldo] = x[m, k] W^T (+ bias)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_segment(
+        &self,
+        dev: &Device,
+        seg: &Segment,
+        k: usize,
+        m: usize,
+        x: u64,
+        out: u64,
+        ldo: usize,
+        bias: u64,
+    ) -> CudaResult<()> {
+        check_m(m)?;
+        let (warps, blocks) = matvec_grid(dev, seg.rows);
+        dev.launch(
+            self.f[seg.ty as usize][m - 1],
+            (blocks as u32, 1, 1),
+            (warps * 32) as u32,
+            0,
+            &matvec_args(seg, k, x, out, ldo, bias),
+        )
+    }
+
+    /// `out[m, n] = x[m, k] W^T (+ bias)`.
+    pub fn launch(
+        &self,
+        dev: &Device,
+        x: u64,
+        w: &CudaLinear,
+        m: usize,
+        out: u64,
+    ) -> CudaResult<()> {
+        let bias = w.bias.as_ref().map_or(0, |b| b.ptr);
+        for seg in &w.segs {
+            self.launch_segment(dev, seg, w.info.k, m, x, out, w.info.n, bias)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! Sampling on the device (`kernels/sample.cu`): penalties, greedy argmax,
+//! top-k / top-p / min-p and the draw, and feeding host tokens into the
+//! penalty window. The state they work on is [`CudaSampler`].
+
+use std::sync::Arc;
+
+use super::{ew_grid, kernel_source, EW_BLOCK};
+use crate::compile::KernelSource;
+use crate::device::{Arg, Device, DeviceBuffer, Func};
+use crate::error::CudaResult;
+use crate::kernels::Loader;
+use crate::sampler::{CudaSampler, ARGMAX_BLOCKS, TOPK_BLOCKS, TOPK_MAX};
+
+pub(crate) const SOURCE: KernelSource = kernel_source!("sample");
+
+pub(crate) struct Sample {
+    prepare: Func,
+    argmax: Func,
+    filter: Func,
+    topk_blocks: Func,
+    accept: Func,
+}
+
+impl Sample {
+    pub fn load(l: &mut Loader) -> CudaResult<Sample> {
+        let m = l.module(&SOURCE)?;
+        Ok(Sample {
+            prepare: m.function("sample_prepare")?,
+            argmax: m.function("sample_argmax")?,
+            filter: m.function("sample_filter")?,
+            topk_blocks: m.function("sample_topk_blocks")?,
+            accept: m.function("sampler_accept")?,
+        })
+    }
+
+    /// Feed host-chosen tokens (the prompt) into the penalty window.
+    pub fn accept(&self, dev: &Arc<Device>, s: &mut CudaSampler, tokens: &[u32]) -> CudaResult<()> {
+        if s.window == 0 || tokens.is_empty() {
+            return Ok(());
+        }
+        // Only the last `window` tokens can matter; earlier ones would be evicted.
+        let tail = &tokens[tokens.len().saturating_sub(s.window)..];
+        let ids: Vec<u8> = tail
+            .iter()
+            .flat_map(|&t| (t.min(i32::MAX as u32) as i32).to_le_bytes())
+            .collect();
+        if s.upload.as_ref().is_none_or(|b| b.bytes < ids.len()) {
+            s.upload = None;
+            s.upload = Some(DeviceBuffer::new(dev, ids.len(), "sampler token upload")?);
+        }
+        let up = s.upload.as_ref().expect("just set").ptr;
+        dev.copy_htod(up, &ids)?;
+        dev.launch(
+            self.accept,
+            (1, 1, 1),
+            32,
+            0,
+            &[
+                Arg(up),
+                Arg::from(tail.len() as i32),
+                Arg::from(s.vocab as i32),
+                Arg(s.state.ptr),
+                Arg(s.counts.ptr),
+                Arg(s.hist.ptr),
+                Arg::from(s.window as i32),
+            ],
+        )
+    }
+
+    /// Draw a token from `logits[0..vocab]` (f32, `vocab == s.vocab`) into
+    /// `ids[0]` (i32) and the penalty window.
+    pub fn draw(&self, dev: &Device, logits: u64, s: &CudaSampler, ids: u64) -> CudaResult<()> {
+        let p = s.params;
+        let vocab = s.vocab;
+        let v = vocab as i32;
+        let prepare = |penalize: bool, rp: f32, freq: f32, pres: f32| {
+            dev.launch(
+                self.prepare,
+                ew_grid(vocab),
+                EW_BLOCK,
+                0,
+                &[
+                    Arg(logits),
+                    Arg(s.work.ptr),
+                    Arg::from(v),
+                    Arg(s.counts.ptr),
+                    Arg::from(penalize as i32),
+                    Arg::from(rp),
+                    Arg::from(freq),
+                    Arg::from(pres),
+                ],
+            )
+        };
+        let src = if s.window > 0 {
+            prepare(
+                true,
+                p.repeat_penalty,
+                p.frequency_penalty,
+                p.presence_penalty,
+            )?;
+            s.work.ptr
+        } else if p.temperature <= 0.0 {
+            // Argmax maps NaN to "never wins" by itself.
+            logits
+        } else {
+            prepare(false, 1.0, 0.0, 0.0)?;
+            s.work.ptr
+        };
+        let common = [
+            Arg(s.state.ptr),
+            Arg(s.counts.ptr),
+            Arg(s.hist.ptr),
+            Arg::from(s.window as i32),
+        ];
+        if p.temperature <= 0.0 {
+            let blocks = ARGMAX_BLOCKS.min(vocab.div_ceil(1024)).max(1);
+            let a = s.argmax.ptr;
+            let n = ARGMAX_BLOCKS as u64;
+            return dev.launch(
+                self.argmax,
+                (blocks as u32, 1, 1),
+                1024,
+                0,
+                &[
+                    Arg(src),
+                    Arg::from(v),
+                    Arg(a),
+                    Arg(a + 4 * n),
+                    Arg(a + 8 * n),
+                    Arg(ids),
+                    common[0],
+                    common[1],
+                    common[2],
+                    common[3],
+                ],
+            );
+        }
+        let top_k = p.top_k.min(i32::MAX as usize) as i32;
+        // With a small top-k over a large vocabulary, cut the candidates to
+        // each block's top-k first: one block then filters a few thousand
+        // values instead of the whole vocabulary.
+        let two_phase = p.top_k > 0 && p.top_k <= TOPK_MAX && vocab > 4 * TOPK_BLOCKS * p.top_k;
+        let (fsrc, fv, map) = if two_phase {
+            let n = TOPK_BLOCKS * p.top_k;
+            let cv = s.cand.ptr;
+            let ci = s.cand.ptr + (4 * TOPK_BLOCKS * TOPK_MAX) as u64;
+            dev.launch(
+                self.topk_blocks,
+                (TOPK_BLOCKS as u32, 1, 1),
+                256,
+                0,
+                &[Arg(src), Arg::from(v), Arg::from(top_k), Arg(cv), Arg(ci)],
+            )?;
+            (cv, n as i32, ci)
+        } else {
+            (src, v, 0)
+        };
+        dev.launch(
+            self.filter,
+            (1, 1, 1),
+            1024,
+            0,
+            &[
+                Arg(fsrc),
+                Arg::from(fv),
+                Arg::from(top_k),
+                Arg::from(p.top_p),
+                Arg::from(p.min_p),
+                Arg::from(p.temperature),
+                common[0],
+                common[1],
+                common[2],
+                common[3],
+                Arg(ids),
+                Arg(map),
+            ],
+        )
+    }
+}
