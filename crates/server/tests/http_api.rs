@@ -491,7 +491,9 @@ async fn preempted_sequences_resume_with_the_same_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_serve_counts_every_streamed_token() {
-    let Some(s) = start(config()).await else { return };
+    let Some(s) = start(config()).await else {
+        return;
+    };
     let r = metallic_server::bench::run(metallic_server::bench::BenchConfig {
         url: s.base.clone(),
         clients: 2,
