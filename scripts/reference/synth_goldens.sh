@@ -2,7 +2,8 @@
 # Golden logits from Hugging Face transformers for the synthetic models the
 # parity tests build in memory (same preset, dtype, tokenizer and seed, so the
 # same bytes): tiny Qwen2 in F32 and Q8_0 (16-token prompt, 8 greedy decode
-# steps) and a full-size Qwen2.5-0.5B in F16 (one prompt).
+# steps), a full-size Qwen2.5-0.5B in F16 (one prompt), and llama.cpp Q4_K_M
+# mixes of SmolLM2-135M and Qwen2.5-0.5B.
 # Needs: a release build of metallic, assets/ (scripts/fetch-assets.sh) and the
 # packages of scripts/reference/requirements.txt. Usage: synth_goldens.sh [PYTHON]
 set -euo pipefail
@@ -26,4 +27,16 @@ done
 f="$tmp/qwen25_05b_f16.gguf"
 "$bin" synth --arch qwen2 --preset qwen2.5-0.5b --dtype F16 --tokenizer "$tok" --seed 1 -o "$f"
 "$py" scripts/reference/model_logits.py "$f" "$out/qwen25_05b_f16_logits.json" \
+  --prompt-ids "$prompt" --steps 2 --record-steps 2 --sample 512
+
+# llama.cpp's Q4_K_M mix (Q5_0/Q8_0/Q4_K/Q6_K tensors, as llama-quantize gives
+# these layouts), SmolLM2-135M (tokenizer from the SmolLM2 GGUF) and Qwen2.5-0.5B.
+f="$tmp/smollm2_q4_k_m.gguf"
+"$bin" synth --arch llama --preset smollm2-135m --dtype Q4_K_M \
+  --tokenizer assets/SmolLM2-135M-Instruct.Q4_1.gguf --seed 1 -o "$f"
+"$py" scripts/reference/model_logits.py "$f" "$out/smollm2_135m_q4_k_m_logits.json" \
+  --prompt-ids "$prompt" --steps 4 --record-steps 4 --sample 512
+f="$tmp/qwen25_05b_q4_k_m.gguf"
+"$bin" synth --arch qwen2 --preset qwen2.5-0.5b --dtype Q4_K_M --tokenizer "$tok" --seed 1 -o "$f"
+"$py" scripts/reference/model_logits.py "$f" "$out/qwen25_05b_q4_k_m_logits.json" \
   --prompt-ids "$prompt" --steps 2 --record-steps 2 --sample 512

@@ -30,7 +30,7 @@ use crate::device::{on_device, OnBackend};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// GGUF model (default: SmolLM2-135M-Instruct from assets/, or $METALLIC_MODEL).
+    /// GGUF model [default: $METALLIC_MODEL, else assets/SmolLM2-135M-Instruct.Q4_1.gguf].
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// Prompt lengths to test (comma-separated; 0 skips prompt processing).
@@ -55,6 +55,7 @@ pub struct BenchArgs {
     /// CPU threads (0: all cores).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
+    /// Where the model runs: cpu, or cuda (the first NVIDIA GPU).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Print one JSON document instead of the table.
@@ -120,8 +121,13 @@ impl OnBackend for Job {
         let mut ex = Exec::new(&backend, dispatch);
         let vocab = cfg.vocab;
         let mut outcomes = Vec::new();
+        let runs = (args.n_prompt.iter().filter(|&&p| p > 0).count()
+            + args.n_gen.iter().filter(|&&n| n > 0).count())
+            * (args.repetitions + 1);
+        let bar = crate::progress::bar(runs as u64, "bench");
 
         for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
+            bar.set_message(format!("pp{p}"));
             let ids = tokens(p, vocab, 0x5eed ^ p as u64);
             let mut tok_s = Vec::new();
             for rep in 0..=args.repetitions {
@@ -134,6 +140,7 @@ impl OnBackend for Job {
                 if rep > 0 {
                     tok_s.push(p as f64 / dt);
                 }
+                bar.inc(1);
             }
             outcomes.push(Outcome {
                 test: format!("pp{p}"),
@@ -150,6 +157,7 @@ impl OnBackend for Job {
                 ..GenerateOptions::default()
             };
             let mut tok_s = Vec::new();
+            bar.set_message(format!("tg{n}"));
             for rep in 0..=args.repetitions {
                 st.reset();
                 let g = generate(&mut ex, &model, &mut st, &tok, &first, &opts, &mut |_| {})?;
@@ -159,6 +167,7 @@ impl OnBackend for Job {
                 if rep > 0 {
                     tok_s.push(n as f64 / g.decode_time.as_secs_f64());
                 }
+                bar.inc(1);
             }
             outcomes.push(Outcome {
                 test: format!("tg{n}"),
@@ -167,6 +176,8 @@ impl OnBackend for Job {
             });
         }
 
+        // The table replaces the bar.
+        bar.finish_and_clear();
         let name = self
             .path
             .file_name()

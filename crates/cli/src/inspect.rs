@@ -112,6 +112,23 @@ fn write_text(out: &mut impl Write, path: &Path, file: &GgufFile) -> io::Result<
     }
 
     let total: u64 = tensors.iter().map(|t| t.n_bytes).sum();
+    let by_type = by_type(tensors);
+    let summary: Vec<String> = by_type
+        .iter()
+        .map(|(ty, n, bytes)| format!("{ty} x{n} ({}, {bytes} B)", human_bytes(*bytes)))
+        .collect();
+    writeln!(
+        out,
+        "\nTensor data: {} in {} tensors: {}",
+        human_bytes(total),
+        tensors.len(),
+        summary.join(", ")
+    )?;
+    Ok(())
+}
+
+/// Tensor count and data bytes per type, in order of first appearance.
+fn by_type(tensors: &[TensorInfo]) -> Vec<(GgmlType, usize, u64)> {
     let mut by_type: Vec<(GgmlType, usize, u64)> = Vec::new();
     for t in tensors {
         match by_type.iter_mut().find(|(ty, _, _)| *ty == t.ggml_type) {
@@ -122,18 +139,7 @@ fn write_text(out: &mut impl Write, path: &Path, file: &GgufFile) -> io::Result<
             None => by_type.push((t.ggml_type, 1, t.n_bytes)),
         }
     }
-    let summary: Vec<String> = by_type
-        .iter()
-        .map(|(ty, n, bytes)| format!("{ty} x{n} ({})", human_bytes(*bytes)))
-        .collect();
-    writeln!(
-        out,
-        "\nTensor data: {} in {} tensors: {}",
-        human_bytes(total),
-        tensors.len(),
-        summary.join(", ")
-    )?;
-    Ok(())
+    by_type
 }
 
 fn shape(t: &TensorInfo) -> String {
@@ -256,6 +262,10 @@ fn to_json(path: &Path, file: &GgufFile) -> Json {
         "data_offset": file.data_offset(),
         "metadata": metadata,
         "tensors": tensors,
+        "by_type": by_type(file.tensors())
+            .into_iter()
+            .map(|(ty, n, bytes)| json!({"type": ty.name(), "tensors": n, "bytes": bytes}))
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -1,18 +1,23 @@
 //! The `metallic` command.
 
 mod bench;
+mod chat;
 mod common;
 mod device;
 mod generate;
 mod inspect;
+mod interrupt;
 mod machine;
 mod probe;
 mod probe_chart;
+mod progress;
 mod quantize;
 mod report;
+mod runinfo;
 mod serve;
 mod synth;
 mod tokenize;
+mod tui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +39,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt.
     Generate(generate::GenerateArgs),
+    /// Chat with the model: a multi-turn conversation that keeps its KV cache.
+    Chat(chat::ChatArgs),
     /// Measure prompt processing and generation speed, like llama-bench.
     Bench(bench::BenchArgs),
     /// Write a GGUF with a real model's layout and random weights.
@@ -50,6 +57,7 @@ enum Command {
     BenchServe(serve::BenchServeArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect {
+        /// The GGUF file to show.
         file: PathBuf,
         /// Machine-readable output (long arrays summarised, see `metallic inspect --help`).
         #[arg(long)]
@@ -57,21 +65,53 @@ enum Command {
     },
 }
 
+/// llama.cpp flags people type out of habit, with what to use instead.
+/// Checked before parsing because clap would read `-ngl` as `-n gl`.
+const FOREIGN_FLAGS: &[(&str, &str)] = &[
+    ("-ngl", "metallic has no -ngl: every layer runs on the device you pick; use --device cuda"),
+    ("--n-gpu-layers", "metallic has no --n-gpu-layers: every layer runs on the device you pick; use --device cuda"),
+    ("--gpu-layers", "metallic has no --gpu-layers: every layer runs on the device you pick; use --device cuda"),
+    ("-cnv", "for a conversation use `metallic chat`"),
+    ("--conversation", "for a conversation use `metallic chat`"),
+    ("-i", "for an interactive session use `metallic chat`"),
+    ("--interactive", "for an interactive session use `metallic chat`"),
+];
+
+fn foreign_flag(args: &[String]) -> Option<&'static str> {
+    // Only before `--`, and only the flag itself (or `flag=value`).
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .find_map(|a| {
+            let name = a.split('=').next().unwrap_or(a);
+            FOREIGN_FLAGS
+                .iter()
+                .find(|(f, _)| *f == name)
+                .map(|(_, hint)| *hint)
+        })
+}
+
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(hint) = foreign_flag(&argv) {
+        eprintln!("error: {hint}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::Synth(a) => synth::run(a),
-        Command::Quantize(a) => quantize::run(a),
-        Command::Tokenize(a) => tokenize::run(&a),
-        Command::Inspect { file, json } => inspect::run(&file, json),
-        Command::Probe(a) => probe::run(a),
-        Command::Serve(a) => serve::run(a),
-        Command::BenchServe(a) => serve::bench(a),
+        Command::Chat(a) => chat::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Bench(a) => bench::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Synth(a) => synth::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Quantize(a) => quantize::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Tokenize(a) => tokenize::run(&a).map(|()| ExitCode::SUCCESS),
+        Command::Inspect { file, json } => inspect::run(&file, json).map(|()| ExitCode::SUCCESS),
+        Command::Probe(a) => probe::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Serve(a) => serve::run(a).map(|()| ExitCode::SUCCESS),
+        Command::BenchServe(a) => serve::bench(a).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -9,7 +9,7 @@
 //! events on a GPU, the host clock on the CPU).
 
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +27,7 @@ use crate::device::{on_device, OnBackend};
 
 #[derive(Args, Debug, Clone)]
 pub struct ProbeArgs {
+    /// Where the matmuls run: cpu, or cuda (the first NVIDIA GPU).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// CPU threads (0: all cores).
@@ -59,9 +60,11 @@ pub struct ProbeArgs {
     /// Only these implementations (comma-separated names).
     #[arg(long)]
     pub impls: Option<String>,
-    #[arg(long)]
+    /// Write every timing (shape, implementation, median, GB/s, % of floor) as CSV here.
+    #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
-    #[arg(long)]
+    /// Write the whole report (machine, floor, every timing) as JSON here.
+    #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// SVG chart of time per shape per implementation.
     #[arg(long)]
@@ -367,8 +370,10 @@ impl OnBackend for Job {
             }
         }
         let mut rows = Vec::new();
+        let bar = crate::progress::bar(self.shapes.len() as u64, "probe");
         for (si, ps) in self.shapes.iter().enumerate() {
             let s = ps.shape;
+            bar.set_message(format!("{} m={} n={} k={}", s.dtype, s.m, s.n, s.k));
             let row_bytes = s.dtype.row_bytes(s.k).unwrap_or(0);
             let w_bytes = s.n * row_bytes;
             let copies = (args.rotate_mb << 20)
@@ -423,9 +428,8 @@ impl OnBackend for Job {
                     pct_of_floor: 100.0 * gb_s / stream_gb_s,
                     winner: false,
                 });
-                eprint!(".");
-                let _ = std::io::stderr().flush();
             }
+            bar.inc(1);
             if let Some(best) = rows[first..]
                 .iter()
                 .enumerate()
@@ -435,7 +439,7 @@ impl OnBackend for Job {
                 rows[best].winner = true;
             }
         }
-        eprintln!();
+        bar.finish();
         Ok(ProbeReport {
             command: self.command,
             device: b.device_description(),

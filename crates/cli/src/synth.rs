@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use metallic::chat::builtin;
 use metallic::config::Arch;
+use metallic::quantize::FileType;
 use metallic::synth::{self, SynthOptions};
 use metallic::tokenizer::TokenizerSpec;
 use metallic_gguf::{GgmlType, GgufFile};
@@ -22,10 +23,17 @@ pub struct SynthArgs {
     #[arg(long)]
     pub preset: String,
     /// Weight type of the matrices (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
-    /// Q5_1, Q2_K..Q6_K). Rows too short for a block format fall back as llama.cpp's
-    /// quantizer does; norms and biases stay F32.
+    /// Q5_1, Q2_K..Q6_K: one type for all, as llama-quantize --pure), or a
+    /// llama-quantize mix (Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S,
+    /// Q5_K_M) whose per-tensor types are llama.cpp's. Rows too short for a
+    /// block format fall back as llama.cpp's quantizer does; norms and biases
+    /// stay F32.
     #[arg(long, default_value = "F16")]
     pub dtype: String,
+    /// Give a plain --dtype (Q4_0, Q2_K, ...) llama-quantize's per-tensor rules
+    /// too (e.g. Q4_0's Q6_K/Q8_0 embedding), as a file llama-quantize writes.
+    #[arg(long)]
+    pub mix: bool,
     /// The vocabulary: a tokenizer.json (with tokenizer_config.json beside it, if
     /// present, for special ids) or a GGUF file whose tokenizer is copied.
     #[arg(long)]
@@ -79,12 +87,28 @@ pub fn run(args: SynthArgs) -> Result<()> {
     let arch = Arch::from_name(&args.arch)
         .with_context(|| format!("unknown --arch {:?} (qwen2 or llama)", args.arch))?;
     let preset = synth::preset(arch, &args.preset)?;
-    let dtype = GgmlType::from_name(&args.dtype.to_ascii_uppercase()).with_context(|| {
-        format!(
-            "unknown --dtype {:?} (e.g. F16, BF16, Q8_0, Q4_0, Q4_K)",
-            args.dtype
-        )
-    })?;
+    // A block type alone (Q4_K) is one type for every matrix; a mix name (Q4_K_M) is
+    // llama.cpp's per-tensor choice.
+    let (dtype, mix) = match GgmlType::from_name(&args.dtype) {
+        Some(ty) if args.mix => {
+            let ftype = FileType::of_type(ty)
+                .with_context(|| format!("--mix: {ty} is not a llama-quantize file type"))?;
+            (ty, Some(ftype))
+        }
+        Some(ty) => (ty, None),
+        None => {
+            let ftype = FileType::from_name(&args.dtype)
+                .filter(|f| f.name().eq_ignore_ascii_case(&args.dtype))
+                .with_context(|| {
+                    format!(
+                        "unknown --dtype {:?} (a type: F16, BF16, Q8_0, Q4_0, Q4_K, ...; or a \
+                         mix: Q4_K_M, Q5_K_M, ...)",
+                        args.dtype
+                    )
+                })?;
+            (ftype.default_type(), Some(ftype))
+        }
+    };
     let (spec, gguf_template) = load_tokenizer(&args.tokenizer, arch)?;
     let template = match &args.chat_template {
         Some(p) => Some(read(p)?),
@@ -110,8 +134,14 @@ pub fn run(args: SynthArgs) -> Result<()> {
         chat_template: template.as_deref(),
         seed: args.seed,
     };
-    synth::write(&opts, &args.output)
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    let bar = crate::progress::bar(0, "synth");
+    bar.set_message("tensors");
+    synth::write_with_progress(&opts, mix, &args.output, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64)
+    })
+    .with_context(|| format!("writing {}", args.output.display()))?;
+    bar.finish();
     let size = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);
@@ -120,7 +150,7 @@ pub fn run(args: SynthArgs) -> Result<()> {
         args.output.display(),
         arch.name(),
         preset.name,
-        dtype.name(),
+        mix.map_or(dtype.name(), |f| f.name()),
         args.seed,
         size as f64 / (1 << 20) as f64
     );

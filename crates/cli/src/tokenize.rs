@@ -10,17 +10,18 @@ use metallic_gguf::GgufFile;
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["text", "file"])))]
 pub struct TokenizeArgs {
-    /// GGUF file whose `tokenizer.ggml.*` metadata defines the tokenizer.
-    #[arg(long, value_name = "FILE")]
-    pub model: PathBuf,
+    /// GGUF file whose `tokenizer.ggml.*` metadata defines the tokenizer
+    /// [default: $METALLIC_MODEL, else assets/SmolLM2-135M-Instruct.Q4_1.gguf, as generate].
+    #[arg(short, long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
     /// Encode special tokens written in the text (`<|im_start|>`) as plain text.
     #[arg(long)]
     pub no_parse_special: bool,
     /// Print one JSON array of ids instead of one id per line with its text.
     #[arg(long)]
     pub json: bool,
-    /// Read the text from this file instead of the command line.
-    #[arg(long, value_name = "PATH")]
+    /// Read the text from this file instead of the command line (`-`: standard input).
+    #[arg(short, long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// The text to tokenize.
     pub text: Option<String>,
@@ -28,13 +29,14 @@ pub struct TokenizeArgs {
 
 /// Tokenize and print to stdout. No BOS/EOS is added: the ids are those of the text alone.
 pub fn run(args: &TokenizeArgs) -> Result<()> {
-    let file = GgufFile::open(&args.model)?;
+    let model = crate::common::resolve_model(args.model.as_deref())?;
+    let file = GgufFile::open(&model).with_context(|| format!("opening {}", model.display()))?;
     let tokenizer = Tokenizer::from_gguf(&file)
-        .with_context(|| format!("reading the tokenizer of {}", args.model.display()))?;
+        .with_context(|| format!("reading the tokenizer of {}", model.display()))?;
     let text = match (&args.text, &args.file) {
         (Some(t), _) => t.clone(),
         (None, Some(path)) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+            crate::common::read_text_input(path, crate::common::TEXT_INPUT_LIMIT, "--file")?
         }
         (None, None) => anyhow::bail!("give the text or --file PATH"),
     };

@@ -254,10 +254,10 @@ fn bad_arguments_are_errors_not_panics() {
     );
     fails_with(
         &metallic(&["generate", "-m", m, "--repeat-penalty", "0", "hi"]),
-        "repeat_penalty",
+        "--repeat-penalty",
     );
     fails_with(
         &metallic(&["generate", "-m", m, "--top-p", "nan", "hi"]),
-        "top_p",
+        "--top-p",
     );
 }

@@ -107,6 +107,7 @@ fn text_output_shows_metadata_and_tensor_table() {
         "Q8_0",
         "64 x 2",
         "output_norm.weight",
+        "Q8_0 x1 (136 B, 136 B), F32 x1 (12 B, 12 B)",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -149,6 +150,13 @@ fn json_output_is_complete_except_long_arrays() {
     assert_eq!(
         (t["n_elements"].as_u64(), t["n_bytes"].as_u64()),
         (Some(128), Some(136))
+    );
+    assert_eq!(
+        v["by_type"],
+        serde_json::json!([
+            {"type": "Q8_0", "tensors": 1, "bytes": 136},
+            {"type": "F32", "tensors": 1, "bytes": 12},
+        ])
     );
 }
 

@@ -244,3 +244,95 @@ fn bad_input_is_rejected_with_the_cause() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn synth_q4_k_m_has_the_types_quantize_gives_its_f16_twin() {
+    let Some(f16) = tiny_f16() else { return };
+    let tok = repo("assets/qwen2/tokenizer.json");
+    let direct = tmp_dir().join("tiny-synth-q4_k_m.gguf");
+    let quantized = tmp_dir().join("tiny-quantized-q4_k_m.gguf");
+    for (dtype, out) in [
+        ("Q4_K_M", &direct),
+        ("q5_k_m", &tmp_dir().join("tiny-synth-q5_k_m.gguf")),
+    ] {
+        ok(&metallic(&[
+            "synth",
+            "--arch",
+            "qwen2",
+            "--preset",
+            "tiny",
+            "--dtype",
+            dtype,
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]));
+    }
+    ok(&metallic(&[
+        "quantize",
+        f16.to_str().unwrap(),
+        quantized.to_str().unwrap(),
+        "Q4_K_M",
+    ]));
+    let (a, b) = (
+        GgufFile::open(&direct).unwrap(),
+        GgufFile::open(&quantized).unwrap(),
+    );
+    assert_eq!(a.get_u32("general.file_type"), Some(15));
+    let types = |f: &GgufFile| -> Vec<(String, GgmlType)> {
+        f.tensors()
+            .iter()
+            .map(|t| (t.name.clone(), t.ggml_type))
+            .collect()
+    };
+    assert_eq!(types(&a), types(&b));
+    assert!(types(&a).iter().any(|(_, t)| *t == GgmlType::Q8_0));
+    assert!(types(&a).iter().any(|(_, t)| *t == GgmlType::Q5_0));
+    // A plain type stays one type for every matrix; --mix gives it llama.cpp's rules.
+    let plain = tmp_dir().join("tiny-synth-q4_0.gguf");
+    let mixed = tmp_dir().join("tiny-synth-q4_0-mix.gguf");
+    for (extra, out) in [(None, &plain), (Some("--mix"), &mixed)] {
+        let mut args = vec![
+            "synth",
+            "--arch",
+            "qwen2",
+            "--preset",
+            "tiny",
+            "--dtype",
+            "Q4_0",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        ok(&metallic(&args));
+    }
+    let emb = |p: &Path| {
+        GgufFile::open(p)
+            .unwrap()
+            .tensor("token_embd.weight")
+            .unwrap()
+            .ggml_type
+    };
+    assert_eq!(emb(&plain), GgmlType::Q4_0);
+    // The output rule: Q6_K, which 64 columns cannot hold, so Q8_0.
+    assert_eq!(emb(&mixed), GgmlType::Q8_0);
+    fails_with(
+        &metallic(&[
+            "synth",
+            "--arch",
+            "qwen2",
+            "--preset",
+            "tiny",
+            "--dtype",
+            "Q4_K_X",
+            "--tokenizer",
+            tok.to_str().unwrap(),
+            "-o",
+            plain.to_str().unwrap(),
+        ]),
+        "unknown --dtype",
+    );
+}

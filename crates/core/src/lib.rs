@@ -6,6 +6,7 @@ pub mod autotune;
 pub mod backend;
 pub mod chat;
 pub mod config;
+pub mod conversation;
 pub mod dirs;
 pub mod dispatch;
 pub mod error;

@@ -309,3 +309,140 @@ pub fn write_jsonl<M>(rec: &Recorder<M>, w: &mut dyn Write) -> std::io::Result<(
     }
     Ok(())
 }
+
+/// Running totals of a recording, for a live view: each [`update`](Self::update)
+/// adds only the ops recorded since the last one, so refreshing it every
+/// token costs the new ops, not the whole history.
+#[derive(Default)]
+pub struct LiveProfile {
+    seen: usize,
+    /// (op name, implementation) -> (count, total backend ms).
+    ops: HashMap<(&'static str, &'static str), (usize, f64)>,
+    /// (matmul shape, implementation) -> (count, total backend ms).
+    shapes: HashMap<(String, &'static str), (usize, f64)>,
+    /// Whole-run total of every op's backend time.
+    pub total_ms: f64,
+}
+
+/// One line of a live top list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveRow {
+    pub name: String,
+    pub imp: &'static str,
+    pub count: usize,
+    pub total_ms: f64,
+}
+
+impl LiveProfile {
+    pub fn update<M>(&mut self, rec: &Recorder<M>) {
+        for e in rec.ops.iter().skip(self.seen) {
+            let o = self.ops.entry((e.op.name(), e.imp)).or_insert((0, 0.0));
+            o.0 += 1;
+            o.1 += e.device_ms;
+            self.total_ms += e.device_ms;
+            if let (OpKind::Matmul(_), Some(shape)) = (e.op, e.shape) {
+                let key = format!(
+                    "{} {} m={} n={} k={}",
+                    shape.op.name(),
+                    shape.dtype,
+                    shape.m,
+                    shape.n,
+                    shape.k
+                );
+                let s = self.shapes.entry((key, e.imp)).or_insert((0, 0.0));
+                s.0 += 1;
+                s.1 += e.device_ms;
+            }
+        }
+        self.seen = rec.ops.len();
+    }
+
+    fn top<K: Clone>(
+        map: &HashMap<(K, &'static str), (usize, f64)>,
+        n: usize,
+        name: impl Fn(&K) -> String,
+    ) -> Vec<LiveRow> {
+        let mut rows: Vec<LiveRow> = map
+            .iter()
+            .map(|((k, imp), &(count, total_ms))| LiveRow {
+                name: name(k),
+                imp,
+                count,
+                total_ms,
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.total_ms
+                .total_cmp(&a.total_ms)
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        rows.truncate(n);
+        rows
+    }
+
+    /// The `n` op kinds (by implementation) with the most time.
+    pub fn top_ops(&self, n: usize) -> Vec<LiveRow> {
+        Self::top(&self.ops, n, |k: &&'static str| k.to_string())
+    }
+
+    /// The `n` matmul shapes (by implementation) with the most time.
+    pub fn top_shapes(&self, n: usize) -> Vec<LiveRow> {
+        Self::top(&self.shapes, n, |k: &String| k.clone())
+    }
+}
+
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+    use crate::backend::{MatmulOp, MatmulShape, TimingKind};
+    use crate::profiler::{OpEvent, Phase, Recorder};
+    use metallic_gguf::GgmlType;
+
+    fn op(kind: OpKind, imp: &'static str, ms: f64, shape: Option<MatmulShape>) -> OpEvent {
+        OpEvent {
+            op: kind,
+            imp,
+            shape,
+            layer: None,
+            step: 0,
+            phase: Phase::Decode,
+            host_start_ns: 0,
+            host_ns: 0,
+            device_ms: ms,
+        }
+    }
+
+    #[test]
+    fn live_profile_adds_only_new_ops_and_ranks_by_total() {
+        let mut rec: Recorder<()> = Recorder::new(TimingKind::Host, "cpu", "test".into());
+        let shape = MatmulShape {
+            op: MatmulOp::Matmul,
+            dtype: GgmlType::Q8_0,
+            batch: 1,
+            m: 1,
+            n: 64,
+            k: 32,
+            ta: false,
+            tb: true,
+        };
+        rec.push_op(op(OpKind::RmsNorm, "cpu", 1.0, None), None);
+        rec.push_op(
+            op(OpKind::Matmul(MatmulOp::Matmul), "fdot", 2.0, Some(shape)),
+            None,
+        );
+        let mut live = LiveProfile::default();
+        live.update(&rec);
+        live.update(&rec); // nothing new: no double counting
+        assert_eq!(live.total_ms, 3.0);
+        rec.push_op(op(OpKind::RmsNorm, "cpu", 4.0, None), None);
+        live.update(&rec);
+        let top = live.top_ops(1);
+        assert_eq!(
+            (top[0].name.as_str(), top[0].count, top[0].total_ms),
+            ("rms_norm", 2, 5.0)
+        );
+        let shapes = live.top_shapes(5);
+        assert_eq!(shapes.len(), 1);
+        assert!(shapes[0].name.contains("n=64 k=32"), "{:?}", shapes[0]);
+    }
+}

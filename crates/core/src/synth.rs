@@ -6,6 +6,8 @@ use std::path::Path;
 
 use metallic_gguf::{quant, GgmlType, GgufWriter, Value, ValueType};
 
+use crate::quantize::{self, FileType, MixOptions, ModelShape, TensorDesc};
+
 use crate::config::Arch;
 use crate::error::{Error, Result};
 use crate::tokenizer::TokenizerSpec;
@@ -196,45 +198,6 @@ fn random(seed: u64, name: &str, len: usize, mean: f32, std: f32) -> Vec<f32> {
     (0..len).map(|_| mean + std * g.sample()).collect()
 }
 
-/// llama.cpp's fallback when a row does not divide into the type's blocks.
-pub fn fallback_type(ty: GgmlType, cols: usize) -> GgmlType {
-    if cols.is_multiple_of(ty.block_size()) {
-        return ty;
-    }
-    let fb = match ty {
-        GgmlType::Q4_K => GgmlType::Q5_0,
-        GgmlType::Q5_K => GgmlType::Q5_1,
-        GgmlType::Q6_K => GgmlType::Q8_0,
-        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
-        _ => GgmlType::F16,
-    };
-    if cols.is_multiple_of(fb.block_size()) {
-        fb
-    } else {
-        GgmlType::F16
-    }
-}
-
-/// ggml's `general.file_type` code of a model whose big tensors are `ty`.
-fn file_type(ty: GgmlType) -> u32 {
-    match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Q5_0 => 8,
-        GgmlType::Q5_1 => 9,
-        GgmlType::Q2_K => 10,
-        GgmlType::Q3_K => 12,
-        GgmlType::Q4_K => 15,
-        GgmlType::Q5_K => 17,
-        GgmlType::Q6_K => 18,
-        GgmlType::BF16 => 32,
-        _ => 0,
-    }
-}
-
 /// The 1-D frequency divisors Llama 3.x GGUFs carry as `rope_freqs.weight`,
 /// computed as llama.cpp's converter does.
 pub fn llama3_rope_freqs(
@@ -266,6 +229,9 @@ pub fn llama3_rope_freqs(
 
 pub struct SynthOptions<'a> {
     pub preset: &'a Preset,
+    /// The type of every matrix (llama-quantize's `--pure`): rows too short for its blocks
+    /// fall back as llama.cpp's quantizer does. [`build_mix`] / [`write_mix`] take a file type
+    /// (`Q4_K_M`, ...) instead, whose per-tensor types are llama.cpp's.
     pub dtype: GgmlType,
     pub tokenizer: &'a TokenizerSpec,
     pub chat_template: Option<&'a str>,
@@ -279,8 +245,33 @@ fn strings(v: impl IntoIterator<Item = String>) -> Value {
     )
 }
 
-/// Build the GGUF of a synthetic model.
-pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
+/// How a tensor's values are made.
+enum Init {
+    /// Seeded normal values (the seed and the tensor's name fix them).
+    Normal { mean: f32, std: f32 },
+    /// Fixed values.
+    Values(Vec<f32>),
+}
+
+/// One tensor of the model, before its values exist.
+struct Spec {
+    name: String,
+    dims: Vec<u64>,
+    init: Init,
+}
+
+impl Spec {
+    fn values(&self, seed: u64) -> Vec<f32> {
+        let len = self.dims.iter().product::<u64>() as usize;
+        match &self.init {
+            Init::Normal { mean, std } => random(seed, &self.name, len, *mean, *std),
+            Init::Values(v) => v.clone(),
+        }
+    }
+}
+
+/// The metadata (in a writer without tensors) and the tensors of the model.
+fn layout(opts: &SynthOptions<'_>, ftype: FileType) -> Result<(GgufWriter<'static>, Vec<Spec>)> {
     let p = opts.preset;
     let tok = opts.tokenizer;
     if tok.tokens.len() > p.vocab {
@@ -336,8 +327,11 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
             Value::U32(head_dim as u32),
         );
     }
-    meta("general.file_type", Value::U32(file_type(opts.dtype)));
-    meta("general.quantization_version", Value::U32(2));
+    meta("general.file_type", Value::U32(ftype.id()));
+    meta(
+        "general.quantization_version",
+        Value::U32(crate::quantize::QUANTIZATION_VERSION),
+    );
 
     // Tokenizer, padded to the embedding rows as HF's converter does.
     let mut tokens = tok.tokens.clone();
@@ -371,61 +365,165 @@ pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
         meta("tokenizer.chat_template", Value::String(t.into()));
     }
 
-    let seed = opts.seed;
-    let matrix =
-        |w: &mut GgufWriter, name: &str, cols: usize, rows: usize, std: f32| -> Result<()> {
-            let ty = fallback_type(opts.dtype, cols);
-            let data = random(seed, name, cols * rows, 0.0, std);
-            let bytes = quant::quantize(ty, &data)?;
-            w.add_tensor(name, ty, &[cols as u64, rows as u64], bytes)?;
-            Ok(())
-        };
-    let vector = |w: &mut GgufWriter, name: &str, len: usize, mean: f32, std: f32| -> Result<()> {
-        let data = random(seed, name, len, mean, std);
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.add_tensor(name, GgmlType::F32, &[len as u64], bytes)?;
-        Ok(())
+    let matrix = |name: String, cols: usize, rows: usize, std: f32| Spec {
+        name,
+        dims: vec![cols as u64, rows as u64],
+        init: Init::Normal { mean: 0.0, std },
     };
-
+    let vector = |name: String, len: usize, mean: f32, std: f32| Spec {
+        name,
+        dims: vec![len as u64],
+        init: Init::Normal { mean, std },
+    };
     // Scales chosen so activations stay O(1) through the layers and the
     // logits spread enough that greedy choices are not near-ties.
     let std = 0.02f32;
     let emb_std = 0.05f32;
     let q_w = p.heads * head_dim;
     let kv_w = p.kv_heads * head_dim;
-    matrix(&mut w, "token_embd.weight", p.hidden, p.vocab, emb_std)?;
+    let mut specs = vec![matrix(
+        "token_embd.weight".into(),
+        p.hidden,
+        p.vocab,
+        emb_std,
+    )];
     if let Some((factor, low, high, orig)) = p.llama3_rope {
         let f = llama3_rope_freqs(p.rope_theta, head_dim, factor, low, high, orig);
-        let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.add_tensor("rope_freqs.weight", GgmlType::F32, &[f.len() as u64], bytes)?;
+        specs.push(Spec {
+            name: "rope_freqs.weight".into(),
+            dims: vec![f.len() as u64],
+            init: Init::Values(f),
+        });
     }
     for l in 0..p.layers {
         let n = |s: &str| format!("blk.{l}.{s}");
-        vector(&mut w, &n("attn_norm.weight"), p.hidden, 1.0, 0.1)?;
-        matrix(&mut w, &n("attn_q.weight"), p.hidden, q_w, std)?;
-        matrix(&mut w, &n("attn_k.weight"), p.hidden, kv_w, std)?;
-        matrix(&mut w, &n("attn_v.weight"), p.hidden, kv_w, std)?;
+        specs.push(vector(n("attn_norm.weight"), p.hidden, 1.0, 0.1));
+        specs.push(matrix(n("attn_q.weight"), p.hidden, q_w, std));
+        specs.push(matrix(n("attn_k.weight"), p.hidden, kv_w, std));
+        specs.push(matrix(n("attn_v.weight"), p.hidden, kv_w, std));
         if p.qkv_bias {
-            vector(&mut w, &n("attn_q.bias"), q_w, 0.0, 0.1)?;
-            vector(&mut w, &n("attn_k.bias"), kv_w, 0.0, 0.1)?;
-            vector(&mut w, &n("attn_v.bias"), kv_w, 0.0, 0.1)?;
+            specs.push(vector(n("attn_q.bias"), q_w, 0.0, 0.1));
+            specs.push(vector(n("attn_k.bias"), kv_w, 0.0, 0.1));
+            specs.push(vector(n("attn_v.bias"), kv_w, 0.0, 0.1));
         }
-        matrix(&mut w, &n("attn_output.weight"), q_w, p.hidden, std)?;
-        vector(&mut w, &n("ffn_norm.weight"), p.hidden, 1.0, 0.1)?;
-        matrix(&mut w, &n("ffn_gate.weight"), p.hidden, p.ffn, std)?;
-        matrix(&mut w, &n("ffn_up.weight"), p.hidden, p.ffn, std)?;
-        matrix(&mut w, &n("ffn_down.weight"), p.ffn, p.hidden, std)?;
+        specs.push(matrix(n("attn_output.weight"), q_w, p.hidden, std));
+        specs.push(vector(n("ffn_norm.weight"), p.hidden, 1.0, 0.1));
+        specs.push(matrix(n("ffn_gate.weight"), p.hidden, p.ffn, std));
+        specs.push(matrix(n("ffn_up.weight"), p.hidden, p.ffn, std));
+        specs.push(matrix(n("ffn_down.weight"), p.ffn, p.hidden, std));
     }
-    vector(&mut w, "output_norm.weight", p.hidden, 1.0, 0.1)?;
+    specs.push(vector("output_norm.weight".into(), p.hidden, 1.0, 0.1));
     if !p.tied {
-        matrix(&mut w, "output.weight", p.hidden, p.vocab, emb_std)?;
+        specs.push(matrix("output.weight".into(), p.hidden, p.vocab, emb_std));
+    }
+    Ok((w, specs))
+}
+
+/// The type of each tensor: llama.cpp's choice for `ftype` (`pure`: one type for all).
+fn types(opts: &SynthOptions<'_>, ftype: FileType, pure: bool, specs: &[Spec]) -> Vec<GgmlType> {
+    let p = opts.preset;
+    let shape = ModelShape {
+        arch: p.arch.name().into(),
+        n_layer: p.layers,
+        n_head: p.heads,
+        n_head_kv: p.kv_heads,
+        n_expert: 0,
+    };
+    let descs: Vec<TensorDesc<'_>> = specs
+        .iter()
+        .map(|s| TensorDesc {
+            name: &s.name,
+            dims: &s.dims,
+            ty: GgmlType::F32,
+        })
+        .collect();
+    let mix = MixOptions {
+        pure,
+        ..MixOptions::default()
+    };
+    quantize::mix::plan(ftype, &shape, &mix, &descs)
+}
+
+/// The file type of `--dtype`: a single type (as llama-quantize `--pure`) or a file type.
+fn pure_file_type(ty: GgmlType) -> Result<FileType> {
+    FileType::of_type(ty).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{ty} is not a weight type a model file is written in (F32, F16, BF16, Q8_0, Q4_0,              Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, or a mix: {})",
+            FileType::names()
+        ))
+    })
+}
+
+fn build_impl(opts: &SynthOptions<'_>, ftype: FileType, pure: bool) -> Result<GgufWriter<'static>> {
+    let (mut w, specs) = layout(opts, ftype)?;
+    let types = types(opts, ftype, pure, &specs);
+    for (s, ty) in specs.iter().zip(types) {
+        let bytes = quant::quantize(ty, &s.values(opts.seed))?;
+        w.add_tensor(s.name.clone(), ty, &s.dims, bytes)?;
     }
     Ok(w)
 }
 
-/// Build and write a synthetic model.
-pub fn write(opts: &SynthOptions<'_>, path: &Path) -> Result<()> {
-    let w = build(opts)?;
-    w.write_file(path)?;
+fn write_impl(
+    opts: &SynthOptions<'_>,
+    ftype: FileType,
+    pure: bool,
+    path: &Path,
+    on_tensor: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let (mut w, specs) = layout(opts, ftype)?;
+    let types = types(opts, ftype, pure, &specs);
+    for (s, &ty) in specs.iter().zip(&types) {
+        w.add_tensor_info(s.name.clone(), ty, &s.dims)?;
+    }
+    // One tensor in memory at a time: a 1.5B model in F32 would not fit otherwise.
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut stream = w.stream_to(file)?;
+    for (i, (s, &ty)) in specs.iter().zip(&types).enumerate() {
+        stream.write(&quant::quantize(ty, &s.values(opts.seed))?)?;
+        on_tensor(i + 1, specs.len());
+    }
+    std::io::Write::flush(&mut stream.finish()?)?;
     Ok(())
+}
+
+/// Build the GGUF of a synthetic model whose matrices are all `opts.dtype`, in memory.
+pub fn build(opts: &SynthOptions<'_>) -> Result<GgufWriter<'static>> {
+    build_impl(opts, pure_file_type(opts.dtype)?, true)
+}
+
+/// Build and write a synthetic model whose matrices are all `opts.dtype`, tensor by tensor.
+pub fn write(opts: &SynthOptions<'_>, path: &Path) -> Result<()> {
+    write_impl(
+        opts,
+        pure_file_type(opts.dtype)?,
+        true,
+        path,
+        &mut |_, _| {},
+    )
+}
+
+/// [`build`] with llama.cpp's per-tensor types for `ftype` (`opts.dtype` is ignored).
+pub fn build_mix(opts: &SynthOptions<'_>, ftype: FileType) -> Result<GgufWriter<'static>> {
+    build_impl(opts, ftype, false)
+}
+
+/// [`write`] with llama.cpp's per-tensor types for `ftype` (`opts.dtype` is ignored).
+pub fn write_mix(opts: &SynthOptions<'_>, ftype: FileType, path: &Path) -> Result<()> {
+    write_impl(opts, ftype, false, path, &mut |_, _| {})
+}
+
+/// [`write`] (`mix` None) or [`write_mix`], calling `on_tensor(done, total)` after
+/// each tensor is written (progress bars: making and quantising the random
+/// weights is nearly all of the time).
+pub fn write_with_progress(
+    opts: &SynthOptions<'_>,
+    mix: Option<FileType>,
+    path: &Path,
+    on_tensor: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    match mix {
+        Some(ftype) => write_impl(opts, ftype, false, path, on_tensor),
+        None => write_impl(opts, pure_file_type(opts.dtype)?, true, path, on_tensor),
+    }
 }

@@ -5,7 +5,7 @@
 //! | 0     | `gemv`   | dequantise a row, f32 dot (reference)  | every type the CPU loads          |
 //! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0, Q4_1, Q8_0, F16, F32        |
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
-//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0, Q8_0, Q4_K, Q6_K, F16, F32 |
+//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32 |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
 //! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows go to `gemm`
@@ -196,8 +196,14 @@ mod tests {
 
     /// A linear layer of `parts` (rows each) of type `ty`, with an optional bias.
     fn linear(ty: GgmlType, k: usize, parts: &[usize], bias: bool) -> CpuLinear {
+        let typed: Vec<(GgmlType, usize)> = parts.iter().map(|&r| (ty, r)).collect();
+        mixed_linear(k, &typed, bias)
+    }
+
+    /// A fused projection whose parts have their own types.
+    fn mixed_linear(k: usize, parts: &[(GgmlType, usize)], bias: bool) -> CpuLinear {
         let mut w = GgufWriter::new();
-        for (i, &rows) in parts.iter().enumerate() {
+        for (i, &(ty, rows)) in parts.iter().enumerate() {
             let data = values(100 + i as u64, rows * k);
             let bytes = quant::quantize(ty, &data).unwrap();
             w.add_tensor(format!("w{i}"), ty, &[k as u64, rows as u64], bytes)
@@ -211,7 +217,7 @@ mod tests {
             .iter()
             .map(|t| WeightView::new(file.clone(), t.clone()))
             .collect();
-        let n: usize = parts.iter().sum();
+        let n: usize = parts.iter().map(|&(_, r)| r).sum();
         let b = bias.then(|| values(7, n));
         CpuLinear::new(&views, b).unwrap()
     }
@@ -397,5 +403,29 @@ mod tests {
         let mut odd = shape(1, GgmlType::Q8_0);
         odd.batch = 14;
         assert!(IMPLS.iter().all(|i| !(i.supports)(&odd)));
+    }
+
+    /// llama.cpp's mixes fuse parts of different types (Q3_K_M on 64-wide
+    /// rows: a Q4_0 query, a Q5_1 value); fdot runs its kernel for the parts
+    /// it has one for and the reference dot for the others.
+    #[test]
+    fn fdot_runs_mixed_type_parts_with_and_without_kernels() {
+        let k = 256;
+        let w = mixed_linear(
+            k,
+            &[
+                (GgmlType::Q4_0, 8),
+                (GgmlType::Q3_K, 4),
+                (GgmlType::Q5_1, 4),
+            ],
+            true,
+        );
+        let m = 2;
+        let x = values(11, m * k);
+        let (y, abs, _) = reference(&w, &x, m);
+        let mut out = vec![f32::NAN; m * w.info.n];
+        crate::matmul_fdot::fdot(&x, &w, m, &mut out).unwrap();
+        let none = vec![0.0; m * w.info.n];
+        check("fdot mixed", &out, &y, &abs, &none);
     }
 }

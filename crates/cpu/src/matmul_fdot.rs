@@ -17,7 +17,8 @@
 //! each 32 bytes of nibbles holding two sub-blocks (low, then high nibbles).
 //! Q5_0 adds a fifth bit per element from a 32-bit field (`x = d * (q - 16)`);
 //! Q6_K has 6-bit signed quants (`q - 32`) with one i8 scale per 16 elements,
-//! so its kernel needs no offset term. These are the types of the common
+//! so its kernel needs no offset term. Q5_1 and Q5_K (Q5_K_M files) are Q4_1 and
+//! Q4_K with the fifth bit (scalar kernels only, for now). These are the types of the common
 //! Q4_K_M / Q5_0 mixes of real Qwen2.5 and Llama files. For the offset terms the per-block
 //! sums of the activations are computed once per call.
 
@@ -71,6 +72,12 @@ fn q4_k_chunk(blk: &[u8], c: usize, xsum: &[f32]) -> (f32, f32, f32) {
 const Q6_K_BYTES: usize = 210;
 /// Bytes of a Q5_0 block: d (f16), qh (32 fifth bits), qs[16] (nibbles).
 const Q5_0_BYTES: usize = 22;
+/// Bytes of a Q5_1 block: d, m (f16), qh (32 fifth bits), qs[16] (nibbles).
+const Q5_1_BYTES: usize = 24;
+/// Bytes of a Q5_K super-block: Q4_K's 16-byte header (d, dmin, 6-bit scales
+/// and mins), qh[32] (fifth bits: bit 2c of byte l for element 64c + l, bit
+/// 2c + 1 for 64c + 32 + l), then Q4_K's 128 bytes of nibbles.
+const Q5_K_BYTES: usize = 176;
 
 /// Bytes ahead of the current block that the kernels prefetch.
 #[cfg(target_arch = "x86_64")]
@@ -84,7 +91,9 @@ pub fn supported(ty: GgmlType) -> bool {
             | GgmlType::Q4_1
             | GgmlType::Q8_0
             | GgmlType::Q5_0
+            | GgmlType::Q5_1
             | GgmlType::Q4_K
+            | GgmlType::Q5_K
             | GgmlType::Q6_K
             | GgmlType::F16
             | GgmlType::F32
@@ -95,7 +104,7 @@ pub fn supported(ty: GgmlType) -> bool {
 pub fn supports_k(ty: GgmlType, k: usize) -> bool {
     match ty {
         GgmlType::F16 | GgmlType::F32 => true,
-        GgmlType::Q4_K | GgmlType::Q6_K => k.is_multiple_of(QK_K),
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => k.is_multiple_of(QK_K),
         _ => k.is_multiple_of(QK),
     }
 }
@@ -113,10 +122,13 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
             "matmul buffers too small for m={m} n={n} k={k}"
         )));
     }
+    // A fused projection of llama.cpp's mixes can hold parts of several types
+    // (Q3_K_M's Q4_0 query next to a Q5_1 value part): parts without a kernel
+    // take the reference row dot, so one part never fails the whole product.
     for p in &w.parts {
-        if !supported(p.ty) || !supports_k(p.ty, k) {
+        if !(supported(p.ty) && supports_k(p.ty, k) || metallic_gguf::quant::can_dequantize(p.ty)) {
             return Err(Error::InvalidArgument(format!(
-                "fdot has no kernel for {} with k={k}",
+                "fdot cannot read {} rows with k={k}",
                 p.ty.name()
             )));
         }
@@ -141,10 +153,15 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
                 let (part, pr) = w.locate(r).expect("row within n");
                 let bytes = part.row(pr);
                 let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
+                let kernel = supported(part.ty) && supports_k(part.ty, k);
                 for i in 0..m {
                     let xi = &x[i * k..(i + 1) * k];
                     let si = &xsum[i * nb..(i + 1) * nb];
-                    let v = kernels.dot(part.ty, bytes, xi, si) + b;
+                    let v = if kernel {
+                        kernels.dot(part.ty, bytes, xi, si)
+                    } else {
+                        reference_dot(part.ty, bytes, xi)
+                    } + b;
                     // SAFETY: column r is written by this task only; i * n + r < m * n <= out.len().
                     unsafe { *optr.ptr().add(i * n + r) = v };
                 }
@@ -152,6 +169,26 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
         });
     });
     Ok(())
+}
+
+thread_local! {
+    /// Per-thread scratch for a row dequantised by [`reference_dot`].
+    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The dot of a row without an `fdot` kernel: dequantised to f32 by the
+/// reference, then multiplied (the `gemv` arithmetic).
+fn reference_dot(ty: GgmlType, bytes: &[u8], x: &[f32]) -> f32 {
+    ROW.with(|cell| {
+        let mut row = cell.borrow_mut();
+        row.clear();
+        row.resize(x.len(), 0.0);
+        // fdot() checked that the type dequantises and the row holds whole blocks.
+        if metallic_gguf::quant::dequantize(ty, bytes, &mut row).is_err() {
+            return f32::NAN;
+        }
+        row.iter().zip(x).map(|(a, b)| a * b).sum()
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -288,6 +325,44 @@ mod scalar {
                     }
                     let d = f16_at(blk, 0);
                     acc += d * s - 16.0 * d * xsum[b];
+                }
+                acc
+            }
+            GgmlType::Q5_1 => {
+                let mut acc = 0.0f32;
+                for (b, blk) in w.chunks_exact(Q5_1_BYTES).enumerate() {
+                    let xb = &x[b * QK..(b + 1) * QK];
+                    let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+                    let mut s = 0.0f32;
+                    for j in 0..16 {
+                        let q = blk[8 + j];
+                        let lo = (q & 0x0F) as u32 | ((qh >> j) & 1) << 4;
+                        let hi = (q >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
+                        s += lo as f32 * xb[j] + hi as f32 * xb[j + 16];
+                    }
+                    acc += f16_at(blk, 0) * s + f16_at(blk, 2) * xsum[b];
+                }
+                acc
+            }
+            GgmlType::Q5_K => {
+                let mut acc = 0.0f32;
+                for (sb, blk) in w.chunks_exact(Q5_K_BYTES).enumerate() {
+                    let xs = &xsum[sb * 8..(sb + 1) * 8];
+                    let qh = &blk[16..48];
+                    for c in 0..4 {
+                        // The header is laid out as Q4_K's.
+                        let (d1, d2, offset) = q4_k_chunk(blk, c, xs);
+                        let q = &blk[48 + 32 * c..48 + 32 * (c + 1)];
+                        let xb = &x[sb * QK_K + 64 * c..sb * QK_K + 64 * (c + 1)];
+                        let (mut s1, mut s2) = (0.0f32, 0.0f32);
+                        for l in 0..32 {
+                            let h1 = ((qh[l] >> (2 * c)) & 1) << 4;
+                            let h2 = ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                            s1 += ((q[l] & 0x0F) | h1) as f32 * xb[l];
+                            s2 += ((q[l] >> 4) | h2) as f32 * xb[32 + l];
+                        }
+                        acc += d1 * s1 + d2 * s2 + offset;
+                    }
                 }
                 acc
             }
@@ -487,8 +562,10 @@ mod avx2 {
                 }
                 hsum(acc) + lanes01(offsets)
             }
-            // No AVX2 kernel for the k-quants: the scalar one is exact too.
-            GgmlType::Q4_K | GgmlType::Q5_0 | GgmlType::Q6_K => scalar::dot(ty, w, x, xsum),
+            // No AVX2 kernel for the k-quants and 5-bit types: the scalar one is exact too.
+            GgmlType::Q4_K | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K | GgmlType::Q6_K => {
+                scalar::dot(ty, w, x, xsum)
+            }
             _ => unreachable!("fdot checks types before running"),
         }
     }
@@ -677,6 +754,8 @@ mod avx512 {
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
             }
+            // No AVX-512 kernel yet for Q5_1 and Q5_K (Q5_K_M files): the scalar one.
+            GgmlType::Q5_1 | GgmlType::Q5_K => super::scalar::dot(ty, w, x, xsum),
             _ => unreachable!("the AVX-512 kernels take block formats only"),
         }
     }
@@ -711,10 +790,12 @@ mod tests {
             GgmlType::Q4_0,
             GgmlType::Q4_1,
             GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q4_K,
+            GgmlType::Q5_K,
             GgmlType::Q6_K,
         ] {
-            let ks: &[usize] = if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+            let ks: &[usize] = if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
                 &[256, 768, 1536, 4864]
             } else {
                 &[32, 96, 896, 4864]
@@ -750,7 +831,7 @@ mod tests {
 
     #[test]
     fn unsupported_types_are_reported() {
-        assert!(!supported(GgmlType::Q5_K));
+        assert!(!supported(GgmlType::Q3_K));
         assert!(!supports_k(GgmlType::Q4_K, 896));
         assert!(supports_k(GgmlType::F16, 33));
         assert!(!supports_k(GgmlType::Q8_0, 33));

@@ -13,6 +13,11 @@
 //! thread splits). The 24-layer Qwen2.5-0.5B F16 model accumulates more
 //! rounding (hidden 896, FFN 4864; measured 8.9e-6): we allow 5e-4. A wrong
 //! bias, rope pairing or GQA mapping moves logits by orders of magnitude more.
+//!
+//! llama.cpp's Q4_K_M mix (`synth --dtype Q4_K_M`: Q5_0, Q8_0, Q4_K and Q6_K
+//! tensors on Qwen2.5-0.5B's and SmolLM2's 896- and 576-wide rows): the gguf
+//! package dequantises every one of those types to the values our reference
+//! dequantisation gives, so the same f32 tolerance applies as for F16.
 
 use std::sync::Arc;
 
@@ -130,4 +135,74 @@ fn qwen25_05b_f16_logits_match_transformers() {
         min_cosine: 0.99999,
     };
     check_against("qwen25_05b_f16_logits.json", &f, tol);
+}
+
+/// A synthetic model with llama.cpp's per-tensor types for `ftype`, as
+/// `metallic synth --arch ARCH --preset PRESET --dtype FTYPE --seed 1` writes
+/// it (Qwen2: assets/qwen2/tokenizer.json; Llama: the SmolLM2 GGUF's
+/// tokenizer); None when assets are missing.
+fn synth_mix(
+    arch: Arch,
+    preset: &str,
+    ftype: metallic::quantize::FileType,
+) -> Option<Arc<GgufFile>> {
+    let spec = if arch == Arch::Qwen2 {
+        let dir = repo_path("assets/qwen2");
+        let Ok(json) = std::fs::read_to_string(dir.join("tokenizer.json")) else {
+            eprintln!(
+                "skipping: assets/qwen2/tokenizer.json missing (run scripts/fetch-assets.sh)"
+            );
+            return None;
+        };
+        let mut spec = TokenizerSpec::from_hf_json(&json, Some(151_664)).unwrap();
+        let config = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap();
+        spec.apply_hf_config(&config).unwrap();
+        spec
+    } else {
+        let path = repo_path("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let Ok(file) = GgufFile::open(&path) else {
+            eprintln!(
+                "skipping: {} missing (run scripts/fetch-assets.sh)",
+                path.display()
+            );
+            return None;
+        };
+        TokenizerSpec::from_gguf(&file).unwrap()
+    };
+    let opts = SynthOptions {
+        preset: synth::preset(arch, preset).unwrap(),
+        dtype: ftype.default_type(),
+        tokenizer: &spec,
+        chat_template: None,
+        seed: 1,
+    };
+    let bytes = synth::build_mix(&opts, ftype).unwrap().to_bytes().unwrap();
+    Some(Arc::new(GgufFile::from_bytes(bytes).unwrap()))
+}
+
+const MIX_TOL: Tolerance = Tolerance {
+    max_abs: 5e-4,
+    min_cosine: 0.99999,
+};
+
+#[test]
+fn smollm2_q4_k_m_logits_match_transformers() {
+    use metallic::quantize::FileType;
+    let Some(f) = synth_mix(Arch::Llama, "smollm2-135m", FileType::Q4_K_M) else {
+        return;
+    };
+    let types: std::collections::BTreeSet<_> = f.tensors().iter().map(|t| t.ggml_type).collect();
+    assert!(types.contains(&GgmlType::Q5_0) && types.contains(&GgmlType::Q6_K));
+    check_against("smollm2_135m_q4_k_m_logits.json", &f, MIX_TOL);
+}
+
+/// Builds a 400 MB model in memory: run with `--include-ignored` (release).
+#[test]
+#[ignore]
+fn qwen25_05b_q4_k_m_logits_match_transformers() {
+    use metallic::quantize::FileType;
+    let Some(f) = synth_mix(Arch::Qwen2, "qwen2.5-0.5b", FileType::Q4_K_M) else {
+        return;
+    };
+    check_against("qwen25_05b_q4_k_m_logits.json", &f, MIX_TOL);
 }

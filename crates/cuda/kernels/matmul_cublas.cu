@@ -32,6 +32,11 @@ DEQUANT(dequant_q4_0, T_Q4_0)
 DEQUANT(dequant_q4_1, T_Q4_1)
 DEQUANT(dequant_q4_k, T_Q4_K)
 DEQUANT(dequant_q6_k, T_Q6_K)
+DEQUANT(dequant_q5_0, T_Q5_0)
+DEQUANT(dequant_q5_1, T_Q5_1)
+DEQUANT(dequant_q5_k, T_Q5_K)
+DEQUANT(dequant_q2_k, T_Q2_K)
+DEQUANT(dequant_q3_k, T_Q3_K)
 
 extern "C" __global__ void f32_to_f16(const float* x, u16* out, long long len) {
     pdl_enter();

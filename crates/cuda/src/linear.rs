@@ -56,11 +56,7 @@ fn upload_segment(
     let planes = repack::repack(ty, raw).map_err(|e| weight_err(what, e))?;
     let buf = DeviceBuffer::from_host(dev, &planes.data, what)?;
     let mut addrs = [0u64; 4];
-    let used = match ty {
-        WType::F32 | WType::F16 | WType::BF16 => 1,
-        WType::Q8_0 | WType::Q4_0 | WType::Q4_1 | WType::Q4K => 2,
-        WType::Q6K => 4,
-    };
+    let used = planes.used;
     for (i, a) in addrs.iter_mut().enumerate().take(used) {
         *a = buf.ptr + planes.offsets[i] as u64;
     }
@@ -92,7 +88,7 @@ pub(crate) fn upload(
         }
         let ty = WType::from_ggml(p.ggml_type()).ok_or_else(|| {
             CudaError::Unsupported(format!(
-                "tensor `{}` of type {} (the CUDA kernels read F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)",
+                "tensor `{}` of type {} (the CUDA kernels read F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
                 p.name(),
                 p.ggml_type().name()
             ))

@@ -13,6 +13,8 @@ pub struct Planes {
     pub data: Vec<u8>,
     /// Byte offsets of planes p0..p3 (unused planes point at 0).
     pub offsets: [usize; 4],
+    /// Planes in use (1 for float types, whose p0 is the data as it is).
+    pub used: usize,
 }
 
 /// (bytes per block, [(offset in block, length)] for each plane) of a format.
@@ -29,6 +31,16 @@ fn layout(t: WType) -> (usize, &'static [(usize, usize)]) {
         WType::Q4K => (144, &[(16, 128), (0, 16)]),
         // ql[128], qh[64], scales[16], d
         WType::Q6K => (210, &[(0, 128), (128, 64), (192, 16), (208, 2)]),
+        // d, qh[4], qs[16]
+        WType::Q5_0 => (22, &[(6, 16), (0, 2), (2, 4)]),
+        // d, m, qh[4], qs[16]
+        WType::Q5_1 => (24, &[(8, 16), (0, 4), (4, 4)]),
+        // d, dmin, scales[12], qh[32], qs[128]
+        WType::Q5K => (176, &[(48, 128), (0, 16), (16, 32)]),
+        // scales[16], qs[64], d, dmin
+        WType::Q2K => (84, &[(16, 64), (0, 16), (80, 4)]),
+        // hmask[32], qs[64], scales[12], d
+        WType::Q3K => (110, &[(32, 64), (0, 32), (96, 12), (108, 2)]),
     }
 }
 
@@ -39,6 +51,7 @@ pub fn repack(t: WType, raw: &[u8]) -> Result<Planes, String> {
         return Ok(Planes {
             data: raw.to_vec(),
             offsets: [0; 4],
+            used: 1,
         });
     }
     if !raw.len().is_multiple_of(bsize) {
@@ -61,7 +74,11 @@ pub fn repack(t: WType, raw: &[u8]) -> Result<Planes, String> {
             dst[b * len..(b + 1) * len].copy_from_slice(&chunk[off..off + len]);
         }
     }
-    Ok(Planes { data, offsets })
+    Ok(Planes {
+        data,
+        offsets,
+        used: planes.len(),
+    })
 }
 
 /// Host mirror of the kernels' `decode32`: the values of a repacked matrix
@@ -122,6 +139,62 @@ pub fn decode(t: WType, p: &Planes, rows: usize, k: usize) -> Vec<f32> {
                         (((ql >> ((i >> 1) * 4)) & 15) | (((qh >> (2 * i)) & 3) << 4)) as i32 - 32;
                     d * f32::from(sc) * q as f32
                 }
+                WType::Q5_0 | WType::Q5_1 => {
+                    let (blk, j) = (e / 32, e % 32);
+                    let byte = plane(0)[blk * 16 + j % 16];
+                    let qh = u32::from_le_bytes(plane(2)[4 * blk..4 * blk + 4].try_into().unwrap());
+                    let low = if j < 16 { byte & 15 } else { byte >> 4 };
+                    let q = low | ((((qh >> j) & 1) as u8) << 4);
+                    if t == WType::Q5_0 {
+                        (q as i32 - 16) as f32 * f16_to_f32(u16_at(plane(1), blk))
+                    } else {
+                        let d = f16_to_f32(u16_at(plane(1), 2 * blk));
+                        let m = f16_to_f32(u16_at(plane(1), 2 * blk + 1));
+                        f32::from(q) * d + m
+                    }
+                }
+                WType::Q5K => {
+                    let (sb, j, l) = (e / 256, (e % 256) / 32, e % 32);
+                    let h = &plane(1)[sb * 16..sb * 16 + 16];
+                    let d = f16_to_f32(u16_at(h, 0));
+                    let dmin = f16_to_f32(u16_at(h, 1));
+                    let (sc, m) =
+                        metallic_gguf::quant::get_scale_min_k4(j, h[4..16].try_into().unwrap());
+                    let byte = plane(0)[sb * 128 + (j / 2) * 32 + l];
+                    let low = if j.is_multiple_of(2) {
+                        byte & 15
+                    } else {
+                        byte >> 4
+                    };
+                    let high = (plane(2)[sb * 32 + l] >> j) & 1;
+                    d * f32::from(sc) * f32::from(low + 16 * high) - dmin * f32::from(m)
+                }
+                WType::Q2K | WType::Q3K => {
+                    // 32-value group g: half g / 4, shift 2 (g % 4), two 16-value scale groups.
+                    let (sb, g, i) = (e / 256, (e % 256) / 32, e % 32);
+                    let (half, s, grp) = (g / 4, g % 4, i / 16);
+                    let is = 8 * half + 2 * s + grp;
+                    let low = (plane(0)[sb * 64 + 32 * half + i] >> (2 * s)) & 3;
+                    if t == WType::Q2K {
+                        let sc = plane(1)[sb * 16 + is];
+                        let d = f16_to_f32(u16_at(plane(2), 2 * sb));
+                        let dmin = f16_to_f32(u16_at(plane(2), 2 * sb + 1));
+                        d * f32::from(sc & 15) * f32::from(low) - dmin * f32::from(sc >> 4)
+                    } else {
+                        let packed: [u8; 12] = plane(2)[sb * 12..sb * 12 + 12].try_into().unwrap();
+                        let sc = metallic_gguf::quant::q3_k::unpack_q3_k_scales(&packed)[is];
+                        let hv = plane(1)[sb * 32 + i];
+                        let q = low as i8
+                            - if hv & (1 << (4 * half + s)) != 0 {
+                                0
+                            } else {
+                                4
+                            };
+                        f16_to_f32(u16_at(plane(3), sb))
+                            * (i32::from(sc) - 32) as f32
+                            * f32::from(q)
+                    }
+                }
             };
         }
     }
@@ -159,6 +232,11 @@ mod tests {
             (WType::Q4_1, GgmlType::Q4_1),
             (WType::Q4K, GgmlType::Q4_K),
             (WType::Q6K, GgmlType::Q6_K),
+            (WType::Q5_0, GgmlType::Q5_0),
+            (WType::Q5_1, GgmlType::Q5_1),
+            (WType::Q5K, GgmlType::Q5_K),
+            (WType::Q2K, GgmlType::Q2_K),
+            (WType::Q3K, GgmlType::Q3_K),
         ] {
             let src = values(rows * k, t as u64 + 1);
             let raw = quant::quantize(g, &src).unwrap();

@@ -12,11 +12,16 @@ pub(crate) enum WType {
     Q4_1 = 5,
     Q4K = 6,
     Q6K = 7,
+    Q5_0 = 8,
+    Q5_1 = 9,
+    Q5K = 10,
+    Q2K = 11,
+    Q3K = 12,
 }
 
 impl WType {
-    pub const COUNT: usize = 8;
-    pub const ALL: [WType; 8] = [
+    pub const COUNT: usize = 13;
+    pub const ALL: [WType; 13] = [
         WType::F32,
         WType::F16,
         WType::BF16,
@@ -25,6 +30,11 @@ impl WType {
         WType::Q4_1,
         WType::Q4K,
         WType::Q6K,
+        WType::Q5_0,
+        WType::Q5_1,
+        WType::Q5K,
+        WType::Q2K,
+        WType::Q3K,
     ];
 
     pub fn from_ggml(t: GgmlType) -> Option<WType> {
@@ -37,6 +47,11 @@ impl WType {
             GgmlType::Q4_1 => WType::Q4_1,
             GgmlType::Q4_K => WType::Q4K,
             GgmlType::Q6_K => WType::Q6K,
+            GgmlType::Q5_0 => WType::Q5_0,
+            GgmlType::Q5_1 => WType::Q5_1,
+            GgmlType::Q5_K => WType::Q5K,
+            GgmlType::Q2_K => WType::Q2K,
+            GgmlType::Q3_K => WType::Q3K,
             _ => return None,
         })
     }
@@ -52,6 +67,11 @@ impl WType {
             WType::Q4_1 => "q4_1",
             WType::Q4K => "q4_k",
             WType::Q6K => "q6_k",
+            WType::Q5_0 => "q5_0",
+            WType::Q5_1 => "q5_1",
+            WType::Q5K => "q5_k",
+            WType::Q2K => "q2_k",
+            WType::Q3K => "q3_k",
         }
     }
 
@@ -63,8 +83,18 @@ impl WType {
     pub fn block(self) -> usize {
         match self {
             WType::F32 | WType::F16 | WType::BF16 => 1,
-            WType::Q8_0 | WType::Q4_0 | WType::Q4_1 => 32,
-            WType::Q4K | WType::Q6K => 256,
+            WType::Q8_0 | WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 => 32,
+            WType::Q4K | WType::Q6K | WType::Q5K | WType::Q2K | WType::Q3K => 256,
         }
+    }
+
+    /// Whether `vecdot` has an 8-bit-activation kernel for the type; the
+    /// others (float types, and the 5-, 3- and 2-bit formats for now) run the
+    /// `fdot` kernels when `vecdot` is asked for.
+    pub fn has_vecdot(self) -> bool {
+        matches!(
+            self,
+            WType::Q8_0 | WType::Q4_0 | WType::Q4_1 | WType::Q4K | WType::Q6K
+        )
     }
 }

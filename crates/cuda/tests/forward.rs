@@ -16,6 +16,7 @@ use metallic::generate::prefill;
 use metallic::model::{Model, State};
 use metallic::synth::Preset;
 use metallic_cpu::CpuBackend;
+use metallic_cuda::CudaBackend;
 use metallic_gguf::{GgmlType, GgufFile};
 
 struct Run {
@@ -95,27 +96,53 @@ fn compare_at(
     capacity: usize,
     tol: f64,
 ) {
+    // Skip before building the model: no GPU, nothing to compare.
     let Some(gpu) = cuda_or_skip() else { return };
-    let cpu = CpuBackend::new(0).unwrap();
     let file = synth_model(p, ty, 7);
-    let toks = tokens(prompt + 5, p.vocab, ty as u64 + 3);
-    let want = run(&cpu, &file, None, &toks, prompt, batch, false, capacity);
-    let got = run(&gpu, &file, forced, &toks, prompt, batch, true, capacity);
+    let label = format!("{} {}", p.name, ty.name());
+    compare_file(
+        &gpu,
+        &label,
+        &file,
+        p.vocab,
+        ty as u64 + 3,
+        forced,
+        batch,
+        prompt,
+        capacity,
+        tol,
+    );
+}
+
+/// [`compare_at`] on a given file.
+#[allow(clippy::too_many_arguments)]
+fn compare_file(
+    gpu: &CudaBackend,
+    label: &str,
+    file: &Arc<GgufFile>,
+    vocab: usize,
+    seed: u64,
+    forced: Option<&str>,
+    batch: usize,
+    prompt: usize,
+    capacity: usize,
+    tol: f64,
+) {
+    let cpu = CpuBackend::new(0).unwrap();
+    let toks = tokens(prompt + 5, vocab, seed);
+    let want = run(&cpu, file, None, &toks, prompt, batch, false, capacity);
+    let got = run(gpu, file, forced, &toks, prompt, batch, true, capacity);
     let mut worst: f64 = 0.0;
     for (s, (g, w)) in got.logits.iter().zip(&want.logits).enumerate() {
         let e = rel_l2(g, w);
         worst = worst.max(e);
         assert!(
             e <= tol,
-            "{} {} ({forced:?}, batch {batch}) step {s}: rel_l2 {e:.3e} > {tol:.0e}",
-            p.name,
-            ty.name()
+            "{label} ({forced:?}, batch {batch}) step {s}: rel_l2 {e:.3e} > {tol:.0e}"
         );
     }
     eprintln!(
-        "{:>14} {:>5} {:<10} batch {batch:<3} worst rel_l2 {worst:.2e} (tol {tol:.0e})",
-        p.name,
-        ty.name(),
+        "{label:>20} {:<10} batch {batch:<3} worst rel_l2 {worst:.2e} (tol {tol:.0e})",
         forced.unwrap_or("default")
     );
 }
@@ -136,10 +163,19 @@ fn tiny_logits_match_cpu_on_the_f32_path_for_every_weight_type() {
         GgmlType::Q8_0,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
     ] {
         compare(&tiny(), ty, Some("fdot"), 8, 13, 1e-4);
     }
-    for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
+    for ty in [
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_0,
+        GgmlType::Q5_K,
+        GgmlType::Q3_K,
+        GgmlType::Q2_K,
+    ] {
         compare(&tiny256(), ty, Some("fdot"), 8, 13, 1e-4);
     }
 }
@@ -159,11 +195,45 @@ fn tiny_logits_match_cpu_on_the_default_path_for_every_weight_type() {
         (tiny(), GgmlType::Q4_1, 3e-2),
         (tiny256(), GgmlType::Q4_K, 3e-2),
         (tiny256(), GgmlType::Q6_K, 3e-2),
+        // No vecdot kernel: decode runs fdot (f32 activations), prefill cuBLAS.
+        (tiny(), GgmlType::Q5_0, 3e-2),
+        (tiny(), GgmlType::Q5_1, 3e-2),
+        (tiny256(), GgmlType::Q5_K, 3e-2),
+        (tiny256(), GgmlType::Q3_K, 3e-2),
+        (tiny256(), GgmlType::Q2_K, 3e-2),
     ];
     for (p, ty, tol) in cases {
         // 40 prompt tokens in chunks of 16, 16 and 8: cuBLAS twice, vecdot once,
         // and prefill attention over a cache that already holds positions.
         compare(&p, ty, None, 16, 40, tol);
+    }
+}
+
+/// llama.cpp's mixes, whose tensors have different types (tiny's 64-wide
+/// rows fall back to Q5_0/Q5_1/Q8_0; tiny256 keeps Q4_K/Q5_K/Q6_K), on the
+/// exact path and the default one.
+#[test]
+fn llama_cpp_mixes_match_cpu() {
+    use metallic::quantize::FileType;
+    let Some(gpu) = cuda_or_skip() else { return };
+    for p in [tiny(), tiny256()] {
+        for ft in [FileType::Q4_K_M, FileType::Q5_K_M, FileType::Q3_K_M] {
+            let file = synth_mix_model(&p, ft, 7);
+            let label = format!("{} {}", p.name, ft.name());
+            compare_file(
+                &gpu,
+                &label,
+                &file,
+                p.vocab,
+                11,
+                Some("fdot"),
+                8,
+                13,
+                128,
+                1e-4,
+            );
+            compare_file(&gpu, &label, &file, p.vocab, 11, None, 16, 40, 128, 3e-2);
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use metallic::backend::{Backend, DType, MatmulOp, MatmulShape};
 use metallic_cpu::CpuBackend;
 use metallic_gguf::GgmlType;
 
-const TYPES: [GgmlType; 8] = [
+const TYPES: [GgmlType; 13] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -17,6 +17,11 @@ const TYPES: [GgmlType; 8] = [
     GgmlType::Q4_1,
     GgmlType::Q4_K,
     GgmlType::Q6_K,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q5_K,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
 ];
 
 /// Largest relative L2 error allowed for implementation `imp` on weights of
@@ -100,11 +105,67 @@ fn every_impl_matches_cpu_for_every_weight_type() {
             }
         }
     }
-    // vecdot and fdot for m <= 8 on 8 types, cublas everywhere.
+    // vecdot and fdot for m <= 8 on every type, cublas everywhere.
     assert!(
-        checked >= 8 * 4 + 8 * 3 * 2,
+        checked >= TYPES.len() * 4 + TYPES.len() * 3 * 2,
         "only {checked} products checked"
     );
+}
+
+/// Row lengths that are an odd number of blocks and row counts that do not
+/// fill the last warp group (Qwen2.5-0.5B's 896 = 28 blocks of 32 is the case
+/// that makes llama.cpp fall back to Q5_0/Q5_1/Q8_0), for every type.
+#[test]
+fn ragged_shapes_match_cpu_for_every_weight_type() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let cpu = CpuBackend::new(0).unwrap();
+    for (ti, &ty) in TYPES.iter().enumerate() {
+        let block = ty.block_size();
+        let k = if block == 1 {
+            904
+        } else if block == 32 {
+            896
+        } else {
+            3 * 256
+        };
+        let n = 37;
+        let f = tensor_file(&[("w", ty, k, n, randn(n * k, 500 + ti as u64))]);
+        let wv = view(&f, "w");
+        let lc = cpu.upload_linear(std::slice::from_ref(&wv), None).unwrap();
+        let lg = gpu.upload_linear(&[wv], None).unwrap();
+        for m in [1usize, 5, 20] {
+            let x = randn(m * k, 600 + m as u64);
+            let (xc, xg) = (activations(&cpu, &x, m, k), activations(&gpu, &x, m, k));
+            let mut oc = cpu.alloc(DType::F32, m * n, "out").unwrap();
+            cpu.matmul(0, &xc, &lc, m, &mut oc).unwrap();
+            let want = read(&cpu, &oc, m * n);
+            let shape = MatmulShape {
+                op: MatmulOp::Matmul,
+                dtype: ty,
+                batch: 1,
+                m,
+                n,
+                k,
+                ta: false,
+                tb: true,
+            };
+            for (imp, i) in gpu.matmul_impls().iter().zip(0..) {
+                if !(imp.supports)(&shape) {
+                    continue;
+                }
+                let mut og = gpu.alloc(DType::F32, m * n, "out").unwrap();
+                gpu.matmul(i, &xg, &lg, m, &mut og).unwrap();
+                let err = rel_l2(&read(&gpu, &og, m * n), &want);
+                let tol = tolerance(imp.name, ty);
+                assert!(
+                    err <= tol,
+                    "{} on {} k={k} m={m}: rel_l2 {err:.3e} > {tol:.0e}",
+                    imp.name,
+                    ty.name()
+                );
+            }
+        }
+    }
 }
 
 /// A fused projection whose parts have different types (a Q8_0 Q part next to
@@ -167,6 +228,27 @@ fn mixed_type_parts_write_their_own_columns() {
         let err = rel_l2(&got, &want);
         eprintln!("mixed m={m}: rel_l2={err:.2e}");
         assert!(err <= 1.5e-2, "m={m}: rel_l2 {err:.3e}");
+    }
+}
+
+/// A weight type no kernel reads is refused at upload, naming the tensor,
+/// its type and the types that are read.
+#[test]
+fn unsupported_weight_types_are_named_at_upload() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let f = tensor_file(&[(
+        "blk.0.ffn_up.weight",
+        GgmlType::Q8_K,
+        256,
+        4,
+        randn(1024, 9),
+    )]);
+    let err = match gpu.upload_linear(&[view(&f, "blk.0.ffn_up.weight")], None) {
+        Ok(_) => panic!("a Q8_K weight uploaded"),
+        Err(e) => e.to_string(),
+    };
+    for needle in ["blk.0.ffn_up.weight", "Q8_K", "Q5_K"] {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
     }
 }
 

@@ -44,9 +44,10 @@ fn xq_bytes(m: usize, k: usize) -> usize {
 
 /// Whether `vecdot` reads rows of `k` values of type `t` for `m` rows.
 pub(crate) fn supports(t: WType, k: usize, m: usize) -> bool {
-    match t {
-        WType::F32 | WType::F16 | WType::BF16 => super::matmul_fdot::supports_k(t, k),
-        _ => k.is_multiple_of(t.block()) && xq_bytes(m, k) <= SMEM_LIMIT,
+    if t.has_vecdot() {
+        k.is_multiple_of(t.block()) && xq_bytes(m, k) <= SMEM_LIMIT
+    } else {
+        super::matmul_fdot::supports_k(t, k)
     }
 }
 
@@ -65,8 +66,8 @@ fn mode_from_env() -> u8 {
 }
 
 pub(crate) struct Vecdot {
-    /// `vecdot_<type>_m<M>` (quantising in the block) for quantised types
-    /// (null for float types).
+    /// `vecdot_<type>_m<M>` (quantising in the block) for the types with a
+    /// dp4a kernel (null for the others).
     fused: [[Func; MAX_M]; WType::COUNT],
     /// `vecdotpre_<type>_m<M>` (copying what `quantize_act` made).
     pre: [[Func; MAX_M]; WType::COUNT],
@@ -82,7 +83,7 @@ impl Vecdot {
         let module = l.module(&SOURCE)?;
         let mut fused = [[Func::null(); MAX_M]; WType::COUNT];
         let mut pre = [[Func::null(); MAX_M]; WType::COUNT];
-        for t in WType::ALL.into_iter().filter(|t| t.is_quantized()) {
+        for t in WType::ALL.into_iter().filter(|t| t.has_vecdot()) {
             for m in 1..=MAX_M {
                 for (set, prefix) in [(&mut fused, "vecdot"), (&mut pre, "vecdotpre")] {
                     let f = module.function(&format!("{prefix}_{}_m{m}", t.suffix()))?;
@@ -142,7 +143,8 @@ impl Vecdot {
         Ok(buf)
     }
 
-    /// `out[m, n] = x[m, k] W^T (+ bias)`; float segments go to `fdot`.
+    /// `out[m, n] = x[m, k] W^T (+ bias)`; segments of types without a
+    /// `vecdot` kernel (float, 5-, 3- and 2-bit) go to `fdot`.
     pub fn launch(
         &self,
         dev: &Arc<Device>,
@@ -158,7 +160,7 @@ impl Vecdot {
         let forced = self.fused();
         let mut xq = 0;
         for seg in &w.segs {
-            if !seg.ty.is_quantized() {
+            if !seg.ty.has_vecdot() {
                 fdot.launch_segment(dev, seg, k, m, x, out, n, bias)?;
                 continue;
             }

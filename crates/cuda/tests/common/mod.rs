@@ -93,6 +93,31 @@ pub fn synth_model(p: &Preset, dtype: GgmlType, seed: u64) -> Arc<GgufFile> {
     Arc::new(GgufFile::from_bytes(w.to_bytes().expect("serialises")).expect("parses"))
 }
 
+/// A synthetic model with llama.cpp's per-tensor types for `ftype`, in memory.
+pub fn synth_mix_model(
+    p: &Preset,
+    ftype: metallic::quantize::FileType,
+    seed: u64,
+) -> Arc<GgufFile> {
+    let spec = tokenizer_spec(if p.arch == Arch::Qwen2 {
+        "qwen2"
+    } else {
+        "smollm"
+    });
+    let w = synth::build_mix(
+        &SynthOptions {
+            preset: p,
+            dtype: ftype.default_type(),
+            tokenizer: &spec,
+            chat_template: None,
+            seed,
+        },
+        ftype,
+    )
+    .expect("synthetic model builds");
+    Arc::new(GgufFile::from_bytes(w.to_bytes().expect("serialises")).expect("parses"))
+}
+
 /// Deterministic pseudo-normal values.
 pub fn randn(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
