@@ -33,6 +33,10 @@ if [ -z "${METALLIC_CUDA_LIB_DIR:-}" ]; then
     export METALLIC_CUDA_LIB_DIR="$PWD/$lib"
   fi
 fi
+
+# The openai client for the server tests; they must not skip here.
+./scripts/setup-test-venv.sh
+export METALLIC_REQUIRE_OPENAI_TESTS=1
 cargo test --workspace --all-targets "$@"
 # The NEON kernels, cross-compiled and run under qemu-user (a subset: the CPU crate).
 ./scripts/test-aarch64.sh

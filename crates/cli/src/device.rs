@@ -15,14 +15,16 @@ pub trait OnBackend {
 pub fn on_device<W: OnBackend>(device: Device, threads: usize, work: W) -> Result<W::Out> {
     let threads = crate::common::cap_threads(threads);
     match device {
-        Device::Cpu => {
-            let b = CpuBackend::new(threads).context("starting the CPU backend")?;
-            work.run(b)
-        }
+        Device::Cpu => work.run(cpu(threads)?),
         Device::Cuda => {
             // A typed error (no driver, no GPU, NVRTC missing) names the cause.
             let b = metallic_cuda::CudaBackend::new(0).context("starting the CUDA backend")?;
             work.run(b)
         }
     }
+}
+
+/// The CPU backend (`threads == 0`: every core).
+pub fn cpu(threads: usize) -> Result<CpuBackend> {
+    CpuBackend::new(threads).context("starting the CPU backend")
 }

@@ -15,6 +15,7 @@ mod progress;
 mod quantize;
 mod report;
 mod runinfo;
+mod serve;
 mod synth;
 mod tokenize;
 mod tui;
@@ -53,6 +54,10 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Perplexity of a model on a text, and KL divergence from a saved reference, as llama-perplexity.
     Perplexity(perplexity::PerplexityArgs),
+    /// Serve the OpenAI API (chat and completions) with continuous batching.
+    Serve(serve::ServeArgs),
+    /// Concurrent streaming clients against an OpenAI-compatible server: tok/s, TTFT, inter-token latency.
+    BenchServe(serve::BenchServeArgs),
     /// Show a GGUF file's metadata and tensor table.
     Inspect {
         /// The GGUF file to show.
@@ -110,6 +115,8 @@ fn main() -> ExitCode {
         Command::Inspect { file, json } => inspect::run(&file, json).map(|()| ExitCode::SUCCESS),
         Command::Probe(a) => probe::run(a).map(|()| ExitCode::SUCCESS),
         Command::Perplexity(a) => perplexity::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Serve(a) => serve::run(a).map(|()| ExitCode::SUCCESS),
+        Command::BenchServe(a) => serve::bench(a).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

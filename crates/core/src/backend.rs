@@ -180,6 +180,28 @@ pub struct KvLayer<T> {
     pub v: T,
 }
 
+/// Geometry of a paged KV cache (see [`Backend::paged_kv_store`]): each
+/// layer's K and V are `[n_blocks, kv_heads, block_size, head_dim]`, shared
+/// by every sequence; a sequence owns a list of blocks (its block table), and
+/// position `p` of it lives in block `table[p / block_size]`, slot
+/// `p % block_size`. Tables travel per row: row `i` of a step reads its
+/// table at `tables[i * table_stride..][..table_stride]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PagedLayout {
+    pub block_size: usize,
+    pub n_blocks: usize,
+    /// Entries per row in the tables tensor: the most blocks one sequence
+    /// may own (its longest context / block_size, rounded up).
+    pub table_stride: usize,
+}
+
+impl PagedLayout {
+    /// Elements of one layer's K (or V) tensor.
+    pub fn layer_len(&self, layout: &QkvLayout) -> usize {
+        self.n_blocks * layout.n_kv_heads * self.block_size * layout.head_dim
+    }
+}
+
 /// Whether `elapsed_ms` measures device execution or host wall time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimingKind {
@@ -336,6 +358,51 @@ pub trait Backend: Send + Sync {
     /// take every varying input from device memory. The default just runs it.
     fn replayable(&self, _key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         step()
+    }
+
+    /// Paged [`kv_store`](Self::kv_store): copy the K and V heads of row `i`
+    /// of `qkv` to position `pos[i]` of the sequence whose block table is row
+    /// `i` of `tables` (see [`PagedLayout`]). Rows of one step may belong to
+    /// different sequences; no two rows may name the same (block, slot).
+    #[allow(clippy::too_many_arguments)]
+    fn paged_kv_store(
+        &self,
+        qkv: &Self::Tensor,
+        cache: &mut KvLayer<Self::Tensor>,
+        paged: &PagedLayout,
+        tables: &Self::Tensor,
+        pos: &Self::Tensor,
+        m: usize,
+        layout: &QkvLayout,
+    ) -> Result<()> {
+        let _ = (qkv, cache, paged, tables, pos, m, layout);
+        Err(crate::error::Error::Unsupported(format!(
+            "paged KV cache on the {} backend (serve runs on the CPU for now: --device cpu)",
+            self.name()
+        )))
+    }
+
+    /// Paged [`attention`](Self::attention): row `i` attends to positions
+    /// `0..=pos[i]` of its own sequence, read through row `i` of `tables`.
+    /// `max_kv_len` is the host's bound on `pos[i] + 1` over the rows.
+    #[allow(clippy::too_many_arguments)]
+    fn paged_attention(
+        &self,
+        qkv: &Self::Tensor,
+        cache: &KvLayer<Self::Tensor>,
+        paged: &PagedLayout,
+        tables: &Self::Tensor,
+        pos: &Self::Tensor,
+        m: usize,
+        max_kv_len: usize,
+        layout: &QkvLayout,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        let _ = (qkv, cache, paged, tables, pos, m, max_kv_len, layout, out);
+        Err(crate::error::Error::Unsupported(format!(
+            "paged attention on the {} backend (serve runs on the CPU for now: --device cpu)",
+            self.name()
+        )))
     }
 
     /// Read `t[..len]` (an i32 tensor) once, as fast as the device can

@@ -5,6 +5,8 @@
 //! gate|up -> SwiGLU -> down -> residual add] -> final rms_norm -> lm_head.
 //! Prefill runs the same path over `m` rows with causal attention.
 
+mod batched;
+
 use std::sync::Arc;
 
 use metallic_gguf::GgufFile;
@@ -14,6 +16,8 @@ use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
 use crate::profiler::{OpKind, Phase};
+
+pub use batched::{BatchRow, BatchState};
 
 struct Layer<B: Backend> {
     attn_norm: B::Tensor,

@@ -10,6 +10,7 @@ mod matmul_gemm;
 pub mod matmul_vecdot;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+mod paged_attention;
 pub mod q8_act;
 mod rope;
 mod shared_out;
@@ -22,8 +23,8 @@ mod vec_dot_x86;
 use std::time::Instant;
 
 use metallic::backend::{
-    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, QkvLayout, Rope,
-    TimingKind, WeightView,
+    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, PagedLayout,
+    QkvLayout, Rope, TimingKind, WeightView,
 };
 use metallic::error::{Error, Result};
 use metallic::sampler::{Sampler, SamplerParams};
@@ -424,6 +425,68 @@ impl Backend for CpuBackend {
         let parallel = elementwise::parallel(attention::work(pos, m, layout));
         self.run(parallel, || {
             attention::attention(parallel, qkv, k, v, capacity, pos, m, layout, out)
+        });
+        Ok(())
+    }
+
+    fn paged_kv_store(
+        &self,
+        qkv: &CpuTensor,
+        cache: &mut KvLayer<CpuTensor>,
+        paged: &PagedLayout,
+        tables: &CpuTensor,
+        pos: &CpuTensor,
+        m: usize,
+        layout: &QkvLayout,
+    ) -> Result<()> {
+        let pos = i32s(pos, "paged kv positions")?;
+        let tables = i32s(tables, "block tables")?;
+        paged_attention::check_rows(paged, tables, pos, m).map_err(|e| Error::backend("cpu", e))?;
+        let qkv = f32s(qkv, "paged kv qkv")?;
+        check_len("paged kv qkv", qkv.len(), m * layout.row_width())?;
+        let need = paged.layer_len(layout);
+        let KvLayer { k, v } = cache;
+        let kc = f32s_mut(k, "paged k cache")?;
+        let vc = f32s_mut(v, "paged v cache")?;
+        check_len("paged k cache", kc.len(), need)?;
+        check_len("paged v cache", vc.len(), need)?;
+        paged_attention::kv_store(qkv, kc, vc, paged, tables, pos, m, layout);
+        Ok(())
+    }
+
+    fn paged_attention(
+        &self,
+        qkv: &CpuTensor,
+        cache: &KvLayer<CpuTensor>,
+        paged: &PagedLayout,
+        tables: &CpuTensor,
+        pos: &CpuTensor,
+        m: usize,
+        _max_kv_len: usize,
+        layout: &QkvLayout,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let pos = i32s(pos, "paged attention positions")?;
+        let tables = i32s(tables, "block tables")?;
+        paged_attention::check_rows(paged, tables, pos, m).map_err(|e| Error::backend("cpu", e))?;
+        let qkv = f32s(qkv, "paged attention qkv")?;
+        let (k, v) = (
+            f32s(&cache.k, "paged k cache")?,
+            f32s(&cache.v, "paged v cache")?,
+        );
+        let out = f32s_mut(out, "paged attention out")?;
+        check_len("paged attention qkv", qkv.len(), m * layout.row_width())?;
+        check_len(
+            "paged attention out",
+            out.len(),
+            m * layout.n_heads * layout.head_dim,
+        )?;
+        let need = paged.layer_len(layout);
+        check_len("paged k cache", k.len(), need)?;
+        check_len("paged v cache", v.len(), need)?;
+        let parallel = elementwise::parallel(attention::work(pos, m, layout));
+        self.run(parallel, || {
+            paged_attention::attention(parallel, qkv, k, v, paged, tables, pos, m, layout, out)
         });
         Ok(())
     }

@@ -128,9 +128,16 @@ fn crate_dependencies_point_from_cli_towards_gguf() {
         ("metallic", &["metallic-gguf"]),
         ("metallic-cpu", &["metallic", "metallic-gguf"]),
         ("metallic-cuda", &["metallic", "metallic-gguf"]),
+        ("metallic-server", &["metallic", "metallic-gguf"]),
         (
             "metallic-cli",
-            &["metallic", "metallic-gguf", "metallic-cpu", "metallic-cuda"],
+            &[
+                "metallic",
+                "metallic-gguf",
+                "metallic-cpu",
+                "metallic-cuda",
+                "metallic-server",
+            ],
         ),
         ("metallic-test-support", &[]),
     ];

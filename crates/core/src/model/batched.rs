@@ -1,0 +1,273 @@
+//! The batched forward pass over a paged KV cache: one step runs rows of
+//! several sequences together (a decode row for each running sequence plus
+//! prefill chunks of newly admitted ones), so every weight matrix is read
+//! once for all of them. Same op order as [`Model::forward`]; only the cache
+//! ops differ (paged store and attention through per-row block tables).
+//!
+//! Batch invariance: every op of the step is row-independent on the CPU
+//! (embedding, RMS norm, rope, SwiGLU and add are per row; attention is per
+//! (row, head) over the row's own sequence; the matmul implementation the
+//! caller forces for this path, `fdot`, computes each output element as one
+//! dot product whose order depends only on `k`). So a row's values do not
+//! depend on which other rows share the step, nor on how a prompt was split
+//! into chunks.
+
+use crate::backend::{Backend, DType, KvLayer, PagedLayout, Rope};
+use crate::config::{ModelConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::exec::Exec;
+use crate::profiler::OpKind;
+
+use super::Model;
+
+/// One row of a batched step: `token` at `pos` of the sequence whose block
+/// table is `table`.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchRow<'a> {
+    pub token: u32,
+    pub pos: usize,
+    pub table: &'a [u32],
+}
+
+/// Buffers of batched steps: the shared paged KV cache and activations for up
+/// to `max_rows` rows, logits for up to `max_logits` of them. Allocated once.
+pub struct BatchState<B: Backend> {
+    pub paged: PagedLayout,
+    pub max_rows: usize,
+    pub max_logits: usize,
+    /// Per layer K and V: `[n_blocks, kv_heads, block_size, head_dim]`.
+    kv: Vec<KvLayer<B::Tensor>>,
+    ids: B::Tensor,
+    pos: B::Tensor,
+    /// `[max_rows, table_stride]` block ids.
+    tables: B::Tensor,
+    x: B::Tensor,
+    h: B::Tensor,
+    qkv: B::Tensor,
+    attn: B::Tensor,
+    gate_up: B::Tensor,
+    act: B::Tensor,
+    /// `[max_logits, hidden]` rows picked for the lm head.
+    picked: B::Tensor,
+    /// `[max_logits, vocab]`.
+    pub logits: B::Tensor,
+    /// Host staging of the step's inputs (reused).
+    host_ids: Vec<i32>,
+    host_pos: Vec<i32>,
+    host_tables: Vec<i32>,
+}
+
+impl<B: Backend> BatchState<B> {
+    pub fn new(
+        backend: &B,
+        cfg: &ModelConfig,
+        paged: PagedLayout,
+        max_rows: usize,
+        max_logits: usize,
+    ) -> Result<BatchState<B>> {
+        if paged.block_size == 0 || paged.n_blocks == 0 || paged.table_stride == 0 {
+            return Err(Error::InvalidArgument(
+                "paged KV cache: block size, block count and table stride must be positive".into(),
+            ));
+        }
+        if max_rows == 0 || max_logits == 0 || max_logits > max_rows {
+            return Err(Error::InvalidArgument(format!(
+                "batch of {max_rows} rows with {max_logits} logits rows (need 1 <= logits <= rows)"
+            )));
+        }
+        let layer_len = paged
+            .n_blocks
+            .checked_mul(cfg.n_kv_heads * paged.block_size * cfg.head_dim)
+            .ok_or_else(|| Error::InvalidArgument("paged KV cache too large".into()))?;
+        let mut kv = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            kv.push(KvLayer {
+                k: backend.alloc(DType::F32, layer_len, &format!("paged KV (layer {l} keys)"))?,
+                v: backend.alloc(
+                    DType::F32,
+                    layer_len,
+                    &format!("paged KV (layer {l} values)"),
+                )?,
+            });
+        }
+        let f32t = |len: usize, what: &str| backend.alloc(DType::F32, len, what);
+        let mr = max_rows;
+        Ok(BatchState {
+            paged,
+            max_rows,
+            max_logits,
+            kv,
+            ids: backend.alloc(DType::I32, mr, "batch token ids")?,
+            pos: backend.alloc(DType::I32, mr, "batch positions")?,
+            tables: backend.alloc(DType::I32, mr * paged.table_stride, "block tables")?,
+            x: f32t(mr * cfg.hidden, "batch residual stream")?,
+            h: f32t(mr * cfg.hidden.max(cfg.q_width()), "batch hidden scratch")?,
+            qkv: f32t(mr * cfg.qkv_width(), "batch qkv activations")?,
+            attn: f32t(mr * cfg.q_width().max(cfg.hidden), "batch attention output")?,
+            gate_up: f32t(mr * 2 * cfg.ffn, "batch gate/up activations")?,
+            act: f32t(mr * cfg.ffn, "batch ffn activations")?,
+            picked: f32t(max_logits * cfg.hidden, "batch lm-head rows")?,
+            logits: f32t(max_logits * cfg.vocab, "batch logits")?,
+            host_ids: Vec::with_capacity(mr),
+            host_pos: Vec::with_capacity(mr),
+            host_tables: Vec::with_capacity(mr * paged.table_stride),
+        })
+    }
+
+    /// Bytes of KV cache one block holds over all layers (K and V, f32).
+    pub fn block_bytes(cfg: &ModelConfig, block_size: usize) -> usize {
+        2 * cfg.n_layers * cfg.n_kv_heads * block_size * cfg.head_dim * DType::F32.size()
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Run one batched step over `rows` (any mix of sequences; a sequence's
+    /// rows in position order, its earlier positions already in the cache).
+    /// Logits of the rows listed in `logit_rows` land in `bs.logits`, row `j`
+    /// for `logit_rows[j]`.
+    pub fn forward_batch(
+        &self,
+        ex: &mut Exec<'_, B>,
+        bs: &mut BatchState<B>,
+        rows: &[BatchRow<'_>],
+        logit_rows: &[usize],
+    ) -> Result<()> {
+        let c = &self.config;
+        let m = rows.len();
+        let n_out = logit_rows.len();
+        if m == 0 || m > bs.max_rows {
+            return Err(Error::InvalidArgument(format!(
+                "batched step of {m} rows (this state holds 1..={})",
+                bs.max_rows
+            )));
+        }
+        if n_out > bs.max_logits || logit_rows.iter().any(|&r| r >= m) {
+            return Err(Error::InvalidArgument(format!(
+                "logits of rows {logit_rows:?} requested from {m} rows (at most {} logits rows)",
+                bs.max_logits
+            )));
+        }
+        // Stage ids, positions and per-row block tables.
+        let stride = bs.paged.table_stride;
+        bs.host_ids.clear();
+        bs.host_pos.clear();
+        bs.host_tables.clear();
+        let mut max_kv_len = 0;
+        for (i, r) in rows.iter().enumerate() {
+            if r.token as usize >= c.vocab {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {} outside the vocabulary of {}",
+                    r.token, c.vocab
+                )));
+            }
+            let needed = r.pos / bs.paged.block_size + 1;
+            if r.table.len() < needed || r.table.len() > stride {
+                return Err(Error::InvalidArgument(format!(
+                    "row {i}: position {} needs {needed} blocks, its table has {} (at most {stride})",
+                    r.pos,
+                    r.table.len()
+                )));
+            }
+            bs.host_ids.push(r.token as i32);
+            bs.host_pos.push(r.pos as i32);
+            bs.host_tables.extend(r.table.iter().map(|&b| b as i32));
+            bs.host_tables
+                .extend(std::iter::repeat_n(-1, stride - r.table.len()));
+            max_kv_len = max_kv_len.max(r.pos + 1);
+        }
+        let b = ex.backend;
+        b.write_i32(&mut bs.ids, 0, &bs.host_ids)?;
+        b.write_i32(&mut bs.pos, 0, &bs.host_pos)?;
+        b.write_i32(&mut bs.tables, 0, &bs.host_tables)?;
+
+        let layout = self.layout();
+        let rope = Rope {
+            style: c.rope_style,
+            theta: c.rope_theta,
+            dim: c.rope_dim,
+            pos_scale: match c.rope_scaling {
+                RopeScaling::None => 1.0,
+                RopeScaling::Linear { factor } => 1.0 / factor,
+            },
+            freq_factors: self.rope_freqs.as_ref(),
+        };
+        let b_name = b.name();
+        let h = c.hidden;
+        let paged = bs.paged;
+
+        // x[m, hidden] = embed(ids)
+        ex.set_layer(None);
+        ex.op(OpKind::Embed, b_name, None, |b| {
+            b.embed(&self.embed, &bs.ids, m, &mut bs.x)
+        })?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            ex.set_layer(Some(l));
+            // h[m, hidden] = rms_norm(x)
+            ex.op(OpKind::RmsNorm, b_name, None, |b| {
+                b.rms_norm(&bs.x, &layer.attn_norm, m, h, c.rms_eps, &mut bs.h)
+            })?;
+            // qkv[m, (heads + 2 kv_heads) * head_dim]
+            ex.matmul(&bs.h, &layer.qkv, m, &mut bs.qkv)?;
+            ex.op(OpKind::Rope, b_name, None, |b| {
+                b.rope(&mut bs.qkv, &bs.pos, m, &layout, &rope)
+            })?;
+            let cache = &mut bs.kv[l];
+            ex.op(OpKind::KvCacheWrite, b_name, None, |b| {
+                b.paged_kv_store(&bs.qkv, cache, &paged, &bs.tables, &bs.pos, m, &layout)
+            })?;
+            // attn[m, heads * head_dim]
+            ex.op(OpKind::Attention, b_name, None, |b| {
+                b.paged_attention(
+                    &bs.qkv,
+                    &bs.kv[l],
+                    &paged,
+                    &bs.tables,
+                    &bs.pos,
+                    m,
+                    max_kv_len,
+                    &layout,
+                    &mut bs.attn,
+                )
+            })?;
+            // x += attn wo^T
+            ex.matmul(&bs.attn, &layer.wo, m, &mut bs.h)?;
+            ex.op(OpKind::Add, b_name, None, |b| {
+                b.add(&mut bs.x, &bs.h, m * h)
+            })?;
+            // x += down(swiglu(rms_norm(x) gate_up^T))
+            ex.op(OpKind::RmsNorm, b_name, None, |b| {
+                b.rms_norm(&bs.x, &layer.ffn_norm, m, h, c.rms_eps, &mut bs.h)
+            })?;
+            ex.matmul(&bs.h, &layer.gate_up, m, &mut bs.gate_up)?;
+            ex.op(OpKind::Swiglu, b_name, None, |b| {
+                b.swiglu(&bs.gate_up, m, c.ffn, &mut bs.act)
+            })?;
+            ex.matmul(&bs.act, &layer.down, m, &mut bs.h)?;
+            ex.op(OpKind::Add, b_name, None, |b| {
+                b.add(&mut bs.x, &bs.h, m * h)
+            })?;
+        }
+        ex.set_layer(None);
+        if n_out == 0 {
+            return Ok(());
+        }
+        // picked[n_out, hidden] = x[logit_rows]; logits[n_out, vocab]
+        for (j, &r) in logit_rows.iter().enumerate() {
+            ex.op(OpKind::Copy, b_name, None, |b| {
+                b.copy(&bs.x, r * h, &mut bs.picked, j * h, h)
+            })?;
+        }
+        ex.op(OpKind::RmsNorm, b_name, None, |b| {
+            b.rms_norm(
+                &bs.picked,
+                &self.output_norm,
+                n_out,
+                h,
+                c.rms_eps,
+                &mut bs.h,
+            )
+        })?;
+        let lm_head = self.output.as_ref().unwrap_or(&self.embed);
+        ex.matmul(&bs.h, lm_head, n_out, &mut bs.logits)
+    }
+}

@@ -1,0 +1,686 @@
+//! The scheduler: one thread owns the model, the paged KV cache and every
+//! sequence, and runs batched steps for as long as there is work.
+//!
+//! A step holds one decode row of every running sequence that has a token to
+//! feed, then prefill chunks of newly admitted ones, up to `step_tokens` rows
+//! (chunked prefill: a long prompt is fed over several steps and never stalls
+//! the others' decoding). A sequence is admitted when a slot is free and the
+//! pool has blocks for its whole prompt; its leading whole blocks come from
+//! the prefix cache when another request already computed them. When a
+//! running sequence needs a block and none is left, the most recently
+//! admitted other sequence is preempted: its blocks are freed and it goes
+//! back to the front of the queue to be recomputed from its tokens (prompt
+//! plus what it generated so far), which gives the same KV exactly (the batch
+//! is row-independent on the CPU; see `metallic::model::BatchState`).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metallic::backend::{Backend, PagedLayout};
+use metallic::dispatch::{DispatchConfig, MatmulDispatch};
+use metallic::exec::Exec;
+use metallic::model::{BatchRow, BatchState, Model};
+use metallic::sampler::{Sampler, SamplerParams};
+use metallic::stop::StopMatcher;
+use metallic::tokenizer::Tokenizer;
+use metallic_gguf::GgufFile;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::blocks::{BlockKey, BlockPool};
+use crate::metrics::Shared;
+
+/// Sizes of the engine, fixed at start.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    pub n_blocks: usize,
+    /// Most sequences in the running batch.
+    pub max_seqs: usize,
+    /// Most rows (tokens) in one step.
+    pub step_tokens: usize,
+    /// Most positions of one sequence (prompt plus generated).
+    pub max_context: usize,
+}
+
+/// What a request asks to generate.
+#[derive(Clone, Debug)]
+pub struct GenParams {
+    pub sampler: SamplerParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    /// Report log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
+}
+
+/// A request handed to the engine.
+pub struct Submit {
+    pub prompt: Vec<u32>,
+    pub params: GenParams,
+    pub events: UnboundedSender<Event>,
+    pub arrived: Instant,
+}
+
+pub enum EngineMsg {
+    Submit(Submit),
+    /// Finish every sequence now (shutdown grace period is over).
+    CancelAll,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// The most likely tokens at this step with their log-probabilities.
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+pub enum Event {
+    /// One generated token and the text it releases (maybe empty: a partial
+    /// character, or text that may begin a stop string).
+    Token {
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// Text released at the end (held-back characters).
+    Text(String),
+    Done {
+        reason: FinishReason,
+        usage: Usage,
+    },
+    Error(String),
+}
+
+struct Seq {
+    prompt_len: usize,
+    /// Prompt then generated tokens; the last one is not in the cache yet.
+    tokens: Vec<u32>,
+    /// Positions whose KV is in the cache.
+    n_computed: usize,
+    blocks: Vec<u32>,
+    /// Prefix-cache keys of the leading full blocks that are registered.
+    keys: Vec<BlockKey>,
+    sampler: Sampler,
+    params: GenParams,
+    stop: StopMatcher,
+    /// Bytes of generated tokens not yet released as UTF-8.
+    pending: Vec<u8>,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+    last_token: Option<Instant>,
+    cached_tokens: usize,
+    /// Admitted at least once (its prompt counted in the metrics).
+    counted: bool,
+}
+
+impl Seq {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+}
+
+/// Loads the model on `backend` and serves `rx` until every sender is gone
+/// and no sequence is left. Errors while loading are reported through `on_load`.
+pub fn run<B: Backend>(
+    backend: B,
+    file: Arc<GgufFile>,
+    tokenizer: Tokenizer,
+    cfg: EngineConfig,
+    shared: Arc<Shared>,
+    rx: Receiver<EngineMsg>,
+    on_load: tokio::sync::oneshot::Sender<Result<(), String>>,
+) {
+    let loaded = (|| -> metallic::error::Result<_> {
+        let model = Model::load(&backend, &file)?;
+        let paged = PagedLayout {
+            block_size: cfg.block_size,
+            n_blocks: cfg.n_blocks,
+            table_stride: cfg.max_context.div_ceil(cfg.block_size),
+        };
+        let bs = BatchState::new(
+            &backend,
+            &model.config,
+            paged,
+            cfg.step_tokens,
+            cfg.max_seqs,
+        )?;
+        Ok((model, bs))
+    })();
+    // The row-independent matmul (see BatchState) unless the user forces one.
+    let mut dcfg = DispatchConfig::from_env();
+    if dcfg.all.is_none() && dcfg.per_op.is_empty() && backend.name() == "cpu" {
+        dcfg.all = Some("fdot".into());
+    }
+    let dispatch = MatmulDispatch::new(backend.matmul_impls(), &dcfg);
+    let (model, bs, dispatch) = match (loaded, dispatch) {
+        (Ok((m, b)), Ok(d)) => (m, b, d),
+        (Err(e), _) => {
+            let _ = on_load.send(Err(format!("loading the model: {e}")));
+            return;
+        }
+        (_, Err(e)) => {
+            let _ = on_load.send(Err(format!("matmul dispatch: {e}")));
+            return;
+        }
+    };
+    let mut ex = Exec::new(&backend, dispatch);
+    let mut eng = Engine {
+        model: &model,
+        bs,
+        pool: BlockPool::new(cfg.n_blocks, cfg.block_size),
+        cfg,
+        shared,
+        tokenizer,
+        running: Vec::new(),
+        waiting: VecDeque::new(),
+        logits: Vec::new(),
+    };
+    eng.shared
+        .kv_blocks_total
+        .store(eng.pool.total() as u64, Relaxed);
+    eng.shared.ready.store(true, Relaxed);
+    let _ = on_load.send(Ok(()));
+    let mut open = true;
+    loop {
+        if eng.running.is_empty() && eng.waiting.is_empty() {
+            if !open {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(msg) => eng.on_msg(msg),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(msg) => eng.on_msg(msg),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if let Err(e) = eng.step(&mut ex) {
+            // A failed step leaves the cache of its rows undefined: fail those
+            // sequences, keep serving the others.
+            eng.fail_running(&format!("engine step failed: {e}"));
+        }
+        eng.publish();
+    }
+    eng.shared.ready.store(false, Relaxed);
+}
+
+struct Engine<'m, B: Backend> {
+    model: &'m Model<B>,
+    bs: BatchState<B>,
+    pool: BlockPool,
+    cfg: EngineConfig,
+    shared: Arc<Shared>,
+    tokenizer: Tokenizer,
+    /// In admission order (oldest first).
+    running: Vec<Seq>,
+    waiting: VecDeque<Seq>,
+    logits: Vec<f32>,
+}
+
+impl<B: Backend> Engine<'_, B> {
+    fn on_msg(&mut self, msg: EngineMsg) {
+        match msg {
+            EngineMsg::Submit(s) => {
+                let vocab = self.model.config.vocab;
+                let sampler = match Sampler::new(s.params.sampler, vocab) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        self.shared.queued.fetch_sub(1, Relaxed);
+                        let _ = s.events.send(Event::Error(format!("sampler: {e}")));
+                        return;
+                    }
+                };
+                self.waiting.push_back(Seq {
+                    prompt_len: s.prompt.len(),
+                    tokens: s.prompt,
+                    n_computed: 0,
+                    blocks: Vec::new(),
+                    keys: Vec::new(),
+                    sampler,
+                    stop: StopMatcher::new(&s.params.stop),
+                    params: s.params,
+                    pending: Vec::new(),
+                    events: s.events,
+                    arrived: s.arrived,
+                    last_token: None,
+                    cached_tokens: 0,
+                    counted: false,
+                });
+            }
+            EngineMsg::CancelAll => {
+                for s in self.waiting.drain(..) {
+                    self.shared.queued.fetch_sub(1, Relaxed);
+                    let _ = s
+                        .events
+                        .send(Event::Error("the server is shutting down".into()));
+                }
+                let running = std::mem::take(&mut self.running);
+                for s in running {
+                    let _ = s
+                        .events
+                        .send(Event::Error("the server is shutting down".into()));
+                    self.free(s);
+                }
+            }
+        }
+    }
+
+    fn free(&mut self, s: Seq) {
+        for &b in &s.blocks {
+            self.pool.release(b);
+        }
+    }
+
+    fn fail_running(&mut self, msg: &str) {
+        let running = std::mem::take(&mut self.running);
+        for s in running {
+            self.shared.requests_error.fetch_add(1, Relaxed);
+            let _ = s.events.send(Event::Error(msg.to_string()));
+            self.free(s);
+        }
+    }
+
+    fn publish(&self) {
+        let s = &self.shared;
+        s.running.store(self.running.len() as u64, Relaxed);
+        s.kv_blocks_used.store(self.pool.used() as u64, Relaxed);
+        s.kv_blocks_cached_idle
+            .store(self.pool.cached_idle() as u64, Relaxed);
+    }
+
+    /// Drop sequences whose client went away: their blocks are free at once.
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|s| !s.events.is_closed());
+        let gone = before - self.waiting.len();
+        self.shared.queued.fetch_sub(gone as u64, Relaxed);
+        self.shared
+            .requests_cancelled
+            .fetch_add(gone as u64, Relaxed);
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].events.is_closed() {
+                let s = self.running.remove(i);
+                self.shared.requests_cancelled.fetch_add(1, Relaxed);
+                self.free(s);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Admit waiting sequences while a slot is free and their tokens fit.
+    fn admit(&mut self) {
+        let bsz = self.cfg.block_size;
+        while self.running.len() < self.cfg.max_seqs {
+            let Some(mut s) = self.waiting.pop_front() else {
+                break;
+            };
+            // Leave the last token out of the cached prefix: its row must run
+            // to give logits, and it must not write into a shared block.
+            let max_shared = (s.tokens.len() - 1) / bsz;
+            let (blocks, keys) = self.pool.acquire_prefix(&s.tokens, max_shared);
+            let need = s.tokens.len().div_ceil(bsz) - blocks.len();
+            // Keep a block per running sequence in reserve for their growth.
+            if self.pool.available() < need + self.running.len() {
+                for b in blocks {
+                    self.pool.release(b);
+                }
+                self.waiting.push_front(s);
+                break;
+            }
+            s.n_computed = blocks.len() * bsz;
+            s.blocks = blocks;
+            s.keys = keys;
+            if !s.counted {
+                s.counted = true;
+                s.cached_tokens = s.n_computed;
+                self.shared
+                    .prompt_tokens
+                    .fetch_add(s.prompt_len as u64, Relaxed);
+                self.shared
+                    .cached_prompt_tokens
+                    .fetch_add(s.n_computed as u64, Relaxed);
+            }
+            self.shared.queued.fetch_sub(1, Relaxed);
+            self.running.push(s);
+        }
+    }
+
+    /// Give sequence `i` blocks up to position `upto` (exclusive). When the
+    /// pool is empty, preempt the newest other sequence that is neither
+    /// scheduled in this step nor already preempted: its blocks are freed now
+    /// and `preempted[v]` is set (the caller moves it back to the queue).
+    /// Returns false when no blocks can be found.
+    fn grow(&mut self, i: usize, upto: usize, scheduled: &[bool], preempted: &mut [bool]) -> bool {
+        let bsz = self.cfg.block_size;
+        while self.running[i].blocks.len() * bsz < upto {
+            match self.pool.alloc() {
+                Some(b) => self.running[i].blocks.push(b),
+                None => {
+                    let victim = (0..self.running.len())
+                        .rev()
+                        .find(|&v| v != i && !scheduled[v] && !preempted[v]);
+                    let Some(v) = victim else { return false };
+                    let s = &mut self.running[v];
+                    for &b in &s.blocks {
+                        self.pool.release(b);
+                    }
+                    s.blocks.clear();
+                    s.keys.clear();
+                    s.n_computed = 0;
+                    preempted[v] = true;
+                    self.shared.preemptions.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        true
+    }
+
+    fn step(&mut self, ex: &mut Exec<'_, B>) -> metallic::error::Result<()> {
+        self.drop_cancelled();
+        self.admit();
+        if self.running.is_empty() {
+            return Ok(());
+        }
+        // Decode rows first (one pending token), then prefill chunks, in
+        // admission order within each group.
+        let n = self.running.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| {
+            let s = &self.running[i];
+            (s.tokens.len() - s.n_computed > 1) as u8
+        });
+        let mut budget = self.cfg.step_tokens;
+        let mut plan: Vec<(usize, usize)> = Vec::new();
+        let mut scheduled = vec![false; n];
+        let mut preempted = vec![false; n];
+        for &i in &order {
+            if budget == 0 {
+                break;
+            }
+            if preempted[i] {
+                continue;
+            }
+            let s = &self.running[i];
+            let take = (s.tokens.len() - s.n_computed).min(budget);
+            let upto = s.n_computed + take;
+            if !self.grow(i, upto, &scheduled, &mut preempted) {
+                continue;
+            }
+            scheduled[i] = true;
+            plan.push((i, take));
+            budget -= take;
+        }
+        if plan.is_empty() {
+            // Nothing can grow even with every other sequence preempted: the
+            // oldest one has outgrown the pool.
+            let s = self.running.remove(0);
+            self.finish(s, FinishReason::Length);
+            self.requeue_preempted(&preempted[1..]);
+            return Ok(());
+        }
+        let mut rows = Vec::with_capacity(self.cfg.step_tokens);
+        let mut logit_rows = Vec::new();
+        let mut sampled = Vec::new();
+        for &(i, take) in &plan {
+            let s = &self.running[i];
+            for p in s.n_computed..s.n_computed + take {
+                rows.push(BatchRow {
+                    token: s.tokens[p],
+                    pos: p,
+                    table: &s.blocks,
+                });
+            }
+            if s.n_computed + take == s.tokens.len() {
+                logit_rows.push(rows.len() - 1);
+                sampled.push(i);
+            }
+        }
+        self.model
+            .forward_batch(ex, &mut self.bs, &rows, &logit_rows)?;
+        drop(rows);
+        self.shared.steps.fetch_add(1, Relaxed);
+        let bsz = self.cfg.block_size;
+        for &(i, take) in &plan {
+            let s = &mut self.running[i];
+            s.n_computed += take;
+            // Register the blocks whose tokens are now all computed.
+            while (s.keys.len() + 1) * bsz <= s.n_computed {
+                let j = s.keys.len();
+                let parent = s.keys.last().copied().unwrap_or(0);
+                let key =
+                    self.pool
+                        .register(s.blocks[j], parent, &s.tokens[j * bsz..(j + 1) * bsz]);
+                s.keys.push(key);
+            }
+        }
+        let vocab = self.model.config.vocab;
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        for (j, &i) in sampled.iter().enumerate() {
+            self.logits.resize(vocab, 0.0);
+            ex.backend
+                .read_f32(&self.bs.logits, j * vocab, &mut self.logits)?;
+            if let Some(r) = self.sample_one(i) {
+                finished.push((i, r));
+            }
+        }
+        // Remove finished and preempted sequences, highest index first so
+        // the others keep their places.
+        let mut done: Vec<Option<FinishReason>> = vec![None; n];
+        for (i, r) in finished {
+            done[i] = Some(r);
+        }
+        let mut back = Vec::new();
+        for i in (0..n).rev() {
+            if let Some(r) = done[i] {
+                let s = self.running.remove(i);
+                self.finish(s, r);
+            } else if preempted[i] {
+                back.push(self.running.remove(i));
+            }
+        }
+        // `back` is newest first; the oldest goes to the front of the queue.
+        for s in back {
+            self.shared.queued.fetch_add(1, Relaxed);
+            self.waiting.push_front(s);
+        }
+        Ok(())
+    }
+
+    /// Move the sequences flagged in `preempted` back to the queue's front.
+    fn requeue_preempted(&mut self, preempted: &[bool]) {
+        for i in (0..preempted.len().min(self.running.len())).rev() {
+            if preempted[i] {
+                let s = self.running.remove(i);
+                self.shared.queued.fetch_add(1, Relaxed);
+                self.waiting.push_front(s);
+            }
+        }
+    }
+
+    /// Sample the next token of running sequence `i` from `self.logits`;
+    /// returns why it is finished, if it is.
+    fn sample_one(&mut self, i: usize) -> Option<FinishReason> {
+        let now = Instant::now();
+        let tok_ids = [self.tokenizer.eos_id(), self.tokenizer.eot_id()];
+        let s = &mut self.running[i];
+        let lp = s.params.logprobs.map(|n| logprobs(&self.logits, n));
+        let tok = match s.sampler.sample(&mut self.logits) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = s.events.send(Event::Error(format!("sampling: {e}")));
+                return Some(FinishReason::Stop);
+            }
+        };
+        s.sampler.accept(tok);
+        match s.last_token {
+            None => self.shared.ttft.observe((now - s.arrived).as_secs_f64()),
+            Some(t) => self.shared.itl.observe((now - t).as_secs_f64()),
+        }
+        s.last_token = Some(now);
+        if tok_ids.contains(&Some(tok)) {
+            return Some(FinishReason::Stop);
+        }
+        s.tokens.push(tok);
+        self.shared.generated_tokens.fetch_add(1, Relaxed);
+        if let Some(b) = self.tokenizer.token_bytes(tok) {
+            s.pending.extend_from_slice(b);
+        }
+        let text = take_utf8(&mut s.pending);
+        let r = s.stop.push(&text);
+        let logprob = lp.map(|(lp_of, top)| TokenLogprob {
+            id: tok,
+            logprob: lp_of(tok),
+            top,
+        });
+        let _ = s.events.send(Event::Token {
+            text: r.emit,
+            logprob,
+        });
+        if r.stopped {
+            return Some(FinishReason::Stop);
+        }
+        if s.generated() >= s.params.max_tokens || s.tokens.len() >= self.cfg.max_context {
+            return Some(FinishReason::Length);
+        }
+        None
+    }
+
+    fn finish(&mut self, mut s: Seq, reason: FinishReason) {
+        if !s.stop.stopped() {
+            let tail = String::from_utf8_lossy(&std::mem::take(&mut s.pending)).into_owned();
+            let r = s.stop.push(&tail);
+            let mut rest = r.emit;
+            if !r.stopped {
+                rest.push_str(&s.stop.finish());
+            }
+            if !rest.is_empty() {
+                let _ = s.events.send(Event::Text(rest));
+            }
+        }
+        let usage = Usage {
+            prompt_tokens: s.prompt_len,
+            completion_tokens: s.generated(),
+            cached_tokens: s.cached_tokens,
+        };
+        let _ = s.events.send(Event::Done { reason, usage });
+        self.shared.requests_ok.fetch_add(1, Relaxed);
+        self.free(s);
+    }
+}
+
+/// The longest valid UTF-8 prefix of `pending`, removed from it (an invalid
+/// sequence that can never complete is replaced by U+FFFD).
+fn take_utf8(pending: &mut Vec<u8>) -> String {
+    match std::str::from_utf8(pending) {
+        Ok(s) => {
+            let out = s.to_string();
+            pending.clear();
+            out
+        }
+        Err(e) => {
+            let valid = e.valid_up_to();
+            let mut out = String::from_utf8_lossy(&pending[..valid]).into_owned();
+            match e.error_len() {
+                // Bytes that cannot start a character: replace them now.
+                Some(n) => {
+                    out.push('\u{FFFD}');
+                    pending.drain(..valid + n);
+                    out.push_str(&take_utf8(pending));
+                }
+                // An incomplete character at the end: keep it for the next token.
+                None => {
+                    pending.drain(..valid);
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Log-softmax of the raw logits: a lookup for the chosen token and the `n`
+/// most likely tokens.
+#[allow(clippy::type_complexity)]
+fn logprobs(logits: &[f32], n: usize) -> (impl Fn(u32) -> f32, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::new();
+    if n > 0 {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        let n = n.min(idx.len());
+        let cmp = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        idx.select_nth_unstable_by(n - 1, cmp);
+        idx.truncate(n);
+        idx.sort_by(cmp);
+        top = idx.iter().map(|&i| (i, logits[i as usize] - lse)).collect();
+    }
+    let copy: Vec<f32> = logits.to_vec();
+    (
+        move |t: u32| copy.get(t as usize).map_or(f32::NEG_INFINITY, |&l| l - lse),
+        top,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_split_across_tokens_is_held_until_complete() {
+        let mut p = "é".as_bytes()[..1].to_vec();
+        assert_eq!(take_utf8(&mut p), "");
+        p.extend_from_slice(&"é".as_bytes()[1..]);
+        p.extend_from_slice(b"x");
+        assert_eq!(take_utf8(&mut p), "éx");
+        assert!(p.is_empty());
+        let mut bad = vec![b'a', 0xFF, b'b'];
+        assert_eq!(take_utf8(&mut bad), "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn logprobs_are_normalised_and_sorted() {
+        let (lp, top) = logprobs(&[0.0, 2.0, 1.0], 2);
+        let total: f32 = (0..3).map(|t| lp(t).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(top[0].1, lp(1));
+    }
+}
