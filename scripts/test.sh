@@ -21,13 +21,13 @@ fi
 # CUDA kernel for sm_90 and sm_75 here too. Installed once into .nvrtc/ (git-
 # ignored); any failure only skips that test, with its message.
 if [ -z "${METALLIC_CUDA_LIB_DIR:-}" ]; then
-  lib=$(ls -d .nvrtc/nvidia/cu*/lib 2>/dev/null | head -1)
+  lib=$(ls -d .nvrtc/nvidia/cu*/lib 2>/dev/null | head -1 || true)
   if [ -z "$lib" ]; then
     echo "installing NVRTC (nvidia-cuda-nvrtc) into .nvrtc/ for the kernel-compile test"
     timeout 600 python3 -m pip install --quiet --disable-pip-version-check --no-deps \
       --target .nvrtc 'nvidia-cuda-nvrtc>=13,<14' >/dev/null 2>&1 \
       || echo "warning: NVRTC could not be installed; the kernel-compile test will skip" >&2
-    lib=$(ls -d .nvrtc/nvidia/cu*/lib 2>/dev/null | head -1)
+    lib=$(ls -d .nvrtc/nvidia/cu*/lib 2>/dev/null | head -1 || true)
   fi
   if [ -n "$lib" ] && ls "$lib"/libnvrtc.so* >/dev/null 2>&1; then
     export METALLIC_CUDA_LIB_DIR="$PWD/$lib"
