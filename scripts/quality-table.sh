@@ -81,8 +81,12 @@ metallic_row() {
   local label=$1 model=$2 ty=$3 impl=$4 ctx=$5 chunks=$6 base=$7
   local j="$dir/run.json" env=()
   [ "$impl" = default ] || env=(METALLIC_MATMUL_BACKEND="$impl")
+  # CUDA's matrix-vector kernels run one row a step only (decode's shape):
+  # forced, they are scored one token a step.
+  local step=()
+  case "$device:$impl" in cuda:default | cuda:cublas | cpu:*) ;; *) step=(-b 1) ;; esac
   log "$label $ty $device $impl ..."
-  if env "${env[@]}" "$bin" perplexity -m "$model" -f "$text" -c "$ctx" --chunks "$chunks" \
+  if env "${env[@]}" "$bin" perplexity -m "$model" -f "$text" -c "$ctx" --chunks "$chunks" "${step[@]}" \
       --device "$device" -t "$threads" --kld "$base" --json >"$j" 2>"$dir/run.err"; then
     rows+=("| $label | $ty | metallic $device \`$impl\` | $(fmt "$(field "$j" kld.ppl.ppl)" .4f) ± $(fmt "$(field "$j" kld.ppl.ppl_error)" .4f) | $(fmt "$(field "$j" kld.mean_kld)" .3g) ± $(fmt "$(field "$j" kld.mean_kld_error)" .2g) | $(fmt "$(field "$j" kld.kld_p999)" .3g) | $(fmt "$(field "$j" kld.same_top_pct)" .2f) |")
   else
