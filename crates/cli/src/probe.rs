@@ -315,14 +315,20 @@ fn time_reps<B: Backend>(
 }
 
 /// Streaming-read bandwidth (GB/s) of a `mb` MiB buffer: median of 9 reads.
+/// The values written into the streaming-read buffer: one per word, wrapping.
+/// Above 2^31 words (8 GiB) a range of `i32` (`0..words as i32`) would be empty
+/// and the buffer would be read without ever being written (a wrong, too-high
+/// floor), so the count is kept in `usize`.
+fn stream_fill(words: usize) -> impl ExactSizeIterator<Item = i32> {
+    (0..words).map(|i| i as i32)
+}
+
 fn stream_floor<B: Backend>(b: &B, mb: usize) -> Result<(f64, usize)> {
     let words = mb.max(1) << 18;
     // The host copy and, on the CPU, the buffer itself.
     check_host_memory(2 * words as u128 * 4, "--stream-mb buffers").context("lower --stream-mb")?;
     let mut buf = b.alloc(DType::I32, words, "stream buffer")?;
-    // Wrapping: above 2^31 words (8 GiB) `0..words as i32` would be an empty range and the
-    // buffer would be read without ever being written (a wrong, too-high floor).
-    let host: Vec<i32> = (0..words).map(|i| i as i32).collect();
+    let host: Vec<i32> = stream_fill(words).collect();
     b.write_i32(&mut buf, 0, &host)?;
     drop(host);
     let mut t = time_reps(b, 9, 2_000, |_| b.stream_read(&buf, words))
@@ -626,5 +632,12 @@ mod tests {
             .iter()
             .all(|p| p.dtype == "Q8_0" && p.shape.tb && !p.shape.ta));
         assert!(preset_shapes("qwen2.5-7b", &[GgmlType::Q8_0], 0).is_err());
+    }
+
+    #[test]
+    fn the_stream_buffer_is_filled_past_two_gigawords() {
+        // --stream-mb 8192 and above: 2^31 words and more.
+        let words = (1usize << 31) + 5;
+        assert_eq!(super::stream_fill(words).len(), words);
     }
 }
