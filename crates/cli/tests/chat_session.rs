@@ -2,6 +2,8 @@
 //! their new tokens, /save and /load round-trip, and a third greedy turn
 //! equals `generate --chat --messages` run on the same history in one go.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -9,26 +11,10 @@ use std::process::{Command, Output, Stdio};
 use regex::Regex;
 use serde_json::Value;
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn smollm2() -> Option<PathBuf> {
-    let p = repo("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: SmolLM2 missing (run scripts/fetch-assets.sh)");
-        None
-    }
-}
+use common::smollm2;
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("metallic-chat-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("chat", name)
 }
 
 /// The exact CPU path: the reference matmul, row by row, so a row's result

@@ -3,26 +3,16 @@
 //! with send-keys and the screen comes back with capture-pane. Skips with a
 //! message where tmux is missing (scripts/test.sh installs it).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use regex::Regex;
 use serde_json::Value;
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn smollm2() -> Option<PathBuf> {
-    let p = repo("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.exists().then_some(p).or_else(|| {
-        eprintln!("skipping: SmolLM2 missing (run scripts/fetch-assets.sh)");
-        None
-    })
-}
+use common::{repo, smollm2};
 
 fn have_tmux() -> bool {
     let ok = Command::new("tmux")
@@ -36,9 +26,7 @@ fn have_tmux() -> bool {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("metallic-term-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("term", name)
 }
 
 /// One tmux server of our own (its own socket), killed on drop.
