@@ -8,10 +8,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use regex::Regex;
 use serde_json::Value;
 
-use common::smollm2;
+use common::{smollm2, turn_stats, TURNS};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("chat", name)
@@ -53,24 +52,6 @@ fn chat(model: &Path, input: &str, extra: &[&str]) -> Output {
     );
     out
 }
-
-/// (prompt, reused, prefilled, cache) of every reply's stats line.
-fn turn_stats(stderr: &str) -> Vec<(usize, usize, usize, usize)> {
-    let re = Regex::new(r"prompt (\d+) tokens: (\d+) reused, (\d+) prefilled .*\| cache (\d+)/\d+")
-        .unwrap();
-    re.captures_iter(stderr)
-        .map(|c| {
-            let n = |i: usize| c[i].parse::<usize>().unwrap();
-            (n(1), n(2), n(3), n(4))
-        })
-        .collect()
-}
-
-const TURNS: [&str; 3] = [
-    "What is the capital of France?",
-    "And the capital of Germany?",
-    "Which of the two cities is larger?",
-];
 
 #[test]
 fn later_turns_prefill_only_their_new_tokens() {

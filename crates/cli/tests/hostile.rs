@@ -703,19 +703,7 @@ fn output_paths_are_checked_before_work() {
     let out = scratch().join("exists.gguf");
     std::fs::write(&out, b"keep").unwrap();
     let synth = |extra: &[&str]| {
-        let mut a = vec![
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            "q8_0",
-            "--tokenizer",
-            p(&tok),
-            "-o",
-            p(&out),
-        ];
+        let mut a = common::synth_args(&tok, "q8_0", &out);
         a.extend_from_slice(extra);
         run(&a)
     };

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use metallic_gguf::{quant, GgmlType, GgufFile};
 
 use common::{
-    assert_success as ok, fails_with, metallic, qwen2_tokenizer, repo, smollm2, synth_tiny,
+    assert_success as ok, fails_with, metallic, qwen2_tokenizer, repo, smollm2, synth_args,
+    synth_tiny,
 };
 
 fn tmp_dir() -> &'static Path {
@@ -228,19 +229,7 @@ fn synth_q4_k_m_has_the_types_quantize_gives_its_f16_twin() {
     let plain = tmp_dir().join("tiny-synth-q4_0.gguf");
     let mixed = tmp_dir().join("tiny-synth-q4_0-mix.gguf");
     for (extra, out) in [(None, &plain), (Some("--mix"), &mixed)] {
-        let mut args = vec![
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            "Q4_0",
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ];
+        let mut args = synth_args(&tok, "Q4_0", out);
         args.extend(extra);
         ok(&metallic(&args));
     }
@@ -255,19 +244,7 @@ fn synth_q4_k_m_has_the_types_quantize_gives_its_f16_twin() {
     // The output rule: Q6_K, which 64 columns cannot hold, so Q8_0.
     assert_eq!(emb(&mixed), GgmlType::Q8_0);
     fails_with(
-        &metallic(&[
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            "Q4_K_X",
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "-o",
-            plain.to_str().unwrap(),
-        ]),
+        &metallic(&synth_args(&tok, "Q4_K_X", &plain)),
         "unknown --dtype",
     );
 }

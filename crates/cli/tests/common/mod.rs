@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use regex::Regex;
+
 pub use metallic_test_support::repo_path as repo;
 
 /// The SmolLM2 Q4_1 test model; None (with a skip message) without assets.
@@ -83,10 +85,10 @@ pub fn scratch(kind: &str, name: &str) -> PathBuf {
     d
 }
 
-/// Writes the tiny synthetic Qwen2 in `dtype` to `out` with `metallic synth`
-/// (`seed` given or synth's default), asserting success.
-pub fn synth_tiny(tokenizer: &Path, dtype: &str, seed: Option<&str>, out: &Path) {
-    let mut args = vec![
+/// The `metallic synth` arguments of the tiny synthetic Qwen2 in `dtype`,
+/// written to `out`; callers append further flags.
+pub fn synth_args<'a>(tokenizer: &'a Path, dtype: &'a str, out: &'a Path) -> Vec<&'a str> {
+    vec![
         "synth",
         "--arch",
         "qwen2",
@@ -96,10 +98,36 @@ pub fn synth_tiny(tokenizer: &Path, dtype: &str, seed: Option<&str>, out: &Path)
         dtype,
         "--tokenizer",
         tokenizer.to_str().unwrap(),
-    ];
+        "-o",
+        out.to_str().unwrap(),
+    ]
+}
+
+/// Writes the tiny synthetic Qwen2 in `dtype` to `out` with `metallic synth`
+/// (`seed` given or synth's default), asserting success.
+pub fn synth_tiny(tokenizer: &Path, dtype: &str, seed: Option<&str>, out: &Path) {
+    let mut args = synth_args(tokenizer, dtype, out);
     if let Some(seed) = seed {
         args.extend(["--seed", seed]);
     }
-    args.extend(["-o", out.to_str().unwrap()]);
     assert_success(&metallic(&args));
+}
+
+/// The three chat turns the chat tests send (pipe and terminal alike).
+pub const TURNS: [&str; 3] = [
+    "What is the capital of France?",
+    "And the capital of Germany?",
+    "Which of the two cities is larger?",
+];
+
+/// (prompt, reused, prefilled, cache) of every reply's stats line in `text`.
+pub fn turn_stats(text: &str) -> Vec<(usize, usize, usize, usize)> {
+    let re = Regex::new(r"prompt (\d+) tokens: (\d+) reused, (\d+) prefilled .*\| cache (\d+)/\d+")
+        .unwrap();
+    re.captures_iter(text)
+        .map(|c| {
+            let n = |i: usize| c[i].parse::<usize>().unwrap();
+            (n(1), n(2), n(3), n(4))
+        })
+        .collect()
 }
