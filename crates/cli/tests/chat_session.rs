@@ -2,33 +2,18 @@
 //! their new tokens, /save and /load round-trip, and a third greedy turn
 //! equals `generate --chat --messages` run on the same history in one go.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use regex::Regex;
 use serde_json::Value;
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn smollm2() -> Option<PathBuf> {
-    let p = repo("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: SmolLM2 missing (run scripts/fetch-assets.sh)");
-        None
-    }
-}
+use common::{smollm2, turn_stats, TURNS};
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("metallic-chat-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("chat", name)
 }
 
 /// The exact CPU path: the reference matmul, row by row, so a row's result
@@ -67,24 +52,6 @@ fn chat(model: &Path, input: &str, extra: &[&str]) -> Output {
     );
     out
 }
-
-/// (prompt, reused, prefilled, cache) of every reply's stats line.
-fn turn_stats(stderr: &str) -> Vec<(usize, usize, usize, usize)> {
-    let re = Regex::new(r"prompt (\d+) tokens: (\d+) reused, (\d+) prefilled .*\| cache (\d+)/\d+")
-        .unwrap();
-    re.captures_iter(stderr)
-        .map(|c| {
-            let n = |i: usize| c[i].parse::<usize>().unwrap();
-            (n(1), n(2), n(3), n(4))
-        })
-        .collect()
-}
-
-const TURNS: [&str; 3] = [
-    "What is the capital of France?",
-    "And the capital of Germany?",
-    "Which of the two cities is larger?",
-];
 
 #[test]
 fn later_turns_prefill_only_their_new_tokens() {

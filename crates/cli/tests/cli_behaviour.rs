@@ -3,38 +3,18 @@
 //! "Also seen"): Ctrl-C, flag ranges, prompt sources, seeds, the end-of-run
 //! report, stop strings, help text.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
+use common::{cmd, metallic};
 
 fn smollm2() -> Option<String> {
-    let p = repo("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p.to_str().unwrap().to_string())
-    } else {
-        eprintln!("skipping: SmolLM2 missing (run scripts/fetch-assets.sh)");
-        None
-    }
-}
-
-fn cmd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_metallic"));
-    c.env_remove("METALLIC_PROFILING_ENABLED")
-        .env_remove("METALLIC_MATMUL_BACKEND");
-    c
-}
-
-fn metallic(args: &[&str]) -> Output {
-    cmd().args(args).output().unwrap()
+    common::smollm2().map(|p| p.to_str().unwrap().to_string())
 }
 
 fn json_of(out: &Output) -> Value {

@@ -1,70 +1,22 @@
 //! `metallic synth`, `generate` and `bench` end to end, on a tiny synthetic
 //! Qwen2 written by `synth` itself, plus the errors bad arguments must give.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use serde_json::Value;
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn metallic(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_metallic"))
-        .args(args)
-        .env_remove("METALLIC_PROFILING_ENABLED")
-        .env_remove("METALLIC_MATMUL_BACKEND")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "metallic failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn fails_with(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-}
+use common::{fails_with, metallic, ok, qwen2_tokenizer, synth_tiny, temp_dir};
 
 /// The tiny model, written once per test run; None without assets.
 fn tiny() -> Option<&'static Path> {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
     PATH.get_or_init(|| {
-        let tok = repo("assets/qwen2/tokenizer.json");
-        if !tok.exists() {
-            eprintln!("skipping: assets missing (run scripts/fetch-assets.sh)");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("metallic-cli-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("tiny-q8_0.gguf");
-        ok(&metallic(&[
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            "q8_0",
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "--seed",
-            "7",
-            "-o",
-            out.to_str().unwrap(),
-        ]));
+        let tok = qwen2_tokenizer()?;
+        let out = temp_dir("cli").join("tiny-q8_0.gguf");
+        synth_tiny(&tok, "q8_0", Some("7"), &out);
         Some(out)
     })
     .as_deref()

@@ -7,6 +7,8 @@
 //! The files are generated here, from a small synthetic Qwen2 (`synth::build`) rewritten
 //! with the `metallic-gguf` writer, so the corpus is the code below: no binaries committed.
 
+mod common;
+
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -31,11 +33,7 @@ const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.cont
 
 fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("metallic-hostile-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
+    DIR.get_or_init(|| common::temp_dir("hostile"))
 }
 
 /// What one run of the binary did.
@@ -705,19 +703,7 @@ fn output_paths_are_checked_before_work() {
     let out = scratch().join("exists.gguf");
     std::fs::write(&out, b"keep").unwrap();
     let synth = |extra: &[&str]| {
-        let mut a = vec![
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            "q8_0",
-            "--tokenizer",
-            p(&tok),
-            "-o",
-            p(&out),
-        ];
+        let mut a = common::synth_args(&tok, "q8_0", &out);
         a.extend_from_slice(extra);
         run(&a)
     };

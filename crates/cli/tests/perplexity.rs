@@ -4,8 +4,10 @@
 //! divergence of exactly 0 (and another model a positive one), and bad input
 //! gives a clear error, never a panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, OnceLock};
 
 use metallic::backend::Backend;
@@ -18,41 +20,16 @@ use metallic_cpu::CpuBackend;
 use metallic_gguf::GgufFile;
 use serde_json::Value;
 
-use metallic_test_support::{golden_path, repo_path as repo};
+use metallic_test_support::golden_path;
 
-fn metallic(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_metallic"))
-        .args(args)
-        .env_remove("METALLIC_PROFILING_ENABLED")
-        .env_remove("METALLIC_MATMUL_BACKEND")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "metallic failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
+use common::{fails_with, metallic, ok, qwen2_tokenizer, synth_tiny};
 
 fn json(out: &Output) -> Value {
     serde_json::from_str(&ok(out)).unwrap()
 }
 
-fn fails_with(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-}
-
 fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("metallic-ppl-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::temp_dir("ppl")
 }
 
 /// The tiny Qwen2 of seed 7 in `dtype`, written once per test run; None without assets.
@@ -61,27 +38,9 @@ fn tiny(dtype: &str) -> Option<PathBuf> {
     static Q8: OnceLock<Option<PathBuf>> = OnceLock::new();
     let cell = if dtype == "f32" { &F32 } else { &Q8 };
     cell.get_or_init(|| {
-        let tok = repo("assets/qwen2/tokenizer.json");
-        if !tok.exists() {
-            eprintln!("skipping: assets missing (run scripts/fetch-assets.sh)");
-            return None;
-        }
+        let tok = qwen2_tokenizer()?;
         let out = dir().join(format!("tiny-{dtype}.gguf"));
-        ok(&metallic(&[
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            dtype,
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "--seed",
-            "7",
-            "-o",
-            out.to_str().unwrap(),
-        ]));
+        synth_tiny(&tok, dtype, Some("7"), &out);
         Some(out)
     })
     .clone()

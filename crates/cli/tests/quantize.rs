@@ -2,85 +2,33 @@
 //! rewrite of the SmolLM2 Q4_1 file equal to the reference dequantisation, and the errors bad
 //! input must give.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use metallic_gguf::{quant, GgmlType, GgufFile};
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn metallic(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_metallic"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "metallic failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn fails_with(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-}
+use common::{
+    assert_success as ok, fails_with, metallic, qwen2_tokenizer, repo, smollm2, synth_args,
+    synth_tiny,
+};
 
 fn tmp_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("metallic-quantize-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    })
+    DIR.get_or_init(|| common::temp_dir("quantize"))
 }
 
 /// A tiny synthetic Qwen2 in F16, written once; None without assets.
 fn tiny_f16() -> Option<&'static Path> {
     static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
     PATH.get_or_init(|| {
-        let tok = repo("assets/qwen2/tokenizer.json");
-        if !tok.exists() {
-            eprintln!("skipping: assets missing (run scripts/fetch-assets.sh)");
-            return None;
-        }
+        let tok = qwen2_tokenizer()?;
         let out = tmp_dir().join("tiny-f16.gguf");
-        ok(&metallic(&[
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            "F16",
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]));
+        synth_tiny(&tok, "F16", None, &out);
         Some(out)
     })
     .as_deref()
-}
-
-fn smollm2() -> Option<PathBuf> {
-    let p = repo("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: assets missing (run scripts/fetch-assets.sh)");
-        None
-    }
 }
 
 /// Every metadata entry of `a` is in `b` with the same value, except the keys quantize sets.
@@ -255,19 +203,7 @@ fn synth_q4_k_m_has_the_types_quantize_gives_its_f16_twin() {
         ("Q4_K_M", &direct),
         ("q5_k_m", &tmp_dir().join("tiny-synth-q5_k_m.gguf")),
     ] {
-        ok(&metallic(&[
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            dtype,
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]));
+        synth_tiny(&tok, dtype, None, out);
     }
     ok(&metallic(&[
         "quantize",
@@ -293,19 +229,7 @@ fn synth_q4_k_m_has_the_types_quantize_gives_its_f16_twin() {
     let plain = tmp_dir().join("tiny-synth-q4_0.gguf");
     let mixed = tmp_dir().join("tiny-synth-q4_0-mix.gguf");
     for (extra, out) in [(None, &plain), (Some("--mix"), &mixed)] {
-        let mut args = vec![
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            "Q4_0",
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ];
+        let mut args = synth_args(&tok, "Q4_0", out);
         args.extend(extra);
         ok(&metallic(&args));
     }
@@ -320,19 +244,7 @@ fn synth_q4_k_m_has_the_types_quantize_gives_its_f16_twin() {
     // The output rule: Q6_K, which 64 columns cannot hold, so Q8_0.
     assert_eq!(emb(&mixed), GgmlType::Q8_0);
     fails_with(
-        &metallic(&[
-            "synth",
-            "--arch",
-            "qwen2",
-            "--preset",
-            "tiny",
-            "--dtype",
-            "Q4_K_X",
-            "--tokenizer",
-            tok.to_str().unwrap(),
-            "-o",
-            plain.to_str().unwrap(),
-        ]),
+        &metallic(&synth_args(&tok, "Q4_K_X", &plain)),
         "unknown --dtype",
     );
 }

@@ -3,26 +3,15 @@
 //! with send-keys and the screen comes back with capture-pane. Skips with a
 //! message where tmux is missing (scripts/test.sh installs it).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use regex::Regex;
 use serde_json::Value;
 
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn smollm2() -> Option<PathBuf> {
-    let p = repo("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.exists().then_some(p).or_else(|| {
-        eprintln!("skipping: SmolLM2 missing (run scripts/fetch-assets.sh)");
-        None
-    })
-}
+use common::{repo, smollm2, synth_args, turn_stats, TURNS};
 
 fn have_tmux() -> bool {
     let ok = Command::new("tmux")
@@ -36,9 +25,7 @@ fn have_tmux() -> bool {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("metallic-term-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::scratch("term", name)
 }
 
 /// One tmux server of our own (its own socket), killed on drop.
@@ -178,24 +165,6 @@ impl Drop for Tmux {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-
-/// (prompt, reused, prefilled, cache) of every stats line on the screen.
-fn turn_stats(screen: &str) -> Vec<(usize, usize, usize, usize)> {
-    let re = Regex::new(r"prompt (\d+) tokens: (\d+) reused, (\d+) prefilled .*\| cache (\d+)/\d+")
-        .unwrap();
-    re.captures_iter(screen)
-        .map(|c| {
-            let n = |i: usize| c[i].parse::<usize>().unwrap();
-            (n(1), n(2), n(3), n(4))
-        })
-        .collect()
-}
-
-const TURNS: [&str; 3] = [
-    "What is the capital of France?",
-    "And the capital of Germany?",
-    "Which of the two cities is larger?",
-];
 
 /// The checks both modes share: three turns that reuse the cache, /save and
 /// /load, Ctrl-C during a reply, then Ctrl-D.
@@ -403,19 +372,7 @@ fn synth_shows_a_progress_bar_on_a_terminal_only() {
     }
     let dir = scratch("synth");
     let out = dir.join("tiny.gguf");
-    let args = [
-        "synth",
-        "--arch",
-        "qwen2",
-        "--preset",
-        "tiny",
-        "--dtype",
-        "q8_0",
-        "--tokenizer",
-        tok.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ];
+    let args = synth_args(&tok, "q8_0", &out);
     let t = Tmux::start("synth", &args);
     assert_eq!(t.exit_status(60), "EXIT=0");
     let s = t.screen();
