@@ -351,6 +351,61 @@ mod tests {
         }
     }
 
+    /// Every registered implementation that takes the shape (through the
+    /// dispatch entry point), then `vecdot` at every SIMD level this machine
+    /// has, against the f64 product. Float implementations: f32 rounding only;
+    /// `vecdot` is exact integer arithmetic on Q8 activations, so only the
+    /// activations' rounding (and f32 sums) separate it from the product.
+    fn check_every_path(w: &CpuLinear, x: &[f32], m: usize, what: &str) {
+        let (n, k) = (w.info.n, w.info.k);
+        let ty = w.info.dtype;
+        let (y, abs, q8) = reference(w, x, m);
+        let none = vec![0.0; m * n];
+        let mut out = vec![f32::NAN; m * n];
+        let shape = MatmulShape {
+            op: metallic::backend::MatmulOp::Matmul,
+            dtype: ty,
+            batch: 1,
+            m,
+            n,
+            k,
+            ta: false,
+            tb: true,
+        };
+        for (idx, imp) in IMPLS.iter().enumerate() {
+            if !(imp.supports)(&shape) {
+                continue;
+            }
+            let extra = if idx == VECDOT && vec_dot::needs_q8(ty) {
+                &q8
+            } else {
+                &none
+            };
+            out.fill(f32::NAN);
+            run(idx, x, w, m, &mut out).unwrap();
+            check(&format!("{} {what}", imp.name), &out, &y, &abs, extra);
+        }
+        if !(IMPLS[VECDOT].supports)(&shape) {
+            return;
+        }
+        let extra = if vec_dot::needs_q8(ty) { &q8 } else { &none };
+        for level in SimdLevel::ALL {
+            let Some(kern) = Kernels::for_level(level) else {
+                eprintln!("{} not available here, skipped", level.name());
+                continue;
+            };
+            out.fill(f32::NAN);
+            vecdot_with(&kern, x, w, m, &mut out).unwrap();
+            check(
+                &format!("vecdot/{} {what}", level.name()),
+                &out,
+                &y,
+                &abs,
+                extra,
+            );
+        }
+    }
+
     #[test]
     fn every_impl_and_simd_level_matches_the_f64_product() {
         for ty in TYPES {
@@ -362,57 +417,8 @@ mod tests {
                 (128, vec![70], 40, true), // more rows than GEMM_MIN_M
             ] {
                 let w = linear(ty, k, &parts, bias);
-                let n = w.info.n;
                 let x = values(k as u64 + m as u64, m * k);
-                let (y, abs, q8) = reference(&w, &x, m);
-                let none = vec![0.0; m * n];
-                let mut out = vec![f32::NAN; m * n];
-                let what = format!("{} k={k} m={m} n={n}", ty.name());
-
-                // Every registered implementation that takes the shape, through
-                // the dispatch entry point. Float implementations: f32 rounding only.
-                let shape = MatmulShape {
-                    op: metallic::backend::MatmulOp::Matmul,
-                    dtype: ty,
-                    batch: 1,
-                    m,
-                    n,
-                    k,
-                    ta: false,
-                    tb: true,
-                };
-                for (idx, imp) in IMPLS.iter().enumerate() {
-                    if !(imp.supports)(&shape) {
-                        continue;
-                    }
-                    let extra = if idx == VECDOT && vec_dot::needs_q8(ty) {
-                        &q8
-                    } else {
-                        &none
-                    };
-                    out.fill(f32::NAN);
-                    run(idx, &x, &w, m, &mut out).unwrap();
-                    check(&format!("{} {what}", imp.name), &out, &y, &abs, extra);
-                }
-
-                // vecdot is exact integer arithmetic on Q8 activations: only the
-                // activations' rounding (and f32 sums) separate it from the product.
-                let extra = if vec_dot::needs_q8(ty) { &q8 } else { &none };
-                for level in SimdLevel::ALL {
-                    let Some(kern) = Kernels::for_level(level) else {
-                        eprintln!("{} not available here, skipped", level.name());
-                        continue;
-                    };
-                    out.fill(f32::NAN);
-                    vecdot_with(&kern, &x, &w, m, &mut out).unwrap();
-                    check(
-                        &format!("vecdot/{} {what}", level.name()),
-                        &out,
-                        &y,
-                        &abs,
-                        extra,
-                    );
-                }
+                check_every_path(&w, &x, m, &format!("{} k={k} m={m}", ty.name()));
             }
         }
     }
@@ -450,46 +456,7 @@ mod tests {
                     let w = linear(ty, k, &parts, n % 2 == 1);
                     for m in [1, 3] {
                         let x = values((k * 31 + n * 7 + m) as u64, m * k);
-                        let (y, abs, q8) = reference(&w, &x, m);
-                        let none = vec![0.0; m * n];
-                        let mut out = vec![f32::NAN; m * n];
-                        let what = format!("{} k={k} n={n} m={m}", ty.name());
-                        let shape = MatmulShape {
-                            op: metallic::backend::MatmulOp::Matmul,
-                            dtype: ty,
-                            batch: 1,
-                            m,
-                            n,
-                            k,
-                            ta: false,
-                            tb: true,
-                        };
-                        for (idx, imp) in IMPLS.iter().enumerate() {
-                            if !(imp.supports)(&shape) {
-                                continue;
-                            }
-                            let extra = if idx == VECDOT && vec_dot::needs_q8(ty) {
-                                &q8
-                            } else {
-                                &none
-                            };
-                            out.fill(f32::NAN);
-                            run(idx, &x, &w, m, &mut out).unwrap();
-                            check(&format!("{} {what}", imp.name), &out, &y, &abs, extra);
-                        }
-                        if !(IMPLS[VECDOT].supports)(&shape) {
-                            continue;
-                        }
-                        let extra = if vec_dot::needs_q8(ty) { &q8 } else { &none };
-                        for level in SimdLevel::ALL {
-                            let Some(kern) = Kernels::for_level(level) else {
-                                continue;
-                            };
-                            out.fill(f32::NAN);
-                            vecdot_with(&kern, &x, &w, m, &mut out).unwrap();
-                            let name = format!("vecdot/{} {what}", level.name());
-                            check(&name, &out, &y, &abs, extra);
-                        }
+                        check_every_path(&w, &x, m, &format!("{} k={k} n={n} m={m}", ty.name()));
                     }
                 }
             }
