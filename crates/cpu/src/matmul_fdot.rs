@@ -332,36 +332,37 @@ mod scalar {
                 }
                 acc
             }
-            GgmlType::Q5_0 => {
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                // Q5_0: d, 4 bytes of high bits, nibbles, offset -16 d;
+                // Q5_1: d, m, 4 bytes of high bits, nibbles, offset m.
+                let (block, head) = if ty == GgmlType::Q5_0 {
+                    (Q5_0_BYTES, 2)
+                } else {
+                    (Q5_1_BYTES, 4)
+                };
                 let mut acc = 0.0f32;
-                for (b, blk) in w.chunks_exact(Q5_0_BYTES).enumerate() {
+                for (b, blk) in w.chunks_exact(block).enumerate() {
                     let xb = &x[b * QK..(b + 1) * QK];
-                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                    let qh = u32::from_le_bytes([
+                        blk[head],
+                        blk[head + 1],
+                        blk[head + 2],
+                        blk[head + 3],
+                    ]);
                     let mut s = 0.0f32;
                     for j in 0..16 {
-                        let q = blk[6 + j];
+                        let q = blk[head + 4 + j];
                         let lo = (q & 0x0F) as u32 | ((qh >> j) & 1) << 4;
                         let hi = (q >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
                         s += lo as f32 * xb[j] + hi as f32 * xb[j + 16];
                     }
                     let d = f16_at(blk, 0);
-                    acc += d * s - 16.0 * d * xsum[b];
-                }
-                acc
-            }
-            GgmlType::Q5_1 => {
-                let mut acc = 0.0f32;
-                for (b, blk) in w.chunks_exact(Q5_1_BYTES).enumerate() {
-                    let xb = &x[b * QK..(b + 1) * QK];
-                    let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
-                    let mut s = 0.0f32;
-                    for j in 0..16 {
-                        let q = blk[8 + j];
-                        let lo = (q & 0x0F) as u32 | ((qh >> j) & 1) << 4;
-                        let hi = (q >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
-                        s += lo as f32 * xb[j] + hi as f32 * xb[j + 16];
-                    }
-                    acc += f16_at(blk, 0) * s + f16_at(blk, 2) * xsum[b];
+                    let offset = if ty == GgmlType::Q5_0 {
+                        -16.0 * d
+                    } else {
+                        f16_at(blk, 2)
+                    };
+                    acc += d * s + offset * xsum[b];
                 }
                 acc
             }
