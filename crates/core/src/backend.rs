@@ -202,6 +202,84 @@ impl PagedLayout {
     }
 }
 
+/// An RMS norm of a product's input rows, applied by the product itself
+/// ([`Backend::matmul_fused`]): `x[i, :] / sqrt(mean(x[i, :]^2) + eps) * weight`.
+pub struct NormPrologue<'a, T> {
+    pub weight: &'a T,
+    pub eps: f32,
+}
+
+/// What a fused product ([`Backend::matmul_fused`]) does with `p = x W^T (+ bias)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `out[m, n] = p`.
+    Store,
+    /// `out[m, n] += p`: the residual add, in place on the residual stream.
+    AddInto,
+    /// `out[m, n / 2] = silu(p[:, ..n / 2]) * p[:, n / 2..]`: SwiGLU over the
+    /// stacked gate|up product (gate rows first, then up rows).
+    SwiGlu,
+}
+
+/// Buffers the unfused composition of [`Backend::matmul_fused`] writes its
+/// intermediates to (a backend that fuses leaves them alone): `normed` holds
+/// the normed input `[m, k]` when there is a norm, `product` the product
+/// `[m, n]` when the epilogue is not [`Epilogue::Store`].
+pub struct FusedScratch<'a, T> {
+    pub normed: Option<&'a mut T>,
+    pub product: Option<&'a mut T>,
+}
+
+/// [`Backend::matmul_fused`] as separate ops: `rms_norm` into
+/// `scratch.normed`, `matmul`, then `add` or `swiglu` from `scratch.product`.
+/// The default of every backend, and the reference a fused kernel is checked against.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_composed<B: Backend + ?Sized>(
+    b: &B,
+    imp: usize,
+    x: &B::Tensor,
+    norm: Option<&NormPrologue<'_, B::Tensor>>,
+    w: &B::Linear,
+    m: usize,
+    epilogue: Epilogue,
+    out: &mut B::Tensor,
+    scratch: FusedScratch<'_, B::Tensor>,
+) -> Result<()> {
+    let info = b.linear_info(w);
+    let missing = |what: &str| {
+        crate::error::Error::InvalidArgument(format!(
+            "matmul_fused: the unfused composition needs a `{what}` scratch buffer"
+        ))
+    };
+    let input: &B::Tensor = match norm {
+        Some(nm) => {
+            let normed = scratch.normed.ok_or_else(|| missing("normed"))?;
+            b.rms_norm(x, nm.weight, m, info.k, nm.eps, normed)?;
+            normed
+        }
+        None => x,
+    };
+    match epilogue {
+        Epilogue::Store => b.matmul(imp, input, w, m, out),
+        Epilogue::AddInto => {
+            let p = scratch.product.ok_or_else(|| missing("product"))?;
+            b.matmul(imp, input, w, m, p)?;
+            b.add(out, p, m * info.n)
+        }
+        Epilogue::SwiGlu => {
+            if !info.n.is_multiple_of(2) {
+                return Err(crate::error::Error::InvalidArgument(format!(
+                    "SwiGLU over a product of {} columns (gate|up needs an even count)",
+                    info.n
+                )));
+            }
+            let p = scratch.product.ok_or_else(|| missing("product"))?;
+            b.matmul(imp, input, w, m, p)?;
+            b.swiglu(p, m, info.n / 2, out)
+        }
+    }
+}
+
 /// Whether `elapsed_ms` measures device execution or host wall time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimingKind {
@@ -284,6 +362,39 @@ pub trait Backend: Send + Sync {
         m: usize,
         out: &mut Self::Tensor,
     ) -> Result<()>;
+    /// Whether [`matmul_fused`](Self::matmul_fused) runs this product with
+    /// implementation `imp` as one fused pass (else it composes the ops, and
+    /// `Exec` records them one by one). The default: never.
+    fn fuses(
+        &self,
+        imp: usize,
+        w: &Self::Linear,
+        m: usize,
+        norm: bool,
+        epilogue: Epilogue,
+    ) -> bool {
+        let _ = (imp, w, m, norm, epilogue);
+        false
+    }
+    /// `out = epilogue(norm(x) W^T (+ bias))` (see [`Epilogue`]): the
+    /// product with an optional RMS norm of its input and a residual add or
+    /// SwiGLU after it. The default composes the separate ops
+    /// ([`matmul_composed`]); a backend overrides it where
+    /// [`fuses`](Self::fuses) says so. `x` and `out` must not alias.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_fused(
+        &self,
+        imp: usize,
+        x: &Self::Tensor,
+        norm: Option<&NormPrologue<'_, Self::Tensor>>,
+        w: &Self::Linear,
+        m: usize,
+        epilogue: Epilogue,
+        out: &mut Self::Tensor,
+        scratch: FusedScratch<'_, Self::Tensor>,
+    ) -> Result<()> {
+        matmul_composed(self, imp, x, norm, w, m, epilogue, out, scratch)
+    }
     /// Rotate Q and K heads of `qkv` in place at positions `pos[0..m]`.
     fn rope(
         &self,
@@ -303,6 +414,29 @@ pub trait Backend: Send + Sync {
         m: usize,
         layout: &QkvLayout,
     ) -> Result<()>;
+    /// Whether [`rope_kv_store`](Self::rope_kv_store) is one fused pass for
+    /// this cache (else `Exec` records rope and kv_store apart). Default: never.
+    fn fuses_rope_kv_store(&self, cache: &KvLayer<Self::Tensor>) -> bool {
+        let _ = cache;
+        false
+    }
+    /// [`rope`](Self::rope) then [`kv_store`](Self::kv_store): rotate the Q
+    /// and K heads of `qkv` in place and copy the rotated K and the V heads
+    /// into the cache. The default runs the two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_store(
+        &self,
+        qkv: &mut Self::Tensor,
+        pos: &Self::Tensor,
+        m: usize,
+        layout: &QkvLayout,
+        rope: &Rope<'_, Self::Tensor>,
+        cache: &mut KvLayer<Self::Tensor>,
+        capacity: usize,
+    ) -> Result<()> {
+        self.rope(qkv, pos, m, layout, rope)?;
+        self.kv_store(qkv, cache, capacity, pos, m, layout)
+    }
     /// Causal attention of the Q heads of `qkv` over the cache: row `i` sees
     /// positions `0..=pos[i]`. `kv_len` is the host's knowledge of the longest
     /// row (for shape records and launch bounds); kernels read `pos`.

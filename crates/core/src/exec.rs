@@ -11,9 +11,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::autotune::{self, Entry, Mode, TuneCache};
-use crate::backend::{Backend, MatmulOp, MatmulShape};
+use crate::backend::{
+    Backend, Epilogue, FusedScratch, KvLayer, MatmulOp, MatmulShape, NormPrologue, QkvLayout,
+    Rope,
+};
 use crate::dispatch::MatmulDispatch;
-use crate::error::Result;
+use crate::error::{Error, Result};
 #[cfg(feature = "profiling")]
 use crate::profiler::{OpEvent, StepEvent};
 use crate::profiler::{OpKind, Phase, Recorder};
@@ -187,14 +190,16 @@ impl<'b, B: Backend> Exec<'b, B> {
         let _ = (op, started);
     }
 
-    /// `out = x w^T (+ bias)` through the matmul dispatcher.
-    pub fn matmul(
+    /// The shape of `x[m, k] w^T` and the implementation that runs it:
+    /// already chosen, else resolved now (autotuned on these operands when
+    /// tuning is on, writing into `out`).
+    fn resolve(
         &mut self,
         x: &B::Tensor,
         w: &B::Linear,
         m: usize,
         out: &mut B::Tensor,
-    ) -> Result<()> {
+    ) -> Result<(MatmulShape, usize)> {
         let b = self.backend;
         let info = b.linear_info(w);
         let shape = MatmulShape {
@@ -218,9 +223,120 @@ impl<'b, B: Backend> Exec<'b, B> {
                 self.dispatch.choose(&shape, |s| b.default_matmul_impl(s))?
             }
         };
+        Ok((shape, imp))
+    }
+
+    /// `out = x w^T (+ bias)` through the matmul dispatcher.
+    pub fn matmul(
+        &mut self,
+        x: &B::Tensor,
+        w: &B::Linear,
+        m: usize,
+        out: &mut B::Tensor,
+    ) -> Result<()> {
+        let (shape, imp) = self.resolve(x, w, m, out)?;
         let name = self.dispatch.impl_name(imp);
         self.op(OpKind::Matmul(shape.op), name, Some(shape), |b| {
             b.matmul(imp, x, w, m, out)
+        })
+    }
+
+    /// `out = epilogue(norm(x) w^T (+ bias))` ([`Backend::matmul_fused`])
+    /// through the matmul dispatcher: the implementation is chosen for the
+    /// product's shape as in [`matmul`](Self::matmul). Where the backend
+    /// fuses it, one op is recorded (a matmul: the norm and the epilogue are
+    /// in its time); else the norm, the product and the epilogue run and are
+    /// recorded one by one, through `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_fused(
+        &mut self,
+        x: &B::Tensor,
+        norm: Option<NormPrologue<'_, B::Tensor>>,
+        w: &B::Linear,
+        m: usize,
+        epilogue: Epilogue,
+        out: &mut B::Tensor,
+        scratch: FusedScratch<'_, B::Tensor>,
+    ) -> Result<()> {
+        let FusedScratch { normed, mut product } = scratch;
+        // Autotuning writes the plain product: into `out` only where that is
+        // what `out` holds.
+        let (shape, imp) = match (epilogue, product.as_deref_mut()) {
+            (Epilogue::Store, _) => self.resolve(x, w, m, out)?,
+            (_, Some(p)) => self.resolve(x, w, m, p)?,
+            (_, None) => {
+                return Err(Error::InvalidArgument(
+                    "matmul_fused: an epilogue needs a `product` scratch buffer".into(),
+                ))
+            }
+        };
+        let name = self.dispatch.impl_name(imp);
+        let b_name = self.backend.name();
+        let kind = OpKind::Matmul(shape.op);
+        if self.backend.fuses(imp, w, m, norm.is_some(), epilogue) {
+            let scratch = FusedScratch { normed, product };
+            return self.op(kind, name, Some(shape), |b| {
+                b.matmul_fused(imp, x, norm.as_ref(), w, m, epilogue, out, scratch)
+            });
+        }
+        // The same ops as `matmul_composed`, each recorded as itself.
+        let input: &B::Tensor = match (&norm, normed) {
+            (None, _) => x,
+            (Some(nm), Some(h)) => {
+                self.op(OpKind::RmsNorm, b_name, None, |b| {
+                    b.rms_norm(x, nm.weight, m, shape.k, nm.eps, h)
+                })?;
+                h
+            }
+            (Some(_), None) => {
+                return Err(Error::InvalidArgument(
+                    "matmul_fused: a norm needs a `normed` scratch buffer".into(),
+                ))
+            }
+        };
+        let mm = |b: &B, o: &mut B::Tensor| b.matmul(imp, input, w, m, o);
+        match (epilogue, product) {
+            (Epilogue::Store, _) => self.op(kind, name, Some(shape), |b| mm(b, out)),
+            (Epilogue::AddInto, Some(p)) => {
+                self.op(kind, name, Some(shape), |b| mm(b, p))?;
+                self.op(OpKind::Add, b_name, None, |b| b.add(out, p, m * shape.n))
+            }
+            (Epilogue::SwiGlu, Some(p)) => {
+                self.op(kind, name, Some(shape), |b| mm(b, p))?;
+                self.op(OpKind::Swiglu, b_name, None, |b| {
+                    b.swiglu(p, m, shape.n / 2, out)
+                })
+            }
+            (_, None) => Err(Error::InvalidArgument(
+                "matmul_fused: an epilogue needs a `product` scratch buffer".into(),
+            )),
+        }
+    }
+
+    /// Rotary embedding and the KV-cache write ([`Backend::rope_kv_store`]):
+    /// one op (recorded as rope) where the backend fuses them, else the two.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv_store(
+        &mut self,
+        qkv: &mut B::Tensor,
+        pos: &B::Tensor,
+        m: usize,
+        layout: &QkvLayout,
+        rope: &Rope<'_, B::Tensor>,
+        cache: &mut KvLayer<B::Tensor>,
+        capacity: usize,
+    ) -> Result<()> {
+        let b_name = self.backend.name();
+        if self.backend.fuses_rope_kv_store(cache) {
+            return self.op(OpKind::Rope, b_name, None, |b| {
+                b.rope_kv_store(qkv, pos, m, layout, rope, cache, capacity)
+            });
+        }
+        self.op(OpKind::Rope, b_name, None, |b| {
+            b.rope(qkv, pos, m, layout, rope)
+        })?;
+        self.op(OpKind::KvCacheWrite, b_name, None, |b| {
+            b.kv_store(qkv, cache, capacity, pos, m, layout)
         })
     }
 

@@ -1,9 +1,13 @@
 //! The transformer forward pass shared by Qwen2 and Llama.
 //!
-//! One token: embedding -> per layer [rms_norm -> fused QKV (+bias) -> rope ->
-//! kv-cache write -> attention -> o_proj -> residual add -> rms_norm -> fused
-//! gate|up -> SwiGLU -> down -> residual add] -> final rms_norm -> lm_head.
+//! One token: embedding -> per layer [rms_norm + fused QKV (+bias) -> rope +
+//! kv-cache write -> attention -> o_proj + residual add -> rms_norm + fused
+//! gate|up + SwiGLU -> down + residual add] -> final rms_norm + lm_head.
 //! Prefill runs the same path over `m` rows with causal attention.
+//!
+//! Each `+` is one fused op where the backend fuses it (`Exec::matmul_fused`,
+//! `Exec::rope_kv_store`); elsewhere the parts run one after the other
+//! through the scratch buffers named at each call, with the same results.
 
 mod batched;
 
@@ -11,7 +15,9 @@ use std::sync::Arc;
 
 use metallic_gguf::GgufFile;
 
-use crate::backend::{Backend, DType, KvLayer, QkvLayout, Rope, WeightView};
+use crate::backend::{
+    Backend, DType, Epilogue, FusedScratch, KvLayer, NormPrologue, QkvLayout, Rope, WeightView,
+};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
@@ -197,17 +203,27 @@ impl<B: Backend> Model<B> {
         })?;
         for (l, layer) in self.layers.iter().enumerate() {
             ex.set_layer(Some(l));
-            ex.op(OpKind::RmsNorm, b_name, None, |b| {
-                b.rms_norm(&st.x, &layer.attn_norm, m, h, c.rms_eps, &mut st.h)
-            })?;
-            ex.matmul(&st.h, &layer.qkv, m, &mut st.qkv)?;
-            ex.op(OpKind::Rope, b_name, None, |b| {
-                b.rope(&mut st.qkv, &st.pos, m, &layout, &rope)
-            })?;
+            let attn_norm = NormPrologue {
+                weight: &layer.attn_norm,
+                eps: c.rms_eps,
+            };
+            // qkv[m, (heads + 2 kv_heads) hd] = rms_norm(x) Wqkv^T + b
+            ex.matmul_fused(
+                &st.x,
+                Some(attn_norm),
+                &layer.qkv,
+                m,
+                Epilogue::Store,
+                &mut st.qkv,
+                FusedScratch {
+                    normed: Some(&mut st.h),
+                    product: None,
+                },
+            )?;
+            // Q and K heads rotated in place; K and V heads into the cache.
             let cache = &mut st.kv[l];
-            ex.op(OpKind::KvCacheWrite, b_name, None, |b| {
-                b.kv_store(&st.qkv, cache, st.capacity, &st.pos, m, &layout)
-            })?;
+            ex.rope_kv_store(&mut st.qkv, &st.pos, m, &layout, &rope, cache, st.capacity)?;
+            // attn[m, heads hd]
             ex.op(OpKind::Attention, b_name, None, |b| {
                 b.attention(
                     &st.qkv,
@@ -220,45 +236,93 @@ impl<B: Backend> Model<B> {
                     &mut st.attn,
                 )
             })?;
-            ex.matmul(&st.attn, &layer.wo, m, &mut st.h)?;
-            ex.op(OpKind::Add, b_name, None, |b| {
-                b.add(&mut st.x, &st.h, m * h)
-            })?;
-            ex.op(OpKind::RmsNorm, b_name, None, |b| {
-                b.rms_norm(&st.x, &layer.ffn_norm, m, h, c.rms_eps, &mut st.h)
-            })?;
-            ex.matmul(&st.h, &layer.gate_up, m, &mut st.gate_up)?;
-            ex.op(OpKind::Swiglu, b_name, None, |b| {
-                b.swiglu(&st.gate_up, m, c.ffn, &mut st.act)
-            })?;
-            ex.matmul(&st.act, &layer.down, m, &mut st.h)?;
-            ex.op(OpKind::Add, b_name, None, |b| {
-                b.add(&mut st.x, &st.h, m * h)
-            })?;
+            // x[m, hidden] += attn Wo^T
+            ex.matmul_fused(
+                &st.attn,
+                None,
+                &layer.wo,
+                m,
+                Epilogue::AddInto,
+                &mut st.x,
+                FusedScratch {
+                    normed: None,
+                    product: Some(&mut st.h),
+                },
+            )?;
+            let ffn_norm = NormPrologue {
+                weight: &layer.ffn_norm,
+                eps: c.rms_eps,
+            };
+            // act[m, ffn] = swiglu(rms_norm(x) [Wgate | Wup]^T)
+            ex.matmul_fused(
+                &st.x,
+                Some(ffn_norm),
+                &layer.gate_up,
+                m,
+                Epilogue::SwiGlu,
+                &mut st.act,
+                FusedScratch {
+                    normed: Some(&mut st.h),
+                    product: Some(&mut st.gate_up),
+                },
+            )?;
+            // x[m, hidden] += act Wdown^T
+            ex.matmul_fused(
+                &st.act,
+                None,
+                &layer.down,
+                m,
+                Epilogue::AddInto,
+                &mut st.x,
+                FusedScratch {
+                    normed: None,
+                    product: Some(&mut st.h),
+                },
+            )?;
         }
         ex.set_layer(None);
         let lm_head = self.output.as_ref().unwrap_or(&self.embed);
+        let out_norm = || NormPrologue {
+            weight: &self.output_norm,
+            eps: c.rms_eps,
+        };
         if all_logits {
-            ex.op(OpKind::RmsNorm, b_name, None, |b| {
-                b.rms_norm(&st.x, &self.output_norm, m, h, c.rms_eps, &mut st.h)
-            })?;
-            ex.matmul(&st.h, lm_head, m, &mut st.logits)?;
+            // logits[m, vocab] = rms_norm(x) W^T
+            ex.matmul_fused(
+                &st.x,
+                Some(out_norm()),
+                lm_head,
+                m,
+                Epilogue::Store,
+                &mut st.logits,
+                FusedScratch {
+                    normed: Some(&mut st.h),
+                    product: None,
+                },
+            )?;
         } else {
-            // Only the last row's logits are needed to continue.
-            if m > 1 {
+            // Only the last row's logits are needed to continue:
+            // logits[1, vocab] = rms_norm(x[m - 1]) W^T
+            let last = if m > 1 {
                 ex.op(OpKind::Copy, b_name, None, |b| {
                     b.copy(&st.x, (m - 1) * h, &mut st.h, 0, h)
                 })?;
-                ex.op(OpKind::RmsNorm, b_name, None, |b| {
-                    b.rms_norm(&st.h, &self.output_norm, 1, h, c.rms_eps, &mut st.attn)
-                })?;
-                ex.matmul(&st.attn, lm_head, 1, &mut st.logits)?;
+                &st.h
             } else {
-                ex.op(OpKind::RmsNorm, b_name, None, |b| {
-                    b.rms_norm(&st.x, &self.output_norm, 1, h, c.rms_eps, &mut st.h)
-                })?;
-                ex.matmul(&st.h, lm_head, 1, &mut st.logits)?;
-            }
+                &st.x
+            };
+            ex.matmul_fused(
+                last,
+                Some(out_norm()),
+                lm_head,
+                1,
+                Epilogue::Store,
+                &mut st.logits,
+                FusedScratch {
+                    normed: Some(&mut st.attn),
+                    product: None,
+                },
+            )?;
         }
         Ok(())
     }

@@ -104,29 +104,119 @@ __device__ __forceinline__ float4 ldg_f4(const float* p) {
 // out[m, n] = x[m, k] W^T (+ bias). One warp computes one output column (a
 // weight row) for all m rows. Arguments: the four weight pointers (see
 // formats.cuh), n rows, k columns, x [m, k], out (already offset to this
-// weight's first column), the row stride of out, and an optional bias [n].
+// weight's first column), the row stride of out, an optional bias [n], and
+// the fusion around the product:
+//  * nw (null for none): an RMS norm of x's rows with weight nw [k] and
+//    epsilon eps, applied as the activations are read (rms_scales below);
+//  * epi: EPI_STORE writes the product, EPI_ADD adds it to out in place (the
+//    residual add), EPI_SWIGLU treats rows [0, n/2) as gate and [n/2, n) as
+//    up, computes both in one warp and writes silu(gate) * up to the n/2
+//    columns of out.
 // Each IMPL calls pdl_enter() itself, after whatever it may do before its
 // producer has finished.
 
+#define EPI_STORE 0
+#define EPI_ADD 1
+#define EPI_SWIGLU 2
+
 #define MATVEC_ARGS                                                                      \
     const u8 *p0, const u8 *p1, const u8 *p2, const u8 *p3, int n, int k, const float *x, \
-        float *out, int ldo, const float *bias
+        float *out, int ldo, const float *bias, const float *nw, float eps, int epi
 
+// Pass MATVEC_ARGS on to another function.
+#define MATVEC_PASS p0, p1, p2, p3, n, k, x, out, ldo, bias, nw, eps, epi
+
+// The RMS norm's scale of each of the M rows of x [M, k]: 1 / sqrt(mean(x^2)
+// + eps), as rms_norm.cu computes it (squares summed in f64, the sum and the
+// scale rounded the same way); only the order of the f64 sum differs, so the
+// scale matches the separate kernel's to the last bit but in rare ties.
+// Every thread of the block calls it, after pdl_enter; it synchronises.
+template <int M>
+__device__ __forceinline__ void rms_scales(const float* x, int k, float eps, float (&scale)[M]) {
+    __shared__ double part[M][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        double ss = 0.0;
+        for (int j = threadIdx.x; j < k; j += blockDim.x) {
+            double v = (double)x[(long long)m * k + j];
+            ss += v * v;
+        }
+        ss = warp_sum_d(ss);
+        if (lane == 0) part[m][warp] = ss;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        double t = 0.0;
+        for (int w = 0; w < nwarps; w++) t += part[m][w];
+        scale[m] = (float)(1.0 / sqrt(t / (double)k + (double)eps));
+    }
+}
+
+// x[j] of a row normed as rms_norm.cu writes it: (x * scale) * w, each rounded.
+__device__ __forceinline__ float normed(float x, float scale, float w) {
+    return __fmul_rn(__fmul_rn(x, scale), w);
+}
+
+// Four activations x[j..j+4] of row m, normed when nw is set.
+template <int M>
+__device__ __forceinline__ float4 ldx4(const float* x, int k, int m, int j, const float* nw,
+                                       const float (&scale)[M]) {
+    float4 a = ldg_f4(x + (long long)m * k + j);
+    if (nw) {
+        float4 w = ldg_f4(nw + j);
+        a = make_float4(normed(a.x, scale[m], w.x), normed(a.y, scale[m], w.y),
+                        normed(a.z, scale[m], w.z), normed(a.w, scale[m], w.w));
+    }
+    return a;
+}
+
+// Reduce a warp's partial sums and write (lane 0) per the epilogue: the
+// product plus bias, stored or added to out (EPI_STORE, EPI_ADD). The add is
+// add.cu's: out + (dot + bias).
 template <int M>
 __device__ __forceinline__ void matvec_store(float (&acc)[M], int lane, int row, float* out, int ldo,
-                                           const float* bias) {
+                                           const float* bias, int epi) {
 #pragma unroll
     for (int m = 0; m < M; m++) acc[m] = warp_sum(acc[m]);
     if (lane == 0) {
         float b = bias ? bias[row] : 0.0f;
 #pragma unroll
-        for (int m = 0; m < M; m++) out[(long long)m * ldo + row] = acc[m] + b;
+        for (int m = 0; m < M; m++) {
+            float* o = out + (long long)m * ldo + row;
+            float v = acc[m] + b;
+            *o = epi == EPI_ADD ? *o + v : v;
+        }
     }
 }
 
+// EPI_SWIGLU: gate row `row` and up row `row + nh` (nh = n / 2) reduced, and
+// silu(gate) * up written to column `row`, with swiglu.cu's operations.
+template <int M>
+__device__ __forceinline__ void matvec_store_swiglu(float (&g)[M], float (&u)[M], int lane, int row,
+                                                  int nh, float* out, int ldo, const float* bias) {
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        g[m] = warp_sum(g[m]);
+        u[m] = warp_sum(u[m]);
+    }
+    if (lane == 0) {
+        float bg = bias ? bias[row] : 0.0f, bu = bias ? bias[row + nh] : 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float gv = g[m] + bg, uv = u[m] + bu;
+            out[(long long)m * ldo + row] = __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), uv);
+        }
+    }
+}
+
+// Rows a matrix-vector kernel loops over: n, or the n/2 gate rows for EPI_SWIGLU.
+__device__ __forceinline__ int matvec_rows(int n, int epi) { return epi == EPI_SWIGLU ? n / 2 : n; }
+
 
 #define MATVEC_M(NAME, IMPL, T, M) \
-    extern "C" __global__ void NAME##_m##M(MATVEC_ARGS) { IMPL<T, M>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
+    extern "C" __global__ void NAME##_m##M(MATVEC_ARGS) { IMPL<T, M>(MATVEC_PASS); }
 
 #define MATVEC_ALL_M(NAME, IMPL, T) \
     MATVEC_M(NAME, IMPL, T, 1)      \

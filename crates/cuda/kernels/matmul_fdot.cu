@@ -2,7 +2,10 @@
 // decoded to f32 in registers, f32 products and sums. No activation rounding:
 // the same arithmetic as the CPU's `fdot` (only the summation order differs).
 // Every lane streams 16-byte chunks of its warp's weight row; the partial sums
-// meet in a shuffle reduction.
+// meet in a shuffle reduction. The norm prologue and the epilogues
+// (common.cuh's MATVEC_ARGS) apply rms_norm.cu's, add.cu's and swiglu.cu's
+// operations, so a fused product equals the separate kernels' result (the
+// norm's scale but in rare ties of its f64 sum order).
 //
 //  * fdot_<f32|f16|bf16>_m<M>: float weights.
 //  * fdot_<quant>_m<M>: quantised weights, 32 values at a time with the
@@ -11,13 +14,14 @@
 // ---------------------------------------------------------------- float weights
 
 template <int T, int M>
-__device__ __forceinline__ void fma_chunk(float (&acc)[M], uint4 v, const float* x, int k, int c) {
+__device__ __forceinline__ void fma_chunk(float (&acc)[M], uint4 v, const float* x, int k, int c,
+                                          const float* nw, const float (&sc)[M]) {
     if (T == T_F32) {
         float w[4] = {__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z),
                       __uint_as_float(v.w)};
 #pragma unroll
         for (int m = 0; m < M; m++) {
-            float4 a = ldg_f4(x + (long long)m * k + 4 * c);
+            float4 a = ldx4<M>(x, k, m, 4 * c, nw, sc);
             acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w;
         }
     } else {
@@ -31,66 +35,102 @@ __device__ __forceinline__ void fma_chunk(float (&acc)[M], uint4 v, const float*
         }
 #pragma unroll
         for (int m = 0; m < M; m++) {
-            float4 a = ldg_f4(x + (long long)m * k + 8 * c);
-            float4 b = ldg_f4(x + (long long)m * k + 8 * c + 4);
+            float4 a = ldx4<M>(x, k, m, 8 * c, nw, sc);
+            float4 b = ldx4<M>(x, k, m, 8 * c + 4, nw, sc);
             acc[m] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x +
                       w[5] * b.y + w[6] * b.z + w[7] * b.w;
         }
     }
 }
 
+// One weight row's partial dot products (this lane's chunks) into acc.
+template <int T, int M>
+__device__ __forceinline__ void float_row(float (&acc)[M], const u8* p0, int row, int k,
+                                          const float* x, const float* nw, const float (&sc)[M]) {
+    const int lane = threadIdx.x & 31;
+    const int per = T == T_F32 ? 4 : 8;  // values per 16-byte chunk
+    const int nch = k / per;
+    const uint4* wr = reinterpret_cast<const uint4*>(p0) + (long long)row * nch;
+    int c = lane;
+    for (; c + 96 < nch; c += 128) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[u] = ldg_stream(wr + c + 32 * u);
+#pragma unroll
+        for (int u = 0; u < 4; u++) fma_chunk<T, M>(acc, v[u], x, k, c + 32 * u, nw, sc);
+    }
+    for (; c < nch; c += 32) fma_chunk<T, M>(acc, ldg_stream(wr + c), x, k, c, nw, sc);
+}
+
 template <int T, int M>
 __device__ void fdot_float(MATVEC_ARGS) {
     pdl_enter();
+    float sc[M];
+    if (nw) rms_scales<M>(x, k, eps, sc);
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int per = T == T_F32 ? 4 : 8;  // values per 16-byte chunk
-    const int nch = k / per;
-    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
-        const uint4* wr = reinterpret_cast<const uint4*>(p0) + (long long)row * nch;
+    const int nr = matvec_rows(n, epi);
+    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < nr; row += gridDim.x * warps) {
         float acc[M];
 #pragma unroll
         for (int m = 0; m < M; m++) acc[m] = 0.0f;
-        int c = lane;
-        for (; c + 96 < nch; c += 128) {
-            uint4 v[4];
+        float_row<T, M>(acc, p0, row, k, x, nw, sc);
+        if (epi == EPI_SWIGLU) {
+            float up[M];
 #pragma unroll
-            for (int u = 0; u < 4; u++) v[u] = ldg_stream(wr + c + 32 * u);
-#pragma unroll
-            for (int u = 0; u < 4; u++) fma_chunk<T, M>(acc, v[u], x, k, c + 32 * u);
+            for (int m = 0; m < M; m++) up[m] = 0.0f;
+            float_row<T, M>(up, p0, row + nr, k, x, nw, sc);
+            matvec_store_swiglu<M>(acc, up, lane, row, nr, out, ldo, bias);
+        } else {
+            matvec_store<M>(acc, lane, row, out, ldo, bias, epi);
         }
-        for (; c < nch; c += 32) fma_chunk<T, M>(acc, ldg_stream(wr + c), x, k, c);
-        matvec_store<M>(acc, lane, row, out, ldo, bias);
     }
 }
 
 // ---------------------------------------------------------------- quantised weights, f32 activations
 
 template <int T, int M>
+__device__ __forceinline__ void quant_row(float (&acc)[M], const W& w, int row, int k,
+                                          const float* x, const float* nw, const float (&sc)[M]) {
+    const int lane = threadIdx.x & 31;
+    const int nch = k / 32;
+    for (int c = lane; c < nch; c += 32) {
+        float v[32];
+        decode32<T>(w, row, k, c, v);
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float s = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 32; i += 4) {
+                float4 xv = ldx4<M>(x, k, m, 32 * c + i, nw, sc);
+                s += v[i] * xv.x + v[i + 1] * xv.y + v[i + 2] * xv.z + v[i + 3] * xv.w;
+            }
+            acc[m] += s;
+        }
+    }
+}
+
+template <int T, int M>
 __device__ void fdot_quant(MATVEC_ARGS) {
     pdl_enter();
+    float sc[M];
+    if (nw) rms_scales<M>(x, k, eps, sc);
     const W w{p0, p1, p2, p3};
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int nch = k / 32;
-    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
+    const int nr = matvec_rows(n, epi);
+    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < nr; row += gridDim.x * warps) {
         float acc[M];
 #pragma unroll
         for (int m = 0; m < M; m++) acc[m] = 0.0f;
-        for (int c = lane; c < nch; c += 32) {
-            float v[32];
-            decode32<T>(w, row, k, c, v);
+        quant_row<T, M>(acc, w, row, k, x, nw, sc);
+        if (epi == EPI_SWIGLU) {
+            float up[M];
 #pragma unroll
-            for (int m = 0; m < M; m++) {
-                const float* a = x + (long long)m * k + 32 * c;
-                float s = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 32; i += 4) {
-                    float4 xv = ldg_f4(a + i);
-                    s += v[i] * xv.x + v[i + 1] * xv.y + v[i + 2] * xv.z + v[i + 3] * xv.w;
-                }
-                acc[m] += s;
-            }
+            for (int m = 0; m < M; m++) up[m] = 0.0f;
+            quant_row<T, M>(up, w, row + nr, k, x, nw, sc);
+            matvec_store_swiglu<M>(acc, up, lane, row, nr, out, ldo, bias);
+        } else {
+            matvec_store<M>(acc, lane, row, out, ldo, bias, epi);
         }
-        matvec_store<M>(acc, lane, row, out, ldo, bias);
     }
 }
 

@@ -12,6 +12,10 @@
 // quantize_act launch made before it. Before it waits for the kernel that
 // writes x (programmatic dependent launch), each warp asks L2 for its first
 // weight row, so weight traffic overlaps the previous kernel.
+//
+// The in-block quantisation also takes the fusion of common.cuh's
+// MATVEC_ARGS: the RMS norm applied before rounding (the same quants as the
+// separate norm's output gives), and the residual-add and SwiGLU epilogues.
 
 // ---------------------------------------------------------------- quantised weights, dp4a
 
@@ -169,8 +173,11 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
 
 // Quantise x[m, k] (f32) into shared memory, with the same operations as
 // quantize_act: each thread takes 8 values, 4 lanes make a 32-value group.
+// With nw set, the values are first normed as rms_norm.cu does (scale per
+// row from rms_scales), so the quants equal those of the separate norm's output.
 template <int M>
-__device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XGroup* xg) {
+__device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XGroup* xg,
+                                               const float* nw, const float (&sc)[M]) {
     const int chunks = M * k / 8;  // a multiple of 4: k % 32 == 0
     for (int base = 0; base < chunks; base += blockDim.x) {
         const int c = base + threadIdx.x;
@@ -180,6 +187,17 @@ __device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XG
             float4 a = ldg_f4(x + 8LL * c), b = ldg_f4(x + 8LL * c + 4);
             v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
             v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+            if (nw) {
+                const int row = (int)(8LL * c / k), j = (int)(8LL * c - (long long)row * k);
+                float s = sc[0];
+#pragma unroll
+                for (int m = 1; m < M; m++) s = row == m ? sc[m] : s;
+                float4 wa = ldg_f4(nw + j), wb = ldg_f4(nw + j + 4);
+                v[0] = normed(v[0], s, wa.x); v[1] = normed(v[1], s, wa.y);
+                v[2] = normed(v[2], s, wa.z); v[3] = normed(v[3], s, wa.w);
+                v[4] = normed(v[4], s, wb.x); v[5] = normed(v[5], s, wb.y);
+                v[6] = normed(v[6], s, wb.z); v[7] = normed(v[7], s, wb.w);
+            }
         } else {
 #pragma unroll
             for (int j = 0; j < 8; j++) v[j] = 0.0f;
@@ -211,19 +229,25 @@ __device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XG
 }
 
 // PRE: `x` holds the activations already quantised by quantize_act (copied
-// to shared memory); else `x` is f32 and each block quantises it itself.
+// to shared memory); else `x` is f32 and each block quantises it itself,
+// normed first when nw is set (PRE takes no norm: the launcher never asks).
+// EPI_SWIGLU: each warp walks its gate row and its up row together.
 template <int T, int M, bool PRE>
 __device__ void vecdot_quant(MATVEC_ARGS) {
     extern __shared__ __align__(16) u8 smem[];
     i8* xq = reinterpret_cast<i8*>(smem);
     XGroup* xg = reinterpret_cast<XGroup*>(smem + M * k);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int nr = matvec_rows(n, epi);
     {
         // Weights are never written: safe to touch before the wait.
         const int row0 = blockIdx.x * warps + warp;
         const long long rb = T == T_Q8_0 ? k : k / 2;  // bytes of plane 0 per row
-        if (row0 < n)
-            for (long long o = lane * 128; o < rb; o += 32 * 128) prefetch_l2(p0 + row0 * rb + o);
+        if (row0 < nr)
+            for (long long o = lane * 128; o < rb; o += 32 * 128) {
+                prefetch_l2(p0 + row0 * rb + o);
+                if (epi == EPI_SWIGLU) prefetch_l2(p0 + (row0 + nr) * rb + o);
+            }
     }
     pdl_enter();
     if (PRE) {
@@ -232,26 +256,40 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
         const int n16 = (M * k + M * (k / 32) * 16) / 16;
         for (int i = threadIdx.x; i < n16; i += blockDim.x) dst[i] = __ldg(src + i);
     } else {
-        quantize_block<M>(x, k, xq, xg);
+        float sc[M];
+        if (nw) rms_scales<M>(x, k, eps, sc);
+        quantize_block<M>(x, k, xq, xg, nw, sc);
     }
     __syncthreads();
     const W w{p0, p1, p2, p3};
     const int nu = units_per_row<T>(k);
-    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < n; row += gridDim.x * warps) {
+    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < nr; row += gridDim.x * warps) {
         float acc[M];
 #pragma unroll
         for (int m = 0; m < M; m++) acc[m] = 0.0f;
+        if (epi == EPI_SWIGLU) {
+            float up[M];
+#pragma unroll
+            for (int m = 0; m < M; m++) up[m] = 0.0f;
+#pragma unroll 2
+            for (int u = lane; u < nu; u += 32) {
+                q_unit<T, M>(acc, w, row, k, u, xq, xg);
+                q_unit<T, M>(up, w, row + nr, k, u, xq, xg);
+            }
+            matvec_store_swiglu<M>(acc, up, lane, row, nr, out, ldo, bias);
+        } else {
 #pragma unroll 4
-        for (int u = lane; u < nu; u += 32) q_unit<T, M>(acc, w, row, k, u, xq, xg);
-        matvec_store<M>(acc, lane, row, out, ldo, bias);
+            for (int u = lane; u < nu; u += 32) q_unit<T, M>(acc, w, row, k, u, xq, xg);
+            matvec_store<M>(acc, lane, row, out, ldo, bias, epi);
+        }
     }
 }
 
 
 template <int T, int M>
-__device__ void vecdot_fused(MATVEC_ARGS) { vecdot_quant<T, M, false>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
+__device__ void vecdot_fused(MATVEC_ARGS) { vecdot_quant<T, M, false>(MATVEC_PASS); }
 template <int T, int M>
-__device__ void vecdot_pre(MATVEC_ARGS) { vecdot_quant<T, M, true>(p0, p1, p2, p3, n, k, x, out, ldo, bias); }
+__device__ void vecdot_pre(MATVEC_ARGS) { vecdot_quant<T, M, true>(MATVEC_PASS); }
 
 MATVEC_ALL_M(vecdot_q8_0, vecdot_fused, T_Q8_0)
 MATVEC_ALL_M(vecdot_q4_0, vecdot_fused, T_Q4_0)

@@ -35,9 +35,11 @@ mod wtype;
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use metallic::backend::{
-    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, QkvLayout, Rope,
-    TimingKind, WeightView,
+    matmul_composed, Backend, DType, Epilogue, FusedScratch, KvLayer, LinearInfo, MatmulImpl,
+    MatmulShape, MemoryInfo, NormPrologue, QkvLayout, Rope, TimingKind, WeightView,
 };
 use metallic::error::Result;
 use metallic::sampler::SamplerParams;
@@ -50,6 +52,7 @@ use crate::kernels::Kernels;
 pub use crate::linear::CudaLinear;
 use crate::ops::attention::Cache;
 use crate::ops::matmul_cublas::Blas;
+use crate::ops::matmul_fdot::Fusion;
 use crate::ops::rope::RopeParams;
 pub use crate::sampler::CudaSampler;
 pub use crate::tensor::CudaTensor;
@@ -62,6 +65,19 @@ pub struct CudaBackend {
     blas: std::result::Result<Blas, CudaError>,
     graphs: Graphs,
     events: Arc<EventPool>,
+    /// Fused decode kernels (norm prologues, add and SwiGLU epilogues,
+    /// rope + kv_store): METALLIC_CUDA_FUSE=0 turns them off when the
+    /// backend opens.
+    fuse: AtomicBool,
+}
+
+/// METALLIC_CUDA_FUSE=0 (or `off`, `false`, `no`) runs the fused ops of the
+/// forward pass as separate kernels, for comparison; on by default.
+fn fuse_enabled() -> bool {
+    !matches!(
+        std::env::var("METALLIC_CUDA_FUSE").as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
 }
 
 fn invalid(msg: impl Into<String>) -> metallic::error::Error {
@@ -81,6 +97,7 @@ impl CudaBackend {
             blas,
             graphs: Graphs::default(),
             events: EventPool::new(),
+            fuse: AtomicBool::new(fuse_enabled()),
         })
     }
 
@@ -104,6 +121,18 @@ impl CudaBackend {
     /// off; graphs captured the other way are captured again.
     pub fn set_programmatic_launch(&self, on: bool) {
         self.dev.set_pdl(on);
+    }
+
+    /// Whether the forward pass runs its fused kernels (norm folded into the
+    /// product, residual add and SwiGLU in its epilogue, rope + kv_store).
+    pub fn fusion(&self) -> bool {
+        self.fuse.load(Ordering::Relaxed)
+    }
+
+    /// Turn the fused kernels on or off. Graphs captured the other way are
+    /// captured again: their launches differ, so their fingerprints do.
+    pub fn set_fusion(&self, on: bool) {
+        self.fuse.store(on, Ordering::Relaxed);
     }
 
     /// Quantise `vecdot`'s activations inside each product (`Some(true)`),
@@ -156,7 +185,7 @@ impl Backend for CudaBackend {
     fn device_description(&self) -> String {
         let (_, total) = self.dev.mem_info();
         format!(
-            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{}, PDL {})",
+            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB, CUDA driver {}.{}, PDL {}, fusion {})",
             self.dev.ordinal,
             self.dev.name,
             self.dev.cc.0,
@@ -165,7 +194,8 @@ impl Backend for CudaBackend {
             total as f64 / (1u64 << 30) as f64,
             self.dev.driver_version / 1000,
             (self.dev.driver_version % 1000) / 10,
-            if self.dev.pdl() { "on" } else { "off" }
+            if self.dev.pdl() { "on" } else { "off" },
+            if self.fusion() { "on" } else { "off" }
         )
     }
 
@@ -288,7 +318,47 @@ impl Backend for CudaBackend {
         let op = out.ptr_of(DType::F32, m * w.info.n, "matmul out")?;
         self.dev.bind()?;
         let blas = self.blas.as_ref();
-        Ok(matmul::run(&self.dev, &self.k, blas, imp, xp, w, m, op)?)
+        Ok(matmul::run(&self.dev, &self.k, blas, imp, xp, w, m, op, &Fusion::NONE)?)
+    }
+
+    fn fuses(&self, imp: usize, w: &CudaLinear, m: usize, norm: bool, epilogue: Epilogue) -> bool {
+        let probe = Fusion {
+            norm: norm as u64,
+            eps: 0.0,
+            epilogue,
+        };
+        self.fusion() && matmul::fuses(imp, w, m, &probe)
+    }
+
+    fn matmul_fused(
+        &self,
+        imp: usize,
+        x: &CudaTensor,
+        norm: Option<&NormPrologue<'_, CudaTensor>>,
+        w: &CudaLinear,
+        m: usize,
+        epilogue: Epilogue,
+        out: &mut CudaTensor,
+        scratch: FusedScratch<'_, CudaTensor>,
+    ) -> Result<()> {
+        if !self.fuses(imp, w, m, norm.is_some(), epilogue) {
+            return matmul_composed(self, imp, x, norm, w, m, epilogue, out, scratch);
+        }
+        let (n, k) = (w.info.n, w.info.k);
+        let xp = x.ptr_of(DType::F32, m * k, "matmul_fused x")?;
+        let out_n = if epilogue == Epilogue::SwiGlu { n / 2 } else { n };
+        let op = out.ptr_of(DType::F32, m * out_n, "matmul_fused out")?;
+        let fu = Fusion {
+            norm: match norm {
+                Some(nm) => nm.weight.ptr_of(DType::F32, k, "matmul_fused norm weight")?,
+                None => 0,
+            },
+            eps: norm.map_or(0.0, |nm| nm.eps),
+            epilogue,
+        };
+        self.dev.bind()?;
+        let blas = self.blas.as_ref();
+        Ok(matmul::run(&self.dev, &self.k, blas, imp, xp, w, m, op, &fu)?)
     }
 
     fn rope(
@@ -340,6 +410,53 @@ impl Backend for CudaBackend {
         self.dev.bind()?;
         let k = &self.k.kv_store;
         Ok(k.launch(&self.dev, qp, kp, vp, capacity, pp, m, layout)?)
+    }
+
+    fn fuses_rope_kv_store(&self, cache: &KvLayer<CudaTensor>) -> bool {
+        // An f16 cache (or any other) takes the separate ops.
+        self.fusion() && cache.k.dtype == DType::F32 && cache.v.dtype == DType::F32
+    }
+
+    fn rope_kv_store(
+        &self,
+        qkv: &mut CudaTensor,
+        pos: &CudaTensor,
+        m: usize,
+        layout: &QkvLayout,
+        rope: &Rope<'_, CudaTensor>,
+        cache: &mut KvLayer<CudaTensor>,
+        capacity: usize,
+    ) -> Result<()> {
+        if !self.fuses_rope_kv_store(cache) || !ops::rope_kv_store::supports(layout) {
+            self.rope(qkv, pos, m, layout, rope)?;
+            return self.kv_store(qkv, cache, capacity, pos, m, layout);
+        }
+        let hd = layout.head_dim;
+        if rope.dim > hd || !rope.dim.is_multiple_of(2) {
+            return Err(invalid(format!(
+                "rope dimension {} for heads of {hd}",
+                rope.dim
+            )));
+        }
+        let need = layout.n_kv_heads * capacity * hd;
+        let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "rope_kv_store qkv")?;
+        let pp = pos.ptr_of(DType::I32, m, "rope_kv_store positions")?;
+        let kp = cache.k.ptr_of(DType::F32, need, "k cache")?;
+        let vp = cache.v.ptr_of(DType::F32, need, "v cache")?;
+        let factors = match rope.freq_factors {
+            Some(t) => t.ptr_of(DType::F32, rope.dim / 2, "rope factors")?,
+            None => 0,
+        };
+        let p = RopeParams {
+            style: rope.style,
+            theta: rope.theta,
+            dim: rope.dim,
+            pos_scale: rope.pos_scale,
+            factors,
+        };
+        self.dev.bind()?;
+        let f = &self.k.rope_kv_store;
+        Ok(f.launch(&self.dev, qp, pp, m, layout, &p, kp, vp, capacity)?)
     }
 
     fn attention(

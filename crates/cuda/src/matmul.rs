@@ -24,6 +24,7 @@ use crate::error::{CudaError, CudaResult};
 use crate::kernels::Kernels;
 use crate::linear::CudaLinear;
 use crate::ops::matmul_cublas::Blas;
+use crate::ops::matmul_fdot::Fusion;
 use crate::ops::{matmul_fdot, matmul_vecdot};
 use crate::wtype::WType;
 
@@ -75,7 +76,17 @@ pub fn default_impl(s: &MatmulShape) -> usize {
     }
 }
 
-/// `out[m, n] = x[m, k] W^T (+ bias)` with implementation `imp`.
+/// Whether implementation `imp` runs `m` rows with a norm prologue and an
+/// epilogue in its own kernels: `vecdot` and `fdot` (matrix-vector, m <= 8);
+/// SwiGLU also needs gate|up in one segment.
+pub fn fuses(imp: usize, w: &CudaLinear, m: usize, fu: &Fusion) -> bool {
+    (imp == VECDOT || imp == FDOT)
+        && (1..=matmul_fdot::MAX_M).contains(&m)
+        && matmul_fdot::check_fusion(w, fu).is_ok()
+}
+
+/// `out = epilogue(norm(x)[m, k] W^T (+ bias))` with implementation `imp`;
+/// only the plain product (`Fusion::NONE`) on `cublas`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     dev: &Arc<Device>,
@@ -86,10 +97,16 @@ pub(crate) fn run(
     w: &CudaLinear,
     m: usize,
     out: u64,
+    fu: &Fusion,
 ) -> CudaResult<()> {
+    if !fu.is_none() && !fuses(imp, w, m, fu) {
+        return Err(CudaError::Invalid(format!(
+            "matmul implementation #{imp} cannot fuse {fu:?} for {m} rows"
+        )));
+    }
     match imp {
-        VECDOT => k.vecdot.launch(dev, &k.fdot, x, w, m, out),
-        FDOT => k.fdot.launch(dev, x, w, m, out),
+        VECDOT => k.vecdot.launch(dev, &k.fdot, x, w, m, out, fu),
+        FDOT => k.fdot.launch(dev, x, w, m, out, fu),
         CUBLAS => blas
             .map_err(|e| CudaError::Invalid(format!("cuBLAS is unavailable: {e}")))?
             .launch(dev, &k.cublas, x, w, m, out),

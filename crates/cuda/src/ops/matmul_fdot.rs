@@ -2,6 +2,8 @@
 //! activations and weights decoded to f32 in registers (`kernels/matmul_fdot.cu`).
 //! The same arithmetic as the CPU's `fdot`: no activation rounding.
 
+use metallic::backend::Epilogue;
+
 use super::kernel_source;
 use crate::compile::KernelSource;
 use crate::device::{Arg, Device, Func};
@@ -41,9 +43,49 @@ pub(crate) fn matvec_grid(dev: &Device, rows: usize) -> (usize, usize) {
     (warps, rows.div_ceil(warps))
 }
 
+/// The fusion around a matrix-vector product (`nw`, `eps`, `epi` of
+/// `MATVEC_ARGS` in common.cuh): an RMS norm of the input rows with weight
+/// `norm` (0 for none), and what happens to the product.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fusion {
+    pub norm: u64,
+    pub eps: f32,
+    pub epilogue: Epilogue,
+}
+
+impl Fusion {
+    /// The plain product.
+    pub const NONE: Fusion = Fusion {
+        norm: 0,
+        eps: 0.0,
+        epilogue: Epilogue::Store,
+    };
+
+    pub fn is_none(&self) -> bool {
+        self.norm == 0 && self.epilogue == Epilogue::Store
+    }
+
+    /// Weight rows a launch walks per output column: 2 (gate and up) for SwiGLU.
+    pub fn rows_per_column(&self) -> usize {
+        if self.epilogue == Epilogue::SwiGlu {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn epi_code(&self) -> i32 {
+        match self.epilogue {
+            Epilogue::Store => 0,
+            Epilogue::AddInto => 1,
+            Epilogue::SwiGlu => 2,
+        }
+    }
+}
+
 /// The arguments every matrix-vector kernel takes (`MATVEC_ARGS` in
 /// common.cuh): planes, rows, k, x, out at the segment's first column, the
-/// row stride of out, and the bias at the same column (0 for none).
+/// row stride of out, the bias at the same column (0 for none), and the fusion.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matvec_args(
     seg: &Segment,
@@ -52,7 +94,8 @@ pub(crate) fn matvec_args(
     out: u64,
     ldo: usize,
     bias: u64,
-) -> [Arg; 10] {
+    fu: &Fusion,
+) -> [Arg; 13] {
     let p = seg.planes;
     let col = 4 * seg.row0 as u64;
     [
@@ -66,7 +109,24 @@ pub(crate) fn matvec_args(
         Arg(out + col),
         Arg::from(ldo as i32),
         Arg(if bias == 0 { 0 } else { bias + col }),
+        Arg(fu.norm),
+        Arg::from(fu.eps),
+        Arg::from(fu.epi_code()),
     ]
+}
+
+/// Where a fused launch cannot run a linear: SwiGLU needs the gate and up
+/// rows in one segment (one weight type) and an even count.
+pub(crate) fn check_fusion(w: &CudaLinear, fu: &Fusion) -> CudaResult<()> {
+    if fu.epilogue == Epilogue::SwiGlu && (w.segs.len() != 1 || !w.info.n.is_multiple_of(2)) {
+        return Err(CudaError::Invalid(format!(
+            "a fused SwiGLU needs gate|up rows of one type and an even count \
+             ({} rows in {} parts)",
+            w.info.n,
+            w.segs.len()
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_m(m: usize) -> CudaResult<()> {
@@ -90,7 +150,7 @@ impl Fdot {
         Ok(Fdot { f })
     }
 
-    /// One segment's columns of `out[m, ldo] = x[m, k] W^T (+ bias)`.
+    /// One segment's columns of `out[m, ldo] = epilogue(norm(x)[m, k] W^T (+ bias))`.
     #[allow(clippy::too_many_arguments)]
     pub fn launch_segment(
         &self,
@@ -102,19 +162,21 @@ impl Fdot {
         out: u64,
         ldo: usize,
         bias: u64,
+        fu: &Fusion,
     ) -> CudaResult<()> {
         check_m(m)?;
-        let (warps, blocks) = matvec_grid(dev, seg.rows);
+        let (warps, blocks) = matvec_grid(dev, seg.rows / fu.rows_per_column());
         dev.launch(
             self.f[seg.ty as usize][m - 1],
             (blocks as u32, 1, 1),
             (warps * 32) as u32,
             0,
-            &matvec_args(seg, k, x, out, ldo, bias),
+            &matvec_args(seg, k, x, out, ldo, bias, fu),
         )
     }
 
-    /// `out[m, n] = x[m, k] W^T (+ bias)`.
+    /// `out = epilogue(norm(x)[m, k] W^T (+ bias))`: `out` is `[m, n]`, or
+    /// `[m, n / 2]` for SwiGLU.
     pub fn launch(
         &self,
         dev: &Device,
@@ -122,10 +184,13 @@ impl Fdot {
         w: &CudaLinear,
         m: usize,
         out: u64,
+        fu: &Fusion,
     ) -> CudaResult<()> {
+        check_fusion(w, fu)?;
         let bias = w.bias.as_ref().map_or(0, |b| b.ptr);
+        let ldo = w.info.n / fu.rows_per_column();
         for seg in &w.segs {
-            self.launch_segment(dev, seg, w.info.k, m, x, out, w.info.n, bias)?;
+            self.launch_segment(dev, seg, w.info.k, m, x, out, ldo, bias, fu)?;
         }
         Ok(())
     }

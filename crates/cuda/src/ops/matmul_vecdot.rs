@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::matmul_fdot::{check_m, matvec_args, matvec_grid, Fdot, MAX_M};
+use super::matmul_fdot::{check_fusion, check_m, matvec_args, matvec_grid, Fdot, Fusion, MAX_M};
 use super::{ew_grid, kernel_source, EW_BLOCK};
 use crate::compile::KernelSource;
 use crate::device::{Arg, Device, DeviceBuffer, Func};
@@ -143,8 +143,11 @@ impl Vecdot {
         Ok(buf)
     }
 
-    /// `out[m, n] = x[m, k] W^T (+ bias)`; segments of types without a
-    /// `vecdot` kernel (float, 5-, 3- and 2-bit) go to `fdot`.
+    /// `out = epilogue(norm(x)[m, k] W^T (+ bias))` (`out` is `[m, n]`, or
+    /// `[m, n / 2]` for SwiGLU); segments of types without a `vecdot` kernel
+    /// (float, 5-, 3- and 2-bit) go to `fdot`. A fused product always
+    /// quantises its (normed) activations in the block: no separate kernel.
+    #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
         dev: &Arc<Device>,
@@ -153,15 +156,18 @@ impl Vecdot {
         w: &CudaLinear,
         m: usize,
         out: u64,
+        fu: &Fusion,
     ) -> CudaResult<()> {
         check_m(m)?;
+        check_fusion(w, fu)?;
         let (n, k) = (w.info.n, w.info.k);
+        let ldo = n / fu.rows_per_column();
         let bias = w.bias.as_ref().map_or(0, |b| b.ptr);
         let forced = self.fused();
         let mut xq = 0;
         for seg in &w.segs {
             if !seg.ty.has_vecdot() {
-                fdot.launch_segment(dev, seg, k, m, x, out, n, bias)?;
+                fdot.launch_segment(dev, seg, k, m, x, out, ldo, bias, fu)?;
                 continue;
             }
             if xq_bytes(m, k) > SMEM_LIMIT {
@@ -171,7 +177,7 @@ impl Vecdot {
             }
             // Measured (see the module note): fused pays where rows are long
             // in bytes (8-bit weights).
-            let fused = forced.unwrap_or(seg.ty == WType::Q8_0);
+            let fused = !fu.is_none() || forced.unwrap_or(seg.ty == WType::Q8_0);
             let (f, xin) = if fused {
                 (self.fused[seg.ty as usize][m - 1], x)
             } else {
@@ -181,7 +187,7 @@ impl Vecdot {
                 (self.pre[seg.ty as usize][m - 1], xq)
             };
             let sm = dev.sm_count as usize;
-            let (warps, blocks) = matvec_grid(dev, seg.rows);
+            let (warps, blocks) = matvec_grid(dev, seg.rows / fu.rows_per_column());
             // Each block quantises (or copies) the activations into shared
             // memory once; cap the blocks so that this is amortised over many
             // rows while every SM is still filled several times.
@@ -191,7 +197,7 @@ impl Vecdot {
                 (blocks as u32, 1, 1),
                 (warps * 32) as u32,
                 xq_bytes(m, k) as u32,
-                &matvec_args(seg, k, xin, out, n, bias),
+                &matvec_args(seg, k, xin, out, ldo, bias, fu),
             )?;
         }
         Ok(())

@@ -16,6 +16,7 @@ pub(crate) mod matmul_fdot;
 pub(crate) mod matmul_vecdot;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;
+pub(crate) mod rope_kv_store;
 pub(crate) mod sample;
 pub(crate) mod stream_read;
 pub(crate) mod swiglu;
@@ -44,6 +45,7 @@ pub(crate) const SOURCES: &[&crate::compile::KernelSource] = &[
     &matmul_vecdot::SOURCE,
     &rms_norm::SOURCE,
     &rope::SOURCE,
+    &rope_kv_store::SOURCE,
     &sample::SOURCE,
     &stream_read::SOURCE,
     &swiglu::SOURCE,

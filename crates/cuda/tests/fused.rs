@@ -1,0 +1,333 @@
+//! The fused decode kernels against the separate ones on the same device:
+//! rms_norm folded into the product, the residual-add and SwiGLU epilogues,
+//! rope + kv_store, and a whole greedy decode with fusion on and off
+//! (`CudaBackend::set_fusion`).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use metallic::backend::{
+    Backend, DType, Epilogue, FusedScratch, KvLayer, NormPrologue, QkvLayout, Rope,
+};
+use metallic::config::{Arch, RopeStyle};
+use metallic::dispatch::{DispatchConfig, MatmulDispatch};
+use metallic::exec::Exec;
+use metallic::generate::{generate, prefill, GenerateOptions};
+use metallic::model::{Model, State};
+use metallic::sampler::SamplerParams;
+use metallic::tokenizer::Tokenizer;
+use metallic_cuda::CudaBackend;
+use metallic_gguf::{GgmlType, GgufFile};
+
+/// Index of an implementation in the CUDA registry.
+fn imp(b: &CudaBackend, name: &str) -> usize {
+    b.matmul_impls()
+        .iter()
+        .position(|i| i.name == name)
+        .expect("implementation registered")
+}
+
+fn positions(b: &CudaBackend, pos: &[i32]) -> <CudaBackend as Backend>::Tensor {
+    let mut t = b.alloc(DType::I32, pos.len(), "pos").unwrap();
+    b.write_i32(&mut t, 0, pos).unwrap();
+    t
+}
+
+fn vector(b: &CudaBackend, vals: &[f32]) -> <CudaBackend as Backend>::Tensor {
+    let f = tensor_file(&[("v", GgmlType::F32, vals.len(), 1, vals.to_vec())]);
+    b.upload_vector(&view(&f, "v")).unwrap()
+}
+
+struct Case {
+    ty: GgmlType,
+    /// Output features of the product (for SwiGLU: gate and up rows together).
+    n: usize,
+    k: usize,
+    m: usize,
+    norm: bool,
+    bias: bool,
+    epilogue: Epilogue,
+}
+
+/// `matmul_fused` of `case` with implementation `name`, fusion on or off: the output.
+fn run_case(gpu: &CudaBackend, case: &Case, name: &str, fused: bool) -> Vec<f32> {
+    let Case {
+        ty,
+        n,
+        k,
+        m,
+        norm,
+        bias,
+        epilogue,
+    } = *case;
+    let mut tensors = vec![("w", ty, k, n, randn(n * k, 1))];
+    if bias {
+        tensors.push(("b", GgmlType::F32, n, 1, randn(n, 2)));
+    }
+    let f = tensor_file(&tensors);
+    let biases = bias.then(|| vec![view(&f, "b")]);
+    let w = gpu.upload_linear(&[view(&f, "w")], biases.as_deref()).unwrap();
+    // Activations of a few hundred in magnitude, as a residual stream has.
+    let xs: Vec<f32> = randn(m * k, 3).iter().map(|v| v * 40.0).collect();
+    let x = activations(gpu, &xs, m, k);
+    let nw_vals: Vec<f32> = randn(k, 4).iter().map(|v| 1.0 + 0.3 * v).collect();
+    let nw = vector(gpu, &nw_vals);
+    let out_n = if epilogue == Epilogue::SwiGlu { n / 2 } else { n };
+    let mut out = activations(gpu, &randn(m * out_n, 5), m, out_n);
+    let mut normed = gpu.alloc(DType::F32, m * k, "normed").unwrap();
+    let mut product = gpu.alloc(DType::F32, m * n, "product").unwrap();
+    gpu.set_fusion(fused);
+    let i = imp(gpu, name);
+    assert_eq!(
+        gpu.fuses(i, &w, m, norm, epilogue),
+        fused,
+        "{name} should fuse this case exactly when fusion is on"
+    );
+    let prologue = norm.then(|| NormPrologue {
+        weight: &nw,
+        eps: 1e-6,
+    });
+    gpu.matmul_fused(
+        i,
+        &x,
+        prologue.as_ref(),
+        &w,
+        m,
+        epilogue,
+        &mut out,
+        FusedScratch {
+            normed: Some(&mut normed),
+            product: Some(&mut product),
+        },
+    )
+    .unwrap();
+    gpu.set_fusion(true);
+    read(gpu, &out, m * out_n)
+}
+
+fn check_cases(cases: &[Case]) {
+    let Some(gpu) = cuda_or_skip() else { return };
+    for case in cases {
+        for name in ["fdot", "vecdot"] {
+            let fused = run_case(&gpu, case, name, true);
+            let separate = run_case(&gpu, case, name, false);
+            let e = rel_l2(&fused, &separate);
+            eprintln!(
+                "{name} {:?} m={} n={} k={} norm={} bias={} {:?}: rel_l2 {e:.2e}",
+                case.ty, case.m, case.n, case.k, case.norm, case.bias, case.epilogue
+            );
+            // The same operations in the same order: equal but for the norm's
+            // scale in a rare tie of its f64 sum order (then a quant may flip).
+            assert!(
+                e < 1e-5,
+                "{name} {:?} m={} {:?}: fused differs from separate kernels (rel_l2 {e:.2e})",
+                case.ty,
+                case.m,
+                case.epilogue
+            );
+        }
+    }
+}
+
+const TYPES: [GgmlType; 5] = [
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_K,
+    GgmlType::F16,
+    GgmlType::Q5_K,
+];
+
+/// rms_norm folded into the product (QKV with bias, lm_head without), ragged
+/// row counts, one to eight activation rows.
+#[test]
+fn norm_prologue_matches_rms_norm_then_matmul() {
+    let mut cases = Vec::new();
+    for ty in TYPES {
+        for (m, n, bias) in [(1, 333, true), (3, 200, false), (8, 77, true)] {
+            cases.push(Case {
+                ty,
+                n,
+                k: 512,
+                m,
+                norm: true,
+                bias,
+                epilogue: Epilogue::Store,
+            });
+        }
+    }
+    check_cases(&cases);
+}
+
+/// The residual add in the product's epilogue (O and down), in place.
+#[test]
+fn add_epilogue_matches_matmul_then_add() {
+    let mut cases = Vec::new();
+    for ty in TYPES {
+        for (m, n, k) in [(1, 300, 768), (2, 129, 256), (8, 64, 1280)] {
+            cases.push(Case {
+                ty,
+                n,
+                k,
+                m,
+                norm: false,
+                bias: false,
+                epilogue: Epilogue::AddInto,
+            });
+        }
+    }
+    check_cases(&cases);
+}
+
+/// SwiGLU in the gate|up product's epilogue, with and without the norm.
+#[test]
+fn swiglu_epilogue_matches_matmul_then_swiglu() {
+    let mut cases = Vec::new();
+    for ty in TYPES {
+        for (m, ffn, norm) in [(1, 150, true), (4, 97, false), (8, 256, true)] {
+            cases.push(Case {
+                ty,
+                n: 2 * ffn,
+                k: 512,
+                m,
+                norm,
+                bias: false,
+                epilogue: Epilogue::SwiGlu,
+            });
+        }
+    }
+    check_cases(&cases);
+}
+
+/// The q, k and v values and both caches after rope + kv_store in one kernel
+/// equal those of the two kernels: both styles, partial rotation, divisors,
+/// a position outside the cache (rotated, not stored).
+#[test]
+fn rope_kv_store_matches_rope_then_kv_store() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let layout = QkvLayout {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+    };
+    let capacity = 16;
+    let pos = [5, 0, 15, 40];
+    let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 * 0.25).collect();
+    for style in [RopeStyle::Normal, RopeStyle::Neox] {
+        for (dim, with_factors) in [(64, false), (32, false), (64, true)] {
+            let run = |fused: bool| {
+                gpu.set_fusion(fused);
+                let (m, w) = (pos.len(), layout.row_width());
+                let mut qkv = activations(&gpu, &randn(m * w, 11), m, w);
+                let p = positions(&gpu, &pos);
+                let f = with_factors.then(|| vector(&gpu, &factors[..dim / 2]));
+                let need = layout.n_kv_heads * capacity * layout.head_dim;
+                let mut cache = KvLayer {
+                    k: activations(&gpu, &randn(need, 12), 1, need),
+                    v: activations(&gpu, &randn(need, 13), 1, need),
+                };
+                assert_eq!(gpu.fuses_rope_kv_store(&cache), fused);
+                let rope = Rope {
+                    style,
+                    theta: 10000.0,
+                    dim,
+                    pos_scale: 0.5,
+                    freq_factors: f.as_ref(),
+                };
+                gpu.rope_kv_store(&mut qkv, &p, m, &layout, &rope, &mut cache, capacity)
+                    .unwrap();
+                gpu.set_fusion(true);
+                (
+                    read(&gpu, &qkv, m * w),
+                    read(&gpu, &cache.k, need),
+                    read(&gpu, &cache.v, need),
+                )
+            };
+            let (a, b) = (run(true), run(false));
+            let what = format!("{style:?} dim {dim} factors {with_factors}");
+            assert_eq!(a.0, b.0, "{what}: qkv differs");
+            assert_eq!(a.1, b.1, "{what}: K cache differs");
+            assert_eq!(a.2, b.2, "{what}: V cache differs");
+        }
+    }
+}
+
+/// Greedy tokens through `generate` (decode graphs) with fusion on or off.
+fn greedy(gpu: &CudaBackend, file: &Arc<GgufFile>, forced: &str, fused: bool) -> Vec<u32> {
+    gpu.set_fusion(fused);
+    let model = Model::load(gpu, file).unwrap();
+    let tok = Tokenizer::from_gguf(file).unwrap();
+    let cfg = DispatchConfig {
+        all: Some(forced.to_string()),
+        ..Default::default()
+    };
+    let dispatch = MatmulDispatch::new(gpu.matmul_impls(), &cfg).unwrap();
+    let mut ex = Exec::new(gpu, dispatch);
+    let mut st = State::new(gpu, &model.config, 256, 8, 1).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 24,
+        sampler: SamplerParams::greedy(),
+        ignore_eos: true,
+        ..GenerateOptions::default()
+    };
+    let prompt = [300u32, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310];
+    let g = generate(&mut ex, &model, &mut st, &tok, &prompt, &opts, &mut |_| {}).unwrap();
+    gpu.set_fusion(true);
+    g.ids
+}
+
+/// The last-row logits after a prefill of `prompt` in chunks of 8 rows.
+fn logits(gpu: &CudaBackend, file: &Arc<GgufFile>, forced: &str, fused: bool) -> Vec<f32> {
+    gpu.set_fusion(fused);
+    let model = Model::load(gpu, file).unwrap();
+    let cfg = DispatchConfig {
+        all: Some(forced.to_string()),
+        ..Default::default()
+    };
+    let dispatch = MatmulDispatch::new(gpu.matmul_impls(), &cfg).unwrap();
+    let mut ex = Exec::new(gpu, dispatch);
+    let mut st = State::new(gpu, &model.config, 256, 8, 1).unwrap();
+    let prompt: Vec<u32> = (256..275).collect();
+    for chunk in prompt.chunks(8) {
+        prefill(&mut ex, &model, &mut st, chunk).unwrap();
+    }
+    // Then three single-token steps.
+    for t in [400, 401, 402] {
+        prefill(&mut ex, &model, &mut st, &[t]).unwrap();
+    }
+    gpu.set_fusion(true);
+    read(gpu, &st.logits, model.config.vocab)
+}
+
+/// A synthetic model decodes the same greedy tokens with fusion on and off
+/// on the exact path (`fdot`), and gives close logits on `vecdot`.
+#[test]
+fn synthetic_decode_fused_matches_unfused() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::F16] {
+        let file = synth_model(&tiny256(), ty, 7);
+        let a = greedy(&gpu, &file, "fdot", true);
+        let b = greedy(&gpu, &file, "fdot", false);
+        assert_eq!(a, b, "{ty:?}: fdot greedy tokens differ with fusion on and off");
+        let a = logits(&gpu, &file, "vecdot", true);
+        let b = logits(&gpu, &file, "vecdot", false);
+        let e = rel_l2(&a, &b);
+        eprintln!("{ty:?} vecdot logits fused vs separate: rel_l2 {e:.2e}");
+        assert!(e < 1e-4, "{ty:?}: vecdot logits differ (rel_l2 {e:.2e})");
+    }
+    // A Llama layout too: normal-style rope, no QKV bias, Llama 3 frequency
+    // divisors, an untied lm_head.
+    let llama = metallic::synth::Preset {
+        name: "tiny256-llama",
+        arch: Arch::Llama,
+        tied: false,
+        qkv_bias: false,
+        llama3_rope: Some((8.0, 1.0, 4.0, 128)),
+        ..tiny256()
+    };
+    let file = synth_model(&llama, GgmlType::Q8_0, 3);
+    let a = greedy(&gpu, &file, "fdot", true);
+    let b = greedy(&gpu, &file, "fdot", false);
+    assert_eq!(a, b, "llama: fdot greedy tokens differ with fusion on and off");
+}
