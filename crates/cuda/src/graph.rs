@@ -37,6 +37,8 @@ pub(crate) struct Graphs {
     /// Graph captures so far (for tests and reports).
     pub captures: std::sync::atomic::AtomicU64,
     pub replays: std::sync::atomic::AtomicU64,
+    /// Nodes (kernels and copies) of the graph captured last.
+    pub last_nodes: std::sync::atomic::AtomicU64,
 }
 
 /// Restores normal mode however the step ends.
@@ -119,6 +121,10 @@ impl Graphs {
             return Err(e);
         }
         check(end, "cuStreamEndCapture")?;
+        let mut nodes = 0usize;
+        // Only counted for reports: a failure leaves the count at 0.
+        let _ = unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut nodes) };
+        self.last_nodes.store(nodes as u64, Relaxed);
         if captured_fp != fp {
             unsafe {
                 let _ = sys::cuGraphDestroy(graph);

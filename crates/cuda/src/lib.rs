@@ -156,6 +156,12 @@ impl CudaBackend {
         )
     }
 
+    /// Nodes (kernel launches and copies) of the step graph captured last:
+    /// the kernels a decoded token runs.
+    pub fn last_graph_nodes(&self) -> u64 {
+        self.graphs.last_nodes.load(Ordering::Relaxed)
+    }
+
     /// Copy 4-byte elements `offset..offset + out.len() / 4` of `src` to the host.
     fn read_words(
         &self,

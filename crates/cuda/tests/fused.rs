@@ -331,3 +331,54 @@ fn synthetic_decode_fused_matches_unfused() {
     let b = greedy(&gpu, &file, "fdot", false);
     assert_eq!(a, b, "llama: fdot greedy tokens differ with fusion on and off");
 }
+
+/// Nodes of the decode graph (one launch each) for a model of `layers`
+/// layers of type `ty`, on the default implementations.
+fn decode_graph_nodes(gpu: &CudaBackend, ty: GgmlType, layers: usize, fused: bool) -> u64 {
+    let p = metallic::synth::Preset {
+        layers,
+        ..tiny256()
+    };
+    let file = synth_model(&p, ty, 5);
+    gpu.set_fusion(fused);
+    let model = Model::load(gpu, &file).unwrap();
+    let tok = Tokenizer::from_gguf(&file).unwrap();
+    let dispatch = MatmulDispatch::new(gpu.matmul_impls(), &DispatchConfig::default()).unwrap();
+    let mut ex = Exec::new(gpu, dispatch);
+    let mut st = State::new(gpu, &model.config, 256, 8, 1).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: 4,
+        sampler: SamplerParams::greedy(),
+        ignore_eos: true,
+        ..GenerateOptions::default()
+    };
+    generate(&mut ex, &model, &mut st, &tok, &[300, 301], &opts, &mut |_| {}).unwrap();
+    gpu.set_fusion(true);
+    gpu.last_graph_nodes()
+}
+
+/// The fused decode step runs five kernels a layer (norm+QKV, rope+kv_store,
+/// attention, O+add, norm+gate|up+SwiGLU, down+add: no separate quantise,
+/// norm, add or SwiGLU kernel), on 8-bit and 4-bit weights.
+#[test]
+fn fused_decode_runs_five_kernels_a_layer() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        let per_layer = |fused: bool| {
+            let (a, b) = (
+                decode_graph_nodes(&gpu, ty, 2, fused),
+                decode_graph_nodes(&gpu, ty, 4, fused),
+            );
+            assert!(a > 0 && b > a, "{ty:?}: graph nodes {a} (2 layers), {b} (4 layers)");
+            ((b - a) / 2, a - 2 * (b - a) / 2)
+        };
+        let (fused, fixed) = per_layer(true);
+        let (separate, fixed_separate) = per_layer(false);
+        eprintln!(
+            "{ty:?}: kernels a decoded token: fused {fused} a layer + {fixed}, \
+             separate {separate} a layer + {fixed_separate}"
+        );
+        assert_eq!(fused, 5, "{ty:?}: fused kernels a layer");
+        assert!(separate > fused, "{ty:?}: fusion off should launch more");
+    }
+}
