@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use crate::autotune::{self, Entry, Mode, TuneCache};
 use crate::backend::{
-    Backend, Epilogue, FusedScratch, KvLayer, MatmulOp, MatmulShape, NormPrologue, QkvLayout,
-    Rope,
+    Backend, Epilogue, FusedScratch, KvLayer, MatmulOp, MatmulShape, NormPrologue, QkvLayout, Rope,
 };
 use crate::dispatch::MatmulDispatch;
 use crate::error::{Error, Result};
@@ -258,7 +257,10 @@ impl<'b, B: Backend> Exec<'b, B> {
         out: &mut B::Tensor,
         scratch: FusedScratch<'_, B::Tensor>,
     ) -> Result<()> {
-        let FusedScratch { normed, mut product } = scratch;
+        let FusedScratch {
+            normed,
+            mut product,
+        } = scratch;
         // Autotuning writes the plain product: into `out` only where that is
         // what `out` holds.
         let (shape, imp) = match (epilogue, product.as_deref_mut()) {

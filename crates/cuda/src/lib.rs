@@ -324,7 +324,17 @@ impl Backend for CudaBackend {
         let op = out.ptr_of(DType::F32, m * w.info.n, "matmul out")?;
         self.dev.bind()?;
         let blas = self.blas.as_ref();
-        Ok(matmul::run(&self.dev, &self.k, blas, imp, xp, w, m, op, &Fusion::NONE)?)
+        Ok(matmul::run(
+            &self.dev,
+            &self.k,
+            blas,
+            imp,
+            xp,
+            w,
+            m,
+            op,
+            &Fusion::NONE,
+        )?)
     }
 
     fn fuses(&self, imp: usize, w: &CudaLinear, m: usize, norm: bool, epilogue: Epilogue) -> bool {
@@ -352,11 +362,17 @@ impl Backend for CudaBackend {
         }
         let (n, k) = (w.info.n, w.info.k);
         let xp = x.ptr_of(DType::F32, m * k, "matmul_fused x")?;
-        let out_n = if epilogue == Epilogue::SwiGlu { n / 2 } else { n };
+        let out_n = if epilogue == Epilogue::SwiGlu {
+            n / 2
+        } else {
+            n
+        };
         let op = out.ptr_of(DType::F32, m * out_n, "matmul_fused out")?;
         let fu = Fusion {
             norm: match norm {
-                Some(nm) => nm.weight.ptr_of(DType::F32, k, "matmul_fused norm weight")?,
+                Some(nm) => nm
+                    .weight
+                    .ptr_of(DType::F32, k, "matmul_fused norm weight")?,
                 None => 0,
             },
             eps: norm.map_or(0.0, |nm| nm.eps),
@@ -364,7 +380,9 @@ impl Backend for CudaBackend {
         };
         self.dev.bind()?;
         let blas = self.blas.as_ref();
-        Ok(matmul::run(&self.dev, &self.k, blas, imp, xp, w, m, op, &fu)?)
+        Ok(matmul::run(
+            &self.dev, &self.k, blas, imp, xp, w, m, op, &fu,
+        )?)
     }
 
     fn rope(

@@ -68,13 +68,19 @@ fn run_case(gpu: &CudaBackend, case: &Case, name: &str, fused: bool) -> Vec<f32>
     }
     let f = tensor_file(&tensors);
     let biases = bias.then(|| vec![view(&f, "b")]);
-    let w = gpu.upload_linear(&[view(&f, "w")], biases.as_deref()).unwrap();
+    let w = gpu
+        .upload_linear(&[view(&f, "w")], biases.as_deref())
+        .unwrap();
     // Activations of a few hundred in magnitude, as a residual stream has.
     let xs: Vec<f32> = randn(m * k, 3).iter().map(|v| v * 40.0).collect();
     let x = activations(gpu, &xs, m, k);
     let nw_vals: Vec<f32> = randn(k, 4).iter().map(|v| 1.0 + 0.3 * v).collect();
     let nw = vector(gpu, &nw_vals);
-    let out_n = if epilogue == Epilogue::SwiGlu { n / 2 } else { n };
+    let out_n = if epilogue == Epilogue::SwiGlu {
+        n / 2
+    } else {
+        n
+    };
     let mut out = activations(gpu, &randn(m * out_n, 5), m, out_n);
     let mut normed = gpu.alloc(DType::F32, m * k, "normed").unwrap();
     let mut product = gpu.alloc(DType::F32, m * n, "product").unwrap();
@@ -309,7 +315,10 @@ fn synthetic_decode_fused_matches_unfused() {
         let file = synth_model(&tiny256(), ty, 7);
         let a = greedy(&gpu, &file, "fdot", true);
         let b = greedy(&gpu, &file, "fdot", false);
-        assert_eq!(a, b, "{ty:?}: fdot greedy tokens differ with fusion on and off");
+        assert_eq!(
+            a, b,
+            "{ty:?}: fdot greedy tokens differ with fusion on and off"
+        );
         let a = logits(&gpu, &file, "vecdot", true);
         let b = logits(&gpu, &file, "vecdot", false);
         let e = rel_l2(&a, &b);
@@ -329,7 +338,10 @@ fn synthetic_decode_fused_matches_unfused() {
     let file = synth_model(&llama, GgmlType::Q8_0, 3);
     let a = greedy(&gpu, &file, "fdot", true);
     let b = greedy(&gpu, &file, "fdot", false);
-    assert_eq!(a, b, "llama: fdot greedy tokens differ with fusion on and off");
+    assert_eq!(
+        a, b,
+        "llama: fdot greedy tokens differ with fusion on and off"
+    );
 }
 
 /// Nodes of the decode graph (one launch each) for a model of `layers`
@@ -352,7 +364,16 @@ fn decode_graph_nodes(gpu: &CudaBackend, ty: GgmlType, layers: usize, fused: boo
         ignore_eos: true,
         ..GenerateOptions::default()
     };
-    generate(&mut ex, &model, &mut st, &tok, &[300, 301], &opts, &mut |_| {}).unwrap();
+    generate(
+        &mut ex,
+        &model,
+        &mut st,
+        &tok,
+        &[300, 301],
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap();
     gpu.set_fusion(true);
     gpu.last_graph_nodes()
 }
@@ -369,7 +390,10 @@ fn fused_decode_runs_six_kernels_a_layer() {
                 decode_graph_nodes(&gpu, ty, 2, fused),
                 decode_graph_nodes(&gpu, ty, 4, fused),
             );
-            assert!(a > 0 && b > a, "{ty:?}: graph nodes {a} (2 layers), {b} (4 layers)");
+            assert!(
+                a > 0 && b > a,
+                "{ty:?}: graph nodes {a} (2 layers), {b} (4 layers)"
+            );
             ((b - a) / 2, a - 2 * (b - a) / 2)
         };
         let (fused, fixed) = per_layer(true);
