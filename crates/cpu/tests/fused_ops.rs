@@ -153,7 +153,7 @@ fn default_matmul_fused_composes_norm_product_and_epilogue() {
                     &out0,
                 );
                 let what = format!("{epilogue:?} norm={norm} bias={with_bias}");
-                let prologue = norm.then(|| NormPrologue {
+                let prologue = norm.then_some(NormPrologue {
                     weight: &nw_t,
                     eps: 1e-6,
                 });
@@ -194,7 +194,7 @@ fn default_matmul_fused_composes_norm_product_and_epilogue() {
                 let mut out2 = CpuTensor::F32(out0.clone());
                 ex.matmul_fused(
                     &xt,
-                    norm.then(|| NormPrologue {
+                    norm.then_some(NormPrologue {
                         weight: &nw_t,
                         eps: 1e-6,
                     }),

@@ -11,6 +11,10 @@
 //! (`vecdot` has dp4a kernels for Q8_0, Q4_0, Q4_1, Q4_K and Q6_K; rows of
 //! Q5_0, Q5_1, Q5_K, Q2_K and Q3_K run the `fdot` kernels there.)
 //!
+//! `vecdot` and `fdot` also run a product with an RMS norm of its input and a
+//! residual-add or SwiGLU epilogue in one kernel ([`fuses`], `Fusion`):
+//! `Backend::matmul_fused` of the decode path.
+//!
 //! Default rule ([`default_impl`]): `vecdot` for decode-sized batches,
 //! `cublas` above. `fdot` is the exact path (no activation rounding), for
 //! checks and numerically fussy runs (METALLIC_MATMUL_BACKEND=fdot).

@@ -91,7 +91,7 @@ fn run_case(gpu: &CudaBackend, case: &Case, name: &str, fused: bool) -> Vec<f32>
         fused,
         "{name} should fuse this case exactly when fusion is on"
     );
-    let prologue = norm.then(|| NormPrologue {
+    let prologue = norm.then_some(NormPrologue {
         weight: &nw,
         eps: 1e-6,
     });

@@ -12,7 +12,9 @@
 //! 1097 vs 1047 tok/s in Q8_0 that way, and 1099 vs 1040 in Q4_0 the other
 //! way (a 4-bit row streams in half the time, so the per-block quantisation
 //! weighs more). [`Vecdot::set_fused`] (METALLIC_CUDA_VECDOT_FUSED=0/1 when
-//! the backend opens) forces one way for every type.
+//! the backend opens) forces one way for every type. A product with a fused
+//! norm or epilogue ([`Fusion`], the decode path) always quantises in the
+//! block: it saves the separate kernel, and the norm must come before rounding.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
