@@ -3,6 +3,7 @@
 //! module (`ops/<op>.rs`) takes its function handles from it, so that
 //! launching never looks a name up.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::Arc;
 
@@ -78,9 +79,44 @@ pub(crate) struct Loader<'a> {
     cache: KernelCache,
     nvrtc: (i32, i32),
     modules: Vec<Module>,
+    /// Images compiled ahead by [`Loader::precompile`], by file name.
+    compiled: HashMap<&'static str, Vec<u8>>,
 }
 
 impl Loader<'_> {
+    /// Compile every file of `sources` that the cache does not hold, each
+    /// on its own thread: NVRTC takes seconds to minutes a file (the
+    /// matrix-vector files most), so a first open (an empty cache, a new
+    /// driver) waits for the slowest file rather than for their sum. A file
+    /// that fails here is compiled again by [`module`](Self::module), which
+    /// reports the error.
+    pub fn precompile(&mut self, sources: &[&'static KernelSource]) {
+        let missing: Vec<&'static KernelSource> = sources
+            .iter()
+            .copied()
+            .filter(|s| {
+                let key = cache_key(s, self.dev, self.nvrtc);
+                self.cache.path(s.name, key).is_none_or(|p| !p.exists())
+            })
+            .collect();
+        if missing.len() < 2 {
+            return;
+        }
+        let (major, minor) = self.dev.cc;
+        let images: Vec<_> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = missing
+                .iter()
+                .map(|&src| scope.spawn(move || (src, compile::compile(src, major, minor, false))))
+                .collect();
+            jobs.into_iter().filter_map(|j| j.join().ok()).collect()
+        });
+        for (src, r) in images {
+            if let Ok(c) = r {
+                self.compiled.insert(src.name, c.cubin);
+            }
+        }
+    }
+
     /// Load one kernel file: from the cache when a valid entry exists, else
     /// compiled by NVRTC (and then cached).
     pub fn module(&mut self, src: &KernelSource) -> CudaResult<ModuleRef> {
@@ -96,14 +132,17 @@ impl Loader<'_> {
         let m = match loaded {
             Some(m) => m,
             None => {
-                let compiled = compile::compile(src, self.dev.cc.0, self.dev.cc.1, false)?;
-                let m = load_image(&compiled.cubin).ok_or_else(|| {
+                let cubin = match self.compiled.remove(src.name) {
+                    Some(c) => c,
+                    None => compile::compile(src, self.dev.cc.0, self.dev.cc.1, false)?.cubin,
+                };
+                let m = load_image(&cubin).ok_or_else(|| {
                     CudaError::Invalid(format!(
                         "the driver could not load the module compiled from kernels/{}.cu",
                         src.name
                     ))
                 })?;
-                self.cache.store(src.name, key, &compiled.cubin);
+                self.cache.store(src.name, key, &cubin);
                 m
             }
         };
@@ -170,7 +209,9 @@ impl Kernels {
             cache: KernelCache::in_cache_dir(|k| std::env::var_os(k)),
             nvrtc: compile::nvrtc_version()?,
             modules: Vec::new(),
+            compiled: HashMap::new(),
         };
+        l.precompile(ops::SOURCES);
         Ok(Kernels {
             embed: ops::embed::Embed::load(&mut l)?,
             rms_norm: ops::rms_norm::RmsNorm::load(&mut l)?,

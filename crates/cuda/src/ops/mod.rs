@@ -32,8 +32,8 @@ macro_rules! kernel_source {
 }
 pub(crate) use kernel_source;
 
-/// Every kernel file (the compile test builds each for every architecture).
-#[cfg(test)]
+/// Every kernel file (compiled ahead in parallel when the backend opens; the
+/// compile test builds each for every architecture).
 pub(crate) const SOURCES: &[&crate::compile::KernelSource] = &[
     &add::SOURCE,
     &advance::SOURCE,
