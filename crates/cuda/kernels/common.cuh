@@ -112,6 +112,9 @@ __device__ __forceinline__ float4 ldg_f4(const float* p) {
 //    residual add), EPI_SWIGLU treats rows [0, n/2) as gate and [n/2, n) as
 //    up, computes both in one warp and writes silu(gate) * up to the n/2
 //    columns of out.
+// split (vecdot; fdot takes 1): warps sharing one weight row, each taking
+// every split-th unit of it (split-K), so that products with few rows keep
+// more loads in flight; their sums meet in shared memory (split_reduce).
 // Each IMPL calls pdl_enter() itself, after whatever it may do before its
 // producer has finished.
 
@@ -121,10 +124,10 @@ __device__ __forceinline__ float4 ldg_f4(const float* p) {
 
 #define MATVEC_ARGS                                                                      \
     const u8 *p0, const u8 *p1, const u8 *p2, const u8 *p3, int n, int k, const float *x, \
-        float *out, int ldo, const float *bias, const float *nw, float eps, int epi
+        float *out, int ldo, const float *bias, const float *nw, float eps, int epi, int split
 
 // Pass MATVEC_ARGS on to another function.
-#define MATVEC_PASS p0, p1, p2, p3, n, k, x, out, ldo, bias, nw, eps, epi
+#define MATVEC_PASS p0, p1, p2, p3, n, k, x, out, ldo, bias, nw, eps, epi, split
 
 // The RMS norm's scale of each of the M rows of x [M, k]: 1 / sqrt(mean(x^2)
 // + eps), as rms_norm.cu computes it (squares summed in f64, the sum and the
@@ -209,6 +212,42 @@ __device__ __forceinline__ void matvec_store_swiglu(float (&g)[M], float (&u)[M]
             out[(long long)m * ldo + row] = __fmul_rn(__fdiv_rn(gv, __fadd_rn(1.0f, expf(-gv))), uv);
         }
     }
+}
+
+// Split-K: the partial sums of the S warps of a row group (warps g*S ..
+// g*S + S - 1 of the block) added, in warp order, into lane 0 of the group's
+// first warp; every other lane and warp ends with zeros, so matvec_store's
+// reduction then yields the total. Every thread of the block calls it.
+template <int M>
+__device__ __forceinline__ void split_reduce(float (&g)[M], float (&u)[M], bool two, int S) {
+    __shared__ float red[2][32][M];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        g[m] = warp_sum(g[m]);
+        if (two) u[m] = warp_sum(u[m]);
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            red[0][warp][m] = g[m];
+            red[1][warp][m] = u[m];
+        }
+    }
+    __syncthreads();
+    const bool first = warp % S == 0 && lane == 0;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float a = 0.0f, b = 0.0f;
+        if (first)
+            for (int s = 0; s < S; s++) {
+                a += red[0][warp + s][m];
+                b += red[1][warp + s][m];
+            }
+        g[m] = a;
+        u[m] = b;
+    }
+    __syncthreads();
 }
 
 // Rows a matrix-vector kernel loops over: n, or the n/2 gate rows for EPI_SWIGLU.

@@ -240,11 +240,12 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int nr = matvec_rows(n, epi);
     {
-        // Weights are never written: safe to touch before the wait.
-        const int row0 = blockIdx.x * warps + warp;
+        // Weights are never written: safe to touch before the wait. Each
+        // warp asks for the lines of its own share of its row.
+        const int row0 = blockIdx.x * (warps / split) + warp / split;
         const long long rb = T == T_Q8_0 ? k : k / 2;  // bytes of plane 0 per row
         if (row0 < nr)
-            for (long long o = lane * 128; o < rb; o += 32 * 128) {
+            for (long long o = (lane + 32LL * (warp % split)) * 128; o < rb; o += 32LL * split * 128) {
                 prefetch_l2(p0 + row0 * rb + o);
                 if (epi == EPI_SWIGLU) prefetch_l2(p0 + (row0 + nr) * rb + o);
             }
@@ -263,25 +264,34 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
     __syncthreads();
     const W w{p0, p1, p2, p3};
     const int nu = units_per_row<T>(k);
-    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < nr; row += gridDim.x * warps) {
-        float acc[M];
+    // `split` warps share a row: a row group per `split` warps, each warp
+    // taking every split-th run of 32 units. The loop bound is uniform over
+    // the block (split_reduce synchronises).
+    const int S = split, rpb = warps / S, sub = warp % S;
+    const bool two = epi == EPI_SWIGLU;
+    for (int r0 = blockIdx.x * rpb; r0 < nr; r0 += gridDim.x * rpb) {
+        const int row = r0 + warp / S;
+        float acc[M], up[M];
 #pragma unroll
-        for (int m = 0; m < M; m++) acc[m] = 0.0f;
-        if (epi == EPI_SWIGLU) {
-            float up[M];
-#pragma unroll
-            for (int m = 0; m < M; m++) up[m] = 0.0f;
+        for (int m = 0; m < M; m++) acc[m] = up[m] = 0.0f;
+        if (row < nr) {
+            if (two) {
 #pragma unroll 2
-            for (int u = lane; u < nu; u += 32) {
-                q_unit<T, M>(acc, w, row, k, u, xq, xg);
-                q_unit<T, M>(up, w, row + nr, k, u, xq, xg);
-            }
-            matvec_store_swiglu<M>(acc, up, lane, row, nr, out, ldo, bias);
-        } else {
+                for (int u = lane + 32 * sub; u < nu; u += 32 * S) {
+                    q_unit<T, M>(acc, w, row, k, u, xq, xg);
+                    q_unit<T, M>(up, w, row + nr, k, u, xq, xg);
+                }
+            } else {
 #pragma unroll 4
-            for (int u = lane; u < nu; u += 32) q_unit<T, M>(acc, w, row, k, u, xq, xg);
-            matvec_store<M>(acc, lane, row, out, ldo, bias, epi);
+                for (int u = lane + 32 * sub; u < nu; u += 32 * S) q_unit<T, M>(acc, w, row, k, u, xq, xg);
+            }
         }
+        if (S > 1) split_reduce<M>(acc, up, two, S);
+        if (sub != 0 || row >= nr) continue;
+        if (two)
+            matvec_store_swiglu<M>(acc, up, lane, row, nr, out, ldo, bias);
+        else
+            matvec_store<M>(acc, lane, row, out, ldo, bias, epi);
     }
 }
 

@@ -154,6 +154,23 @@ impl Loader<'_> {
         Ok(r)
     }
 
+    /// The most threads a block of `f` may have (fewer than 1024 when its
+    /// registers a thread are many).
+    pub fn max_threads(&self, f: Func) -> CudaResult<u32> {
+        let mut v = 0i32;
+        check(
+            unsafe {
+                sys::cuFuncGetAttribute(
+                    &mut v,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+                    f.0,
+                )
+            },
+            "cuFuncGetAttribute",
+        )?;
+        Ok(v.max(32) as u32)
+    }
+
     /// Allow a kernel as much dynamic shared memory as the device lets one
     /// block have (`optin`), less what the kernel declares statically.
     pub fn allow_smem(&self, f: Func) -> CudaResult<()> {

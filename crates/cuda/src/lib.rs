@@ -143,6 +143,17 @@ impl CudaBackend {
         self.k.vecdot.set_fused(on);
     }
 
+    /// Warps sharing one weight row in `vecdot` products of few rows
+    /// (split-K: 1, 2 or 4); METALLIC_CUDA_VECDOT_SPLIT sets it when the
+    /// backend opens. Graphs captured the other way are captured again.
+    pub fn set_vecdot_split(&self, split: usize) {
+        self.k.vecdot.set_split(split);
+    }
+
+    pub fn vecdot_split(&self) -> usize {
+        self.k.vecdot.split()
+    }
+
     pub fn vecdot_fused(&self) -> Option<bool> {
         self.k.vecdot.fused()
     }

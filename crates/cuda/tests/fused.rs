@@ -406,3 +406,48 @@ fn fused_decode_runs_six_kernels_a_layer() {
         assert!(separate > fused, "{ty:?}: fusion off should launch more");
     }
 }
+
+/// `vecdot` with 2 or 4 warps sharing a weight row (split-K) gives the
+/// unsplit product but for the order of its sums: plain, with the norm, the
+/// residual add and SwiGLU, on rows few enough to split, ragged counts.
+#[test]
+fn vecdot_split_k_matches_unsplit() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let before = gpu.vecdot_split();
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        for (m, n, k, norm, epilogue) in [
+            (1, 896, 4864, false, Epilogue::AddInto),
+            (2, 333, 512, true, Epilogue::Store),
+            (1, 1400, 1024, true, Epilogue::SwiGlu),
+            (2, 130, 768, false, Epilogue::Store),
+        ] {
+            let case = Case {
+                ty,
+                n,
+                k,
+                m,
+                norm,
+                bias: m == 2,
+                epilogue,
+            };
+            gpu.set_vecdot_split(1);
+            let want = run_case(&gpu, &case, "vecdot", true);
+            for split in [2, 4] {
+                gpu.set_vecdot_split(split);
+                let got = run_case(&gpu, &case, "vecdot", true);
+                let e = rel_l2(&got, &want);
+                eprintln!("split {split} {ty:?} m={m} n={n} k={k} {epilogue:?}: rel_l2 {e:.2e}");
+                assert!(
+                    e < 1e-5,
+                    "split {split} {ty:?} m={m} n={n} k={k} {epilogue:?}: rel_l2 {e:.2e}"
+                );
+            }
+        }
+    }
+    gpu.set_vecdot_split(before);
+}

@@ -85,7 +85,8 @@ impl Fusion {
 
 /// The arguments every matrix-vector kernel takes (`MATVEC_ARGS` in
 /// common.cuh): planes, rows, k, x, out at the segment's first column, the
-/// row stride of out, the bias at the same column (0 for none), and the fusion.
+/// row stride of out, the bias at the same column (0 for none), the fusion,
+/// and the warps that share a row (`split`, 1 but for `vecdot`'s split-K).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matvec_args(
     seg: &Segment,
@@ -95,7 +96,8 @@ pub(crate) fn matvec_args(
     ldo: usize,
     bias: u64,
     fu: &Fusion,
-) -> [Arg; 13] {
+    split: usize,
+) -> [Arg; 14] {
     let p = seg.planes;
     let col = 4 * seg.row0 as u64;
     [
@@ -112,6 +114,7 @@ pub(crate) fn matvec_args(
         Arg(fu.norm),
         Arg::from(fu.eps),
         Arg::from(fu.epi_code()),
+        Arg::from(split as i32),
     ]
 }
 
@@ -171,7 +174,7 @@ impl Fdot {
             (blocks as u32, 1, 1),
             (warps * 32) as u32,
             0,
-            &matvec_args(seg, k, x, out, ldo, bias, fu),
+            &matvec_args(seg, k, x, out, ldo, bias, fu, 1),
         )
     }
 

@@ -16,7 +16,7 @@
 //! norm or epilogue ([`Fusion`], the decode path) always quantises in the
 //! block: it saves the separate kernel, and the norm must come before rounding.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::matmul_fdot::{check_fusion, check_m, matvec_args, matvec_grid, Fdot, Fusion, MAX_M};
@@ -67,15 +67,31 @@ fn mode_from_env() -> u8 {
     }
 }
 
+/// METALLIC_CUDA_VECDOT_SPLIT=1|2|4: warps that share one weight row (split-K)
+/// in a product of at most 2 activation rows whose weight rows are too few to
+/// fill the GPU with warps (the 4-warp grid of `matvec_grid`); 1 (the
+/// default) for none. Anything else reads as 1.
+fn split_from_env() -> usize {
+    match std::env::var("METALLIC_CUDA_VECDOT_SPLIT").as_deref() {
+        Ok("2") => 2,
+        Ok("4") => 4,
+        _ => 1,
+    }
+}
+
 pub(crate) struct Vecdot {
     /// `vecdot_<type>_m<M>` (quantising in the block) for the types with a
     /// dp4a kernel (null for the others).
     fused: [[Func; MAX_M]; WType::COUNT],
     /// `vecdotpre_<type>_m<M>` (copying what `quantize_act` made).
     pre: [[Func; MAX_M]; WType::COUNT],
+    /// The most threads a block of `fused` / `pre` may have (by their registers).
+    max_threads: [[[u32; MAX_M]; WType::COUNT]; 2],
     quantize: Func,
     /// AUTO, FUSED or SEPARATE.
     mode: AtomicU8,
+    /// Warps sharing a weight row (split-K) in products of few rows.
+    split: AtomicUsize,
     /// The activations quantised by `quantize_act`, grown on demand.
     xq: Mutex<Option<DeviceBuffer>>,
 }
@@ -85,20 +101,27 @@ impl Vecdot {
         let module = l.module(&SOURCE)?;
         let mut fused = [[Func::null(); MAX_M]; WType::COUNT];
         let mut pre = [[Func::null(); MAX_M]; WType::COUNT];
+        let mut max_threads = [[[0u32; MAX_M]; WType::COUNT]; 2];
         for t in WType::ALL.into_iter().filter(|t| t.has_vecdot()) {
             for m in 1..=MAX_M {
-                for (set, prefix) in [(&mut fused, "vecdot"), (&mut pre, "vecdotpre")] {
+                for (i, (set, prefix)) in [(&mut fused, "vecdot"), (&mut pre, "vecdotpre")]
+                    .into_iter()
+                    .enumerate()
+                {
                     let f = module.function(&format!("{prefix}_{}_m{m}", t.suffix()))?;
                     l.allow_smem(f)?;
                     set[t as usize][m - 1] = f;
+                    max_threads[i][t as usize][m - 1] = l.max_threads(f)?;
                 }
             }
         }
         Ok(Vecdot {
             fused,
             pre,
+            max_threads,
             quantize: module.function("quantize_act")?,
             mode: AtomicU8::new(mode_from_env()),
+            split: AtomicUsize::new(split_from_env()),
             xq: Mutex::new(None),
         })
     }
@@ -113,6 +136,18 @@ impl Vecdot {
             Some(false) => SEPARATE,
         };
         self.mode.store(m, Ordering::Relaxed);
+    }
+
+    /// Warps sharing a weight row in products with few rows (1, 2 or 4;
+    /// other values read as 1). The sums' order changes, so the results may
+    /// differ in the last bits from an unsplit product.
+    pub fn set_split(&self, split: usize) {
+        let s = if matches!(split, 2 | 4) { split } else { 1 };
+        self.split.store(s, Ordering::Relaxed);
+    }
+
+    pub fn split(&self) -> usize {
+        self.split.load(Ordering::Relaxed)
     }
 
     pub fn fused(&self) -> Option<bool> {
@@ -194,12 +229,23 @@ impl Vecdot {
             // memory once; cap the blocks so that this is amortised over many
             // rows while every SM is still filled several times.
             let blocks = blocks.min(sm * 32 / warps);
+            // Split-K where the rows alone leave the SMs short of warps (the
+            // 4-warp grid) and the per-warp registers are few (m <= 2).
+            let mut split = if warps == 4 && m <= 2 {
+                self.split()
+            } else {
+                1
+            };
+            let limit = self.max_threads[!fused as usize][seg.ty as usize][m - 1] as usize;
+            while split > 1 && warps * split * 32 > limit {
+                split /= 2;
+            }
             dev.launch(
                 f,
                 (blocks as u32, 1, 1),
-                (warps * 32) as u32,
+                (warps * split * 32) as u32,
                 xq_bytes(m, k) as u32,
-                &matvec_args(seg, k, xin, out, ldo, bias, fu),
+                &matvec_args(seg, k, xin, out, ldo, bias, fu, split),
             )?;
         }
         Ok(())
