@@ -69,13 +69,16 @@ fn mode_from_env() -> u8 {
 
 /// METALLIC_CUDA_VECDOT_SPLIT=1|2|4: warps that share one weight row (split-K)
 /// in a product of at most 2 activation rows whose weight rows are too few to
-/// fill the GPU with warps (the 4-warp grid of `matvec_grid`); 1 (the
-/// default) for none. Anything else reads as 1.
+/// fill the GPU with warps (the 4-warp grid of `matvec_grid`: Qwen2.5-0.5B's
+/// QKV, O and down); 1 for none. Unset (or anything else): 2, which measured
+/// fastest on the H200 (Qwen2.5-0.5B tg128, fused path, two alternating
+/// rounds: Q8_0 1,117 / 1,179 / 1,165 tok/s and Q4_0 1,286 / 1,362 / 1,277
+/// with 1 / 2 / 4 warps a row).
 fn split_from_env() -> usize {
     match std::env::var("METALLIC_CUDA_VECDOT_SPLIT").as_deref() {
-        Ok("2") => 2,
+        Ok("1") => 1,
         Ok("4") => 4,
-        _ => 1,
+        _ => 2,
     }
 }
 
