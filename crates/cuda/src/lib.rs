@@ -402,6 +402,12 @@ impl Backend for CudaBackend {
         Ok(a.launch(&self.dev, qp, &c, pp, m, layout, op)?)
     }
 
+    /// `vecdot_chunked` (see `matmul.rs`): never cuBLAS, whose algorithm
+    /// depends on `m`.
+    fn batch_invariant_matmul(&self) -> Option<&'static str> {
+        Some(matmul::IMPLS[matmul::VECDOT_CHUNKED].name)
+    }
+
     fn paged_kv_store(
         &self,
         qkv: &CudaTensor,
