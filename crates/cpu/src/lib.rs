@@ -65,10 +65,7 @@ fn f32s_mut<'a>(t: &'a mut CpuTensor, what: &str) -> Result<&'a mut [f32]> {
 }
 
 fn paged_cache_type() -> Error {
-    Error::backend(
-        "cpu",
-        "paged K and V caches must both be f32 or both f16",
-    )
+    Error::backend("cpu", "paged K and V caches must both be f32 or both f16")
 }
 
 fn i32s<'a>(t: &'a CpuTensor, what: &str) -> Result<&'a [i32]> {

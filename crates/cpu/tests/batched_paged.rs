@@ -230,11 +230,7 @@ fn f16_paged_cache_logits_are_close_to_f32() {
         let rel = (num / den).sqrt();
         assert!(rel < 1e-2, "step {step}: f16 cache logits rel_l2 {rel:.2e}");
         assert_ne!(bits(g), bits(w), "step {step}: f16 cache changed nothing");
-        let argmax = |v: &[f32]| {
-            (0..v.len())
-                .max_by(|&i, &j| v[i].total_cmp(&v[j]))
-                .unwrap()
-        };
+        let argmax = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
         assert_eq!(argmax(g), argmax(w), "step {step}: greedy token differs");
     }
 }

@@ -107,11 +107,7 @@ impl<B: Backend> BatchState<B> {
         for l in 0..cfg.n_layers {
             kv.push(KvLayer {
                 k: backend.alloc(kv_type, layer_len, &format!("paged KV (layer {l} keys)"))?,
-                v: backend.alloc(
-                    kv_type,
-                    layer_len,
-                    &format!("paged KV (layer {l} values)"),
-                )?,
+                v: backend.alloc(kv_type, layer_len, &format!("paged KV (layer {l} values)"))?,
             });
         }
         let f32t = |len: usize, what: &str| backend.alloc(DType::F32, len, what);
