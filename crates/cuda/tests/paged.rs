@@ -80,7 +80,10 @@ fn store<B: Backend>(
 
 /// The attention output of the step's rows, and the K and V caches (read
 /// as f32 where the cache is f32).
-fn paged_rows<B: Backend>(b: &B, c: &Case, kv: DType) -> (Vec<f32>, Option<(Vec<f32>, Vec<f32>)>) {
+/// K and V caches read back as f32.
+type Caches = (Vec<f32>, Vec<f32>);
+
+fn paged_rows<B: Backend>(b: &B, c: &Case, kv: DType) -> (Vec<f32>, Option<Caches>) {
     let len = c.paged.layer_len(&c.layout);
     let mut cache = KvLayer {
         k: b.alloc(kv, len, "k").unwrap(),
@@ -340,5 +343,77 @@ fn deterministic_logits_are_the_same_alone_and_in_batches() {
                 rel_l2(&dflt[0][1], &default_alone[0][1])
             );
         }
+    }
+}
+
+/// Logits of `steps` decode steps of 4 sequences after their prompts, decode
+/// steps replayed as graphs or not.
+fn decode_steps(
+    gpu: &metallic_cuda::CudaBackend,
+    model: &Model<metallic_cuda::CudaBackend>,
+    replay: bool,
+    steps: usize,
+) -> Vec<Vec<f32>> {
+    let vocab = model.config.vocab;
+    let ps = prompts(4, vocab);
+    let paged = PagedLayout {
+        block_size: 16,
+        n_blocks: 12,
+        table_stride: 3,
+    };
+    let mut ex = exec(gpu, None);
+    let mut bs = BatchState::new(gpu, &model.config, paged, DType::F32, 64, 4).unwrap();
+    bs.replay_decode = replay;
+    let tables: Vec<[u32; 3]> = (0..4u32).map(|s| [3 * s, 3 * s + 1, 3 * s + 2]).collect();
+    let mut rows = Vec::new();
+    let mut last = Vec::new();
+    for (s, p) in ps.iter().enumerate() {
+        for (pos, &token) in p.iter().enumerate() {
+            rows.push(BatchRow {
+                token,
+                pos,
+                table: &tables[s],
+            });
+        }
+        last.push(rows.len() - 1);
+    }
+    model.forward_batch(&mut ex, &mut bs, &rows, &last).unwrap();
+    let mut out = Vec::new();
+    for step in 0..steps {
+        let rows: Vec<BatchRow> = (0..4)
+            .map(|s| BatchRow {
+                token: (7 * step + s + 1) as u32,
+                pos: ps[s].len() + step,
+                table: &tables[s],
+            })
+            .collect();
+        model
+            .forward_batch(&mut ex, &mut bs, &rows, &[0, 1, 2, 3])
+            .unwrap();
+        out.push(row_logits(gpu, &bs.logits, 0, vocab * 4));
+    }
+    out
+}
+
+/// Decode steps of one batch size are captured once and then replayed as a
+/// CUDA graph (positions and block tables read from device memory), with
+/// the same logits, to the bit, as running them directly.
+#[test]
+fn batched_decode_steps_replay_as_graphs_with_the_same_logits() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let file = model_file();
+    let model = Model::load(&gpu, &file).unwrap();
+    let direct = decode_steps(&gpu, &model, false, 4);
+    let (c0, r0) = gpu.graph_stats();
+    let replayed = decode_steps(&gpu, &model, true, 4);
+    let (c1, r1) = gpu.graph_stats();
+    assert!(c1 > c0, "no graph captured");
+    assert!(
+        r1 >= r0 + 3,
+        "decode steps not replayed ({} replays)",
+        r1 - r0
+    );
+    for (step, (g, w)) in replayed.iter().zip(&direct).enumerate() {
+        assert_eq!(bits(g), bits(w), "step {step}: replayed logits differ");
     }
 }

@@ -28,6 +28,9 @@ use crate::profiler::OpKind;
 
 use super::Model;
 
+/// Graph keys of batched decode steps: this plus the row count.
+const DECODE_GRAPH_KEY_BASE: u64 = 0xba7c_4ed0_0000_0000;
+
 /// One row of a batched step: `token` at `pos` of the sequence whose block
 /// table is `table`.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +46,8 @@ pub struct BatchState<B: Backend> {
     pub paged: PagedLayout,
     /// Element type of the paged cache: f32 or f16.
     pub kv_type: DType,
+    /// Replay decode steps as graphs where the backend can (on by default).
+    pub replay_decode: bool,
     pub max_rows: usize,
     pub max_logits: usize,
     /// Per layer K and V: `[n_blocks, kv_heads, block_size, head_dim]`.
@@ -115,6 +120,7 @@ impl<B: Backend> BatchState<B> {
         Ok(BatchState {
             paged,
             kv_type,
+            replay_decode: true,
             max_rows,
             max_logits,
             kv,
@@ -208,6 +214,34 @@ impl<B: Backend> Model<B> {
         b.write_i32(&mut bs.pos, 0, &bs.host_pos)?;
         b.write_i32(&mut bs.tables, 0, &bs.host_tables)?;
 
+        // A decode step (every row wants its logits) takes no host values
+        // but its row count: the same launches for every step of that batch
+        // size, so on CUDA it is captured once per size and replayed as a
+        // graph (the backend re-captures if anything else changed). Prefill
+        // steps vary in shape and run directly.
+        let decode = n_out == m && logit_rows.iter().enumerate().all(|(j, &r)| r == j);
+        if decode && bs.replay_decode {
+            let key = DECODE_GRAPH_KEY_BASE + m as u64;
+            b.replayable(key, &mut || {
+                self.batch_ops(ex, bs, m, logit_rows, max_kv_len)
+            })
+        } else {
+            self.batch_ops(ex, bs, m, logit_rows, max_kv_len)
+        }
+    }
+
+    /// The ops of a batched step over the staged rows.
+    fn batch_ops(
+        &self,
+        ex: &mut Exec<'_, B>,
+        bs: &mut BatchState<B>,
+        m: usize,
+        logit_rows: &[usize],
+        max_kv_len: usize,
+    ) -> Result<()> {
+        let c = &self.config;
+        let n_out = logit_rows.len();
+
         let layout = self.layout();
         let rope = Rope {
             style: c.rope_style,
@@ -219,7 +253,7 @@ impl<B: Backend> Model<B> {
             },
             freq_factors: self.rope_freqs.as_ref(),
         };
-        let b_name = b.name();
+        let b_name = ex.backend.name();
         let h = c.hidden;
         let paged = bs.paged;
 
