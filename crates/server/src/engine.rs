@@ -10,8 +10,10 @@
 //! running sequence needs a block and none is left, the most recently
 //! admitted other sequence is preempted: its blocks are freed and it goes
 //! back to the front of the queue to be recomputed from its tokens (prompt
-//! plus what it generated so far), which gives the same KV exactly (the batch
-//! is row-independent on the CPU; see `metallic::model::BatchState`).
+//! plus what it generated so far), which gives the same KV exactly where the
+//! step is batch-invariant (always on the CPU, with `--deterministic` on
+//! CUDA; see `metallic::model::BatchState`) and the same up to rounding
+//! otherwise.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
