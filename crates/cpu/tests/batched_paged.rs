@@ -248,3 +248,80 @@ fn f16_block_is_half_the_bytes_of_f32() {
         2 * cfg.n_layers * cfg.n_kv_heads * 16 * cfg.head_dim * 4
     );
 }
+
+/// Sequence 0's logits after its prompt and after one decode token, served
+/// with `others` other sequences (their prompt rows before and after its
+/// own, then one decode row each around its decode row).
+fn in_batch(b: &CpuBackend, model: &Model<CpuBackend>, others: usize) -> [Vec<f32>; 2] {
+    let vocab = model.config.vocab;
+    let mut ex = fdot_exec(b);
+    let n = others + 1;
+    let paged = PagedLayout {
+        block_size: 4,
+        n_blocks: 5 * n,
+        table_stride: 5,
+    };
+    let prompts: Vec<Vec<u32>> = (0..n)
+        .map(|s| match s {
+            0 => PROMPT_A.to_vec(),
+            s => PROMPT_B[..1 + s % PROMPT_B.len()].to_vec(),
+        })
+        .collect();
+    let tables: Vec<Vec<u32>> = (0..n as u32)
+        .map(|s| (0..5).map(|j| j * n as u32 + s).collect())
+        .collect();
+    // Sequence 0 goes in the middle of the step.
+    let order: Vec<usize> = (1..=others / 2)
+        .chain([0])
+        .chain(others / 2 + 1..n)
+        .collect();
+    let mut bs = BatchState::new(b, &model.config, paged, DType::F32, 128, n).unwrap();
+    let mut rows = Vec::new();
+    let mut at = 0;
+    for &s in &order {
+        for (pos, &token) in prompts[s].iter().enumerate() {
+            rows.push(BatchRow {
+                token,
+                pos,
+                table: &tables[s],
+            });
+        }
+        if s == 0 {
+            at = rows.len() - 1;
+        }
+    }
+    model.forward_batch(&mut ex, &mut bs, &rows, &[at]).unwrap();
+    let after_prompt = read_row(b, &bs.logits, 0, vocab);
+    let rows: Vec<BatchRow> = order
+        .iter()
+        .map(|&s| BatchRow {
+            token: 42 + s as u32,
+            pos: prompts[s].len(),
+            table: &tables[s],
+        })
+        .collect();
+    let at = order.iter().position(|&s| s == 0).unwrap();
+    model.forward_batch(&mut ex, &mut bs, &rows, &[at]).unwrap();
+    [after_prompt, read_row(b, &bs.logits, 0, vocab)]
+}
+
+/// The CPU's exact path is batch-invariant by construction: sequence 0's
+/// logits, after its prompt and after a decode step, are the same bits alone
+/// and among 1, 4 and 8 other sequences.
+#[test]
+fn a_sequence_gets_the_same_logits_in_batches_of_several_sizes() {
+    let Some(file) = open() else { return };
+    let b = CpuBackend::new(2).unwrap();
+    let model = Model::load(&b, &file).unwrap();
+    let alone = in_batch(&b, &model, 0);
+    for others in [1, 4, 8] {
+        let got = in_batch(&b, &model, others);
+        for step in 0..2 {
+            assert_eq!(
+                bits(&got[step]),
+                bits(&alone[step]),
+                "step {step} changed among {others} other sequences"
+            );
+        }
+    }
+}
