@@ -196,23 +196,88 @@ fn row_logits<B: Backend>(b: &B, t: &B::Tensor, row: usize, vocab: usize) -> Vec
     v
 }
 
-/// Each sequence alone through `forward` (contiguous cache): logits after
-/// its prompt, then after one decode token.
-fn single<B: Backend>(b: &B, model: &Model<B>, prompt: &[u32], next: u32) -> [Vec<f32>; 2] {
+/// Each sequence alone through `forward` (contiguous cache) with `forced`,
+/// its prompt in chunks of at most 8: logits after its prompt, then after
+/// one decode token.
+fn single<B: Backend>(
+    b: &B,
+    model: &Model<B>,
+    forced: Option<&str>,
+    prompt: &[u32],
+    next: u32,
+) -> [Vec<f32>; 2] {
     let vocab = model.config.vocab;
-    let mut ex = exec(b, None);
-    let mut st = State::new(b, &model.config, 64, 32, 1).unwrap();
-    st.stage(b, prompt, vocab).unwrap();
-    model
-        .forward(&mut ex, &mut st, prompt.len(), 0, false)
-        .unwrap();
+    let mut ex = exec(b, forced);
+    let mut st = State::new(b, &model.config, 64, 8, 1).unwrap();
+    metallic::generate::prefill(&mut ex, model, &mut st, prompt).unwrap();
     let a = row_logits(b, &st.logits, 0, vocab);
-    st.n_past = prompt.len();
+    let start = st.n_past;
     st.stage(b, &[next], vocab).unwrap();
-    model
-        .forward(&mut ex, &mut st, 1, prompt.len(), false)
-        .unwrap();
+    model.forward(&mut ex, &mut st, 1, start, false).unwrap();
     [a, row_logits(b, &st.logits, 0, vocab)]
+}
+
+/// Sequences together, batched through `forward_batch` with `forced`: every
+/// prompt row in sequence order, cut into steps of at most `step_rows` rows
+/// (so one step mixes the end of one prompt with the start of the next),
+/// then one decode step with a row each. Per sequence, the logits after its
+/// prompt and after its decode token. Sequence `s` owns blocks `2s, 2s+1`.
+fn batched_in_steps<B: Backend>(
+    b: &B,
+    model: &Model<B>,
+    forced: Option<&str>,
+    kv: DType,
+    prompts: &[Vec<u32>],
+    next: &[u32],
+    step_rows: usize,
+) -> Vec<[Vec<f32>; 2]> {
+    let vocab = model.config.vocab;
+    let n = prompts.len();
+    let paged = PagedLayout {
+        block_size: 16,
+        n_blocks: 2 * n,
+        table_stride: 2,
+    };
+    let mut ex = exec(b, forced);
+    let mut bs = BatchState::new(b, &model.config, paged, kv, step_rows.max(n), n).unwrap();
+    let tables: Vec<[u32; 2]> = (0..n as u32).map(|s| [2 * s, 2 * s + 1]).collect();
+    // (sequence, row) in order; a sequence's last prompt row wants logits.
+    let mut rows = Vec::new();
+    for (s, p) in prompts.iter().enumerate() {
+        for (pos, &token) in p.iter().enumerate() {
+            let row = BatchRow {
+                token,
+                pos,
+                table: &tables[s],
+            };
+            rows.push((s, pos + 1 == p.len(), row));
+        }
+    }
+    let mut after_prompt = vec![Vec::new(); n];
+    for chunk in rows.chunks(step_rows) {
+        let step: Vec<BatchRow> = chunk.iter().map(|r| r.2).collect();
+        let wanted: Vec<usize> = (0..chunk.len()).filter(|&i| chunk[i].1).collect();
+        model
+            .forward_batch(&mut ex, &mut bs, &step, &wanted)
+            .unwrap();
+        for (j, &i) in wanted.iter().enumerate() {
+            after_prompt[chunk[i].0] = row_logits(b, &bs.logits, j, vocab);
+        }
+    }
+    let rows: Vec<BatchRow> = (0..n)
+        .map(|s| BatchRow {
+            token: next[s],
+            pos: prompts[s].len(),
+            table: &tables[s],
+        })
+        .collect();
+    let all: Vec<usize> = (0..n).collect();
+    model.forward_batch(&mut ex, &mut bs, &rows, &all).unwrap();
+    after_prompt
+        .into_iter()
+        .enumerate()
+        .map(|(s, a)| [a, row_logits(b, &bs.logits, s, vocab)])
+        .collect()
 }
 
 /// Sequences `seqs` together: one step with every prompt, then one decode
@@ -269,11 +334,15 @@ fn batched<B: Backend>(
         .collect()
 }
 
-/// Six sequences of 1 to 29 positions batched together (prefill rows of all
-/// of them in one step, then a decode row each) give each sequence the
-/// logits its own single-sequence `forward` gives, within the rounding of
-/// the default matmuls (which differ with the row count), with an f32 cache;
-/// an f16 cache stays close to them.
+/// Six sequences of 1 to 29 positions batched together (prompt rows in
+/// steps of 8 that mix sequences, then a decode row each) give each
+/// sequence the logits its own single-sequence `forward` gives, both on the
+/// exact `fdot` matmul (f32 activations; the matrix-vector kernels take at
+/// most 8 rows): within 1e-4 (relative L2) with an f32 cache, 1e-2 with an
+/// f16 one. (The default matmuls are not compared: `vecdot` rounds
+/// activations to 8 bits and cuBLAS to f16, and which one runs depends on
+/// the row count, so single and batched runs differ by about 1e-2 on these
+/// random weights.)
 #[test]
 fn forward_batch_matches_each_sequence_alone() {
     let Some(gpu) = cuda_or_skip() else { return };
@@ -285,10 +354,10 @@ fn forward_batch_matches_each_sequence_alone() {
     let want: Vec<[Vec<f32>; 2]> = ps
         .iter()
         .zip(&next)
-        .map(|(p, &t)| single(&gpu, &model, p, t))
+        .map(|(p, &t)| single(&gpu, &model, Some("fdot"), p, t))
         .collect();
-    for (kv, tol) in [(DType::F32, 5e-3), (DType::F16, 1e-2)] {
-        let got = batched(&gpu, &model, None, kv, &ps, &next);
+    for (kv, tol) in [(DType::F32, 1e-4), (DType::F16, 1e-2)] {
+        let got = batched_in_steps(&gpu, &model, Some("fdot"), kv, &ps, &next, 8);
         for (s, (g, w)) in got.iter().zip(&want).enumerate() {
             for step in 0..2 {
                 let err = rel_l2(&g[step], &w[step]);
