@@ -187,6 +187,9 @@ impl Vecdot {
     /// `[m, n / 2]` for SwiGLU); segments of types without a `vecdot` kernel
     /// (float, 5-, 3- and 2-bit) go to `fdot`. A fused product always
     /// quantises its (normed) activations in the block: no separate kernel.
+    /// `may_split`: products of few rows may share a row over warps
+    /// ([`set_split`](Self::set_split)); off where a row's bits must not
+    /// depend on `m` (`vecdot_chunked`).
     #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
@@ -197,6 +200,7 @@ impl Vecdot {
         m: usize,
         out: u64,
         fu: &Fusion,
+        may_split: bool,
     ) -> CudaResult<()> {
         check_m(m)?;
         check_fusion(w, fu)?;
@@ -234,7 +238,7 @@ impl Vecdot {
             let blocks = blocks.min(sm * 32 / warps);
             // Split-K where the rows alone leave the SMs short of warps (the
             // 4-warp grid) and the per-warp registers are few (m <= 2).
-            let mut split = if warps == 4 && m <= 2 {
+            let mut split = if may_split && warps == 4 && m <= 2 {
                 self.split()
             } else {
                 1
