@@ -230,6 +230,30 @@ pub struct FusedScratch<'a, T> {
     pub product: Option<&'a mut T>,
 }
 
+impl<'a, T> FusedScratch<'a, T> {
+    /// For a norm and no epilogue.
+    pub fn normed(normed: &'a mut T) -> Self {
+        FusedScratch {
+            normed: Some(normed),
+            product: None,
+        }
+    }
+    /// For an epilogue and no norm.
+    pub fn product(product: &'a mut T) -> Self {
+        FusedScratch {
+            normed: None,
+            product: Some(product),
+        }
+    }
+    /// For a norm and an epilogue.
+    pub fn both(normed: &'a mut T, product: &'a mut T) -> Self {
+        FusedScratch {
+            normed: Some(normed),
+            product: Some(product),
+        }
+    }
+}
+
 /// [`Backend::matmul_fused`] as separate ops: `rms_norm` into
 /// `scratch.normed`, `matmul`, then `add` or `swiglu` from `scratch.product`.
 /// The default of every backend, and the reference a fused kernel is checked against.

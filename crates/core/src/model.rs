@@ -201,6 +201,9 @@ impl<B: Backend> Model<B> {
         ex.op(OpKind::Embed, b_name, None, |b| {
             b.embed(&self.embed, &st.ids, m, &mut st.x)
         })?;
+        // Each fused product names the scratch its parts use where a backend
+        // runs them apart (`FusedScratch`): h[m, hidden] for the normed input
+        // or the plain product, gate_up[m, 2 ffn] for the gate|up product.
         for (l, layer) in self.layers.iter().enumerate() {
             ex.set_layer(Some(l));
             let attn_norm = NormPrologue {
@@ -215,10 +218,7 @@ impl<B: Backend> Model<B> {
                 m,
                 Epilogue::Store,
                 &mut st.qkv,
-                FusedScratch {
-                    normed: Some(&mut st.h),
-                    product: None,
-                },
+                FusedScratch::normed(&mut st.h),
             )?;
             // Q and K heads rotated in place; K and V heads into the cache.
             let cache = &mut st.kv[l];
@@ -244,10 +244,7 @@ impl<B: Backend> Model<B> {
                 m,
                 Epilogue::AddInto,
                 &mut st.x,
-                FusedScratch {
-                    normed: None,
-                    product: Some(&mut st.h),
-                },
+                FusedScratch::product(&mut st.h),
             )?;
             let ffn_norm = NormPrologue {
                 weight: &layer.ffn_norm,
@@ -261,10 +258,7 @@ impl<B: Backend> Model<B> {
                 m,
                 Epilogue::SwiGlu,
                 &mut st.act,
-                FusedScratch {
-                    normed: Some(&mut st.h),
-                    product: Some(&mut st.gate_up),
-                },
+                FusedScratch::both(&mut st.h, &mut st.gate_up),
             )?;
             // x[m, hidden] += act Wdown^T
             ex.matmul_fused(
@@ -274,10 +268,7 @@ impl<B: Backend> Model<B> {
                 m,
                 Epilogue::AddInto,
                 &mut st.x,
-                FusedScratch {
-                    normed: None,
-                    product: Some(&mut st.h),
-                },
+                FusedScratch::product(&mut st.h),
             )?;
         }
         ex.set_layer(None);
@@ -295,10 +286,7 @@ impl<B: Backend> Model<B> {
                 m,
                 Epilogue::Store,
                 &mut st.logits,
-                FusedScratch {
-                    normed: Some(&mut st.h),
-                    product: None,
-                },
+                FusedScratch::normed(&mut st.h),
             )?;
         } else {
             // Only the last row's logits are needed to continue:
@@ -318,10 +306,7 @@ impl<B: Backend> Model<B> {
                 1,
                 Epilogue::Store,
                 &mut st.logits,
-                FusedScratch {
-                    normed: Some(&mut st.attn),
-                    product: None,
-                },
+                FusedScratch::normed(&mut st.attn),
             )?;
         }
         Ok(())
