@@ -8,8 +8,8 @@
 //! | 1     | `cublas` | cuBLAS GemmEx on f16/bf16 (f32 for F32 weights) operands    | every type          |
 //! | 2     | `fdot`   | f32 activations x rows decoded to f32 in registers         | m <= 8, every type  |
 //!
-//! (`vecdot` has dp4a kernels for Q8_0, Q4_0, Q4_1, Q4_K and Q6_K; rows of
-//! Q5_0, Q5_1, Q5_K, Q2_K and Q3_K run the `fdot` kernels there.)
+//! (`vecdot` has dp4a kernels for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K
+//! and Q6_K; rows of Q2_K and Q3_K run the `fdot` kernels there.)
 //!
 //! Default rule ([`default_impl`]): `vecdot` for decode-sized batches,
 //! `cublas` above. `fdot` is the exact path (no activation rounding), for
