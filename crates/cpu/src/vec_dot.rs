@@ -1,9 +1,11 @@
 //! Dot products of one weight row (in its GGUF block format) with one
 //! activation row, per SIMD level.
 //!
-//! Quantised weights (Q4_0, Q4_1, Q8_0) are multiplied with Q8 activations
-//! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per block;
-//! float weights (F32, F16) with f32 activations. The level is detected at run
+//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q5_K with scalar kernels
+//! at every level for now) are multiplied with Q8 activations
+//! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
+//! block; float weights (F32, F16) with f32 activations. The CUDA backend's
+//! `vecdot` does the same arithmetic for these types. The level is detected at run
 //! time; `METALLIC_CPU_SIMD=scalar|avx2|avx512|neon|neon-dot` forces a lower
 //! one (for measurements and tests).
 
@@ -99,6 +101,9 @@ pub fn block_bytes(ty: GgmlType) -> Option<(usize, usize)> {
         GgmlType::Q4_0 => Some((18, 32)),
         GgmlType::Q4_1 => Some((20, 32)),
         GgmlType::Q8_0 => Some((34, 32)),
+        GgmlType::Q5_0 => Some((22, 32)),
+        GgmlType::Q5_1 => Some((24, 32)),
+        GgmlType::Q5_K => Some((176, 256)),
         GgmlType::F16 => Some((2, 1)),
         GgmlType::F32 => Some((4, 1)),
         _ => None,
@@ -110,9 +115,24 @@ pub fn supported(ty: GgmlType) -> bool {
     block_bytes(ty).is_some()
 }
 
+/// Whether rows of `k` values of `ty` are whole blocks (and, for quantised
+/// types, whole Q8 activation blocks).
+pub fn supports_k(ty: GgmlType, k: usize) -> bool {
+    block_bytes(ty).is_some_and(|(_, vals)| k.is_multiple_of(vals))
+        && (!needs_q8(ty) || k.is_multiple_of(QK))
+}
+
 /// Quantised weights need Q8 activations; float weights take f32 ones.
 pub fn needs_q8(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(
+        ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q8_0
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q5_K
+    )
 }
 
 type QDot = unsafe fn(&[u8], Q8Row<'_>) -> f32;
@@ -198,6 +218,14 @@ impl Kernels {
             GgmlType::Q4_0 => (self.q4_0, 18),
             GgmlType::Q4_1 => (self.q4_1, 20),
             GgmlType::Q8_0 => (self.q8_0, 34),
+            // Scalar at every level (no SIMD kernel yet): the same arithmetic.
+            GgmlType::Q5_0 => (scalar::q5_0 as QDot, 22),
+            GgmlType::Q5_1 => (scalar::q5_1 as QDot, 24),
+            GgmlType::Q5_K => {
+                // 176 bytes per 256 values: 22 per Q8 block of 32.
+                assert!(nb.is_multiple_of(8), "Q5_K rows are whole super-blocks");
+                (scalar::q5_k as QDot, 22)
+            }
             _ => return f32::NAN,
         };
         assert!(w.len() >= nb * bytes);
@@ -279,6 +307,63 @@ mod scalar {
             let dot = idot(lo, &aq[..16]) + idot(hi, &aq[16..]);
             let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
             sum += d * a.d[b] * dot as f32 + m * a.s[b];
+        }
+        sum
+    }
+
+    /// Q5_0 / Q5_1 block `b`'s 5-bit quants: nibbles at `qs`, fifth bits
+    /// in the 32-bit word before them (bit j for element j).
+    #[inline]
+    fn q5_quants(blk: &[u8], qh_at: usize) -> impl Iterator<Item = i32> + '_ {
+        let qh = u32::from_le_bytes([blk[qh_at], blk[qh_at + 1], blk[qh_at + 2], blk[qh_at + 3]]);
+        let qs = &blk[qh_at + 4..qh_at + 20];
+        (0..32).map(move |j| {
+            let nib = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+            (nib as i32) | (((qh >> j) & 1) << 4) as i32
+        })
+    }
+
+    pub(super) unsafe fn q5_0(w: &[u8], a: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for b in 0..a.d.len() {
+            let blk = &w[b * 22..(b + 1) * 22];
+            let dot = idot(q5_quants(blk, 2), &a.qs[b * QK..(b + 1) * QK]);
+            // x = d (q - 16): the -16 folds into the activation sum.
+            sum += f16_at(blk, 0) * (a.d[b] * dot as f32 - 16.0 * a.s[b]);
+        }
+        sum
+    }
+
+    pub(super) unsafe fn q5_1(w: &[u8], a: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for b in 0..a.d.len() {
+            let blk = &w[b * 24..(b + 1) * 24];
+            let dot = idot(q5_quants(blk, 4), &a.qs[b * QK..(b + 1) * QK]);
+            let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+            sum += d * a.d[b] * dot as f32 + m * a.s[b];
+        }
+        sum
+    }
+
+    /// Q5_K: per 32-value group j of a super-block, `x = d sc_j q - dmin m_j`
+    /// (6-bit sc_j, m_j packed as Q4_K's); one integer dot per group.
+    pub(super) unsafe fn q5_k(w: &[u8], a: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for (sb, blk) in w.chunks_exact(176).take(a.d.len() / 8).enumerate() {
+            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let scales: &[u8; 12] = blk[4..16].try_into().expect("12 bytes");
+            let (qh, qs) = (&blk[16..48], &blk[48..176]);
+            for j in 0..8 {
+                let (sc, m) = metallic_gguf::quant::get_scale_min_k4(j, scales);
+                let q = (0..32).map(|l| {
+                    let byte = qs[32 * (j / 2) + l];
+                    let nib = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+                    (nib as i32) | ((((qh[l] >> j) & 1) as i32) << 4)
+                });
+                let b = sb * 8 + j;
+                let dot = idot(q, &a.qs[b * QK..(b + 1) * QK]);
+                sum += d * f32::from(sc) * a.d[b] * dot as f32 - dmin * f32::from(m) * a.s[b];
+            }
         }
         sum
     }
