@@ -18,7 +18,9 @@
 //! Q5_0 adds a fifth bit per element from a 32-bit field (`x = d * (q - 16)`);
 //! Q6_K has 6-bit signed quants (`q - 32`) with one i8 scale per 16 elements,
 //! so its kernel needs no offset term. Q5_1 and Q5_K (Q5_K_M files) are Q4_1 and
-//! Q4_K with the fifth bit (scalar kernels only, for now). These are the types of the common
+//! Q4_K with the fifth bit. AVX-512 has kernels for every block type here, AVX2
+//! for Q8_0, Q4_0/1 and the 5-bit ones, NEON for all but Q5_1/Q5_K; the rest
+//! take the scalar kernel (exact too). These are the types of the common
 //! Q4_K_M / Q5_0 mixes of real Qwen2.5 and Llama files. For the offset terms the per-block
 //! sums of the activations are computed once per call.
 
@@ -500,6 +502,29 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
     }
 
+    /// `s + v[0..16] * x[0..16]`, the bytes of `v` taken as unsigned integers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot16(v: __m128i, x: *const f32, s: __m256) -> __m256 {
+        let s = _mm256_fmadd_ps(u8x8(v), _mm256_loadu_ps(x), s);
+        _mm256_fmadd_ps(u8x8(_mm_srli_si128(v, 8)), _mm256_loadu_ps(x.add(8)), s)
+    }
+
+    /// 0x10 in byte j where bit j of `bits` is set: Q5_0/Q5_1's fifth bits
+    /// for 16 elements.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fifth_bits(bits: u16) -> __m128i {
+        // Byte j takes byte j / 8 of `bits`, then tests bit j % 8 of it.
+        let spread = _mm_shuffle_epi8(
+            _mm_cvtsi32_si128(bits as i32),
+            _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+        );
+        let sel = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+        let set = _mm_cmpeq_epi8(_mm_and_si128(spread, sel), sel);
+        _mm_and_si128(set, _mm_set1_epi8(0x10))
+    }
+
     /// The f16 at byte `at`, converted by the F16C instruction.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -584,10 +609,84 @@ mod avx2 {
                 }
                 hsum(acc) + lanes01(offsets)
             }
-            // No AVX2 kernel for the k-quants and 5-bit types: the scalar one is exact too.
-            GgmlType::Q4_K | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K | GgmlType::Q6_K => {
-                scalar::dot(ty, w, x, xsum)
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                // Q5_0: d, qh, nibbles, offset -16 d; Q5_1: d, m, qh, nibbles, offset m.
+                let q5_0 = ty == GgmlType::Q5_0;
+                let (size, head) = if q5_0 {
+                    (Q5_0_BYTES, 2)
+                } else {
+                    (Q5_1_BYTES, 4)
+                };
+                let mask = _mm_set1_epi8(0x0F);
+                let mut acc = _mm256_setzero_ps();
+                let mut offsets = 0.0f32;
+                for (b, blk) in w.chunks_exact(size).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    let qh = u32::from_le_bytes([
+                        blk[head],
+                        blk[head + 1],
+                        blk[head + 2],
+                        blk[head + 3],
+                    ]);
+                    let raw = _mm_loadu_si128(blk.as_ptr().add(head + 4) as *const __m128i);
+                    let lo = _mm_or_si128(_mm_and_si128(raw, mask), fifth_bits(qh as u16));
+                    let hi = _mm_or_si128(
+                        _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+                        fifth_bits((qh >> 16) as u16),
+                    );
+                    let xb = xp.add(b * QK);
+                    let s = dot16(hi, xb.add(16), dot16(lo, xb, _mm256_setzero_ps()));
+                    let d = h(blk, 0);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+                    offsets += if q5_0 { -16.0 * d } else { h(blk, 2) } * xsum[b];
+                }
+                hsum(acc) + offsets
             }
+            GgmlType::Q5_K => {
+                // As the AVX-512 kernel: Q4_K's layout with bit 2c / 2c + 1 of qh[l].
+                let mask = _mm_set1_epi8(0x0F);
+                let fifth = _mm_set1_epi8(0x10);
+                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut offsets = 0.0f32;
+                for (sb, blk) in w.chunks_exact(Q5_K_BYTES).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
+                    );
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 128) as *const i8
+                    );
+                    let xs = &xsum[sb * 8..(sb + 1) * 8];
+                    let qh0 = _mm_loadu_si128(blk.as_ptr().add(16) as *const __m128i);
+                    let qh1 = _mm_loadu_si128(blk.as_ptr().add(32) as *const __m128i);
+                    for c in 0..4 {
+                        let (d1, d2, offset) = q4_k_chunk(blk, c, xs);
+                        offsets += offset;
+                        let q = blk.as_ptr().add(48 + 32 * c);
+                        let b0 = _mm_loadu_si128(q as *const __m128i);
+                        let b1 = _mm_loadu_si128(q.add(16) as *const __m128i);
+                        let bl = _mm_set1_epi8((1u8 << (2 * c)) as i8);
+                        let bh = _mm_set1_epi8((2u8 << (2 * c)) as i8);
+                        // 0x10 where the byte of qh has the bit.
+                        let five = |nib: __m128i, qh: __m128i, bit: __m128i| {
+                            let set = _mm_cmpeq_epi8(_mm_and_si128(qh, bit), bit);
+                            _mm_or_si128(nib, _mm_and_si128(set, fifth))
+                        };
+                        let lo0 = five(_mm_and_si128(b0, mask), qh0, bl);
+                        let lo1 = five(_mm_and_si128(b1, mask), qh1, bl);
+                        let hi0 = five(_mm_and_si128(_mm_srli_epi16(b0, 4), mask), qh0, bh);
+                        let hi1 = five(_mm_and_si128(_mm_srli_epi16(b1, 4), mask), qh1, bh);
+                        let xb = xp.add(sb * QK_K + 64 * c);
+                        let s1 = dot16(lo1, xb.add(16), dot16(lo0, xb, _mm256_setzero_ps()));
+                        let s2 = dot16(hi1, xb.add(48), dot16(hi0, xb.add(32), _mm256_setzero_ps()));
+                        a0 = _mm256_fmadd_ps(_mm256_set1_ps(d1), s1, a0);
+                        a1 = _mm256_fmadd_ps(_mm256_set1_ps(d2), s2, a1);
+                    }
+                }
+                hsum(_mm256_add_ps(a0, a1)) + offsets
+            }
+            // No AVX2 kernel for Q4_K and Q6_K: the scalar one is exact too.
+            GgmlType::Q4_K | GgmlType::Q6_K => scalar::dot(ty, w, x, xsum),
             _ => unreachable!("fdot checks types before running"),
         }
     }
@@ -692,14 +791,22 @@ mod avx512 {
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
             }
-            GgmlType::Q5_0 => {
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                // Q5_0: d, qh, nibbles, offset -16 d; Q5_1: d, m, qh, nibbles, offset m.
+                let q5_0 = ty == GgmlType::Q5_0;
+                let (size, head) = if q5_0 { (Q5_0_BYTES, 2) } else { (Q5_1_BYTES, 4) };
                 let mask = _mm_set1_epi8(0x0F);
                 let fifth = _mm_set1_epi8(0x10);
                 let mut offsets = 0.0f32;
-                for (b, blk) in w.chunks_exact(Q5_0_BYTES).enumerate() {
+                for (b, blk) in w.chunks_exact(size).enumerate() {
                     _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
-                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-                    let raw = _mm_loadu_si128(blk.as_ptr().add(6) as *const __m128i);
+                    let qh = u32::from_le_bytes([
+                        blk[head],
+                        blk[head + 1],
+                        blk[head + 2],
+                        blk[head + 3],
+                    ]);
+                    let raw = _mm_loadu_si128(blk.as_ptr().add(head + 4) as *const __m128i);
                     // Bit j of qh is the fifth bit of element j (0..32).
                     let lo = _mm_or_si128(
                         _mm_and_si128(raw, mask),
@@ -718,7 +825,53 @@ mod avx512 {
                     } else {
                         a1 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a1);
                     }
-                    offsets -= 16.0 * d * xsum[b];
+                    offsets += if q5_0 { -16.0 * d } else { f16_at(blk, 2) } * xsum[b];
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
+            }
+            GgmlType::Q5_K => {
+                // Q4_K's kernel with the fifth bits: bit 2c (low nibbles) and
+                // 2c + 1 (high nibbles) of qh[l] for element l of chunk c.
+                let mask = _mm_set1_epi8(0x0F);
+                let fifth = _mm_set1_epi8(0x10);
+                let mut offsets = 0.0f32;
+                for (sb, blk) in w.chunks_exact(Q5_K_BYTES).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
+                    );
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 128) as *const i8
+                    );
+                    let xs = &xsum[sb * 8..(sb + 1) * 8];
+                    let qh0 = _mm_loadu_si128(blk.as_ptr().add(16) as *const __m128i);
+                    let qh1 = _mm_loadu_si128(blk.as_ptr().add(32) as *const __m128i);
+                    for c in 0..4 {
+                        let (d1, d2, offset) = q4_k_chunk(blk, c, xs);
+                        offsets += offset;
+                        let q = blk.as_ptr().add(48 + 32 * c);
+                        let b0 = _mm_loadu_si128(q as *const __m128i);
+                        let b1 = _mm_loadu_si128(q.add(16) as *const __m128i);
+                        let bl = _mm_set1_epi8((1u8 << (2 * c)) as i8);
+                        let bh = _mm_set1_epi8((2u8 << (2 * c)) as i8);
+                        let five = |nib: __m128i, qh: __m128i, bit: __m128i| {
+                            u8x16(_mm_or_si128(
+                                nib,
+                                _mm_maskz_mov_epi8(_mm_test_epi8_mask(qh, bit), fifth),
+                            ))
+                        };
+                        let lo0 = five(_mm_and_si128(b0, mask), qh0, bl);
+                        let lo1 = five(_mm_and_si128(b1, mask), qh1, bl);
+                        let hi0 = five(_mm_and_si128(_mm_srli_epi16(b0, 4), mask), qh0, bh);
+                        let hi1 = five(_mm_and_si128(_mm_srli_epi16(b1, 4), mask), qh1, bh);
+                        let xb = xp.add(sb * QK_K + 64 * c);
+                        let s1 = _mm512_mul_ps(lo0, _mm512_loadu_ps(xb));
+                        let s1 = _mm512_fmadd_ps(lo1, _mm512_loadu_ps(xb.add(16)), s1);
+                        let s2 = _mm512_mul_ps(hi0, _mm512_loadu_ps(xb.add(32)));
+                        let s2 = _mm512_fmadd_ps(hi1, _mm512_loadu_ps(xb.add(48)), s2);
+                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(d1), s1, a0);
+                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(d2), s2, a1);
+                    }
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
             }
@@ -776,8 +929,6 @@ mod avx512 {
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
             }
-            // No AVX-512 kernel yet for Q5_1 and Q5_K (Q5_K_M files): the scalar one.
-            GgmlType::Q5_1 | GgmlType::Q5_K => super::scalar::dot(ty, w, x, xsum),
             _ => unreachable!("the AVX-512 kernels take block formats only"),
         }
     }
@@ -864,12 +1015,14 @@ mod tests {
             GgmlType::Q4_0,
             GgmlType::Q4_1,
             GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q4_K,
+            GgmlType::Q5_K,
             GgmlType::Q6_K,
         ] {
             let ks: &[usize] = match ty {
                 GgmlType::F16 | GgmlType::F32 => &[1, 3, 15, 17, 33, 129],
-                GgmlType::Q4_K | GgmlType::Q6_K => &[256, 768, 1280],
+                GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => &[256, 768, 1280],
                 _ => &[32, 96, 160, 544],
             };
             for &k in ks {
