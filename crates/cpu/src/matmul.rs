@@ -3,7 +3,7 @@
 //! | index | name     | runs                                   | supports                          |
 //! |-------|----------|----------------------------------------|-----------------------------------|
 //! | 0     | `gemv`   | dequantise a row, f32 dot (reference)  | every type the CPU loads          |
-//! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0/1, Q5_0/1, Q8_0, Q5_K, F16, F32 |
+//! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32 |
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
 //! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32 |
 //!

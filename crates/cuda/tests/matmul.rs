@@ -294,8 +294,8 @@ fn vecdot_fused_quantisation_equals_separate_kernel_bit_for_bit() {
 
 /// `vecdot` is one product on both backends: the same 8-bit activations and
 /// the same integer dot per block, so the GPU's result may differ from the
-/// CPU's `vecdot` only in the float sums of the block terms. For every type
-/// both backends have a `vecdot` kernel for (the 5-bit ones included), on a
+/// CPU's `vecdot` only in the float sums of the block terms. For every
+/// quantised type with a GPU `vecdot` kernel (the 5-bit ones included), on a
 /// full-warp shape and a ragged one (odd block counts, Qwen2.5-0.5B's 896),
 /// each output is within f32 rounding (1e-5 of sum |w x|, as between the
 /// CPU's SIMD levels) of the CPU's; the loose tolerance of the tests above
@@ -318,7 +318,9 @@ fn vecdot_equals_cpu_vecdot_up_to_float_summation() {
         GgmlType::Q4_1,
         GgmlType::Q5_0,
         GgmlType::Q5_1,
+        GgmlType::Q4_K,
         GgmlType::Q5_K,
+        GgmlType::Q6_K,
     ]
     .into_iter()
     .enumerate()
@@ -382,5 +384,5 @@ fn vecdot_equals_cpu_vecdot_up_to_float_summation() {
             }
         }
     }
-    assert_eq!(checked, 6 * 3 * 3);
+    assert_eq!(checked, 8 * 3 * 3);
 }
