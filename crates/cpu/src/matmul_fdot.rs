@@ -678,7 +678,8 @@ mod avx2 {
                         let hi1 = five(_mm_and_si128(_mm_srli_epi16(b1, 4), mask), qh1, bh);
                         let xb = xp.add(sb * QK_K + 64 * c);
                         let s1 = dot16(lo1, xb.add(16), dot16(lo0, xb, _mm256_setzero_ps()));
-                        let s2 = dot16(hi1, xb.add(48), dot16(hi0, xb.add(32), _mm256_setzero_ps()));
+                        let s2 =
+                            dot16(hi1, xb.add(48), dot16(hi0, xb.add(32), _mm256_setzero_ps()));
                         a0 = _mm256_fmadd_ps(_mm256_set1_ps(d1), s1, a0);
                         a1 = _mm256_fmadd_ps(_mm256_set1_ps(d2), s2, a1);
                     }
@@ -794,7 +795,11 @@ mod avx512 {
             GgmlType::Q5_0 | GgmlType::Q5_1 => {
                 // Q5_0: d, qh, nibbles, offset -16 d; Q5_1: d, m, qh, nibbles, offset m.
                 let q5_0 = ty == GgmlType::Q5_0;
-                let (size, head) = if q5_0 { (Q5_0_BYTES, 2) } else { (Q5_1_BYTES, 4) };
+                let (size, head) = if q5_0 {
+                    (Q5_0_BYTES, 2)
+                } else {
+                    (Q5_1_BYTES, 4)
+                };
                 let mask = _mm_set1_epi8(0x0F);
                 let fifth = _mm_set1_epi8(0x10);
                 let mut offsets = 0.0f32;

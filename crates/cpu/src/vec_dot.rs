@@ -321,7 +321,11 @@ mod scalar {
         let qh = u32::from_le_bytes([blk[qh_at], blk[qh_at + 1], blk[qh_at + 2], blk[qh_at + 3]]);
         let qs = &blk[qh_at + 4..qh_at + 20];
         (0..32).map(move |j| {
-            let nib = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+            let nib = if j < 16 {
+                qs[j] & 0x0f
+            } else {
+                qs[j - 16] >> 4
+            };
             (nib as i32) | (((qh >> j) & 1) << 4) as i32
         })
     }
