@@ -542,6 +542,39 @@ mod avx2 {
         _mm_cvtph_ps(_mm_cvtsi32_si128(v))
     }
 
+    /// Q5_0 / Q5_1 rows, one kernel per type (the constant takes the
+    /// per-block choices out of the loop).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_blocks<const Q5_0: bool>(w: &[u8], xp: *const f32, xsum: &[f32]) -> f32 {
+        // Q5_0: d, qh, nibbles, offset -16 d; Q5_1: d, m, qh, nibbles, offset m.
+        let (size, head) = if Q5_0 {
+            (Q5_0_BYTES, 2)
+        } else {
+            (Q5_1_BYTES, 4)
+        };
+        let mask = _mm_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0.0f32;
+        for (b, blk) in w.chunks_exact(size).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            let qh = u32::from_le_bytes([blk[head], blk[head + 1], blk[head + 2], blk[head + 3]]);
+            let raw = _mm_loadu_si128(blk.as_ptr().add(head + 4) as *const __m128i);
+            let lo = _mm_or_si128(_mm_and_si128(raw, mask), fifth_bits(qh as u16));
+            let hi = _mm_or_si128(
+                _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+                fifth_bits((qh >> 16) as u16),
+            );
+            let xb = xp.add(b * QK);
+            let s = dot16(hi, xb.add(16), dot16(lo, xb, _mm256_setzero_ps()));
+            // The `half` conversion, as in the AVX-512 twin (F16C's was slower there).
+            let d = f16_at(blk, 0);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+            offsets += if Q5_0 { -16.0 * d } else { f16_at(blk, 2) } * xsum[b];
+        }
+        hsum(acc) + offsets
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
         let xp = x.as_ptr();
@@ -609,39 +642,8 @@ mod avx2 {
                 }
                 hsum(acc) + lanes01(offsets)
             }
-            GgmlType::Q5_0 | GgmlType::Q5_1 => {
-                // Q5_0: d, qh, nibbles, offset -16 d; Q5_1: d, m, qh, nibbles, offset m.
-                let q5_0 = ty == GgmlType::Q5_0;
-                let (size, head) = if q5_0 {
-                    (Q5_0_BYTES, 2)
-                } else {
-                    (Q5_1_BYTES, 4)
-                };
-                let mask = _mm_set1_epi8(0x0F);
-                let mut acc = _mm256_setzero_ps();
-                let mut offsets = 0.0f32;
-                for (b, blk) in w.chunks_exact(size).enumerate() {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
-                    let qh = u32::from_le_bytes([
-                        blk[head],
-                        blk[head + 1],
-                        blk[head + 2],
-                        blk[head + 3],
-                    ]);
-                    let raw = _mm_loadu_si128(blk.as_ptr().add(head + 4) as *const __m128i);
-                    let lo = _mm_or_si128(_mm_and_si128(raw, mask), fifth_bits(qh as u16));
-                    let hi = _mm_or_si128(
-                        _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
-                        fifth_bits((qh >> 16) as u16),
-                    );
-                    let xb = xp.add(b * QK);
-                    let s = dot16(hi, xb.add(16), dot16(lo, xb, _mm256_setzero_ps()));
-                    let d = h(blk, 0);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
-                    offsets += if q5_0 { -16.0 * d } else { h(blk, 2) } * xsum[b];
-                }
-                hsum(acc) + offsets
-            }
+            GgmlType::Q5_0 => q5_blocks::<true>(w, xp, xsum),
+            GgmlType::Q5_1 => q5_blocks::<false>(w, xp, xsum),
             GgmlType::Q5_K => {
                 // As the AVX-512 kernel: Q4_K's layout with bit 2c / 2c + 1 of qh[l].
                 let mask = _mm_set1_epi8(0x0F);
@@ -712,6 +714,50 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     unsafe fn i8x16(p: *const u8) -> __m512 {
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+    }
+
+    /// Q5_0 / Q5_1 rows, one kernel per type (the constant takes the
+    /// per-block choices out of the loop).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn q5_blocks<const Q5_0: bool>(w: &[u8], xp: *const f32, xsum: &[f32]) -> f32 {
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        // Q5_0: d, qh, nibbles, offset -16 d; Q5_1: d, m, qh, nibbles, offset m.
+        let (size, head) = if Q5_0 {
+            (Q5_0_BYTES, 2)
+        } else {
+            (Q5_1_BYTES, 4)
+        };
+        let mask = _mm_set1_epi8(0x0F);
+        let fifth = _mm_set1_epi8(0x10);
+        let mut offsets = 0.0f32;
+        for (b, blk) in w.chunks_exact(size).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            let qh = u32::from_le_bytes([blk[head], blk[head + 1], blk[head + 2], blk[head + 3]]);
+            let raw = _mm_loadu_si128(blk.as_ptr().add(head + 4) as *const __m128i);
+            // Bit j of qh is the fifth bit of element j (0..32).
+            let lo = _mm_or_si128(
+                _mm_and_si128(raw, mask),
+                _mm_maskz_mov_epi8(qh as u16, fifth),
+            );
+            let hi = _mm_or_si128(
+                _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+                _mm_maskz_mov_epi8((qh >> 16) as u16, fifth),
+            );
+            let xb = xp.add(b * QK);
+            let s = _mm512_mul_ps(u8x16(lo), _mm512_loadu_ps(xb));
+            let s = _mm512_fmadd_ps(u8x16(hi), _mm512_loadu_ps(xb.add(16)), s);
+            // The `half` conversion: F16C's (`h`) made this loop 1.5x slower
+            // (metallic probe --dtype q5_0, one thread, development machine).
+            let d = f16_at(blk, 0);
+            if b % 2 == 0 {
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a0);
+            } else {
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a1);
+            }
+            offsets += if Q5_0 { -16.0 * d } else { f16_at(blk, 2) } * xsum[b];
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
     }
 
     /// Block formats only; F32/F16 rows take the AVX2 kernel.
@@ -792,48 +838,8 @@ mod avx512 {
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
             }
-            GgmlType::Q5_0 | GgmlType::Q5_1 => {
-                // Q5_0: d, qh, nibbles, offset -16 d; Q5_1: d, m, qh, nibbles, offset m.
-                let q5_0 = ty == GgmlType::Q5_0;
-                let (size, head) = if q5_0 {
-                    (Q5_0_BYTES, 2)
-                } else {
-                    (Q5_1_BYTES, 4)
-                };
-                let mask = _mm_set1_epi8(0x0F);
-                let fifth = _mm_set1_epi8(0x10);
-                let mut offsets = 0.0f32;
-                for (b, blk) in w.chunks_exact(size).enumerate() {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
-                    let qh = u32::from_le_bytes([
-                        blk[head],
-                        blk[head + 1],
-                        blk[head + 2],
-                        blk[head + 3],
-                    ]);
-                    let raw = _mm_loadu_si128(blk.as_ptr().add(head + 4) as *const __m128i);
-                    // Bit j of qh is the fifth bit of element j (0..32).
-                    let lo = _mm_or_si128(
-                        _mm_and_si128(raw, mask),
-                        _mm_maskz_mov_epi8(qh as u16, fifth),
-                    );
-                    let hi = _mm_or_si128(
-                        _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
-                        _mm_maskz_mov_epi8((qh >> 16) as u16, fifth),
-                    );
-                    let xb = xp.add(b * QK);
-                    let s = _mm512_mul_ps(u8x16(lo), _mm512_loadu_ps(xb));
-                    let s = _mm512_fmadd_ps(u8x16(hi), _mm512_loadu_ps(xb.add(16)), s);
-                    let d = f16_at(blk, 0);
-                    if b % 2 == 0 {
-                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a0);
-                    } else {
-                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a1);
-                    }
-                    offsets += if q5_0 { -16.0 * d } else { f16_at(blk, 2) } * xsum[b];
-                }
-                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
-            }
+            GgmlType::Q5_0 => q5_blocks::<true>(w, xp, xsum),
+            GgmlType::Q5_1 => q5_blocks::<false>(w, xp, xsum),
             GgmlType::Q5_K => {
                 // Q4_K's kernel with the fifth bits: bit 2c (low nibbles) and
                 // 2c + 1 (high nibbles) of qh[l] for element l of chunk c.
