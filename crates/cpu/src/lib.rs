@@ -201,11 +201,22 @@ fn host_memory() -> Option<MemoryInfo> {
     })
 }
 
+/// Values a [`CpuReadback`] holds without allocating (a decode step reads one
+/// token id).
+const INLINE_READ: usize = 8;
+
+/// A finished read (the CPU has no queue to overlap with).
+pub enum CpuReadback {
+    Inline([i32; INLINE_READ], usize),
+    Heap(Vec<i32>),
+}
+
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Linear = CpuLinear;
     type Sampler = CpuSampler;
     type Mark = Instant;
+    type Readback = CpuReadback;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -278,6 +289,36 @@ impl Backend for CpuBackend {
         let s = i32s(src, "read_i32")?;
         check_len("read_i32", s.len(), offset + out.len())?;
         out.copy_from_slice(&s[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn read_i32_start(&self, src: &CpuTensor, offset: usize, len: usize) -> Result<CpuReadback> {
+        // The CPU's work is done when a call returns: read at once.
+        let s = i32s(src, "read_i32_start")?;
+        check_len("read_i32_start", s.len(), offset + len)?;
+        let vals = &s[offset..offset + len];
+        Ok(if len <= INLINE_READ {
+            let mut a = [0i32; INLINE_READ];
+            a[..len].copy_from_slice(vals);
+            CpuReadback::Inline(a, len)
+        } else {
+            CpuReadback::Heap(vals.to_vec())
+        })
+    }
+
+    fn read_i32_finish(&self, r: CpuReadback, out: &mut [i32]) -> Result<()> {
+        let vals = match &r {
+            CpuReadback::Inline(a, len) => &a[..*len],
+            CpuReadback::Heap(v) => &v[..],
+        };
+        if vals.len() != out.len() {
+            return Err(Error::InvalidArgument(format!(
+                "read_i32_finish: {} values were read, {} asked for",
+                vals.len(),
+                out.len()
+            )));
+        }
+        out.copy_from_slice(vals);
         Ok(())
     }
 

@@ -39,7 +39,7 @@ use metallic::backend::{
     Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, QkvLayout, Rope,
     TimingKind, WeightView,
 };
-use metallic::error::Result;
+use metallic::error::{Error, Result};
 use metallic::sampler::SamplerParams;
 
 use crate::device::{Device, DeviceBuffer};
@@ -143,11 +143,40 @@ impl CudaBackend {
     }
 }
 
+/// An asynchronous read of a few i32 (a decode step's token id) into pinned
+/// memory, with the event that says it landed.
+pub struct CudaReadback {
+    dev: Arc<Device>,
+    len: usize,
+    state: Option<ReadbackState>,
+}
+
+enum ReadbackState {
+    /// Too long for a slot, or no slot free: read at once.
+    Ready(Vec<i32>),
+    Pending {
+        slot: usize,
+        mark: CudaMark,
+    },
+}
+
+impl Drop for CudaReadback {
+    fn drop(&mut self) {
+        // Unfinished: the copy may still land in the slot, so wait for it
+        // before the slot can be handed out again.
+        if let Some(ReadbackState::Pending { slot, mark }) = self.state.take() {
+            let _ = mark.wait(&self.dev);
+            self.dev.readback_release(slot);
+        }
+    }
+}
+
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Linear = CudaLinear;
     type Sampler = CudaSampler;
     type Mark = CudaMark;
+    type Readback = CudaReadback;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -233,6 +262,59 @@ impl Backend for CudaBackend {
             std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, std::mem::size_of_val(out))
         };
         self.read_words(src, DType::I32, offset, bytes, "read_i32")
+    }
+
+    fn read_i32_start(&self, src: &CudaTensor, offset: usize, len: usize) -> Result<CudaReadback> {
+        let p = src.ptr_of(DType::I32, offset + len, "read_i32_start")?;
+        self.dev.bind()?;
+        let state = match self.dev.readback_begin(p + 4 * offset as u64, 4 * len)? {
+            Some(slot) => match timing::record(&self.dev, &self.events) {
+                Ok(mark) => ReadbackState::Pending { slot, mark },
+                Err(e) => {
+                    // Nothing will wait for the copy: finish it before the
+                    // slot can be handed out again.
+                    let _ = self.dev.synchronize();
+                    self.dev.readback_release(slot);
+                    return Err(e.into());
+                }
+            },
+            None => {
+                let mut v = vec![0i32; len];
+                self.read_i32(src, offset, &mut v)?;
+                ReadbackState::Ready(v)
+            }
+        };
+        Ok(CudaReadback {
+            dev: self.dev.clone(),
+            len,
+            state: Some(state),
+        })
+    }
+
+    fn read_i32_finish(&self, mut r: CudaReadback, out: &mut [i32]) -> Result<()> {
+        if out.len() != r.len {
+            return Err(Error::InvalidArgument(format!(
+                "read_i32_finish: {} values were read, {} asked for",
+                r.len,
+                out.len()
+            )));
+        }
+        match r.state.take() {
+            Some(ReadbackState::Ready(v)) => out.copy_from_slice(&v),
+            Some(ReadbackState::Pending { slot, mark }) => {
+                if let Err(e) = mark.wait(&self.dev) {
+                    self.dev.readback_release(slot);
+                    return Err(e.into());
+                }
+                // SAFETY: i32 has no invalid bit patterns; the view covers `out`.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 4 * out.len())
+                };
+                self.dev.readback_take(slot, bytes);
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     fn embed(
