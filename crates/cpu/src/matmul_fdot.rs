@@ -18,8 +18,8 @@
 //! Q5_0 adds a fifth bit per element from a 32-bit field (`x = d * (q - 16)`);
 //! Q6_K has 6-bit signed quants (`q - 32`) with one i8 scale per 16 elements,
 //! so its kernel needs no offset term. Q5_1 and Q5_K (Q5_K_M files) are Q4_1 and
-//! Q4_K with the fifth bit. AVX-512 has kernels for every block type here, AVX2
-//! for Q8_0, Q4_0/1 and the 5-bit ones, NEON for all but Q5_1/Q5_K; the rest
+//! Q4_K with the fifth bit. AVX-512 and NEON have kernels for every block type
+//! here, AVX2 for Q8_0, Q4_0/1 and the 5-bit ones; the rest
 //! take the scalar kernel (exact too). These are the types of the common
 //! Q4_K_M / Q5_0 mixes of real Qwen2.5 and Llama files. For the offset terms the per-block
 //! sums of the activations are computed once per call.
@@ -267,6 +267,8 @@ impl Kernels {
                     GgmlType::Q4_0 => crate::neon::fdot_q4(w, x, xsum, false),
                     GgmlType::Q4_1 => crate::neon::fdot_q4(w, x, xsum, true),
                     GgmlType::Q5_0 => crate::neon::fdot_q5_0(w, x, xsum),
+                    GgmlType::Q5_1 => crate::neon::fdot_q5_1(w, x, xsum),
+                    GgmlType::Q5_K => crate::neon::fdot_q5_k(w, x, xsum),
                     GgmlType::Q4_K => crate::neon::fdot_q4_k(w, x, xsum),
                     GgmlType::Q6_K => crate::neon::fdot_q6_k(w, x),
                     _ => scalar::dot(ty, w, x, xsum),
