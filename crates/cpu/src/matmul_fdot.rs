@@ -18,8 +18,10 @@
 //! Q5_0 adds a fifth bit per element from a 32-bit field (`x = d * (q - 16)`);
 //! Q6_K has 6-bit signed quants (`q - 32`) with one i8 scale per 16 elements,
 //! so its kernel needs no offset term. Q5_1 and Q5_K (Q5_K_M files) are Q4_1 and
-//! Q4_K with the fifth bit. AVX-512 and NEON have kernels for every block type
-//! here, AVX2 for Q8_0, Q4_0/1 and the 5-bit ones; the rest
+//! Q4_K with the fifth bit. Q2_K and Q3_K (Q2_K/Q3_K_M files) decode per 16
+//! values (`d sc q - dmin m`; `d (sc - 32) q` with a third bit from hmask).
+//! AVX-512 has kernels for every block type here, NEON for all but Q2_K/Q3_K,
+//! AVX2 for Q8_0, Q4_0/1 and the 5-bit ones; the rest
 //! take the scalar kernel (exact too). These are the types of the common
 //! Q4_K_M / Q5_0 mixes of real Qwen2.5 and Llama files. For the offset terms the per-block
 //! sums of the activations are computed once per call.
@@ -80,6 +82,13 @@ const Q5_1_BYTES: usize = 24;
 /// 2c + 1 for 64c + 32 + l), then Q4_K's 128 bytes of nibbles.
 const Q5_K_BYTES: usize = 176;
 
+/// Bytes of a Q2_K super-block: scales[16] (4-bit scale, 4-bit min per 16
+/// values), qs[64] (2-bit quants), d, dmin (f16).
+const Q2_K_BYTES: usize = 84;
+/// Bytes of a Q3_K super-block: hmask[32] (third bits), qs[64] (low 2 bits),
+/// scales[12] (sixteen packed 6-bit scales), d (f16).
+const Q3_K_BYTES: usize = 110;
+
 /// Bytes ahead of the current block that the kernels prefetch.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
@@ -96,6 +105,8 @@ pub fn supported(ty: GgmlType) -> bool {
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
+            | GgmlType::Q2_K
+            | GgmlType::Q3_K
             | GgmlType::F16
             | GgmlType::F32
     )
@@ -105,7 +116,9 @@ pub fn supported(ty: GgmlType) -> bool {
 pub fn supports_k(ty: GgmlType, k: usize) -> bool {
     match ty {
         GgmlType::F16 | GgmlType::F32 => true,
-        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => k.is_multiple_of(QK_K),
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q2_K | GgmlType::Q3_K => {
+            k.is_multiple_of(QK_K)
+        }
         _ => k.is_multiple_of(QK),
     }
 }
@@ -438,6 +451,25 @@ mod scalar {
                 }
                 acc
             }
+            GgmlType::Q2_K | GgmlType::Q3_K => {
+                // Each super-block dequantised by the reference, then dotted:
+                // the `gemv` values, without a row-sized buffer.
+                let mut deq = [0.0f32; QK_K];
+                let size = if ty == GgmlType::Q2_K {
+                    Q2_K_BYTES
+                } else {
+                    Q3_K_BYTES
+                };
+                let mut acc = 0.0f32;
+                for (sb, blk) in w.chunks_exact(size).enumerate() {
+                    if metallic_gguf::quant::dequantize(ty, blk, &mut deq).is_err() {
+                        return f32::NAN;
+                    }
+                    let xb = &x[sb * QK_K..(sb + 1) * QK_K];
+                    acc += deq.iter().zip(xb).map(|(a, b)| a * b).sum::<f32>();
+                }
+                acc
+            }
             _ => unreachable!("fdot checks types before running"),
         }
     }
@@ -691,7 +723,9 @@ mod avx2 {
                 hsum(_mm256_add_ps(a0, a1)) + offsets
             }
             // No AVX2 kernel for Q4_K and Q6_K: the scalar one is exact too.
-            GgmlType::Q4_K | GgmlType::Q6_K => scalar::dot(ty, w, x, xsum),
+            GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::Q2_K | GgmlType::Q3_K => {
+                scalar::dot(ty, w, x, xsum)
+            }
             _ => unreachable!("fdot checks types before running"),
         }
     }
@@ -942,6 +976,91 @@ mod avx512 {
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
             }
+            GgmlType::Q2_K => {
+                // Per 16 values: x = (d sc) q - dmin m, decoded in registers.
+                let three = _mm_set1_epi8(3);
+                for (sb, blk) in w.chunks_exact(Q2_K_BYTES).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
+                    );
+                    let (d, dmin) = (f16_at(blk, 80), f16_at(blk, 82));
+                    let xs = xp.add(sb * QK_K);
+                    for half in 0..2 {
+                        for group in 0..2 {
+                            let raw = _mm_loadu_si128(
+                                blk.as_ptr().add(16 + 32 * half + 16 * group) as *const __m128i,
+                            );
+                            for s in 0..4 {
+                                // 16-value group `is` holds elements 16 is..16 is + 16.
+                                let is = 8 * half + 2 * s + group;
+                                let q = _mm_and_si128(
+                                    _mm_srl_epi16(raw, _mm_cvtsi32_si128(2 * s as i32)),
+                                    three,
+                                );
+                                let sc = blk[is];
+                                let wv = _mm512_fmadd_ps(
+                                    _mm512_set1_ps(d * f32::from(sc & 15)),
+                                    u8x16(q),
+                                    _mm512_set1_ps(-(dmin * f32::from(sc >> 4))),
+                                );
+                                let xv = _mm512_loadu_ps(xs.add(16 * is));
+                                if s % 2 == 0 {
+                                    a0 = _mm512_fmadd_ps(wv, xv, a0);
+                                } else {
+                                    a1 = _mm512_fmadd_ps(wv, xv, a1);
+                                }
+                            }
+                        }
+                    }
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+            }
+            GgmlType::Q3_K => {
+                // Per 16 values: x = d (sc - 32) q, q = low 2 bits - 4 where
+                // the value's hmask bit is clear.
+                let three = _mm_set1_epi8(3);
+                let four = _mm_set1_epi8(4);
+                for (sb, blk) in w.chunks_exact(Q3_K_BYTES).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
+                    );
+                    let packed: &[u8; 12] = blk[96..108].try_into().expect("12 bytes");
+                    let scales = metallic_gguf::quant::q3_k::unpack_q3_k_scales(packed);
+                    let d = f16_at(blk, 108);
+                    let xs = xp.add(sb * QK_K);
+                    for half in 0..2 {
+                        for group in 0..2 {
+                            let p = blk.as_ptr();
+                            let raw = _mm_loadu_si128(
+                                p.add(32 + 32 * half + 16 * group) as *const __m128i
+                            );
+                            let hm = _mm_loadu_si128(p.add(16 * group) as *const __m128i);
+                            for s in 0..4 {
+                                let is = 8 * half + 2 * s + group;
+                                let low = _mm_and_si128(
+                                    _mm_srl_epi16(raw, _mm_cvtsi32_si128(2 * s as i32)),
+                                    three,
+                                );
+                                let bit = _mm_set1_epi8((1u8 << (4 * half + s)) as i8);
+                                let clear = !_mm_test_epi8_mask(hm, bit);
+                                let q = _mm_sub_epi8(low, _mm_maskz_mov_epi8(clear, four));
+                                let wq = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                                let dl = d * (i32::from(scales[is]) - 32) as f32;
+                                let wv = _mm512_mul_ps(_mm512_set1_ps(dl), wq);
+                                let xv = _mm512_loadu_ps(xs.add(16 * is));
+                                if s % 2 == 0 {
+                                    a0 = _mm512_fmadd_ps(wv, xv, a0);
+                                } else {
+                                    a1 = _mm512_fmadd_ps(wv, xv, a1);
+                                }
+                            }
+                        }
+                    }
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+            }
             _ => unreachable!("the AVX-512 kernels take block formats only"),
         }
     }
@@ -980,8 +1099,10 @@ mod tests {
             GgmlType::Q4_K,
             GgmlType::Q5_K,
             GgmlType::Q6_K,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
         ] {
-            let ks: &[usize] = if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
+            let ks: &[usize] = if ty.block_size() == QK_K {
                 &[256, 768, 1536, 4864]
             } else {
                 &[32, 96, 896, 4864]
@@ -1032,10 +1153,12 @@ mod tests {
             GgmlType::Q4_K,
             GgmlType::Q5_K,
             GgmlType::Q6_K,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
         ] {
             let ks: &[usize] = match ty {
                 GgmlType::F16 | GgmlType::F32 => &[1, 3, 15, 17, 33, 129],
-                GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => &[256, 768, 1280],
+                _ if ty.block_size() == QK_K => &[256, 768, 1280],
                 _ => &[32, 96, 160, 544],
             };
             for &k in ks {
@@ -1074,7 +1197,7 @@ mod tests {
 
     #[test]
     fn unsupported_types_are_reported() {
-        assert!(!supported(GgmlType::Q3_K));
+        assert!(!supported(GgmlType::BF16));
         assert!(!supports_k(GgmlType::Q4_K, 896));
         assert!(supports_k(GgmlType::F16, 33));
         assert!(!supports_k(GgmlType::Q8_0, 33));
