@@ -392,7 +392,7 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         let _ = (qkv, cache, paged, tables, pos, m, layout);
         Err(crate::error::Error::Unsupported(format!(
-            "paged KV cache on the {} backend (serve runs on the CPU for now: --device cpu)",
+            "paged KV cache on the {} backend (metallic serve runs on cpu and cuda)",
             self.name()
         )))
     }
@@ -415,9 +415,17 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         let _ = (qkv, cache, paged, tables, pos, m, max_kv_len, layout, out);
         Err(crate::error::Error::Unsupported(format!(
-            "paged attention on the {} backend (serve runs on the CPU for now: --device cpu)",
+            "paged attention on the {} backend (metallic serve runs on cpu and cuda)",
             self.name()
         )))
+    }
+
+    /// The matmul implementation whose output rows do not depend on how many
+    /// rows share a product (each row computed the same way for every `m`),
+    /// usable for every `m`; batched serving forces it where results must be
+    /// batch-invariant. `None` where the backend has none.
+    fn batch_invariant_matmul(&self) -> Option<&'static str> {
+        None
     }
 
     /// Read `t[..len]` (an i32 tensor) once, as fast as the device can

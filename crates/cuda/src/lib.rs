@@ -36,8 +36,8 @@ mod wtype;
 use std::sync::Arc;
 
 use metallic::backend::{
-    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, QkvLayout, Rope,
-    TimingKind, WeightView,
+    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, PagedLayout,
+    QkvLayout, Rope, TimingKind, WeightView,
 };
 use metallic::error::{Error, Result};
 use metallic::sampler::SamplerParams;
@@ -50,6 +50,7 @@ use crate::kernels::Kernels;
 pub use crate::linear::CudaLinear;
 use crate::ops::attention::Cache;
 use crate::ops::matmul_cublas::Blas;
+use crate::ops::paged_attention::{KvType, PagedCache, Rows};
 use crate::ops::rope::RopeParams;
 pub use crate::sampler::CudaSampler;
 pub use crate::tensor::CudaTensor;
@@ -125,6 +126,39 @@ impl CudaBackend {
             self.graphs.captures.load(Relaxed),
             self.graphs.replays.load(Relaxed),
         )
+    }
+
+    /// One layer's paged K and V, checked to hold `paged.layer_len` elements
+    /// of one float type, and the step's tables and positions for `m` rows.
+    fn paged_inputs(
+        cache: &KvLayer<CudaTensor>,
+        paged: &PagedLayout,
+        tables: &CudaTensor,
+        pos: &CudaTensor,
+        m: usize,
+        layout: &QkvLayout,
+    ) -> Result<(PagedCache, Rows)> {
+        let ty = match cache.k.dtype {
+            DType::F32 => KvType::F32,
+            DType::F16 => KvType::F16,
+            DType::I32 => return Err(invalid("paged KV cache of i32 (want f32 or f16)")),
+        };
+        let need = paged.layer_len(layout);
+        let dt = cache.k.dtype;
+        let c = PagedCache {
+            k: cache.k.ptr_of(dt, need, "paged k cache")?,
+            v: cache.v.ptr_of(dt, need, "paged v cache")?,
+            ty,
+        };
+        let table_len = m
+            .checked_mul(paged.table_stride)
+            .ok_or_else(|| invalid("block tables: size overflows"))?;
+        let r = Rows {
+            tables: tables.ptr_of(DType::I32, table_len, "block tables")?,
+            pos: pos.ptr_of(DType::I32, m, "paged positions")?,
+            m,
+        };
+        Ok((c, r))
     }
 
     /// Copy 4-byte elements `offset..offset + out.len() / 4` of `src` to the host.
@@ -448,6 +482,49 @@ impl Backend for CudaBackend {
         self.dev.bind()?;
         let a = &self.k.attention;
         Ok(a.launch(&self.dev, qp, &c, pp, m, layout, op)?)
+    }
+
+    /// `vecdot_chunked` (see `matmul.rs`): never cuBLAS, whose algorithm
+    /// depends on `m`.
+    fn batch_invariant_matmul(&self) -> Option<&'static str> {
+        Some(matmul::IMPLS[matmul::VECDOT_CHUNKED].name)
+    }
+
+    fn paged_kv_store(
+        &self,
+        qkv: &CudaTensor,
+        cache: &mut KvLayer<CudaTensor>,
+        paged: &PagedLayout,
+        tables: &CudaTensor,
+        pos: &CudaTensor,
+        m: usize,
+        layout: &QkvLayout,
+    ) -> Result<()> {
+        let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "paged kv qkv")?;
+        let (c, r) = Self::paged_inputs(cache, paged, tables, pos, m, layout)?;
+        self.dev.bind()?;
+        Ok(self.k.paged.store(&self.dev, qp, &c, paged, &r, layout)?)
+    }
+
+    fn paged_attention(
+        &self,
+        qkv: &CudaTensor,
+        cache: &KvLayer<CudaTensor>,
+        paged: &PagedLayout,
+        tables: &CudaTensor,
+        pos: &CudaTensor,
+        m: usize,
+        _max_kv_len: usize,
+        layout: &QkvLayout,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "paged attention qkv")?;
+        let (c, r) = Self::paged_inputs(cache, paged, tables, pos, m, layout)?;
+        let out_len = m * layout.n_heads * layout.head_dim;
+        let op = out.ptr_of(DType::F32, out_len, "paged attention out")?;
+        self.dev.bind()?;
+        let a = &self.k.paged;
+        Ok(a.attention(&self.dev, qp, &c, paged, &r, layout, op)?)
     }
 
     fn swiglu(
