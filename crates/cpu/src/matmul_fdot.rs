@@ -20,8 +20,8 @@
 //! so its kernel needs no offset term. Q5_1 and Q5_K (Q5_K_M files) are Q4_1 and
 //! Q4_K with the fifth bit. Q2_K and Q3_K (Q2_K/Q3_K_M files) decode per 16
 //! values (`d sc q - dmin m`; `d (sc - 32) q` with a third bit from hmask).
-//! AVX-512 has kernels for every block type here, NEON for all but Q2_K/Q3_K,
-//! AVX2 for Q8_0, Q4_0/1 and the 5-bit ones; the rest
+//! AVX-512 has kernels for every block type here, AVX2 and NEON for all but
+//! Q2_K/Q3_K; the rest
 //! take the scalar kernel (exact too). These are the types of the common
 //! Q4_K_M / Q5_0 mixes of real Qwen2.5 and Llama files. For the offset terms the per-block
 //! sums of the activations are computed once per call.
@@ -609,6 +609,118 @@ mod avx2 {
         hsum(acc) + offsets
     }
 
+    /// Q4_K (`FIVE` false) and Q5_K rows: per 64-value chunk two sub-blocks
+    /// (low, then high nibbles) with the scales and offset of `q4_k_chunk`;
+    /// Q5_K adds bit 2c / 2c + 1 of qh[l] as the fifth bit.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn k45_blocks<const FIVE: bool>(w: &[u8], xp: *const f32, xsum: &[f32]) -> f32 {
+        let (size, qs_at) = if FIVE {
+            (Q5_K_BYTES, 48)
+        } else {
+            (Q4_K_BYTES, 16)
+        };
+        let mask = _mm_set1_epi8(0x0F);
+        let fifth = _mm_set1_epi8(0x10);
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut offsets = 0.0f32;
+        for (sb, blk) in w.chunks_exact(size).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            if FIVE {
+                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 128) as *const i8);
+            }
+            let xs = &xsum[sb * 8..(sb + 1) * 8];
+            // Q4_K has no qh: its first quants stand in, unused.
+            let qh0 = _mm_loadu_si128(blk.as_ptr().add(16) as *const __m128i);
+            let qh1 = _mm_loadu_si128(blk.as_ptr().add(32) as *const __m128i);
+            for c in 0..4 {
+                let (d1, d2, offset) = q4_k_chunk(blk, c, xs);
+                offsets += offset;
+                let q = blk.as_ptr().add(qs_at + 32 * c);
+                let b0 = _mm_loadu_si128(q as *const __m128i);
+                let b1 = _mm_loadu_si128(q.add(16) as *const __m128i);
+                let bl = _mm_set1_epi8((1u8 << (2 * c)) as i8);
+                let bh = _mm_set1_epi8((2u8 << (2 * c)) as i8);
+                // 0x10 where the byte of qh has the bit.
+                let five = |nib: __m128i, qh: __m128i, bit: __m128i| {
+                    if !FIVE {
+                        return nib;
+                    }
+                    let set = _mm_cmpeq_epi8(_mm_and_si128(qh, bit), bit);
+                    _mm_or_si128(nib, _mm_and_si128(set, fifth))
+                };
+                let lo0 = five(_mm_and_si128(b0, mask), qh0, bl);
+                let lo1 = five(_mm_and_si128(b1, mask), qh1, bl);
+                let hi0 = five(_mm_and_si128(_mm_srli_epi16(b0, 4), mask), qh0, bh);
+                let hi1 = five(_mm_and_si128(_mm_srli_epi16(b1, 4), mask), qh1, bh);
+                let xb = xp.add(sb * QK_K + 64 * c);
+                let s1 = dot16(lo1, xb.add(16), dot16(lo0, xb, _mm256_setzero_ps()));
+                let s2 = dot16(hi1, xb.add(48), dot16(hi0, xb.add(32), _mm256_setzero_ps()));
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(d1), s1, a0);
+                a1 = _mm256_fmadd_ps(_mm256_set1_ps(d2), s2, a1);
+            }
+        }
+        hsum(_mm256_add_ps(a0, a1)) + offsets
+    }
+
+    /// Q6_K rows: as the AVX-512 kernel, eight lanes wide.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6_k_blocks(w: &[u8], xp: *const f32) -> f32 {
+        let m4 = _mm_set1_epi8(0x0F);
+        let m2 = _mm_set1_epi8(0x03);
+        let bias = _mm_set1_epi8(32);
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (sb, blk) in w.chunks_exact(Q6_K_BYTES).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 128) as *const i8);
+            let d = f16_at(blk, 208);
+            let p = blk.as_ptr();
+            for half in 0..2 {
+                let xh = xp.add(sb * QK_K + 128 * half);
+                for part in 0..2 {
+                    // Elements l = 16 * part .. 16 * part + 16 of each quarter.
+                    let l = 16 * part;
+                    let ql0 = _mm_loadu_si128(p.add(64 * half + l) as *const __m128i);
+                    let ql1 = _mm_loadu_si128(p.add(64 * half + 32 + l) as *const __m128i);
+                    let qh = _mm_loadu_si128(p.add(128 + 32 * half + l) as *const __m128i);
+                    let hb = |v: __m128i| _mm_slli_epi16(_mm_and_si128(v, m2), 4);
+                    let q = [
+                        _mm_or_si128(_mm_and_si128(ql0, m4), hb(qh)),
+                        _mm_or_si128(_mm_and_si128(ql1, m4), hb(_mm_srli_epi16(qh, 2))),
+                        _mm_or_si128(
+                            _mm_and_si128(_mm_srli_epi16(ql0, 4), m4),
+                            hb(_mm_srli_epi16(qh, 4)),
+                        ),
+                        _mm_or_si128(
+                            _mm_and_si128(_mm_srli_epi16(ql1, 4), m4),
+                            hb(_mm_srli_epi16(qh, 6)),
+                        ),
+                    ];
+                    for (g, qg) in q.iter().enumerate() {
+                        let signed = _mm_sub_epi8(*qg, bias);
+                        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(signed));
+                        let w1 =
+                            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(signed, 8)));
+                        let xv = xh.add(32 * g + l);
+                        let s = _mm256_mul_ps(w0, _mm256_loadu_ps(xv));
+                        let s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xv.add(8)), s);
+                        let sc = *p.add(192 + 8 * half + part + 2 * g) as i8;
+                        let scale = _mm256_set1_ps(d * sc as f32);
+                        if g % 2 == 0 {
+                            a0 = _mm256_fmadd_ps(scale, s, a0);
+                        } else {
+                            a1 = _mm256_fmadd_ps(scale, s, a1);
+                        }
+                    }
+                }
+            }
+        }
+        hsum(_mm256_add_ps(a0, a1))
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
         let xp = x.as_ptr();
@@ -678,54 +790,11 @@ mod avx2 {
             }
             GgmlType::Q5_0 => q5_blocks::<true>(w, xp, xsum),
             GgmlType::Q5_1 => q5_blocks::<false>(w, xp, xsum),
-            GgmlType::Q5_K => {
-                // As the AVX-512 kernel: Q4_K's layout with bit 2c / 2c + 1 of qh[l].
-                let mask = _mm_set1_epi8(0x0F);
-                let fifth = _mm_set1_epi8(0x10);
-                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                let mut offsets = 0.0f32;
-                for (sb, blk) in w.chunks_exact(Q5_K_BYTES).enumerate() {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
-                    );
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        blk.as_ptr().wrapping_add(PREFETCH + 128) as *const i8
-                    );
-                    let xs = &xsum[sb * 8..(sb + 1) * 8];
-                    let qh0 = _mm_loadu_si128(blk.as_ptr().add(16) as *const __m128i);
-                    let qh1 = _mm_loadu_si128(blk.as_ptr().add(32) as *const __m128i);
-                    for c in 0..4 {
-                        let (d1, d2, offset) = q4_k_chunk(blk, c, xs);
-                        offsets += offset;
-                        let q = blk.as_ptr().add(48 + 32 * c);
-                        let b0 = _mm_loadu_si128(q as *const __m128i);
-                        let b1 = _mm_loadu_si128(q.add(16) as *const __m128i);
-                        let bl = _mm_set1_epi8((1u8 << (2 * c)) as i8);
-                        let bh = _mm_set1_epi8((2u8 << (2 * c)) as i8);
-                        // 0x10 where the byte of qh has the bit.
-                        let five = |nib: __m128i, qh: __m128i, bit: __m128i| {
-                            let set = _mm_cmpeq_epi8(_mm_and_si128(qh, bit), bit);
-                            _mm_or_si128(nib, _mm_and_si128(set, fifth))
-                        };
-                        let lo0 = five(_mm_and_si128(b0, mask), qh0, bl);
-                        let lo1 = five(_mm_and_si128(b1, mask), qh1, bl);
-                        let hi0 = five(_mm_and_si128(_mm_srli_epi16(b0, 4), mask), qh0, bh);
-                        let hi1 = five(_mm_and_si128(_mm_srli_epi16(b1, 4), mask), qh1, bh);
-                        let xb = xp.add(sb * QK_K + 64 * c);
-                        let s1 = dot16(lo1, xb.add(16), dot16(lo0, xb, _mm256_setzero_ps()));
-                        let s2 =
-                            dot16(hi1, xb.add(48), dot16(hi0, xb.add(32), _mm256_setzero_ps()));
-                        a0 = _mm256_fmadd_ps(_mm256_set1_ps(d1), s1, a0);
-                        a1 = _mm256_fmadd_ps(_mm256_set1_ps(d2), s2, a1);
-                    }
-                }
-                hsum(_mm256_add_ps(a0, a1)) + offsets
-            }
-            // No AVX2 kernel for Q4_K and Q6_K: the scalar one is exact too.
-            GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::Q2_K | GgmlType::Q3_K => {
-                scalar::dot(ty, w, x, xsum)
-            }
+            GgmlType::Q4_K => k45_blocks::<false>(w, xp, xsum),
+            GgmlType::Q5_K => k45_blocks::<true>(w, xp, xsum),
+            GgmlType::Q6_K => q6_k_blocks(w, xp),
+            // No AVX2 kernel for Q2_K and Q3_K: the scalar one is exact too.
+            GgmlType::Q2_K | GgmlType::Q3_K => scalar::dot(ty, w, x, xsum),
             _ => unreachable!("fdot checks types before running"),
         }
     }
