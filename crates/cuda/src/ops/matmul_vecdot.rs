@@ -185,7 +185,7 @@ impl Vecdot {
 
     /// `out = epilogue(norm(x)[m, k] W^T (+ bias))` (`out` is `[m, n]`, or
     /// `[m, n / 2]` for SwiGLU); segments of types without a `vecdot` kernel
-    /// (float, 5-, 3- and 2-bit) go to `fdot`. A fused product always
+    /// (float, 3- and 2-bit) go to `fdot`. A fused product always
     /// quantises its (normed) activations in the block: no separate kernel.
     /// `may_split`: products of few rows may share a row over warps
     /// ([`set_split`](Self::set_split)); off where a row's bits must not
