@@ -9,12 +9,21 @@
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
 //! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows go to `gemm`
-//! (prefill: enough rows to reuse each dequantised tile); fewer rows to
-//! `fdot` where the weight type has a kernel, else to `gemv`. `vecdot` is
-//! faster but rounds activations to 8 bits, which changes greedy
-//! continuations of real models against transformers (SmolLM2 diverges at
-//! the sixth token), so it is opt-in: METALLIC_MATMUL_BACKEND=vecdot, or a
-//! winner of autotuning. The threshold
+//! (prefill: enough rows to reuse each dequantised tile). Fewer rows (decode)
+//! go to `vecdot` for Q4_0 and Q4_1 weights ([`decode_in_8_bits`]) and to
+//! `fdot` for the other types it has a kernel for, else to `gemv`.
+//!
+//! Which decode arithmetic is the default is decided by the KL divergence
+//! against the float32 model (docs/quality.md), not by greedy identity: 8-bit
+//! activations are the default where their KLD is no worse than llama.cpp's
+//! own CPU path on the same files. On SmolLM2 Q4_1 (1,020 positions of
+//! alice29.txt) 8-bit activations everywhere cost a KLD of 0.00292 against
+//! llama.cpp's 0.00269; about a quarter of it (0.00074 alone) came from the
+//! tied Q8_0 lm_head, whose 49,152 logits each sum 576 rounded activations.
+//! With Q4_x layers on `vecdot` and Q8_0 (here the lm_head) on `fdot` the KLD
+//! is 0.00211: below llama.cpp's, at most of `vecdot`'s speed (the layers
+//! are two thirds of the bytes). `METALLIC_MATMUL_BACKEND=fdot` keeps float32
+//! activations everywhere (greedy identity with transformers); the threshold
 //! comes from `metallic probe` on the development machine (see docs/probe.md);
 //! METALLIC_MATMUL_AUTOTUNE=1 replaces the rule by measurements per shape.
 
@@ -85,10 +94,21 @@ pub const IMPLS: &[MatmulImpl] = &[
 /// ahead at m = 32 on every Qwen2.5-0.5B layer shape.
 pub const GEMM_MIN_M: usize = 32;
 
+/// Weight types whose decode default is `vecdot` (8-bit activations): those
+/// where the quality table shows its KLD no worse than llama.cpp's (see the
+/// module comment). Q8_0 stays on `fdot`: as SmolLM2's lm_head it carried a
+/// quarter of `vecdot`'s KLD, and on the synthetic Qwen2.5-0.5B Q8_0 file
+/// `fdot` halves the KLD of 8-bit activations (0.00097 against 0.00152).
+pub fn decode_in_8_bits(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1)
+}
+
 /// The implementation used when nothing is forced or tuned.
 pub fn default_impl(s: &MatmulShape) -> usize {
     if s.m >= GEMM_MIN_M && gemm_supports(s) {
         GEMM
+    } else if decode_in_8_bits(s.dtype) && vecdot_supports(s) {
+        VECDOT
     } else if fdot_supports(s) {
         FDOT
     } else {
@@ -463,6 +483,76 @@ mod tests {
         }
     }
 
+    /// Batch invariance: each row of an m-row product is bit for bit the
+    /// one-row product of that row alone, for the decode kernels at every
+    /// SIMD level (`vecdot`'s multi-row kernels share each weight block's
+    /// decode between rows), on ragged shapes: odd block counts, 1..13
+    /// output rows in stacked parts, 1..9 activation rows (partial groups of
+    /// the kernels' four) and 31 (the most a decode-sized product has).
+    #[test]
+    fn every_row_of_a_multi_row_product_is_the_single_row_product() {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::F16,
+        ] {
+            for k in [32, 96, 160, 896] {
+                for n in [1, 5, 13] {
+                    let parts = if n >= 3 { vec![n / 3, n - n / 3] } else { vec![n] };
+                    let w = linear(ty, k, &parts, n % 2 == 1);
+                    for m in (1..=9).chain([31]) {
+                        let x = values((k * 13 + n * 5 + m) as u64, m * k);
+                        let what = format!("{} k={k} n={n} m={m}", ty.name());
+                        let levels = SimdLevel::ALL.into_iter().filter_map(Kernels::for_level);
+                        for kern in levels {
+                            let product = |x: &[f32], m: usize| {
+                                let mut out = vec![f32::NAN; m * n];
+                                vecdot_with(&kern, x, &w, m, &mut out).unwrap();
+                                out
+                            };
+                            let all = product(&x, m);
+                            for i in 0..m {
+                                let one = product(&x[i * k..(i + 1) * k], 1);
+                                let (got, want) = (&all[i * n..(i + 1) * n], &one[..]);
+                                assert!(
+                                    got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    "vecdot/{} {what} row {i}: {got:?} vs {want:?}",
+                                    kern.level().name()
+                                );
+                            }
+                        }
+                        for imp in [FDOT, default_impl(&MatmulShape {
+                            op: metallic::backend::MatmulOp::Matmul,
+                            dtype: ty,
+                            batch: 1,
+                            m,
+                            n,
+                            k,
+                            ta: false,
+                            tb: true,
+                        })] {
+                            let mut all = vec![f32::NAN; m * n];
+                            run(imp, &x, &w, m, &mut all).unwrap();
+                            for i in 0..m {
+                                let mut one = vec![f32::NAN; n];
+                                run(imp, &x[i * k..(i + 1) * k], &w, 1, &mut one).unwrap();
+                                assert!(
+                                    all[i * n..(i + 1) * n]
+                                        .iter()
+                                        .zip(&one)
+                                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    "{} {what} row {i}",
+                                    IMPLS[imp].name
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn simd_levels_agree_with_the_scalar_kernels() {
         // Same integer dots, different float summation order: 1e-5 of sum |w x|.
@@ -540,7 +630,7 @@ mod tests {
     }
 
     #[test]
-    fn default_rule_picks_fdot_for_decode_and_gemm_for_prefill() {
+    fn default_rule_picks_vecdot_or_fdot_by_type_for_decode_and_gemm_for_prefill() {
         let shape = |m, dtype| MatmulShape {
             op: metallic::backend::MatmulOp::Matmul,
             dtype,
@@ -551,7 +641,9 @@ mod tests {
             ta: false,
             tb: true,
         };
-        assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_1))].name, "fdot");
+        assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_1))].name, "vecdot");
+        assert_eq!(IMPLS[default_impl(&shape(31, GgmlType::Q4_0))].name, "vecdot");
+        assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q8_0))].name, "fdot");
         assert_eq!(
             IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q4_1))].name,
             "gemm"

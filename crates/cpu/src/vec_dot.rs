@@ -116,6 +116,9 @@ pub fn needs_q8(ty: GgmlType) -> bool {
 }
 
 type QDot = unsafe fn(&[u8], Q8Row<'_>) -> f32;
+/// One weight row against several activation rows, each weight block decoded
+/// once (`out[i]` for `a[i]`; both of one length).
+type QDotRows = unsafe fn(&[u8], &[Q8Row<'_>], &mut [f32]);
 type FDot = unsafe fn(&[u8], &[f32]) -> f32;
 
 /// One level's kernels. Built only through [`Kernels::for_level`], which
@@ -126,6 +129,9 @@ pub struct Kernels {
     q4_0: QDot,
     q4_1: QDot,
     q8_0: QDot,
+    /// Multi-row kernels of Q4_0, Q4_1 and Q8_0 where the level has them;
+    /// elsewhere [`Kernels::quant_rows`] runs the one-row kernel per row.
+    rows: Option<[QDotRows; 3]>,
     f16: FDot,
     f32: FDot,
 }
@@ -141,6 +147,7 @@ impl Kernels {
                 q4_0: scalar::q4_0,
                 q4_1: scalar::q4_1,
                 q8_0: scalar::q8_0,
+                rows: None,
                 f16: scalar::f16,
                 f32: scalar::f32,
             },
@@ -150,6 +157,7 @@ impl Kernels {
                 q4_0: crate::vec_dot_x86::q4_0_avx2,
                 q4_1: crate::vec_dot_x86::q4_1_avx2,
                 q8_0: crate::vec_dot_x86::q8_0_avx2,
+                rows: None,
                 f16: crate::vec_dot_x86::f16_avx2,
                 f32: crate::vec_dot_x86::f32_avx2,
             },
@@ -159,6 +167,11 @@ impl Kernels {
                 q4_0: crate::vec_dot_x86::q4_0_avx512,
                 q4_1: crate::vec_dot_x86::q4_1_avx512,
                 q8_0: crate::vec_dot_x86::q8_0_avx512,
+                rows: Some([
+                    crate::vec_dot_x86::q4_0_avx512_rows,
+                    crate::vec_dot_x86::q4_1_avx512_rows,
+                    crate::vec_dot_x86::q8_0_avx512_rows,
+                ]),
                 f16: crate::vec_dot_x86::f16_avx512,
                 f32: crate::vec_dot_x86::f32_avx512,
             },
@@ -168,6 +181,7 @@ impl Kernels {
                 q4_0: crate::neon::q4_0_plain,
                 q4_1: crate::neon::q4_1_plain,
                 q8_0: crate::neon::q8_0_plain,
+                rows: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -177,6 +191,7 @@ impl Kernels {
                 q4_0: crate::neon::q4_0_dot,
                 q4_1: crate::neon::q4_1_dot,
                 q8_0: crate::neon::q8_0_dot,
+                rows: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -203,6 +218,38 @@ impl Kernels {
         assert!(w.len() >= nb * bytes);
         // SAFETY: `for_level` checked the CPU features; lengths are checked above.
         unsafe { f(w, a) }
+    }
+
+    /// Dots of one quantised weight row with several Q8 activation rows of its
+    /// length: `out[i]` gets `a[i]`'s, bit for bit what [`Kernels::quant`]
+    /// gives for that row alone (the multi-row kernels keep each row's
+    /// arithmetic separate and in the one-row order; see vec_dot_x86.rs).
+    #[inline]
+    pub fn quant_rows(&self, ty: GgmlType, w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+        assert_eq!(a.len(), out.len());
+        let Some(first) = a.first() else { return };
+        let nb = first.d.len();
+        let (i, bytes) = match ty {
+            GgmlType::Q4_0 => (0, 18),
+            GgmlType::Q4_1 => (1, 20),
+            GgmlType::Q8_0 => (2, 34),
+            _ => {
+                out.fill(f32::NAN);
+                return;
+            }
+        };
+        let Some(rows) = self.rows else {
+            for (o, &r) in out.iter_mut().zip(a) {
+                *o = self.quant(ty, w, r);
+            }
+            return;
+        };
+        for r in a {
+            assert!(r.d.len() == nb && r.qs.len() == nb * QK && r.s.len() == nb);
+        }
+        assert!(w.len() >= nb * bytes);
+        // SAFETY: `for_level` checked the CPU features; lengths are checked above.
+        unsafe { rows[i](w, a, out) }
     }
 
     /// Dot of a float weight row with `x` (of the row's length).
