@@ -129,7 +129,8 @@ pub struct Kernels {
     q4_0: QDot,
     q4_1: QDot,
     q8_0: QDot,
-    /// Multi-row kernels of Q4_0, Q4_1 and Q8_0 where the level has them;
+    /// Multi-row kernels of Q4_0, Q4_1 and Q8_0 where the level has them (AVX2,
+    /// AVX-512; NEON does not yet);
     /// elsewhere [`Kernels::quant_rows`] runs the one-row kernel per row.
     rows: Option<[QDotRows; 3]>,
     f16: FDot,
@@ -157,7 +158,11 @@ impl Kernels {
                 q4_0: crate::vec_dot_x86::q4_0_avx2,
                 q4_1: crate::vec_dot_x86::q4_1_avx2,
                 q8_0: crate::vec_dot_x86::q8_0_avx2,
-                rows: None,
+                rows: Some([
+                    crate::vec_dot_x86::q4_0_avx2_rows,
+                    crate::vec_dot_x86::q4_1_avx2_rows,
+                    crate::vec_dot_x86::q8_0_avx2_rows,
+                ]),
                 f16: crate::vec_dot_x86::f16_avx2,
                 f32: crate::vec_dot_x86::f32_avx2,
             },
