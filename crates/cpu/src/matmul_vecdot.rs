@@ -123,6 +123,16 @@ fn run_rows(
             let (part, pr) = w.locate(r).expect("row within n");
             let wrow = part.row(pr);
             let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
+            if let [one] = arows {
+                if vec_dot::needs_q8(part.ty) {
+                    // One row (plain decode): the one-row kernel, which is the
+                    // multi-row kernel's arithmetic without its grouping.
+                    let v = kern.quant(part.ty, wrow, *one);
+                    // SAFETY: column r is written by this task only; r < n <= out.len().
+                    unsafe { *optr.ptr().add(r) = v + b };
+                    continue;
+                }
+            }
             if vec_dot::needs_q8(part.ty) {
                 // Several activation rows (a batch of decoding sequences, a
                 // short prefill) share each decode of this weight row's blocks.
