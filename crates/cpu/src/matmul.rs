@@ -6,6 +6,7 @@
 //! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0, Q4_1, Q8_0, F16, F32        |
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
 //! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32 |
+//! | 4     | `decode` | the decode rule at any row count: `vecdot`, `fdot` or `gemv` by type | every type the CPU loads |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
 //! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows go to `gemm`
@@ -68,6 +69,7 @@ pub const GEMV: usize = 0;
 pub const VECDOT: usize = 1;
 pub const GEMM: usize = 2;
 pub const FDOT: usize = 3;
+pub const DECODE: usize = 4;
 
 pub const IMPLS: &[MatmulImpl] = &[
     MatmulImpl {
@@ -85,6 +87,10 @@ pub const IMPLS: &[MatmulImpl] = &[
     MatmulImpl {
         name: "fdot",
         supports: fdot_supports,
+    },
+    MatmulImpl {
+        name: "decode",
+        supports: gemv_supports,
     },
 ];
 
@@ -107,7 +113,19 @@ pub fn decode_in_8_bits(ty: GgmlType) -> bool {
 pub fn default_impl(s: &MatmulShape) -> usize {
     if s.m >= GEMM_MIN_M && gemm_supports(s) {
         GEMM
-    } else if decode_in_8_bits(s.dtype) && vecdot_supports(s) {
+    } else {
+        decode_impl(s)
+    }
+}
+
+/// The decode kernel of a shape's weight type: `vecdot` where 8-bit
+/// activations are the default ([`decode_in_8_bits`]), else `fdot` where it
+/// has a kernel, else the reference. Every one of them computes each output
+/// row on its own, in the same arithmetic whatever the row count (see
+/// matmul_vecdot.rs), so `decode` (this rule at any row count) keeps a
+/// batch's rows independent: `metallic serve` on the CPU forces it.
+pub fn decode_impl(s: &MatmulShape) -> usize {
+    if decode_in_8_bits(s.dtype) && vecdot_supports(s) {
         VECDOT
     } else if fdot_supports(s) {
         FDOT
@@ -178,7 +196,26 @@ pub fn try_for_each_task(
 /// Whether a product runs in the pool at all: the row kernels stay on the
 /// calling thread for small products (no hand-off to a pool thread and back).
 pub fn needs_pool(imp: usize, w: &CpuLinear, m: usize) -> bool {
+    let imp = if imp == DECODE {
+        decode_impl(&shape_of(w, m))
+    } else {
+        imp
+    };
     !matches!(imp, FDOT | VECDOT) || work(w, m) >= SERIAL_WORK
+}
+
+/// The product shape of `m` activation rows times `w`, as dispatch sees it.
+fn shape_of(w: &CpuLinear, m: usize) -> MatmulShape {
+    MatmulShape {
+        op: metallic::backend::MatmulOp::Matmul,
+        dtype: w.info.dtype,
+        batch: 1,
+        m,
+        n: w.info.n,
+        k: w.info.k,
+        ta: false,
+        tb: true,
+    }
 }
 
 /// Run implementation `imp` (inside the backend's thread pool).
@@ -194,6 +231,7 @@ pub fn run(imp: usize, x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> R
         VECDOT => crate::matmul_vecdot::vecdot(x, w, m, out),
         GEMM => crate::matmul_gemm::gemm(x, w, m, out),
         FDOT => crate::matmul_fdot::fdot(x, w, m, out),
+        DECODE => run(decode_impl(&shape_of(w, m)), x, w, m, out),
         _ => Err(Error::backend(
             "cpu",
             format!("no matmul implementation #{imp}"),
@@ -396,7 +434,7 @@ mod tests {
             if !(imp.supports)(&shape) {
                 continue;
             }
-            let extra = if idx == VECDOT && vec_dot::needs_q8(ty) {
+            let extra = if matches!(idx, VECDOT | DECODE) && vec_dot::needs_q8(ty) {
                 &q8
             } else {
                 &none
@@ -522,7 +560,7 @@ mod tests {
                                 );
                             }
                         }
-                        for imp in [FDOT, default_impl(&MatmulShape {
+                        for imp in [FDOT, DECODE, default_impl(&MatmulShape {
                             op: metallic::backend::MatmulOp::Matmul,
                             dtype: ty,
                             batch: 1,

@@ -27,10 +27,12 @@ fn open() -> Option<Arc<GgufFile>> {
     Some(Arc::new(GgufFile::open(&path).unwrap()))
 }
 
-/// The row-independent matmul the server forces on the CPU.
-fn fdot_exec(b: &CpuBackend) -> Exec<'_, CpuBackend> {
+/// The row-independent matmul the server forces on the CPU (`decode`: Q4_1
+/// rows on `vecdot`, whose multi-row kernels share weight decodes between
+/// rows, the Q8_0 lm_head on `fdot`).
+fn decode_exec(b: &CpuBackend) -> Exec<'_, CpuBackend> {
     let cfg = DispatchConfig {
-        all: Some("fdot".into()),
+        all: Some("decode".into()),
         ..Default::default()
     };
     Exec::new(b, MatmulDispatch::new(b.matmul_impls(), &cfg).unwrap())
@@ -65,7 +67,7 @@ fn batched_paged_forward_equals_single_sequence_forward_bitwise() {
     let vocab = model.config.vocab;
 
     // Single-sequence forward, the prompt in one step.
-    let mut ex = fdot_exec(&b);
+    let mut ex = decode_exec(&b);
     let mut st = State::new(&b, &model.config, 32, 16, 1).unwrap();
     st.stage(&b, &PROMPT_A, vocab).unwrap();
     model
@@ -101,7 +103,7 @@ fn sequence_logits_do_not_depend_on_the_rest_of_the_batch() {
     let b = CpuBackend::new(2).unwrap();
     let model = Model::load(&b, &file).unwrap();
     let vocab = model.config.vocab;
-    let mut ex = fdot_exec(&b);
+    let mut ex = decode_exec(&b);
 
     // A alone, whole prompt in one step.
     let mut alone = BatchState::new(&b, &model.config, paged(16), 32, 4).unwrap();
@@ -152,7 +154,7 @@ fn rows_outside_their_block_table_are_refused() {
     let Some(file) = open() else { return };
     let b = CpuBackend::new(1).unwrap();
     let model = Model::load(&b, &file).unwrap();
-    let mut ex = fdot_exec(&b);
+    let mut ex = decode_exec(&b);
     let mut bs = BatchState::new(&b, &model.config, paged(4), 8, 2).unwrap();
     // Position 9 needs block index 2; the table has 2 entries.
     let table = [0u32, 1];

@@ -170,10 +170,12 @@ pub fn run<B: Backend>(
         )?;
         Ok((model, bs))
     })();
-    // The row-independent matmul (see BatchState) unless the user forces one.
+    // The row-independent matmul (see BatchState) unless the user forces one:
+    // the CPU's decode kernels at every row count (`decode`: 8-bit activations
+    // for Q4_0/Q4_1 rows, float32 for the others), each row computed alone.
     let mut dcfg = DispatchConfig::from_env();
     if dcfg.all.is_none() && dcfg.per_op.is_empty() && backend.name() == "cpu" {
-        dcfg.all = Some("fdot".into());
+        dcfg.all = Some("decode".into());
     }
     let dispatch = MatmulDispatch::new(backend.matmul_impls(), &dcfg);
     let (model, bs, dispatch) = match (loaded, dispatch) {
