@@ -1,5 +1,6 @@
 //! Dot products of one weight row (in its GGUF block format) with one
-//! activation row, per SIMD level.
+//! activation row, or with several sharing each decoded weight block
+//! ([`Kernels::quant_rows`]), per SIMD level.
 //!
 //! Quantised weights (Q4_0, Q4_1, Q8_0) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per block;
