@@ -123,7 +123,8 @@ pub fn default_impl(s: &MatmulShape) -> usize {
 /// has a kernel, else the reference. Every one of them computes each output
 /// row on its own, in the same arithmetic whatever the row count (see
 /// matmul_vecdot.rs), so `decode` (this rule at any row count) keeps a
-/// batch's rows independent: `metallic serve` on the CPU forces it.
+/// batch's rows independent (`metallic serve` can run it:
+/// METALLIC_MATMUL_BACKEND=decode).
 pub fn decode_impl(s: &MatmulShape) -> usize {
     if decode_in_8_bits(s.dtype) && vecdot_supports(s) {
         VECDOT

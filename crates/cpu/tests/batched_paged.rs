@@ -27,9 +27,9 @@ fn open() -> Option<Arc<GgufFile>> {
     Some(Arc::new(GgufFile::open(&path).unwrap()))
 }
 
-/// The row-independent matmul the server forces on the CPU (`decode`: Q4_1
-/// rows on `vecdot`, whose multi-row kernels share weight decodes between
-/// rows, the Q8_0 lm_head on `fdot`).
+/// A row-independent matmul (`decode`: Q4_1 rows on `vecdot`, whose
+/// multi-row kernels share weight decodes between rows, the Q8_0 lm_head on
+/// `fdot`; the server forces `fdot`, the same per-row property).
 fn decode_exec(b: &CpuBackend) -> Exec<'_, CpuBackend> {
     let cfg = DispatchConfig {
         all: Some("decode".into()),

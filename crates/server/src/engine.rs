@@ -170,12 +170,14 @@ pub fn run<B: Backend>(
         )?;
         Ok((model, bs))
     })();
-    // The row-independent matmul (see BatchState) unless the user forces one:
-    // the CPU's decode kernels at every row count (`decode`: 8-bit activations
-    // for Q4_0/Q4_1 rows, float32 for the others), each row computed alone.
+    // The row-independent matmul (see BatchState) unless the user forces one.
+    // Not `decode` (8-bit activations on Q4_x rows, also row-independent):
+    // steps mix prompt and decode rows in one product, so it would round the
+    // prompts' activations too, and SmolLM2 then answers the capital of
+    // France without "Paris" (http_api.rs).
     let mut dcfg = DispatchConfig::from_env();
     if dcfg.all.is_none() && dcfg.per_op.is_empty() && backend.name() == "cpu" {
-        dcfg.all = Some("decode".into());
+        dcfg.all = Some("fdot".into());
     }
     let dispatch = MatmulDispatch::new(backend.matmul_impls(), &dcfg);
     let (model, bs, dispatch) = match (loaded, dispatch) {
