@@ -9,6 +9,12 @@
 # llama-server is built like scripts/bench-vs-llamacpp.sh builds llama-bench
 # (the llama-cpp-python sdist, in .llamacpp/), unless LLAMA_SERVER names a
 # binary. METALLIC names the metallic binary (default: a release build).
+# DEVICE=cuda runs `metallic serve --device cuda` and llama-server with every
+# layer offloaded (-ngl 999; LLAMA_SERVER must then name a CUDA build: the
+# one built here is CPU-only). SERVE_FLAGS adds flags to metallic serve
+# (e.g. "--deterministic --kv-type f16"); TOKENS sets the tokens a request
+# generates (64); KV_MEMORY the MiB of metallic's KV cache (512 on cpu,
+# 8192 on cuda). THREADS is ignored on cuda (the GPU does the work).
 # Servers listen on 127.0.0.1 only; every run is bounded by a timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +27,14 @@ pkg=llama-cpp-python
 ver=0.3.36
 server=${LLAMA_SERVER:-$dir/src/vendor/llama.cpp/build/bin/llama-server}
 port=18080
+device=${DEVICE:-cpu}
+tokens=${TOKENS:-64}
+read -r -a serve_flags <<< "${SERVE_FLAGS:-}"
+case "$device" in
+  cpu) llama_dev=(); kv_memory=${KV_MEMORY:-512} ;;
+  cuda) llama_dev=(-ngl 999); kv_memory=${KV_MEMORY:-8192} ;;
+  *) echo "DEVICE must be cpu or cuda, not $device" >&2; exit 2 ;;
+esac
 
 if [ ! -x "$server" ]; then
   mkdir -p "$dir"
@@ -57,17 +71,18 @@ wait_health() {
   echo "server on port $port did not become healthy in 60 s" >&2; return 1
 }
 bench() {
-  timeout 900 "$METALLIC" bench-serve --url "http://127.0.0.1:$port" -c "$1" -r $((4 * $1)) -n 64 || true
+  timeout 900 "$METALLIC" bench-serve --url "http://127.0.0.1:$port" -c "$1" -r $((4 * $1)) -n "$tokens" || true
 }
 
 for n in "${streams[@]}"; do
   for round in 1 2; do
-    echo "## $n streams, round $round: llama-server (-np $n -cb)"
-    "$server" -m "$model" -t "$threads" -np "$n" -cb -c $((n * 512)) \
+    echo "## $n streams, round $round: llama-server ${llama_dev[*]} (-np $n -cb)"
+    "$server" -m "$model" -t "$threads" "${llama_dev[@]}" -np "$n" -cb -c $((n * (tokens + 448))) \
       --host 127.0.0.1 --port "$port" >/dev/null 2>&1 & pid=$!
     wait_health; bench "$n"; stop
-    echo "## $n streams, round $round: metallic serve (--max-seqs $n)"
-    "$METALLIC" serve -m "$model" -t "$threads" --max-seqs "$n" --ctx-size 512 \
+    echo "## $n streams, round $round: metallic serve --device $device ${serve_flags[*]} (--max-seqs $n)"
+    "$METALLIC" serve -m "$model" -t "$threads" --device "$device" "${serve_flags[@]}" \
+      --kv-memory "$kv_memory" --max-seqs "$n" --step-tokens $((n > 256 ? n : 256)) --ctx-size $((tokens + 448)) \
       --host 127.0.0.1 --port "$port" >/dev/null 2>&1 & pid=$!
     wait_health; bench "$n"; stop
   done

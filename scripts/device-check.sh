@@ -5,6 +5,7 @@
 #                                          to .device-cuda in the repository root)
 #   DEST/device-check.sh run              (there: from the repository root)
 #   /tmp/mc/device-check.sh smollm2 DIR   (there, a later call: DIR carries smollm2.part2)
+#   DEST/device-check.sh serve            (there: `metallic serve --device cuda` smoke run)
 #
 # The device tool sends the checkout the session started in (not a helper's
 # worktree): pack into an ignored folder of that checkout and name it in
@@ -142,9 +143,59 @@ PY
   [ "$fails" -eq 0 ]
 }
 
+# `metallic serve --device cuda` on synthetic Qwen2.5-0.5B Q8_0 (from the
+# repository root there): for the default path and for --deterministic with
+# an f16 KV cache, one greedy completion alone, then the same request among 7
+# others sent at once (its text compared: must be equal under
+# --deterministic), then `metallic bench-serve` (16 clients). HTTP from
+# python3's urllib (curl may be missing there).
+serve_smoke() {
+  local D out m model fails=0
+  D=$(cd "$(dirname "$0")" && pwd)
+  out=${OUT:-/tmp/out}; mkdir -p "$out"
+  export METALLIC_CACHE_DIR=${METALLIC_CACHE_DIR:-/tmp/metallic-cache}
+  m="$D/bin/metallic"; model=/tmp/qwen25-05b-Q8_0.gguf
+  gunzip -c "$D/tokenizer.json.gz" > /tmp/tokenizer.json
+  [ -s "$model" ] || "$m" synth --arch qwen2 --preset qwen2.5-0.5b --dtype Q8_0 \
+    --tokenizer /tmp/tokenizer.json -o "$model" > /dev/null || return 1
+  local url="http://127.0.0.1:8091"
+  for flags in "" "--deterministic --kv-type f16"; do
+    echo "== serve --device cuda $flags"
+    "$m" serve --device cuda -m "$model" --port 8091 --max-seqs 64 $flags > "$out/serve.log" 2>&1 &
+    local pid=$!
+    python3 - "$url" "$flags" <<'PY' || { fails=$((fails + 1)); tail -5 "$out/serve.log"; }
+import json, sys, time, threading, urllib.request
+url, flags = sys.argv[1], sys.argv[2]
+for _ in range(240):
+    try:
+        if urllib.request.urlopen(url + "/health", timeout=2).status == 200: break
+    except Exception: time.sleep(0.5)
+def post(prompt, n):
+    req = urllib.request.Request(url + "/v1/completions", method="POST",
+        data=json.dumps({"prompt": prompt, "max_tokens": n, "temperature": 0}).encode(),
+        headers={"content-type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=120))["choices"][0]["text"]
+p = "The capital of France is"
+alone = post(p, 48)
+res = {}
+ts = [threading.Thread(target=lambda i=i: res.__setitem__(i, post(f"Request {i} says", 16 * i))) for i in range(1, 8)]
+ts.append(threading.Thread(target=lambda: res.__setitem__(0, post(p, 48))))
+for t in ts: t.start()
+for t in ts: t.join()
+print(f"alone == inside a batch of 8: {alone == res.get(0)}; {len(res) - 1}/7 other requests answered")
+sys.exit(1 if len(res) < 8 or ("--deterministic" in flags and alone != res[0]) else 0)
+PY
+    "$m" bench-serve --url "$url" -c 16 -n 64 || fails=$((fails + 1))
+    kill -TERM $pid; wait $pid || { echo "FAILED: serve exit"; tail -5 "$out/serve.log"; fails=$((fails + 1)); }
+  done
+  echo "== serve: $fails failure(s)"
+  [ "$fails" -eq 0 ]
+}
+
 case "${1:-}" in
   pack) shift; pack "$@" ;;
   run) run ;;
   smollm2) shift; smollm2 "$@" ;;
-  *) echo "usage: $0 pack [DEST] | run" >&2; exit 2 ;;
+  serve) serve_smoke ;;
+  *) echo "usage: $0 pack [DEST] | run | serve" >&2; exit 2 ;;
 esac

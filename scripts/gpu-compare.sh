@@ -6,7 +6,8 @@
 #
 #   gpu-compare.sh build SRC.tar.gz          start building llama.cpp with CUDA in the
 #                                            background (its own process session) into
-#                                            /tmp/llama; returns at once
+#                                            /tmp/llama (llama-bench, llama-perplexity,
+#                                            llama-server); returns at once
 #   gpu-compare.sh wait                      wait (up to 15 min) for that build
 #   gpu-compare.sh bench METALLIC MODEL...   two rounds of llama-bench -ngl 99 -fa 1
 #                                            and metallic bench --device cuda, pp512 and
@@ -25,9 +26,9 @@ build() {
   rm -rf "$llama" && mkdir -p "$llama"
   tar xzf "$tgz" -C "$llama" --strip-components=1
   setsid nohup bash -c "cmake -S $llama -B $llama/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF -DGGML_CUDA=ON \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=OFF -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} > $log 2>&1 &&
-    cmake --build $llama/build -j \$(nproc) --target llama-bench llama-perplexity >> $log 2>&1;
+    cmake --build $llama/build -j \$(nproc) --target llama-bench llama-perplexity llama-server >> $log 2>&1;
     echo \"build exit \$?\" >> $log" > /dev/null 2>&1 < /dev/null &
   echo "building llama.cpp (CUDA) in the background: $log"
 }

@@ -7,6 +7,12 @@
 //! matrix is not in cache when its product runs (as in a real forward pass,
 //! where every layer's weights are new). Times are backend intervals (device
 //! events on a GPU, the host clock on the CPU).
+//!
+//! Each implementation is timed two ways: one launch between two marks
+//! (`median_ms`, which includes the launch on a GPU), and back to back
+//! inside one replayable step of [`CHAIN`] products (`chained_ms`, per
+//! product): on CUDA that step is captured once as a graph and replayed, as
+//! a decode step runs, so the per-shape figure predicts the step's time.
 
 use std::collections::HashSet;
 use std::io::BufRead;
@@ -96,6 +102,9 @@ pub struct ProbeRow {
     pub p10_ms: f64,
     pub p90_ms: f64,
     pub min_ms: f64,
+    /// Median time per product of [`CHAIN`] back-to-back products replayed
+    /// as one step (a CUDA graph on the GPU).
+    pub chained_ms: f64,
     pub bytes: u64,
     pub gb_s: f64,
     pub gflop_s: f64,
@@ -289,6 +298,9 @@ fn view(file: &Arc<GgufFile>, name: &str) -> Result<WeightView> {
     Ok(WeightView::new(file.clone(), info.clone()))
 }
 
+/// Products per replayed chain in the back-to-back timing.
+pub const CHAIN: usize = 16;
+
 /// Time `f` with backend marks, `reps` times at most or until `budget_ms`
 /// (at least 3 times), after two warm-up runs.
 fn time_reps<B: Backend>(
@@ -434,6 +446,20 @@ impl OnBackend for Job {
                 .with_context(|| format!("{} on {}", imp.name, s))?;
                 v.sort_by(f64::total_cmp);
                 let med = nearest_rank(&v, 50.0);
+                // A distinct replay key per shape and implementation: the
+                // chain is captured once and replayed for every repetition.
+                let key = 0x7072_6f62_0000_0000 ^ ((si as u64) << 8) ^ idx as u64;
+                let mut chain = time_reps(&b, args.reps, args.budget_ms, |r| {
+                    b.replayable(key, &mut || {
+                        for c in 0..CHAIN {
+                            b.matmul(idx, &x, &ws[(r + c) % copies], s.m, &mut out)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .with_context(|| format!("{} on {}, chained", imp.name, s))?;
+                chain.sort_by(f64::total_cmp);
+                let chained_ms = nearest_rank(&chain, 50.0) / CHAIN as f64;
                 let gb_s = bytes as f64 / (med * 1e6);
                 rows.push(ProbeRow {
                     shape: ps.clone(),
@@ -443,6 +469,7 @@ impl OnBackend for Job {
                     p10_ms: nearest_rank(&v, 10.0),
                     p90_ms: nearest_rank(&v, 90.0),
                     min_ms: v[0],
+                    chained_ms,
                     bytes,
                     gb_s,
                     gflop_s: 2.0 * (s.m * s.n * s.k) as f64 / (med * 1e6),
@@ -494,13 +521,14 @@ pub fn table(r: &ProbeReport) -> String {
         r.device, r.backend, r.timing
     ));
     o.push_str(&format!(
-        "{:<16} {:<34} {:<6} {:<8} {:>10} {:>21} {:>8} {:>9} {:>7}  {}\n",
+        "{:<16} {:<34} {:<6} {:<8} {:>10} {:>21} {:>10} {:>8} {:>9} {:>7}  {}\n",
         "shape",
         "op m n k",
         "dtype",
         "impl",
         "median_ms",
         "p10..p90 ms",
+        "chained_ms",
         "GB/s",
         "GFLOP/s",
         "%floor",
@@ -508,13 +536,14 @@ pub fn table(r: &ProbeReport) -> String {
     ));
     for row in &r.rows {
         o.push_str(&format!(
-            "{:<16} {:<34} {:<6} {:<8} {:>10.4} {:>21} {:>8.2} {:>9.2} {:>7}  {}\n",
+            "{:<16} {:<34} {:<6} {:<8} {:>10.4} {:>21} {:>10.4} {:>8.2} {:>9.2} {:>7}  {}\n",
             row.shape.label,
             shape_text(&row.shape),
             row.shape.dtype,
             row.imp,
             row.median_ms,
             format!("{:.4}..{:.4}", row.p10_ms, row.p90_ms),
+            row.chained_ms,
             row.gb_s,
             row.gflop_s,
             if row.pct_of_floor.is_finite() {
@@ -539,12 +568,12 @@ fn finite(v: f64, digits: usize) -> String {
 
 pub fn csv(r: &ProbeReport) -> String {
     let mut o = String::from(
-        "label,op,dtype,m,n,k,impl,reps,median_ms,p10_ms,p90_ms,min_ms,bytes,gb_s,gflop_s,pct_of_floor,stream_gb_s,winner\n",
+        "label,op,dtype,m,n,k,impl,reps,median_ms,p10_ms,p90_ms,min_ms,chained_ms,bytes,gb_s,gflop_s,pct_of_floor,stream_gb_s,winner\n",
     );
     for row in &r.rows {
         let s = &row.shape;
         o.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{},{:.3},{:.3},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{},{:.3},{:.3},{},{},{}\n",
             s.label,
             s.op,
             s.dtype,
@@ -557,6 +586,7 @@ pub fn csv(r: &ProbeReport) -> String {
             row.p10_ms,
             row.p90_ms,
             row.min_ms,
+            row.chained_ms,
             row.bytes,
             row.gb_s,
             row.gflop_s,

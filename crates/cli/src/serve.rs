@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use metallic::backend::Backend;
+use metallic::backend::{Backend, DType};
 use metallic_gguf::GgufFile;
 use metallic_server::ServeConfig;
 
@@ -23,9 +23,18 @@ pub struct ServeArgs {
     pub host: IpAddr,
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Only the CPU has the paged KV cache so far.
+    /// Device to run on (cuda: GPU 0).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// Element type of the paged KV cache (f16: half the memory a block,
+    /// twice the blocks in --kv-memory; arithmetic stays f32).
+    #[arg(long, value_enum, default_value_t = KvType::F32)]
+    pub kv_type: KvType,
+    /// Batch-invariant results: a request's tokens are the same alone and
+    /// inside any batch (CUDA: row-chunked matmuls instead of cuBLAS; the
+    /// CPU path is always so).
+    #[arg(long)]
+    pub deterministic: bool,
     /// CPU threads (0: all cores).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
@@ -104,13 +113,13 @@ async fn serve<B: Backend + 'static>(
     Ok(())
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvType {
+    F32,
+    F16,
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
-    if args.device == Device::Cuda {
-        bail!(
-            "metallic serve runs on the CPU for now: the CUDA backend has no paged KV cache \
-             (paged_kv_store/paged_attention) yet; use --device cpu"
-        );
-    }
     let path = resolve_model(args.model.as_deref())?;
     let file = open_gguf(&path)?;
     let model_name = args.model_name.clone().unwrap_or_else(|| {
@@ -138,17 +147,30 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_tokens_limit: args.max_tokens_limit,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        kv_type: match args.kv_type {
+            KvType::F32 => DType::F32,
+            KvType::F16 => DType::F16,
+        },
+        deterministic: args.deterministic,
     };
-    // The CPU only (checked above): the engine needs a backend it can own
-    // on its thread.
-    let backend =
-        metallic_cpu::CpuBackend::new(args.threads).context("starting the CPU backend")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(serve(backend, file, cfg))
+    // The engine thread owns the backend (every op binds the device first,
+    // so it may be made on this thread and used on that one).
+    match args.device {
+        Device::Cpu => {
+            let backend = crate::device::cpu(crate::common::cap_threads(args.threads))?;
+            rt.block_on(serve(backend, file, cfg))
+        }
+        Device::Cuda => {
+            let backend =
+                metallic_cuda::CudaBackend::new(0).context("starting the CUDA backend")?;
+            rt.block_on(serve(backend, file, cfg))
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

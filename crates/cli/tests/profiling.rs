@@ -615,6 +615,10 @@ fn probe_times_every_impl_on_a_recorded_profile_and_writes_csv_json_svg() {
             p10 <= med && med <= p90 && r["reps"].as_u64().unwrap() >= 3,
             "{r}"
         );
+        // The back-to-back figure is per product of a replayed chain: a
+        // positive time, on the CPU of the same order as one call.
+        let chained = r["chained_ms"].as_f64().unwrap();
+        assert!(chained > 0.0 && chained < 20.0 * p90, "{r}");
         let gb_s = r["gb_s"].as_f64().unwrap();
         assert!((gb_s - r["bytes"].as_f64().unwrap() / (med * 1e6)).abs() < 1e-6 * gb_s);
         assert!((r["pct_of_floor"].as_f64().unwrap() - 100.0 * gb_s / floor).abs() < 1e-6 * gb_s);

@@ -228,6 +228,8 @@ pub trait Backend: Send + Sync {
     type Sampler: Send;
     /// A point in the op stream for timing.
     type Mark;
+    /// A device-to-host read in flight ([`Backend::read_i32_start`]).
+    type Readback;
 
     /// Short name used in reports and on the command line (`cpu`, `cuda`).
     fn name(&self) -> &'static str;
@@ -252,6 +254,19 @@ pub trait Backend: Send + Sync {
     /// Blocks until the queued work that writes `src` is done.
     fn read_f32(&self, src: &Self::Tensor, offset: usize, out: &mut [f32]) -> Result<()>;
     fn read_i32(&self, src: &Self::Tensor, offset: usize, out: &mut [i32]) -> Result<()>;
+    /// Start reading `len` i32 at `offset` of `src` as they will be once the
+    /// work queued so far is done, without waiting for it: work queued
+    /// before [`Backend::read_i32_finish`] overlaps the wait. The decode loop
+    /// queues the next step this way before it reads this step's token.
+    fn read_i32_start(
+        &self,
+        src: &Self::Tensor,
+        offset: usize,
+        len: usize,
+    ) -> Result<Self::Readback>;
+    /// Wait for a read begun by [`Backend::read_i32_start`]; `out.len()`
+    /// must be the `len` it was started with.
+    fn read_i32_finish(&self, r: Self::Readback, out: &mut [i32]) -> Result<()>;
 
     /// `out[i] = dequant(table row ids[i])` for `m` ids.
     fn embed(
@@ -377,7 +392,7 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         let _ = (qkv, cache, paged, tables, pos, m, layout);
         Err(crate::error::Error::Unsupported(format!(
-            "paged KV cache on the {} backend (serve runs on the CPU for now: --device cpu)",
+            "paged KV cache on the {} backend (metallic serve runs on cpu and cuda)",
             self.name()
         )))
     }
@@ -400,9 +415,17 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         let _ = (qkv, cache, paged, tables, pos, m, max_kv_len, layout, out);
         Err(crate::error::Error::Unsupported(format!(
-            "paged attention on the {} backend (serve runs on the CPU for now: --device cpu)",
+            "paged attention on the {} backend (metallic serve runs on cpu and cuda)",
             self.name()
         )))
+    }
+
+    /// The matmul implementation whose output rows do not depend on how many
+    /// rows share a product (each row computed the same way for every `m`),
+    /// usable for every `m`; batched serving forces it where results must be
+    /// batch-invariant. `None` where the backend has none.
+    fn batch_invariant_matmul(&self) -> Option<&'static str> {
+        None
     }
 
     /// Read `t[..len]` (an i32 tensor) once, as fast as the device can

@@ -199,6 +199,33 @@ pub fn generate<B: Backend>(
     )
 }
 
+/// Queue one decode step: the token in `st.ids` at position `start` through
+/// the model, the next token sampled into `st.ids`, the device's position
+/// advanced; replayed as one graph when `graphs`.
+fn queue_step<B: Backend>(
+    ex: &mut Exec<'_, B>,
+    model: &Model<B>,
+    st: &mut State<B>,
+    sampler: &mut B::Sampler,
+    start: usize,
+    graphs: bool,
+) -> Result<()> {
+    let b = ex.backend;
+    let vocab = model.config.vocab;
+    let mut step = || -> Result<()> {
+        model.forward(ex, st, 1, start, false)?;
+        ex.op(OpKind::Sample, b.name(), None, |b| {
+            b.sample(&st.logits, 0, vocab, sampler, &mut st.ids)
+        })?;
+        ex.backend.advance(&mut st.pos, 1)
+    };
+    if graphs {
+        b.replayable(DECODE_GRAPH_KEY, &mut step)
+    } else {
+        step()
+    }
+}
+
 /// Called with new text (possibly empty), the progress and the executor (for
 /// its live recorder) after every prefill chunk and every token.
 pub type Observer<'o, 'b, B> = dyn FnMut(&str, &Progress, &Exec<'b, B>) + 'o;
@@ -303,6 +330,8 @@ pub fn generate_with<'b, B: Backend>(
     let t1 = Instant::now();
     let graphs = opts.use_graphs && !ex.is_recording() && !ex.is_autotuning();
     let mut piece_text = String::new();
+    // Whether the step that consumes `id` was already queued ahead.
+    let mut queued = false;
     let reason = loop {
         let tok = id[0] as u32;
         p.generated += 1;
@@ -334,19 +363,27 @@ pub fn generate_with<'b, B: Backend>(
         }
         let start = st.n_past;
         ex.begin_step(Phase::Decode, 1)?;
-        let mut step = || -> Result<()> {
-            model.forward(ex, st, 1, start, false)?;
-            ex.op(OpKind::Sample, b.name(), None, |b| {
-                b.sample(&st.logits, 0, vocab, &mut sampler, &mut st.ids)
-            })?;
-            ex.backend.advance(&mut st.pos, 1)
-        };
-        if graphs {
-            b.replayable(DECODE_GRAPH_KEY, &mut step)?;
-        } else {
-            step()?;
+        if !queued {
+            queue_step(ex, model, st, &mut sampler, start, graphs)?;
         }
-        b.read_i32(&st.ids, 0, &mut id)?;
+        if graphs {
+            // Queue the next step before waiting for this one's token, so the
+            // host's work for it (and the detokenising above) overlaps the
+            // device's. The token stays on the device and feeds the next
+            // embedding. If this token ends the generation, the extra step
+            // is thrown away: it wrote the cache at `n_past` and advanced the
+            // device's position, and both are rewritten before any later use
+            // (`n_past` is not advanced for it; a prefill writes positions).
+            let rb = b.read_i32_start(&st.ids, 0, 1)?;
+            let ahead = out_ids.len() + 1 < opts.max_tokens && start + 2 <= st.capacity;
+            if ahead {
+                queue_step(ex, model, st, &mut sampler, start + 1, graphs)?;
+            }
+            b.read_i32_finish(rb, &mut id)?;
+            queued = ahead;
+        } else {
+            b.read_i32(&st.ids, 0, &mut id)?;
+        }
         ex.end_step()?;
         st.n_past += 1;
         p.decode_steps += 1;

@@ -64,6 +64,10 @@ fn f32s_mut<'a>(t: &'a mut CpuTensor, what: &str) -> Result<&'a mut [f32]> {
     }
 }
 
+fn paged_cache_type() -> Error {
+    Error::backend("cpu", "paged K and V caches must both be f32 or both f16")
+}
+
 fn i32s<'a>(t: &'a CpuTensor, what: &str) -> Result<&'a [i32]> {
     match t {
         CpuTensor::I32(v) => Ok(v),
@@ -201,11 +205,22 @@ fn host_memory() -> Option<MemoryInfo> {
     })
 }
 
+/// Values a [`CpuReadback`] holds without allocating (a decode step reads one
+/// token id).
+const INLINE_READ: usize = 8;
+
+/// A finished read (the CPU has no queue to overlap with).
+pub enum CpuReadback {
+    Inline([i32; INLINE_READ], usize),
+    Heap(Vec<i32>),
+}
+
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Linear = CpuLinear;
     type Sampler = CpuSampler;
     type Mark = Instant;
+    type Readback = CpuReadback;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -278,6 +293,36 @@ impl Backend for CpuBackend {
         let s = i32s(src, "read_i32")?;
         check_len("read_i32", s.len(), offset + out.len())?;
         out.copy_from_slice(&s[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn read_i32_start(&self, src: &CpuTensor, offset: usize, len: usize) -> Result<CpuReadback> {
+        // The CPU's work is done when a call returns: read at once.
+        let s = i32s(src, "read_i32_start")?;
+        check_len("read_i32_start", s.len(), offset + len)?;
+        let vals = &s[offset..offset + len];
+        Ok(if len <= INLINE_READ {
+            let mut a = [0i32; INLINE_READ];
+            a[..len].copy_from_slice(vals);
+            CpuReadback::Inline(a, len)
+        } else {
+            CpuReadback::Heap(vals.to_vec())
+        })
+    }
+
+    fn read_i32_finish(&self, r: CpuReadback, out: &mut [i32]) -> Result<()> {
+        let vals = match &r {
+            CpuReadback::Inline(a, len) => &a[..*len],
+            CpuReadback::Heap(v) => &v[..],
+        };
+        if vals.len() != out.len() {
+            return Err(Error::InvalidArgument(format!(
+                "read_i32_finish: {} values were read, {} asked for",
+                vals.len(),
+                out.len()
+            )));
+        }
+        out.copy_from_slice(vals);
         Ok(())
     }
 
@@ -429,6 +474,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// `fdot`: each output element is one dot product in an order fixed by `k`.
+    fn batch_invariant_matmul(&self) -> Option<&'static str> {
+        Some("fdot")
+    }
+
     fn paged_kv_store(
         &self,
         qkv: &CpuTensor,
@@ -445,12 +495,17 @@ impl Backend for CpuBackend {
         let qkv = f32s(qkv, "paged kv qkv")?;
         check_len("paged kv qkv", qkv.len(), m * layout.row_width())?;
         let need = paged.layer_len(layout);
-        let KvLayer { k, v } = cache;
-        let kc = f32s_mut(k, "paged k cache")?;
-        let vc = f32s_mut(v, "paged v cache")?;
-        check_len("paged k cache", kc.len(), need)?;
-        check_len("paged v cache", vc.len(), need)?;
-        paged_attention::kv_store(qkv, kc, vc, paged, tables, pos, m, layout);
+        check_len("paged k cache", cache.k.len(), need)?;
+        check_len("paged v cache", cache.v.len(), need)?;
+        match (&mut cache.k, &mut cache.v) {
+            (CpuTensor::F32(kc), CpuTensor::F32(vc)) => {
+                paged_attention::kv_store(qkv, kc, vc, paged, tables, pos, m, layout)
+            }
+            (CpuTensor::F16(kc), CpuTensor::F16(vc)) => {
+                paged_attention::kv_store(qkv, kc, vc, paged, tables, pos, m, layout)
+            }
+            _ => return Err(paged_cache_type()),
+        }
         Ok(())
     }
 
@@ -470,10 +525,6 @@ impl Backend for CpuBackend {
         let tables = i32s(tables, "block tables")?;
         paged_attention::check_rows(paged, tables, pos, m).map_err(|e| Error::backend("cpu", e))?;
         let qkv = f32s(qkv, "paged attention qkv")?;
-        let (k, v) = (
-            f32s(&cache.k, "paged k cache")?,
-            f32s(&cache.v, "paged v cache")?,
-        );
         let out = f32s_mut(out, "paged attention out")?;
         check_len("paged attention qkv", qkv.len(), m * layout.row_width())?;
         check_len(
@@ -482,12 +533,18 @@ impl Backend for CpuBackend {
             m * layout.n_heads * layout.head_dim,
         )?;
         let need = paged.layer_len(layout);
-        check_len("paged k cache", k.len(), need)?;
-        check_len("paged v cache", v.len(), need)?;
+        check_len("paged k cache", cache.k.len(), need)?;
+        check_len("paged v cache", cache.v.len(), need)?;
         let parallel = elementwise::parallel(attention::work(pos, m, layout));
-        self.run(parallel, || {
-            paged_attention::attention(parallel, qkv, k, v, paged, tables, pos, m, layout, out)
-        });
+        match (&cache.k, &cache.v) {
+            (CpuTensor::F32(k), CpuTensor::F32(v)) => self.run(parallel, || {
+                paged_attention::attention(parallel, qkv, k, v, paged, tables, pos, m, layout, out)
+            }),
+            (CpuTensor::F16(k), CpuTensor::F16(v)) => self.run(parallel, || {
+                paged_attention::attention(parallel, qkv, k, v, paged, tables, pos, m, layout, out)
+            }),
+            _ => return Err(paged_cache_type()),
+        }
         Ok(())
     }
 

@@ -4,10 +4,41 @@
 //! `t` found through the row's block table. So a row's output depends only on
 //! its own query, positions and cache contents, never on the other rows of the
 //! step: the property that makes batched serving batch-invariant.
+//!
+//! The cache holds f32 or f16 ([`KvElem`]); values are rounded once when
+//! stored and read back as f32, so the arithmetic is the same for both.
 
 use crate::shared_out::SharedOut;
 use metallic::backend::{PagedLayout, QkvLayout};
 use rayon::prelude::*;
+
+/// An element type of the paged cache.
+pub trait KvElem: Copy + Send + Sync {
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline]
+    fn from_f32(v: f32) -> half::f16 {
+        half::f16::from_f32(v)
+    }
+    #[inline]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
 
 /// Offset of (block, kv head, slot) in a layer's K or V tensor.
 #[inline]
@@ -54,10 +85,10 @@ pub fn check_rows(
 
 /// Copy K and V heads of each row of `qkv` to its (block, slot).
 #[allow(clippy::too_many_arguments)]
-pub fn kv_store(
+pub fn kv_store<T: KvElem>(
     qkv: &[f32],
-    k_cache: &mut [f32],
-    v_cache: &mut [f32],
+    k_cache: &mut [T],
+    v_cache: &mut [T],
     paged: &PagedLayout,
     tables: &[i32],
     pos: &[i32],
@@ -75,8 +106,13 @@ pub fn kv_store(
         let v = &row[(l.n_heads + l.n_kv_heads) * hd..];
         for h in 0..l.n_kv_heads {
             let dst = slot_offset(paged, l, block, h, slot);
-            k_cache[dst..dst + hd].copy_from_slice(&k[h * hd..(h + 1) * hd]);
-            v_cache[dst..dst + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
+            let (kd, vd) = (&mut k_cache[dst..dst + hd], &mut v_cache[dst..dst + hd]);
+            for (c, &x) in kd.iter_mut().zip(&k[h * hd..(h + 1) * hd]) {
+                *c = T::from_f32(x);
+            }
+            for (c, &x) in vd.iter_mut().zip(&v[h * hd..(h + 1) * hd]) {
+                *c = T::from_f32(x);
+            }
         }
     }
 }
@@ -85,11 +121,11 @@ pub fn kv_store(
 /// of row `i`'s sequence, over the (row, head) pairs in parallel or serially
 /// (the same result either way: each pair is one task).
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
+pub fn attention<T: KvElem>(
     parallel: bool,
     qkv: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[T],
+    v_cache: &[T],
     paged: &PagedLayout,
     tables: &[i32],
     pos: &[i32],
@@ -116,7 +152,7 @@ pub fn attention(
         for t in 0..len {
             let o = at(t);
             let kt = &k_cache[o..o + hd];
-            let s = q.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
+            let s = q.iter().zip(kt).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale;
             max = max.max(s);
             scores.push(s);
         }
@@ -135,7 +171,7 @@ pub fn attention(
             let off = at(t);
             let vt = &v_cache[off..off + hd];
             for (oj, vj) in o.iter_mut().zip(vt) {
-                *oj += w * vj;
+                *oj += w * vj.to_f32();
             }
         }
     };

@@ -6,6 +6,9 @@ use metallic::error::{Error, Result};
 /// A host buffer; its variant is its element type.
 pub enum CpuTensor {
     F32(Vec<f32>),
+    /// Only the paged KV cache (`--kv-type f16`): stored in half the memory,
+    /// converted to f32 for arithmetic.
+    F16(Vec<half::f16>),
     I32(Vec<i32>),
 }
 
@@ -44,15 +47,16 @@ impl CpuTensor {
     /// memory is not there.
     pub fn try_zeros(dtype: DType, len: usize, what: &str) -> Result<CpuTensor> {
         Ok(match dtype {
-            DType::F32 | DType::F16 => CpuTensor::F32(try_zeroed(len, what)?),
+            DType::F32 => CpuTensor::F32(try_zeroed(len, what)?),
+            DType::F16 => CpuTensor::F16(try_zeroed(len, what)?),
             DType::I32 => CpuTensor::I32(try_zeroed(len, what)?),
         })
     }
 
     pub fn zeros(dtype: DType, len: usize) -> CpuTensor {
         match dtype {
-            // The CPU keeps caches in f32: it has no fast f16 arithmetic to gain from.
-            DType::F32 | DType::F16 => CpuTensor::F32(vec![0.0; len]),
+            DType::F32 => CpuTensor::F32(vec![0.0; len]),
+            DType::F16 => CpuTensor::F16(vec![half::f16::ZERO; len]),
             DType::I32 => CpuTensor::I32(vec![0; len]),
         }
     }
@@ -60,6 +64,7 @@ impl CpuTensor {
     pub fn len(&self) -> usize {
         match self {
             CpuTensor::F32(v) => v.len(),
+            CpuTensor::F16(v) => v.len(),
             CpuTensor::I32(v) => v.len(),
         }
     }

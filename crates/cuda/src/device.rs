@@ -95,8 +95,13 @@ pub(crate) enum Mode {
 struct Pinned(*mut u8);
 unsafe impl Send for Pinned {}
 
-/// Bytes of pinned host memory for small synchronous reads.
+/// Bytes of pinned host memory: small synchronous reads use the first
+/// `STAGING_BYTES - READBACK_SLOTS * READBACK_SLOT_BYTES`, asynchronous ones
+/// (`readback_begin`) a slot each of the rest.
 const STAGING_BYTES: usize = 64 * 1024;
+const READBACK_SLOTS: usize = 16;
+pub(crate) const READBACK_SLOT_BYTES: usize = 256;
+const SYNC_BYTES: usize = STAGING_BYTES - READBACK_SLOTS * READBACK_SLOT_BYTES;
 
 pub(crate) struct Device {
     pub ctx: Arc<CudaContext>,
@@ -114,6 +119,10 @@ pub(crate) struct Device {
     mode: AtomicU8,
     fingerprint: Mutex<u64>,
     staging: Mutex<Pinned>,
+    /// The asynchronous read slots at the end of `staging`: address, and a
+    /// bit set per free slot.
+    readback_base: usize,
+    readback_free: Mutex<u32>,
 }
 
 /// METALLIC_CUDA_PDL=0 (or `off`, `false`) turns programmatic dependent
@@ -199,6 +208,8 @@ impl Device {
             mode: AtomicU8::new(Mode::Normal as u8),
             fingerprint: Mutex::new(0),
             staging: Mutex::new(Pinned(host as *mut u8)),
+            readback_base: host as usize + SYNC_BYTES,
+            readback_free: Mutex::new((1u32 << READBACK_SLOTS) - 1),
         }))
     }
 
@@ -392,7 +403,7 @@ impl Device {
         if dst.is_empty() {
             return Ok(());
         }
-        if dst.len() <= STAGING_BYTES {
+        if dst.len() <= SYNC_BYTES {
             let staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
             check(
                 unsafe {
@@ -422,6 +433,56 @@ impl Device {
             )?;
             self.synchronize()
         }
+    }
+
+    /// Queue a copy of `bytes` (at most [`READBACK_SLOT_BYTES`]) from `src`
+    /// into a free pinned slot, after the stream's queued work; returns the
+    /// slot, or `None` when none is free or the read is too long (then read
+    /// with the blocking `copy_dtoh`). The caller waits for an event recorded
+    /// after it before [`Device::readback_take`].
+    pub(crate) fn readback_begin(&self, src: u64, bytes: usize) -> CudaResult<Option<usize>> {
+        if self.mode() != Mode::Normal {
+            return Err(CudaError::Invalid(
+                "device-to-host read inside a replayable step".into(),
+            ));
+        }
+        if bytes > READBACK_SLOT_BYTES {
+            return Ok(None);
+        }
+        let slot = {
+            let mut free = self.readback_free.lock().unwrap_or_else(|e| e.into_inner());
+            if *free == 0 {
+                return Ok(None);
+            }
+            let s = free.trailing_zeros() as usize;
+            *free &= !(1u32 << s);
+            s
+        };
+        let dst = self.readback_base + slot * READBACK_SLOT_BYTES;
+        let r = check(
+            unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, bytes, self.stream.0) },
+            "cuMemcpyDtoHAsync",
+        );
+        if let Err(e) = r {
+            self.readback_release(slot);
+            return Err(e);
+        }
+        Ok(Some(slot))
+    }
+
+    /// The bytes a finished `readback_begin` copy left in `slot`, into
+    /// `out`; frees the slot.
+    pub(crate) fn readback_take(&self, slot: usize, out: &mut [u8]) {
+        let src = (self.readback_base + slot * READBACK_SLOT_BYTES) as *const u8;
+        // SAFETY: the slot lies inside the pinned staging allocation, is
+        // owned by the caller until released, and its copy has completed.
+        out.copy_from_slice(unsafe { std::slice::from_raw_parts(src, out.len()) });
+        self.readback_release(slot);
+    }
+
+    pub(crate) fn readback_release(&self, slot: usize) {
+        let mut free = self.readback_free.lock().unwrap_or_else(|e| e.into_inner());
+        *free |= 1u32 << slot;
     }
 
     pub fn synchronize(&self) -> CudaResult<()> {

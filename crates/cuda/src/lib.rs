@@ -36,10 +36,10 @@ mod wtype;
 use std::sync::Arc;
 
 use metallic::backend::{
-    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, QkvLayout, Rope,
-    TimingKind, WeightView,
+    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, PagedLayout,
+    QkvLayout, Rope, TimingKind, WeightView,
 };
-use metallic::error::Result;
+use metallic::error::{Error, Result};
 use metallic::sampler::SamplerParams;
 
 use crate::device::{Device, DeviceBuffer};
@@ -50,6 +50,7 @@ use crate::kernels::Kernels;
 pub use crate::linear::CudaLinear;
 use crate::ops::attention::Cache;
 use crate::ops::matmul_cublas::Blas;
+use crate::ops::paged_attention::{KvType, PagedCache, Rows};
 use crate::ops::rope::RopeParams;
 pub use crate::sampler::CudaSampler;
 pub use crate::tensor::CudaTensor;
@@ -127,6 +128,39 @@ impl CudaBackend {
         )
     }
 
+    /// One layer's paged K and V, checked to hold `paged.layer_len` elements
+    /// of one float type, and the step's tables and positions for `m` rows.
+    fn paged_inputs(
+        cache: &KvLayer<CudaTensor>,
+        paged: &PagedLayout,
+        tables: &CudaTensor,
+        pos: &CudaTensor,
+        m: usize,
+        layout: &QkvLayout,
+    ) -> Result<(PagedCache, Rows)> {
+        let ty = match cache.k.dtype {
+            DType::F32 => KvType::F32,
+            DType::F16 => KvType::F16,
+            DType::I32 => return Err(invalid("paged KV cache of i32 (want f32 or f16)")),
+        };
+        let need = paged.layer_len(layout);
+        let dt = cache.k.dtype;
+        let c = PagedCache {
+            k: cache.k.ptr_of(dt, need, "paged k cache")?,
+            v: cache.v.ptr_of(dt, need, "paged v cache")?,
+            ty,
+        };
+        let table_len = m
+            .checked_mul(paged.table_stride)
+            .ok_or_else(|| invalid("block tables: size overflows"))?;
+        let r = Rows {
+            tables: tables.ptr_of(DType::I32, table_len, "block tables")?,
+            pos: pos.ptr_of(DType::I32, m, "paged positions")?,
+            m,
+        };
+        Ok((c, r))
+    }
+
     /// Copy 4-byte elements `offset..offset + out.len() / 4` of `src` to the host.
     fn read_words(
         &self,
@@ -143,11 +177,40 @@ impl CudaBackend {
     }
 }
 
+/// An asynchronous read of a few i32 (a decode step's token id) into pinned
+/// memory, with the event that says it landed.
+pub struct CudaReadback {
+    dev: Arc<Device>,
+    len: usize,
+    state: Option<ReadbackState>,
+}
+
+enum ReadbackState {
+    /// Too long for a slot, or no slot free: read at once.
+    Ready(Vec<i32>),
+    Pending {
+        slot: usize,
+        mark: CudaMark,
+    },
+}
+
+impl Drop for CudaReadback {
+    fn drop(&mut self) {
+        // Unfinished: the copy may still land in the slot, so wait for it
+        // before the slot can be handed out again.
+        if let Some(ReadbackState::Pending { slot, mark }) = self.state.take() {
+            let _ = mark.wait(&self.dev);
+            self.dev.readback_release(slot);
+        }
+    }
+}
+
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Linear = CudaLinear;
     type Sampler = CudaSampler;
     type Mark = CudaMark;
+    type Readback = CudaReadback;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -233,6 +296,59 @@ impl Backend for CudaBackend {
             std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, std::mem::size_of_val(out))
         };
         self.read_words(src, DType::I32, offset, bytes, "read_i32")
+    }
+
+    fn read_i32_start(&self, src: &CudaTensor, offset: usize, len: usize) -> Result<CudaReadback> {
+        let p = src.ptr_of(DType::I32, offset + len, "read_i32_start")?;
+        self.dev.bind()?;
+        let state = match self.dev.readback_begin(p + 4 * offset as u64, 4 * len)? {
+            Some(slot) => match timing::record(&self.dev, &self.events) {
+                Ok(mark) => ReadbackState::Pending { slot, mark },
+                Err(e) => {
+                    // Nothing will wait for the copy: finish it before the
+                    // slot can be handed out again.
+                    let _ = self.dev.synchronize();
+                    self.dev.readback_release(slot);
+                    return Err(e.into());
+                }
+            },
+            None => {
+                let mut v = vec![0i32; len];
+                self.read_i32(src, offset, &mut v)?;
+                ReadbackState::Ready(v)
+            }
+        };
+        Ok(CudaReadback {
+            dev: self.dev.clone(),
+            len,
+            state: Some(state),
+        })
+    }
+
+    fn read_i32_finish(&self, mut r: CudaReadback, out: &mut [i32]) -> Result<()> {
+        if out.len() != r.len {
+            return Err(Error::InvalidArgument(format!(
+                "read_i32_finish: {} values were read, {} asked for",
+                r.len,
+                out.len()
+            )));
+        }
+        match r.state.take() {
+            Some(ReadbackState::Ready(v)) => out.copy_from_slice(&v),
+            Some(ReadbackState::Pending { slot, mark }) => {
+                if let Err(e) = mark.wait(&self.dev) {
+                    self.dev.readback_release(slot);
+                    return Err(e.into());
+                }
+                // SAFETY: i32 has no invalid bit patterns; the view covers `out`.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 4 * out.len())
+                };
+                self.dev.readback_take(slot, bytes);
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     fn embed(
@@ -366,6 +482,49 @@ impl Backend for CudaBackend {
         self.dev.bind()?;
         let a = &self.k.attention;
         Ok(a.launch(&self.dev, qp, &c, pp, m, layout, op)?)
+    }
+
+    /// `vecdot_chunked` (see `matmul.rs`): never cuBLAS, whose algorithm
+    /// depends on `m`.
+    fn batch_invariant_matmul(&self) -> Option<&'static str> {
+        Some(matmul::IMPLS[matmul::VECDOT_CHUNKED].name)
+    }
+
+    fn paged_kv_store(
+        &self,
+        qkv: &CudaTensor,
+        cache: &mut KvLayer<CudaTensor>,
+        paged: &PagedLayout,
+        tables: &CudaTensor,
+        pos: &CudaTensor,
+        m: usize,
+        layout: &QkvLayout,
+    ) -> Result<()> {
+        let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "paged kv qkv")?;
+        let (c, r) = Self::paged_inputs(cache, paged, tables, pos, m, layout)?;
+        self.dev.bind()?;
+        Ok(self.k.paged.store(&self.dev, qp, &c, paged, &r, layout)?)
+    }
+
+    fn paged_attention(
+        &self,
+        qkv: &CudaTensor,
+        cache: &KvLayer<CudaTensor>,
+        paged: &PagedLayout,
+        tables: &CudaTensor,
+        pos: &CudaTensor,
+        m: usize,
+        _max_kv_len: usize,
+        layout: &QkvLayout,
+        out: &mut CudaTensor,
+    ) -> Result<()> {
+        let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "paged attention qkv")?;
+        let (c, r) = Self::paged_inputs(cache, paged, tables, pos, m, layout)?;
+        let out_len = m * layout.n_heads * layout.head_dim;
+        let op = out.ptr_of(DType::F32, out_len, "paged attention out")?;
+        self.dev.bind()?;
+        let a = &self.k.paged;
+        Ok(a.attention(&self.dev, qp, &c, paged, &r, layout, op)?)
     }
 
     fn swiglu(

@@ -73,6 +73,17 @@ pub(crate) fn record(dev: &Device, pool: &Arc<EventPool>) -> CudaResult<CudaMark
     Ok(mark)
 }
 
+impl CudaMark {
+    /// Block until the work queued before this mark is done.
+    pub(crate) fn wait(&self, dev: &Device) -> CudaResult<()> {
+        dev.bind()?;
+        check(
+            unsafe { sys::cuEventSynchronize(self.event) },
+            "cuEventSynchronize (a kernel failed)",
+        )
+    }
+}
+
 /// Milliseconds between two marks; waits for the second.
 pub(crate) fn elapsed_ms(dev: &Device, start: &CudaMark, end: &CudaMark) -> CudaResult<f64> {
     dev.bind()?;

@@ -33,10 +33,10 @@ fn tolerance(imp: &str, ty: GgmlType) -> f64 {
         // f32 arithmetic on the same values, other summation order:
         // about sqrt(k) * 2^-24 per output.
         ("fdot", _) => 1e-5,
-        ("vecdot", _) if !quant => 1e-5,
+        ("vecdot" | "vecdot_chunked", _) if !quant => 1e-5,
         // Activations quantised to int8 per 32 values (ggml's q8_1 scheme):
         // each value moves by up to amax/254, about 0.3% of a dot product.
-        ("vecdot", _) => 1.5e-2,
+        ("vecdot" | "vecdot_chunked", _) => 1.5e-2,
         // cuBLAS without TF32 (default math mode) on f32 data.
         ("cublas", GgmlType::F32) => 1e-5,
         // Activations rounded to bf16 (8 significant bits, 2^-9 relative).

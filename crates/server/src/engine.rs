@@ -10,8 +10,10 @@
 //! running sequence needs a block and none is left, the most recently
 //! admitted other sequence is preempted: its blocks are freed and it goes
 //! back to the front of the queue to be recomputed from its tokens (prompt
-//! plus what it generated so far), which gives the same KV exactly (the batch
-//! is row-independent on the CPU; see `metallic::model::BatchState`).
+//! plus what it generated so far), which gives the same KV exactly where the
+//! step is batch-invariant (always on the CPU, with `--deterministic` on
+//! CUDA; see `metallic::model::BatchState`) and the same up to rounding
+//! otherwise.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,7 +21,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metallic::backend::{Backend, PagedLayout};
+use metallic::backend::{Backend, DType, PagedLayout};
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
 use metallic::exec::Exec;
 use metallic::model::{BatchRow, BatchState, Model};
@@ -43,6 +45,10 @@ pub struct EngineConfig {
     pub step_tokens: usize,
     /// Most positions of one sequence (prompt plus generated).
     pub max_context: usize,
+    /// Element type of the paged KV cache.
+    pub kv_type: DType,
+    /// Force the backend's batch-invariant matmul.
+    pub deterministic: bool,
 }
 
 /// What a request asks to generate.
@@ -165,21 +171,35 @@ pub fn run<B: Backend>(
             &backend,
             &model.config,
             paged,
+            cfg.kv_type,
             cfg.step_tokens,
             cfg.max_seqs,
         )?;
         Ok((model, bs))
     })();
-    // The row-independent matmul (see BatchState) unless the user forces one.
-    // Not `decode` (8-bit activations on Q4_x rows, also row-independent):
-    // steps mix prompt and decode rows in one product, so it would round the
-    // prompts' activations too, and SmolLM2 then answers the capital of
-    // France without "Paris" (http_api.rs).
+    // The batch-invariant matmul (see BatchState) unless the user forces
+    // one: always on the CPU (exact, and as fast as any there), and with
+    // --deterministic elsewhere (on CUDA it gives up cuBLAS for prefill).
     let mut dcfg = DispatchConfig::from_env();
-    if dcfg.all.is_none() && dcfg.per_op.is_empty() && backend.name() == "cpu" {
-        dcfg.all = Some("fdot".into());
-    }
-    let dispatch = MatmulDispatch::new(backend.matmul_impls(), &dcfg);
+    let invariant = backend.batch_invariant_matmul();
+    let wanted = cfg.deterministic || backend.name() == "cpu";
+    let dispatch = match invariant {
+        None if cfg.deterministic => Err(format!(
+            "--deterministic: the {} backend has no batch-invariant matmul",
+            backend.name()
+        )),
+        Some(_) if cfg.deterministic && (dcfg.all.is_some() || !dcfg.per_op.is_empty()) => {
+            Err("--deterministic chooses the matmul itself: unset METALLIC_MATMUL_BACKEND*".into())
+        }
+        _ => {
+            if let Some(name) = invariant.filter(|_| wanted) {
+                if dcfg.all.is_none() && dcfg.per_op.is_empty() {
+                    dcfg.all = Some(name.into());
+                }
+            }
+            MatmulDispatch::new(backend.matmul_impls(), &dcfg).map_err(|e| e.to_string())
+        }
+    };
     let (model, bs, dispatch) = match (loaded, dispatch) {
         (Ok((m, b)), Ok(d)) => (m, b, d),
         (Err(e), _) => {

@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metallic::backend::Backend;
+use metallic::backend::{Backend, DType};
 use metallic::chat::ChatTemplate;
 use metallic::config::ModelConfig;
 use metallic::model::BatchState;
@@ -70,6 +70,13 @@ pub struct ServeConfig {
     pub max_tokens_limit: usize,
     /// After SIGTERM, how long in-flight requests may run before they are cancelled.
     pub shutdown_grace: Duration,
+    /// Element type of the paged KV cache: f32 or f16 (half the bytes a
+    /// block, so twice the blocks in the same `kv_memory`).
+    pub kv_type: DType,
+    /// Force the backend's batch-invariant matmul (see
+    /// [`Backend::batch_invariant_matmul`]): a request's tokens are the same
+    /// alone and inside any batch. Always so on the CPU.
+    pub deterministic: bool,
 }
 
 impl Default for ServeConfig {
@@ -87,6 +94,8 @@ impl Default for ServeConfig {
             max_body_bytes: 1 << 20,
             max_tokens_limit: 4096,
             shutdown_grace: Duration::from_secs(30),
+            kv_type: DType::F32,
+            deterministic: false,
         }
     }
 }
@@ -160,6 +169,22 @@ impl Server {
     }
 }
 
+/// Blocks of the paged KV cache that `cfg.kv_memory` holds for this model,
+/// and the bytes of one block (all layers, K and V, of `cfg.kv_type`).
+pub fn kv_blocks<B: Backend>(
+    model: &ModelConfig,
+    cfg: &ServeConfig,
+) -> Result<(usize, usize), ServeError> {
+    if !matches!(cfg.kv_type, DType::F32 | DType::F16) {
+        return Err(ServeError::Config(format!(
+            "KV cache type {:?}: use f32 or f16",
+            cfg.kv_type
+        )));
+    }
+    let block_bytes = BatchState::<B>::block_bytes(model, cfg.block_size, cfg.kv_type);
+    Ok((cfg.kv_memory / block_bytes.max(1), block_bytes))
+}
+
 /// Bind `cfg.addr`, start the engine thread (which loads the model) and
 /// serve HTTP. Call from inside a tokio runtime.
 pub async fn start<B: Backend + 'static>(
@@ -188,8 +213,7 @@ pub async fn start<B: Backend + 'static>(
             cfg.block_size, cfg.max_seqs, cfg.step_tokens
         )));
     }
-    let block_bytes = BatchState::<B>::block_bytes(&model_cfg, cfg.block_size);
-    let n_blocks = cfg.kv_memory / block_bytes;
+    let (n_blocks, block_bytes) = kv_blocks::<B>(&model_cfg, &cfg)?;
     let model_ctx = model_cfg.context_length;
     if cfg.ctx_size > model_ctx {
         return Err(ServeError::Config(format!(
@@ -228,6 +252,8 @@ pub async fn start<B: Backend + 'static>(
         max_seqs: cfg.max_seqs,
         step_tokens: cfg.step_tokens,
         max_context,
+        kv_type: cfg.kv_type,
+        deterministic: cfg.deterministic,
     };
     let engine = {
         let (shared, tokenizer) = (shared.clone(), tokenizer.clone());

@@ -511,3 +511,27 @@ async fn bench_serve_counts_every_streamed_token() {
     assert!(r.ttft_p50_ms > 0.0 && r.itl_p99_ms >= r.itl_p50_ms, "{r:?}");
     s.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f16_kv_cache_holds_twice_the_blocks_and_answers_alike() {
+    let Some(s32) = start(config()).await else {
+        return;
+    };
+    let body = chat_body("What is the capital of France?", 12);
+    let (st, v32) = s32.post("/v1/chat/completions", &body).await;
+    assert_eq!(st, 200, "{v32}");
+    let blocks32 = s32.metric("metallic_kv_blocks_total").await;
+    s32.server.shutdown().await.unwrap();
+
+    let mut cfg = config();
+    cfg.kv_type = metallic::backend::DType::F16;
+    let s16 = start(cfg).await.unwrap();
+    let blocks16 = s16.metric("metallic_kv_blocks_total").await;
+    assert!(blocks32 > 0.0);
+    assert_eq!(blocks16, 2.0 * blocks32, "same --kv-memory, f16 blocks");
+    let (st, v16) = s16.post("/v1/chat/completions", &body).await;
+    assert_eq!(st, 200, "{v16}");
+    let text = v16["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    s16.server.shutdown().await.unwrap();
+}

@@ -4,13 +4,21 @@
 //! once for all of them. Same op order as [`Model::forward`]; only the cache
 //! ops differ (paged store and attention through per-row block tables).
 //!
-//! Batch invariance: every op of the step is row-independent on the CPU
-//! (embedding, RMS norm, rope, SwiGLU and add are per row; attention is per
-//! (row, head) over the row's own sequence; the matmul implementation the
-//! caller forces for this path, `fdot`, computes each output element as one
-//! dot product whose order depends only on `k`). So a row's values do not
-//! depend on which other rows share the step, nor on how a prompt was split
-//! into chunks.
+//! Batch invariance: every op of the step is row-independent (embedding, RMS
+//! norm, rope, SwiGLU and add are per row; paged attention is per (row, head)
+//! over the row's own sequence, its sums in an order fixed by that sequence's
+//! length alone, on the CPU and in the CUDA kernel). The matmuls are too when
+//! the caller forces [`Backend::batch_invariant_matmul`]: on the CPU `fdot`
+//! (each output element one dot product whose order depends only on `k`; the
+//! server always forces it there), on CUDA `vecdot_chunked` (`vecdot` in
+//! launches of at most 8 rows, each row quantised and reduced the same way
+//! whatever the launch's row count; `metallic serve --deterministic`). Then
+//! a row's values do not depend on which other rows share the step, nor on
+//! how a prompt was split into chunks. CUDA's default matmuls (cuBLAS above 8
+//! rows) are not: their algorithm depends on `m`.
+//!
+//! The paged cache holds f32 or f16 ([`BatchState::new`]'s `kv_type`);
+//! arithmetic is f32 either way.
 
 use crate::backend::{Backend, DType, KvLayer, PagedLayout, Rope};
 use crate::config::{ModelConfig, RopeScaling};
@@ -19,6 +27,9 @@ use crate::exec::Exec;
 use crate::profiler::OpKind;
 
 use super::Model;
+
+/// Graph keys of batched decode steps: this plus the row count.
+const DECODE_GRAPH_KEY_BASE: u64 = 0xba7c_4ed0_0000_0000;
 
 /// One row of a batched step: `token` at `pos` of the sequence whose block
 /// table is `table`.
@@ -33,6 +44,10 @@ pub struct BatchRow<'a> {
 /// to `max_rows` rows, logits for up to `max_logits` of them. Allocated once.
 pub struct BatchState<B: Backend> {
     pub paged: PagedLayout,
+    /// Element type of the paged cache: f32 or f16.
+    pub kv_type: DType,
+    /// Replay decode steps as graphs where the backend can (on by default).
+    pub replay_decode: bool,
     pub max_rows: usize,
     pub max_logits: usize,
     /// Per layer K and V: `[n_blocks, kv_heads, block_size, head_dim]`.
@@ -62,13 +77,27 @@ impl<B: Backend> BatchState<B> {
         backend: &B,
         cfg: &ModelConfig,
         paged: PagedLayout,
+        kv_type: DType,
         max_rows: usize,
         max_logits: usize,
     ) -> Result<BatchState<B>> {
+        if kv_type == DType::I32 {
+            return Err(Error::InvalidArgument(
+                "paged KV cache of i32: use f32 or f16".into(),
+            ));
+        }
         if paged.block_size == 0 || paged.n_blocks == 0 || paged.table_stride == 0 {
             return Err(Error::InvalidArgument(
                 "paged KV cache: block size, block count and table stride must be positive".into(),
             ));
+        }
+        // Block ids and positions travel as i32.
+        let positions = paged.table_stride.checked_mul(paged.block_size);
+        if paged.n_blocks > i32::MAX as usize || positions.is_none_or(|p| p > i32::MAX as usize) {
+            return Err(Error::InvalidArgument(format!(
+                "paged KV cache of {} blocks, {} per sequence of {} positions: too large",
+                paged.n_blocks, paged.table_stride, paged.block_size
+            )));
         }
         if max_rows == 0 || max_logits == 0 || max_logits > max_rows {
             return Err(Error::InvalidArgument(format!(
@@ -82,18 +111,16 @@ impl<B: Backend> BatchState<B> {
         let mut kv = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             kv.push(KvLayer {
-                k: backend.alloc(DType::F32, layer_len, &format!("paged KV (layer {l} keys)"))?,
-                v: backend.alloc(
-                    DType::F32,
-                    layer_len,
-                    &format!("paged KV (layer {l} values)"),
-                )?,
+                k: backend.alloc(kv_type, layer_len, &format!("paged KV (layer {l} keys)"))?,
+                v: backend.alloc(kv_type, layer_len, &format!("paged KV (layer {l} values)"))?,
             });
         }
         let f32t = |len: usize, what: &str| backend.alloc(DType::F32, len, what);
         let mr = max_rows;
         Ok(BatchState {
             paged,
+            kv_type,
+            replay_decode: true,
             max_rows,
             max_logits,
             kv,
@@ -114,9 +141,9 @@ impl<B: Backend> BatchState<B> {
         })
     }
 
-    /// Bytes of KV cache one block holds over all layers (K and V, f32).
-    pub fn block_bytes(cfg: &ModelConfig, block_size: usize) -> usize {
-        2 * cfg.n_layers * cfg.n_kv_heads * block_size * cfg.head_dim * DType::F32.size()
+    /// Bytes of KV cache one block holds over all layers (K and V of `kv_type`).
+    pub fn block_bytes(cfg: &ModelConfig, block_size: usize, kv_type: DType) -> usize {
+        2 * cfg.n_layers * cfg.n_kv_heads * block_size * cfg.head_dim * kv_type.size()
     }
 }
 
@@ -168,6 +195,13 @@ impl<B: Backend> Model<B> {
                     r.table.len()
                 )));
             }
+            // Checked here for every backend: a kernel cannot report it.
+            if let Some(&bad) = r.table.iter().find(|&&b| b as usize >= bs.paged.n_blocks) {
+                return Err(Error::InvalidArgument(format!(
+                    "row {i}: block {bad} outside the cache of {} blocks",
+                    bs.paged.n_blocks
+                )));
+            }
             bs.host_ids.push(r.token as i32);
             bs.host_pos.push(r.pos as i32);
             bs.host_tables.extend(r.table.iter().map(|&b| b as i32));
@@ -180,6 +214,34 @@ impl<B: Backend> Model<B> {
         b.write_i32(&mut bs.pos, 0, &bs.host_pos)?;
         b.write_i32(&mut bs.tables, 0, &bs.host_tables)?;
 
+        // A decode step (every row wants its logits) takes no host values
+        // but its row count: the same launches for every step of that batch
+        // size, so on CUDA it is captured once per size and replayed as a
+        // graph (the backend re-captures if anything else changed). Prefill
+        // steps vary in shape and run directly.
+        let decode = n_out == m && logit_rows.iter().enumerate().all(|(j, &r)| r == j);
+        if decode && bs.replay_decode {
+            let key = DECODE_GRAPH_KEY_BASE + m as u64;
+            b.replayable(key, &mut || {
+                self.batch_ops(ex, bs, m, logit_rows, max_kv_len)
+            })
+        } else {
+            self.batch_ops(ex, bs, m, logit_rows, max_kv_len)
+        }
+    }
+
+    /// The ops of a batched step over the staged rows.
+    fn batch_ops(
+        &self,
+        ex: &mut Exec<'_, B>,
+        bs: &mut BatchState<B>,
+        m: usize,
+        logit_rows: &[usize],
+        max_kv_len: usize,
+    ) -> Result<()> {
+        let c = &self.config;
+        let n_out = logit_rows.len();
+
         let layout = self.layout();
         let rope = Rope {
             style: c.rope_style,
@@ -191,7 +253,7 @@ impl<B: Backend> Model<B> {
             },
             freq_factors: self.rope_freqs.as_ref(),
         };
-        let b_name = b.name();
+        let b_name = ex.backend.name();
         let h = c.hidden;
         let paged = bs.paged;
 

@@ -14,6 +14,7 @@ pub(crate) mod kv_store;
 pub(crate) mod matmul_cublas;
 pub(crate) mod matmul_fdot;
 pub(crate) mod matmul_vecdot;
+pub(crate) mod paged_attention;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;
 pub(crate) mod sample;
@@ -42,6 +43,7 @@ pub(crate) const SOURCES: &[&crate::compile::KernelSource] = &[
     &matmul_cublas::SOURCE,
     &matmul_fdot::SOURCE,
     &matmul_vecdot::SOURCE,
+    &paged_attention::SOURCE,
     &rms_norm::SOURCE,
     &rope::SOURCE,
     &sample::SOURCE,
