@@ -538,7 +538,11 @@ mod tests {
         ] {
             for k in [32, 96, 160, 896] {
                 for n in [1, 5, 13] {
-                    let parts = if n >= 3 { vec![n / 3, n - n / 3] } else { vec![n] };
+                    let parts = if n >= 3 {
+                        vec![n / 3, n - n / 3]
+                    } else {
+                        vec![n]
+                    };
                     let w = linear(ty, k, &parts, n % 2 == 1);
                     for m in (1..=9).chain([31]) {
                         let x = values((k * 13 + n * 5 + m) as u64, m * k);
@@ -555,22 +559,28 @@ mod tests {
                                 let one = product(&x[i * k..(i + 1) * k], 1);
                                 let (got, want) = (&all[i * n..(i + 1) * n], &one[..]);
                                 assert!(
-                                    got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    got.iter()
+                                        .zip(want)
+                                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                                     "vecdot/{} {what} row {i}: {got:?} vs {want:?}",
                                     kern.level().name()
                                 );
                             }
                         }
-                        for imp in [FDOT, DECODE, default_impl(&MatmulShape {
-                            op: metallic::backend::MatmulOp::Matmul,
-                            dtype: ty,
-                            batch: 1,
-                            m,
-                            n,
-                            k,
-                            ta: false,
-                            tb: true,
-                        })] {
+                        for imp in [
+                            FDOT,
+                            DECODE,
+                            default_impl(&MatmulShape {
+                                op: metallic::backend::MatmulOp::Matmul,
+                                dtype: ty,
+                                batch: 1,
+                                m,
+                                n,
+                                k,
+                                ta: false,
+                                tb: true,
+                            }),
+                        ] {
                             let mut all = vec![f32::NAN; m * n];
                             run(imp, &x, &w, m, &mut all).unwrap();
                             for i in 0..m {
@@ -680,8 +690,14 @@ mod tests {
             ta: false,
             tb: true,
         };
-        assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_1))].name, "vecdot");
-        assert_eq!(IMPLS[default_impl(&shape(31, GgmlType::Q4_0))].name, "vecdot");
+        assert_eq!(
+            IMPLS[default_impl(&shape(1, GgmlType::Q4_1))].name,
+            "vecdot"
+        );
+        assert_eq!(
+            IMPLS[default_impl(&shape(31, GgmlType::Q4_0))].name,
+            "vecdot"
+        );
         assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q8_0))].name, "fdot");
         assert_eq!(
             IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q4_1))].name,

@@ -331,7 +331,8 @@ unsafe fn quant_avx512<const R: usize>(w: &[u8], a: &[Q8Row<'_>; R], kind: Quant
         let e = extra[r];
         let mut s = _mm512_reduce_add_ps(acc[r]);
         let ds = _mm_cvtss_f32(e) + _mm_cvtss_f32(_mm_movehl_ps(e, e));
-        let ms = _mm_cvtss_f32(_mm_movehdup_ps(e)) + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(e, e)));
+        let ms =
+            _mm_cvtss_f32(_mm_movehdup_ps(e)) + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(e, e)));
         s += match kind {
             QuantKind::Q4_1 => ms,
             _ => -off * ds,

@@ -174,5 +174,9 @@ fn smollm2_default_decode_kld_is_no_worse_than_llama_cpp() {
         k.mean_kld, k.mean_kld_error, k.same_top_pct
     );
     assert_eq!(sums.count(), 189);
-    assert!(k.mean_kld <= 0.003514, "mean KLD {} above llama.cpp's 0.003514", k.mean_kld);
+    assert!(
+        k.mean_kld <= 0.003514,
+        "mean KLD {} above llama.cpp's 0.003514",
+        k.mean_kld
+    );
 }
