@@ -3,9 +3,9 @@
 //! | index | name     | runs                                   | supports                          |
 //! |-------|----------|----------------------------------------|-----------------------------------|
 //! | 0     | `gemv`   | dequantise a row, f32 dot (reference)  | every type the CPU loads          |
-//! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0, Q4_1, Q8_0, F16, F32        |
+//! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32 |
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
-//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32 |
+//! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, F16, F32 |
 //! | 4     | `decode` | the decode rule at any row count: `vecdot`, `fdot` or `gemv` by type | every type the CPU loads |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
@@ -50,9 +50,7 @@ fn gemv_supports(s: &MatmulShape) -> bool {
 }
 
 fn vecdot_supports(s: &MatmulShape) -> bool {
-    plain_product(s)
-        && crate::vec_dot::supported(s.dtype)
-        && (!crate::vec_dot::needs_q8(s.dtype) || s.k.is_multiple_of(crate::q8_act::QK))
+    plain_product(s) && crate::vec_dot::supports_k(s.dtype, s.k)
 }
 
 fn fdot_supports(s: &MatmulShape) -> bool {
@@ -389,10 +387,12 @@ mod tests {
         (y, abs, q8)
     }
 
-    const TYPES: [GgmlType; 5] = [
+    const TYPES: [GgmlType; 7] = [
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q8_0,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::F16,
         GgmlType::F32,
     ];
@@ -495,14 +495,16 @@ mod tests {
             GgmlType::Q4_1,
             GgmlType::Q8_0,
             GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q4_K,
+            GgmlType::Q5_K,
             GgmlType::Q6_K,
             GgmlType::F16,
             GgmlType::F32,
         ] {
             let ks: &[usize] = match ty {
                 GgmlType::F16 | GgmlType::F32 => &[1, 5, 17, 31, 33, 67],
-                GgmlType::Q4_K | GgmlType::Q6_K => &[256, 768],
+                GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => &[256, 768],
                 _ => &[32, 96, 160, 288],
             };
             for &k in ks {
@@ -534,9 +536,15 @@ mod tests {
             GgmlType::Q4_0,
             GgmlType::Q4_1,
             GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4_K,
             GgmlType::F16,
         ] {
-            for k in [32, 96, 160, 896] {
+            let ks: &[usize] = match ty {
+                GgmlType::Q4_K => &[256, 768],
+                _ => &[32, 96, 160, 896],
+            };
+            for &k in ks {
                 for n in [1, 5, 13] {
                     let parts = if n >= 3 {
                         vec![n / 3, n - n / 3]
@@ -712,7 +720,7 @@ mod tests {
 
     /// llama.cpp's mixes fuse parts of different types (Q3_K_M on 64-wide
     /// rows: a Q4_0 query, a Q5_1 value); fdot runs its kernel for the parts
-    /// it has one for and the reference dot for the others.
+    /// it has one for and the reference dot for the others (BF16 here).
     #[test]
     fn fdot_runs_mixed_type_parts_with_and_without_kernels() {
         let k = 256;
@@ -720,7 +728,7 @@ mod tests {
             k,
             &[
                 (GgmlType::Q4_0, 8),
-                (GgmlType::Q3_K, 4),
+                (GgmlType::BF16, 4),
                 (GgmlType::Q5_1, 4),
             ],
             true,

@@ -18,7 +18,11 @@
 //! Q5_0 adds a fifth bit per element from a 32-bit field (`x = d * (q - 16)`);
 //! Q6_K has 6-bit signed quants (`q - 32`) with one i8 scale per 16 elements,
 //! so its kernel needs no offset term. Q5_1 and Q5_K (Q5_K_M files) are Q4_1 and
-//! Q4_K with the fifth bit (scalar kernels only, for now). These are the types of the common
+//! Q4_K with the fifth bit. Q2_K and Q3_K (Q2_K/Q3_K_M files) decode per 16
+//! values (`d sc q - dmin m`; `d (sc - 32) q` with a third bit from hmask).
+//! AVX-512 has kernels for every block type here, AVX2 and NEON for all but
+//! Q2_K/Q3_K; the rest
+//! take the scalar kernel (exact too). These are the types of the common
 //! Q4_K_M / Q5_0 mixes of real Qwen2.5 and Llama files. For the offset terms the per-block
 //! sums of the activations are computed once per call.
 
@@ -78,6 +82,13 @@ const Q5_1_BYTES: usize = 24;
 /// 2c + 1 for 64c + 32 + l), then Q4_K's 128 bytes of nibbles.
 const Q5_K_BYTES: usize = 176;
 
+/// Bytes of a Q2_K super-block: scales[16] (4-bit scale, 4-bit min per 16
+/// values), qs[64] (2-bit quants), d, dmin (f16).
+const Q2_K_BYTES: usize = 84;
+/// Bytes of a Q3_K super-block: hmask[32] (third bits), qs[64] (low 2 bits),
+/// scales[12] (sixteen packed 6-bit scales), d (f16).
+const Q3_K_BYTES: usize = 110;
+
 /// Bytes ahead of the current block that the kernels prefetch.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
@@ -94,6 +105,8 @@ pub fn supported(ty: GgmlType) -> bool {
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
+            | GgmlType::Q2_K
+            | GgmlType::Q3_K
             | GgmlType::F16
             | GgmlType::F32
     )
@@ -103,7 +116,9 @@ pub fn supported(ty: GgmlType) -> bool {
 pub fn supports_k(ty: GgmlType, k: usize) -> bool {
     match ty {
         GgmlType::F16 | GgmlType::F32 => true,
-        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => k.is_multiple_of(QK_K),
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q2_K | GgmlType::Q3_K => {
+            k.is_multiple_of(QK_K)
+        }
         _ => k.is_multiple_of(QK),
     }
 }
@@ -265,6 +280,8 @@ impl Kernels {
                     GgmlType::Q4_0 => crate::neon::fdot_q4(w, x, xsum, false),
                     GgmlType::Q4_1 => crate::neon::fdot_q4(w, x, xsum, true),
                     GgmlType::Q5_0 => crate::neon::fdot_q5_0(w, x, xsum),
+                    GgmlType::Q5_1 => crate::neon::fdot_q5_1(w, x, xsum),
+                    GgmlType::Q5_K => crate::neon::fdot_q5_k(w, x, xsum),
                     GgmlType::Q4_K => crate::neon::fdot_q4_k(w, x, xsum),
                     GgmlType::Q6_K => crate::neon::fdot_q6_k(w, x),
                     _ => scalar::dot(ty, w, x, xsum),
@@ -434,6 +451,25 @@ mod scalar {
                 }
                 acc
             }
+            GgmlType::Q2_K | GgmlType::Q3_K => {
+                // Each super-block dequantised by the reference, then dotted:
+                // the `gemv` values, without a row-sized buffer.
+                let mut deq = [0.0f32; QK_K];
+                let size = if ty == GgmlType::Q2_K {
+                    Q2_K_BYTES
+                } else {
+                    Q3_K_BYTES
+                };
+                let mut acc = 0.0f32;
+                for (sb, blk) in w.chunks_exact(size).enumerate() {
+                    if metallic_gguf::quant::dequantize(ty, blk, &mut deq).is_err() {
+                        return f32::NAN;
+                    }
+                    let xb = &x[sb * QK_K..(sb + 1) * QK_K];
+                    acc += deq.iter().zip(xb).map(|(a, b)| a * b).sum::<f32>();
+                }
+                acc
+            }
             _ => unreachable!("fdot checks types before running"),
         }
     }
@@ -500,6 +536,29 @@ mod avx2 {
         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
     }
 
+    /// `s + v[0..16] * x[0..16]`, the bytes of `v` taken as unsigned integers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot16(v: __m128i, x: *const f32, s: __m256) -> __m256 {
+        let s = _mm256_fmadd_ps(u8x8(v), _mm256_loadu_ps(x), s);
+        _mm256_fmadd_ps(u8x8(_mm_srli_si128(v, 8)), _mm256_loadu_ps(x.add(8)), s)
+    }
+
+    /// 0x10 in byte j where bit j of `bits` is set: Q5_0/Q5_1's fifth bits
+    /// for 16 elements.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fifth_bits(bits: u16) -> __m128i {
+        // Byte j takes byte j / 8 of `bits`, then tests bit j % 8 of it.
+        let spread = _mm_shuffle_epi8(
+            _mm_cvtsi32_si128(bits as i32),
+            _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+        );
+        let sel = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+        let set = _mm_cmpeq_epi8(_mm_and_si128(spread, sel), sel);
+        _mm_and_si128(set, _mm_set1_epi8(0x10))
+    }
+
     /// The f16 at byte `at`, converted by the F16C instruction.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -515,6 +574,151 @@ mod avx2 {
     pub unsafe fn h2(b: &[u8], at: usize) -> __m128 {
         let v = i32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         _mm_cvtph_ps(_mm_cvtsi32_si128(v))
+    }
+
+    /// Q5_0 / Q5_1 rows, one kernel per type (the constant takes the
+    /// per-block choices out of the loop).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q5_blocks<const Q5_0: bool>(w: &[u8], xp: *const f32, xsum: &[f32]) -> f32 {
+        // Q5_0: d, qh, nibbles, offset -16 d; Q5_1: d, m, qh, nibbles, offset m.
+        let (size, head) = if Q5_0 {
+            (Q5_0_BYTES, 2)
+        } else {
+            (Q5_1_BYTES, 4)
+        };
+        let mask = _mm_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0.0f32;
+        for (b, blk) in w.chunks_exact(size).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            let qh = u32::from_le_bytes([blk[head], blk[head + 1], blk[head + 2], blk[head + 3]]);
+            let raw = _mm_loadu_si128(blk.as_ptr().add(head + 4) as *const __m128i);
+            let lo = _mm_or_si128(_mm_and_si128(raw, mask), fifth_bits(qh as u16));
+            let hi = _mm_or_si128(
+                _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+                fifth_bits((qh >> 16) as u16),
+            );
+            let xb = xp.add(b * QK);
+            let s = dot16(hi, xb.add(16), dot16(lo, xb, _mm256_setzero_ps()));
+            // The `half` conversion, as in the AVX-512 twin (F16C's was slower there).
+            let d = f16_at(blk, 0);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc);
+            offsets += if Q5_0 { -16.0 * d } else { f16_at(blk, 2) } * xsum[b];
+        }
+        hsum(acc) + offsets
+    }
+
+    /// Q4_K (`FIVE` false) and Q5_K rows: per 64-value chunk two sub-blocks
+    /// (low, then high nibbles) with the scales and offset of `q4_k_chunk`;
+    /// Q5_K adds bit 2c / 2c + 1 of qh[l] as the fifth bit.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn k45_blocks<const FIVE: bool>(w: &[u8], xp: *const f32, xsum: &[f32]) -> f32 {
+        let (size, qs_at) = if FIVE {
+            (Q5_K_BYTES, 48)
+        } else {
+            (Q4_K_BYTES, 16)
+        };
+        let mask = _mm_set1_epi8(0x0F);
+        let fifth = _mm_set1_epi8(0x10);
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut offsets = 0.0f32;
+        for (sb, blk) in w.chunks_exact(size).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            if FIVE {
+                _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 128) as *const i8);
+            }
+            let xs = &xsum[sb * 8..(sb + 1) * 8];
+            // Q4_K has no qh: its first quants stand in, unused.
+            let qh0 = _mm_loadu_si128(blk.as_ptr().add(16) as *const __m128i);
+            let qh1 = _mm_loadu_si128(blk.as_ptr().add(32) as *const __m128i);
+            for c in 0..4 {
+                let (d1, d2, offset) = q4_k_chunk(blk, c, xs);
+                offsets += offset;
+                let q = blk.as_ptr().add(qs_at + 32 * c);
+                let b0 = _mm_loadu_si128(q as *const __m128i);
+                let b1 = _mm_loadu_si128(q.add(16) as *const __m128i);
+                let bl = _mm_set1_epi8((1u8 << (2 * c)) as i8);
+                let bh = _mm_set1_epi8((2u8 << (2 * c)) as i8);
+                // 0x10 where the byte of qh has the bit.
+                let five = |nib: __m128i, qh: __m128i, bit: __m128i| {
+                    if !FIVE {
+                        return nib;
+                    }
+                    let set = _mm_cmpeq_epi8(_mm_and_si128(qh, bit), bit);
+                    _mm_or_si128(nib, _mm_and_si128(set, fifth))
+                };
+                let lo0 = five(_mm_and_si128(b0, mask), qh0, bl);
+                let lo1 = five(_mm_and_si128(b1, mask), qh1, bl);
+                let hi0 = five(_mm_and_si128(_mm_srli_epi16(b0, 4), mask), qh0, bh);
+                let hi1 = five(_mm_and_si128(_mm_srli_epi16(b1, 4), mask), qh1, bh);
+                let xb = xp.add(sb * QK_K + 64 * c);
+                let s1 = dot16(lo1, xb.add(16), dot16(lo0, xb, _mm256_setzero_ps()));
+                let s2 = dot16(hi1, xb.add(48), dot16(hi0, xb.add(32), _mm256_setzero_ps()));
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(d1), s1, a0);
+                a1 = _mm256_fmadd_ps(_mm256_set1_ps(d2), s2, a1);
+            }
+        }
+        hsum(_mm256_add_ps(a0, a1)) + offsets
+    }
+
+    /// Q6_K rows: as the AVX-512 kernel, eight lanes wide.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6_k_blocks(w: &[u8], xp: *const f32) -> f32 {
+        let m4 = _mm_set1_epi8(0x0F);
+        let m2 = _mm_set1_epi8(0x03);
+        let bias = _mm_set1_epi8(32);
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (sb, blk) in w.chunks_exact(Q6_K_BYTES).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH + 128) as *const i8);
+            let d = f16_at(blk, 208);
+            let p = blk.as_ptr();
+            for half in 0..2 {
+                let xh = xp.add(sb * QK_K + 128 * half);
+                for part in 0..2 {
+                    // Elements l = 16 * part .. 16 * part + 16 of each quarter.
+                    let l = 16 * part;
+                    let ql0 = _mm_loadu_si128(p.add(64 * half + l) as *const __m128i);
+                    let ql1 = _mm_loadu_si128(p.add(64 * half + 32 + l) as *const __m128i);
+                    let qh = _mm_loadu_si128(p.add(128 + 32 * half + l) as *const __m128i);
+                    let hb = |v: __m128i| _mm_slli_epi16(_mm_and_si128(v, m2), 4);
+                    let q = [
+                        _mm_or_si128(_mm_and_si128(ql0, m4), hb(qh)),
+                        _mm_or_si128(_mm_and_si128(ql1, m4), hb(_mm_srli_epi16(qh, 2))),
+                        _mm_or_si128(
+                            _mm_and_si128(_mm_srli_epi16(ql0, 4), m4),
+                            hb(_mm_srli_epi16(qh, 4)),
+                        ),
+                        _mm_or_si128(
+                            _mm_and_si128(_mm_srli_epi16(ql1, 4), m4),
+                            hb(_mm_srli_epi16(qh, 6)),
+                        ),
+                    ];
+                    for (g, qg) in q.iter().enumerate() {
+                        let signed = _mm_sub_epi8(*qg, bias);
+                        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(signed));
+                        let w1 =
+                            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(signed, 8)));
+                        let xv = xh.add(32 * g + l);
+                        let s = _mm256_mul_ps(w0, _mm256_loadu_ps(xv));
+                        let s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xv.add(8)), s);
+                        let sc = *p.add(192 + 8 * half + part + 2 * g) as i8;
+                        let scale = _mm256_set1_ps(d * sc as f32);
+                        if g % 2 == 0 {
+                            a0 = _mm256_fmadd_ps(scale, s, a0);
+                        } else {
+                            a1 = _mm256_fmadd_ps(scale, s, a1);
+                        }
+                    }
+                }
+            }
+        }
+        hsum(_mm256_add_ps(a0, a1))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -584,10 +788,13 @@ mod avx2 {
                 }
                 hsum(acc) + lanes01(offsets)
             }
-            // No AVX2 kernel for the k-quants and 5-bit types: the scalar one is exact too.
-            GgmlType::Q4_K | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K | GgmlType::Q6_K => {
-                scalar::dot(ty, w, x, xsum)
-            }
+            GgmlType::Q5_0 => q5_blocks::<true>(w, xp, xsum),
+            GgmlType::Q5_1 => q5_blocks::<false>(w, xp, xsum),
+            GgmlType::Q4_K => k45_blocks::<false>(w, xp, xsum),
+            GgmlType::Q5_K => k45_blocks::<true>(w, xp, xsum),
+            GgmlType::Q6_K => q6_k_blocks(w, xp),
+            // No AVX2 kernel for Q2_K and Q3_K: the scalar one is exact too.
+            GgmlType::Q2_K | GgmlType::Q3_K => scalar::dot(ty, w, x, xsum),
             _ => unreachable!("fdot checks types before running"),
         }
     }
@@ -612,6 +819,50 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     unsafe fn i8x16(p: *const u8) -> __m512 {
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+    }
+
+    /// Q5_0 / Q5_1 rows, one kernel per type (the constant takes the
+    /// per-block choices out of the loop).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn q5_blocks<const Q5_0: bool>(w: &[u8], xp: *const f32, xsum: &[f32]) -> f32 {
+        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        // Q5_0: d, qh, nibbles, offset -16 d; Q5_1: d, m, qh, nibbles, offset m.
+        let (size, head) = if Q5_0 {
+            (Q5_0_BYTES, 2)
+        } else {
+            (Q5_1_BYTES, 4)
+        };
+        let mask = _mm_set1_epi8(0x0F);
+        let fifth = _mm_set1_epi8(0x10);
+        let mut offsets = 0.0f32;
+        for (b, blk) in w.chunks_exact(size).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            let qh = u32::from_le_bytes([blk[head], blk[head + 1], blk[head + 2], blk[head + 3]]);
+            let raw = _mm_loadu_si128(blk.as_ptr().add(head + 4) as *const __m128i);
+            // Bit j of qh is the fifth bit of element j (0..32).
+            let lo = _mm_or_si128(
+                _mm_and_si128(raw, mask),
+                _mm_maskz_mov_epi8(qh as u16, fifth),
+            );
+            let hi = _mm_or_si128(
+                _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
+                _mm_maskz_mov_epi8((qh >> 16) as u16, fifth),
+            );
+            let xb = xp.add(b * QK);
+            let s = _mm512_mul_ps(u8x16(lo), _mm512_loadu_ps(xb));
+            let s = _mm512_fmadd_ps(u8x16(hi), _mm512_loadu_ps(xb.add(16)), s);
+            // The `half` conversion: F16C's (`h`) made this loop 1.5x slower
+            // (metallic probe --dtype q5_0, one thread, development machine).
+            let d = f16_at(blk, 0);
+            if b % 2 == 0 {
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a0);
+            } else {
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a1);
+            }
+            offsets += if Q5_0 { -16.0 * d } else { f16_at(blk, 2) } * xsum[b];
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
     }
 
     /// Block formats only; F32/F16 rows take the AVX2 kernel.
@@ -692,33 +943,51 @@ mod avx512 {
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
             }
-            GgmlType::Q5_0 => {
+            GgmlType::Q5_0 => q5_blocks::<true>(w, xp, xsum),
+            GgmlType::Q5_1 => q5_blocks::<false>(w, xp, xsum),
+            GgmlType::Q5_K => {
+                // Q4_K's kernel with the fifth bits: bit 2c (low nibbles) and
+                // 2c + 1 (high nibbles) of qh[l] for element l of chunk c.
                 let mask = _mm_set1_epi8(0x0F);
                 let fifth = _mm_set1_epi8(0x10);
                 let mut offsets = 0.0f32;
-                for (b, blk) in w.chunks_exact(Q5_0_BYTES).enumerate() {
+                for (sb, blk) in w.chunks_exact(Q5_K_BYTES).enumerate() {
                     _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
-                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-                    let raw = _mm_loadu_si128(blk.as_ptr().add(6) as *const __m128i);
-                    // Bit j of qh is the fifth bit of element j (0..32).
-                    let lo = _mm_or_si128(
-                        _mm_and_si128(raw, mask),
-                        _mm_maskz_mov_epi8(qh as u16, fifth),
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
                     );
-                    let hi = _mm_or_si128(
-                        _mm_and_si128(_mm_srli_epi16(raw, 4), mask),
-                        _mm_maskz_mov_epi8((qh >> 16) as u16, fifth),
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 128) as *const i8
                     );
-                    let xb = xp.add(b * QK);
-                    let s = _mm512_mul_ps(u8x16(lo), _mm512_loadu_ps(xb));
-                    let s = _mm512_fmadd_ps(u8x16(hi), _mm512_loadu_ps(xb.add(16)), s);
-                    let d = f16_at(blk, 0);
-                    if b % 2 == 0 {
-                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a0);
-                    } else {
-                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(d), s, a1);
+                    let xs = &xsum[sb * 8..(sb + 1) * 8];
+                    let qh0 = _mm_loadu_si128(blk.as_ptr().add(16) as *const __m128i);
+                    let qh1 = _mm_loadu_si128(blk.as_ptr().add(32) as *const __m128i);
+                    for c in 0..4 {
+                        let (d1, d2, offset) = q4_k_chunk(blk, c, xs);
+                        offsets += offset;
+                        let q = blk.as_ptr().add(48 + 32 * c);
+                        let b0 = _mm_loadu_si128(q as *const __m128i);
+                        let b1 = _mm_loadu_si128(q.add(16) as *const __m128i);
+                        let bl = _mm_set1_epi8((1u8 << (2 * c)) as i8);
+                        let bh = _mm_set1_epi8((2u8 << (2 * c)) as i8);
+                        let five = |nib: __m128i, qh: __m128i, bit: __m128i| {
+                            u8x16(_mm_or_si128(
+                                nib,
+                                _mm_maskz_mov_epi8(_mm_test_epi8_mask(qh, bit), fifth),
+                            ))
+                        };
+                        let lo0 = five(_mm_and_si128(b0, mask), qh0, bl);
+                        let lo1 = five(_mm_and_si128(b1, mask), qh1, bl);
+                        let hi0 = five(_mm_and_si128(_mm_srli_epi16(b0, 4), mask), qh0, bh);
+                        let hi1 = five(_mm_and_si128(_mm_srli_epi16(b1, 4), mask), qh1, bh);
+                        let xb = xp.add(sb * QK_K + 64 * c);
+                        let s1 = _mm512_mul_ps(lo0, _mm512_loadu_ps(xb));
+                        let s1 = _mm512_fmadd_ps(lo1, _mm512_loadu_ps(xb.add(16)), s1);
+                        let s2 = _mm512_mul_ps(hi0, _mm512_loadu_ps(xb.add(32)));
+                        let s2 = _mm512_fmadd_ps(hi1, _mm512_loadu_ps(xb.add(48)), s2);
+                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(d1), s1, a0);
+                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(d2), s2, a1);
                     }
-                    offsets -= 16.0 * d * xsum[b];
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
             }
@@ -776,8 +1045,91 @@ mod avx512 {
                 }
                 _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
             }
-            // No AVX-512 kernel yet for Q5_1 and Q5_K (Q5_K_M files): the scalar one.
-            GgmlType::Q5_1 | GgmlType::Q5_K => super::scalar::dot(ty, w, x, xsum),
+            GgmlType::Q2_K => {
+                // Per 16 values: x = (d sc) q - dmin m, decoded in registers.
+                let three = _mm_set1_epi8(3);
+                for (sb, blk) in w.chunks_exact(Q2_K_BYTES).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
+                    );
+                    let (d, dmin) = (f16_at(blk, 80), f16_at(blk, 82));
+                    let xs = xp.add(sb * QK_K);
+                    for half in 0..2 {
+                        for group in 0..2 {
+                            let raw = _mm_loadu_si128(
+                                blk.as_ptr().add(16 + 32 * half + 16 * group) as *const __m128i,
+                            );
+                            for s in 0..4 {
+                                // 16-value group `is` holds elements 16 is..16 is + 16.
+                                let is = 8 * half + 2 * s + group;
+                                let q = _mm_and_si128(
+                                    _mm_srl_epi16(raw, _mm_cvtsi32_si128(2 * s as i32)),
+                                    three,
+                                );
+                                let sc = blk[is];
+                                let wv = _mm512_fmadd_ps(
+                                    _mm512_set1_ps(d * f32::from(sc & 15)),
+                                    u8x16(q),
+                                    _mm512_set1_ps(-(dmin * f32::from(sc >> 4))),
+                                );
+                                let xv = _mm512_loadu_ps(xs.add(16 * is));
+                                if s % 2 == 0 {
+                                    a0 = _mm512_fmadd_ps(wv, xv, a0);
+                                } else {
+                                    a1 = _mm512_fmadd_ps(wv, xv, a1);
+                                }
+                            }
+                        }
+                    }
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+            }
+            GgmlType::Q3_K => {
+                // Per 16 values: x = d (sc - 32) q, q = low 2 bits - 4 where
+                // the value's hmask bit is clear.
+                let three = _mm_set1_epi8(3);
+                let four = _mm_set1_epi8(4);
+                for (sb, blk) in w.chunks_exact(Q3_K_BYTES).enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        blk.as_ptr().wrapping_add(PREFETCH + 64) as *const i8
+                    );
+                    let packed: &[u8; 12] = blk[96..108].try_into().expect("12 bytes");
+                    let scales = metallic_gguf::quant::q3_k::unpack_q3_k_scales(packed);
+                    let d = f16_at(blk, 108);
+                    let xs = xp.add(sb * QK_K);
+                    for half in 0..2 {
+                        for group in 0..2 {
+                            let p = blk.as_ptr();
+                            let raw = _mm_loadu_si128(
+                                p.add(32 + 32 * half + 16 * group) as *const __m128i
+                            );
+                            let hm = _mm_loadu_si128(p.add(16 * group) as *const __m128i);
+                            for s in 0..4 {
+                                let is = 8 * half + 2 * s + group;
+                                let low = _mm_and_si128(
+                                    _mm_srl_epi16(raw, _mm_cvtsi32_si128(2 * s as i32)),
+                                    three,
+                                );
+                                let bit = _mm_set1_epi8((1u8 << (4 * half + s)) as i8);
+                                let clear = !_mm_test_epi8_mask(hm, bit);
+                                let q = _mm_sub_epi8(low, _mm_maskz_mov_epi8(clear, four));
+                                let wq = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+                                let dl = d * (i32::from(scales[is]) - 32) as f32;
+                                let wv = _mm512_mul_ps(_mm512_set1_ps(dl), wq);
+                                let xv = _mm512_loadu_ps(xs.add(16 * is));
+                                if s % 2 == 0 {
+                                    a0 = _mm512_fmadd_ps(wv, xv, a0);
+                                } else {
+                                    a1 = _mm512_fmadd_ps(wv, xv, a1);
+                                }
+                            }
+                        }
+                    }
+                }
+                _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+            }
             _ => unreachable!("the AVX-512 kernels take block formats only"),
         }
     }
@@ -816,8 +1168,10 @@ mod tests {
             GgmlType::Q4_K,
             GgmlType::Q5_K,
             GgmlType::Q6_K,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
         ] {
-            let ks: &[usize] = if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
+            let ks: &[usize] = if ty.block_size() == QK_K {
                 &[256, 768, 1536, 4864]
             } else {
                 &[32, 96, 896, 4864]
@@ -864,12 +1218,16 @@ mod tests {
             GgmlType::Q4_0,
             GgmlType::Q4_1,
             GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q4_K,
+            GgmlType::Q5_K,
             GgmlType::Q6_K,
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
         ] {
             let ks: &[usize] = match ty {
                 GgmlType::F16 | GgmlType::F32 => &[1, 3, 15, 17, 33, 129],
-                GgmlType::Q4_K | GgmlType::Q6_K => &[256, 768, 1280],
+                _ if ty.block_size() == QK_K => &[256, 768, 1280],
                 _ => &[32, 96, 160, 544],
             };
             for &k in ks {
@@ -908,7 +1266,7 @@ mod tests {
 
     #[test]
     fn unsupported_types_are_reported() {
-        assert!(!supported(GgmlType::Q3_K));
+        assert!(!supported(GgmlType::BF16));
         assert!(!supports_k(GgmlType::Q4_K, 896));
         assert!(supports_k(GgmlType::F16, 33));
         assert!(!supports_k(GgmlType::Q8_0, 33));

@@ -372,6 +372,82 @@ pub unsafe fn fdot_q5_0(w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
     vaddvq_f32(vaddq_f32(acc0, acc1)) + offsets
 }
 
+/// Q5_1 row: Q5_0's layout after a second f16 (`m`), `x = d q + m`: the
+/// offset term is `m * sum(x)` per block.
+#[target_feature(enable = "neon")]
+pub unsafe fn fdot_q5_1(w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+    const BITS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+    let bits = vld1q_u8(BITS.as_ptr());
+    let xp = x.as_ptr();
+    let mask = vdupq_n_u8(0x0f);
+    let fifth = vdupq_n_u8(0x10);
+    let (mut acc0, mut acc1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    let mut offsets = 0.0f32;
+    for (b, blk) in w.chunks_exact(24).enumerate() {
+        let p = blk.as_ptr();
+        let qh = std::ptr::read_unaligned(p.add(4) as *const u32);
+        let spread = |lo: u8, hi: u8| {
+            let v = vcombine_u8(vdup_n_u8(lo), vdup_n_u8(hi));
+            vandq_u8(vtstq_u8(v, bits), fifth)
+        };
+        let h0 = spread(qh as u8, (qh >> 8) as u8);
+        let h1 = spread((qh >> 16) as u8, (qh >> 24) as u8);
+        let raw = vld1q_u8(p.add(8));
+        let lo = vorrq_u8(vandq_u8(raw, mask), h0);
+        let hi = vorrq_u8(vshrq_n_u8::<4>(raw), h1);
+        let xb = xp.add(b * 32);
+        let s = vaddq_f32(mul16(u8x16_f32(lo), xb), mul16(u8x16_f32(hi), xb.add(16)));
+        let d = f16_load(p);
+        if b & 1 == 0 {
+            acc0 = vfmaq_n_f32(acc0, s, d);
+        } else {
+            acc1 = vfmaq_n_f32(acc1, s, d);
+        }
+        offsets += f16_load(p.add(2)) * *xsum.get_unchecked(b);
+    }
+    vaddvq_f32(vaddq_f32(acc0, acc1)) + offsets
+}
+
+/// Q5_K row: [`fdot_q4_k`] with the fifth bits, bit 2c (low nibbles) and
+/// 2c + 1 (high nibbles) of `qh[l]` for element l of chunk c.
+#[target_feature(enable = "neon")]
+pub unsafe fn fdot_q5_k(w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
+    let xp = x.as_ptr();
+    let mask = vdupq_n_u8(0x0f);
+    let fifth = vdupq_n_u8(0x10);
+    let (mut acc0, mut acc1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    let mut offsets = 0.0f32;
+    for (sb, blk) in w.chunks_exact(176).enumerate() {
+        let xs = &xsum[sb * 8..(sb + 1) * 8];
+        let (qh0, qh1) = (
+            vld1q_u8(blk.as_ptr().add(16)),
+            vld1q_u8(blk.as_ptr().add(32)),
+        );
+        for c in 0..4 {
+            let (d1, d2, offset) = crate::matmul_fdot::q4_k_chunk(blk, c, xs);
+            offsets += offset;
+            let q = blk.as_ptr().add(48 + 32 * c);
+            let (b0, b1) = (vld1q_u8(q), vld1q_u8(q.add(16)));
+            let (bl, bh) = (vdupq_n_u8(1 << (2 * c)), vdupq_n_u8(2 << (2 * c)));
+            let five = |nib: uint8x16_t, qh: uint8x16_t, bit: uint8x16_t| {
+                vorrq_u8(nib, vandq_u8(vtstq_u8(qh, bit), fifth))
+            };
+            let xb = xp.add(sb * QK_K + 64 * c);
+            let s1 = vaddq_f32(
+                mul16(u8x16_f32(five(vandq_u8(b0, mask), qh0, bl)), xb),
+                mul16(u8x16_f32(five(vandq_u8(b1, mask), qh1, bl)), xb.add(16)),
+            );
+            let s2 = vaddq_f32(
+                mul16(u8x16_f32(five(vshrq_n_u8::<4>(b0), qh0, bh)), xb.add(32)),
+                mul16(u8x16_f32(five(vshrq_n_u8::<4>(b1), qh1, bh)), xb.add(48)),
+            );
+            acc0 = vfmaq_n_f32(acc0, s1, d1);
+            acc1 = vfmaq_n_f32(acc1, s2, d2);
+        }
+    }
+    vaddvq_f32(vaddq_f32(acc0, acc1)) + offsets
+}
+
 /// Q4_K row: per 64-element chunk two sub-blocks (low, then high nibbles of
 /// the same 32 bytes) with scales `d1`, `d2` and an offset term, all from
 /// [`crate::matmul_fdot`]'s `q4_k_chunk`.

@@ -2,9 +2,11 @@
 //! activation row, or with several sharing each decoded weight block
 //! ([`Kernels::quant_rows`]), per SIMD level.
 //!
-//! Quantised weights (Q4_0, Q4_1, Q8_0) are multiplied with Q8 activations
-//! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per block;
-//! float weights (F32, F16) with f32 activations. The level is detected at run
+//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K, Q5_K, Q6_K with
+//! scalar kernels at every level for now) are multiplied with Q8 activations
+//! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
+//! block; float weights (F32, F16) with f32 activations. The CUDA backend's
+//! `vecdot` does the same arithmetic for these types. The level is detected at run
 //! time; `METALLIC_CPU_SIMD=scalar|avx2|avx512|neon|neon-dot` forces a lower
 //! one (for measurements and tests).
 
@@ -100,6 +102,11 @@ pub fn block_bytes(ty: GgmlType) -> Option<(usize, usize)> {
         GgmlType::Q4_0 => Some((18, 32)),
         GgmlType::Q4_1 => Some((20, 32)),
         GgmlType::Q8_0 => Some((34, 32)),
+        GgmlType::Q5_0 => Some((22, 32)),
+        GgmlType::Q5_1 => Some((24, 32)),
+        GgmlType::Q4_K => Some((144, 256)),
+        GgmlType::Q5_K => Some((176, 256)),
+        GgmlType::Q6_K => Some((210, 256)),
         GgmlType::F16 => Some((2, 1)),
         GgmlType::F32 => Some((4, 1)),
         _ => None,
@@ -111,9 +118,26 @@ pub fn supported(ty: GgmlType) -> bool {
     block_bytes(ty).is_some()
 }
 
+/// Whether rows of `k` values of `ty` are whole blocks (and, for quantised
+/// types, whole Q8 activation blocks).
+pub fn supports_k(ty: GgmlType, k: usize) -> bool {
+    block_bytes(ty).is_some_and(|(_, vals)| k.is_multiple_of(vals))
+        && (!needs_q8(ty) || k.is_multiple_of(QK))
+}
+
 /// Quantised weights need Q8 activations; float weights take f32 ones.
 pub fn needs_q8(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(
+        ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q8_0
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+    )
 }
 
 type QDot = unsafe fn(&[u8], Q8Row<'_>) -> f32;
@@ -131,8 +155,8 @@ pub struct Kernels {
     q4_1: QDot,
     q8_0: QDot,
     /// Multi-row kernels of Q4_0, Q4_1 and Q8_0 where the level has them (AVX2,
-    /// AVX-512; NEON does not yet);
-    /// elsewhere [`Kernels::quant_rows`] runs the one-row kernel per row.
+    /// AVX-512; NEON does not yet); for other types and levels
+    /// [`Kernels::quant_rows`] runs the one-row kernel per row.
     rows: Option<[QDotRows; 3]>,
     f16: FDot,
     f32: FDot,
@@ -215,13 +239,20 @@ impl Kernels {
     pub fn quant(&self, ty: GgmlType, w: &[u8], a: Q8Row<'_>) -> f32 {
         let nb = a.d.len();
         assert!(a.qs.len() == nb * QK && a.s.len() == nb);
-        let (f, bytes) = match ty {
-            GgmlType::Q4_0 => (self.q4_0, 18),
-            GgmlType::Q4_1 => (self.q4_1, 20),
-            GgmlType::Q8_0 => (self.q8_0, 34),
+        let f = match ty {
+            GgmlType::Q4_0 => self.q4_0,
+            GgmlType::Q4_1 => self.q4_1,
+            GgmlType::Q8_0 => self.q8_0,
+            // Scalar at every level (no SIMD kernel yet): the same arithmetic.
+            GgmlType::Q5_0 => scalar::q5_0 as QDot,
+            GgmlType::Q5_1 => scalar::q5_1 as QDot,
+            GgmlType::Q4_K => scalar::q4_k as QDot,
+            GgmlType::Q5_K => scalar::q5_k as QDot,
+            GgmlType::Q6_K => scalar::q6_k as QDot,
             _ => return f32::NAN,
         };
-        assert!(w.len() >= nb * bytes);
+        let (bytes, vals) = block_bytes(ty).expect("a type with a kernel");
+        assert!((nb * QK).is_multiple_of(vals) && w.len() >= nb * QK / vals * bytes);
         // SAFETY: `for_level` checked the CPU features; lengths are checked above.
         unsafe { f(w, a) }
     }
@@ -235,16 +266,14 @@ impl Kernels {
         assert_eq!(a.len(), out.len());
         let Some(first) = a.first() else { return };
         let nb = first.d.len();
-        let (i, bytes) = match ty {
-            GgmlType::Q4_0 => (0, 18),
-            GgmlType::Q4_1 => (1, 20),
-            GgmlType::Q8_0 => (2, 34),
-            _ => {
-                out.fill(f32::NAN);
-                return;
-            }
+        let kernel = match ty {
+            GgmlType::Q4_0 => Some((0, 18)),
+            GgmlType::Q4_1 => Some((1, 20)),
+            GgmlType::Q8_0 => Some((2, 34)),
+            _ => None,
         };
-        let Some(rows) = self.rows else {
+        // Types or levels without a multi-row kernel: the one-row kernel per row.
+        let (Some(rows), Some((i, bytes))) = (self.rows, kernel) else {
             for (o, &r) in out.iter_mut().zip(a) {
                 *o = self.quant(ty, w, r);
             }
@@ -332,6 +361,109 @@ mod scalar {
             let dot = idot(lo, &aq[..16]) + idot(hi, &aq[16..]);
             let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
             sum += d * a.d[b] * dot as f32 + m * a.s[b];
+        }
+        sum
+    }
+
+    /// Q5_0 / Q5_1 block `b`'s 5-bit quants: nibbles at `qs`, fifth bits
+    /// in the 32-bit word before them (bit j for element j).
+    #[inline]
+    fn q5_quants(blk: &[u8], qh_at: usize) -> impl Iterator<Item = i32> + '_ {
+        let qh = u32::from_le_bytes([blk[qh_at], blk[qh_at + 1], blk[qh_at + 2], blk[qh_at + 3]]);
+        let qs = &blk[qh_at + 4..qh_at + 20];
+        (0..32).map(move |j| {
+            let nib = if j < 16 {
+                qs[j] & 0x0f
+            } else {
+                qs[j - 16] >> 4
+            };
+            (nib as i32) | (((qh >> j) & 1) << 4) as i32
+        })
+    }
+
+    pub(super) unsafe fn q5_0(w: &[u8], a: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for b in 0..a.d.len() {
+            let blk = &w[b * 22..(b + 1) * 22];
+            let dot = idot(q5_quants(blk, 2), &a.qs[b * QK..(b + 1) * QK]);
+            // x = d (q - 16): the -16 folds into the activation sum.
+            sum += f16_at(blk, 0) * (a.d[b] * dot as f32 - 16.0 * a.s[b]);
+        }
+        sum
+    }
+
+    pub(super) unsafe fn q5_1(w: &[u8], a: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for b in 0..a.d.len() {
+            let blk = &w[b * 24..(b + 1) * 24];
+            let dot = idot(q5_quants(blk, 4), &a.qs[b * QK..(b + 1) * QK]);
+            let (d, m) = (f16_at(blk, 0), f16_at(blk, 2));
+            sum += d * a.d[b] * dot as f32 + m * a.s[b];
+        }
+        sum
+    }
+
+    /// Q4_K / Q5_K: per 32-value group j of a super-block, `x = d sc_j q -
+    /// dmin m_j` (6-bit sc_j, m_j packed as ggml's `get_scale_min_k4`); one
+    /// integer dot per group. Q5_K's fifth bits: bit j of qh[l] for value l.
+    fn q45_k(w: &[u8], a: Q8Row<'_>, five: bool) -> f32 {
+        let (size, qs_at) = if five { (176, 48) } else { (144, 16) };
+        let mut sum = 0.0f32;
+        for (sb, blk) in w.chunks_exact(size).take(a.d.len() / 8).enumerate() {
+            let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+            let scales: &[u8; 12] = blk[4..16].try_into().expect("12 bytes");
+            let qs = &blk[qs_at..qs_at + 128];
+            for j in 0..8 {
+                let (sc, m) = metallic_gguf::quant::get_scale_min_k4(j, scales);
+                let q = (0..32).map(|l| {
+                    let byte = qs[32 * (j / 2) + l];
+                    let nib = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+                    let high = if five { (blk[16 + l] >> j) & 1 } else { 0 };
+                    (nib as i32) | ((high as i32) << 4)
+                });
+                let b = sb * 8 + j;
+                let dot = idot(q, &a.qs[b * QK..(b + 1) * QK]);
+                sum += d * f32::from(sc) * a.d[b] * dot as f32 - dmin * f32::from(m) * a.s[b];
+            }
+        }
+        sum
+    }
+
+    pub(super) unsafe fn q4_k(w: &[u8], a: Q8Row<'_>) -> f32 {
+        q45_k(w, a, false)
+    }
+
+    pub(super) unsafe fn q5_k(w: &[u8], a: Q8Row<'_>) -> f32 {
+        q45_k(w, a, true)
+    }
+
+    /// Q6_K: `x = d sc (q - 32)`, 6-bit q from ql (nibbles) and qh (two bits),
+    /// one i8 scale per 16 values; per 32-value group the two halves' integer
+    /// dots, each less 32 times the activations' integer sum, times their scale.
+    pub(super) unsafe fn q6_k(w: &[u8], a: Q8Row<'_>) -> f32 {
+        let mut sum = 0.0f32;
+        for (sb, blk) in w.chunks_exact(210).take(a.d.len() / 8).enumerate() {
+            let d = f16_at(blk, 208);
+            for g in 0..8 {
+                // Group g: half n of the super-block, quarter i of that half.
+                let (n, i) = (g / 4, g % 4);
+                let b = sb * 8 + g;
+                let aq = &a.qs[b * QK..(b + 1) * QK];
+                let mut acc = 0i32;
+                for part in 0..2 {
+                    let (mut dot, mut xs) = (0i32, 0i32);
+                    for l in 16 * part..16 * part + 16 {
+                        let ql = blk[64 * n + (i & 1) * 32 + l];
+                        let qh = blk[128 + 32 * n + l];
+                        let q = ((ql >> ((i >> 1) * 4)) & 15) | (((qh >> (2 * i)) & 3) << 4);
+                        dot += q as i32 * aq[l] as i32;
+                        xs += aq[l] as i32;
+                    }
+                    let sc = blk[192 + 8 * n + part + 2 * i] as i8 as i32;
+                    acc += sc * (dot - 32 * xs);
+                }
+                sum += d * a.d[b] * acc as f32;
+            }
         }
         sum
     }

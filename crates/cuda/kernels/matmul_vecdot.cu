@@ -64,8 +64,28 @@ __device__ __forceinline__ uint4 nib_hi(uint4 v) {
                       (v.w >> 4) & 0x0F0F0F0F);
 }
 
-// Units of work per row: 16-byte chunks for Q8_0, Q4_K; blocks for Q4_0/Q4_1;
-// 64-value slices for Q6_K.
+// Bits 4i..4i+3 of a block's fifth-bit word (Q5_0, Q5_1) moved to bit 4 of
+// bytes 0..3: OR-ed into four nibbles, they make four 5-bit quants.
+__device__ __forceinline__ u32 fifth_bits(u32 qh, int i) {
+    u32 v = qh >> (4 * i);
+    return ((v << 4) & 0x00000010u) | ((v << 11) & 0x00001000u) | ((v << 18) & 0x00100000u) |
+           ((v << 25) & 0x10000000u);
+}
+__device__ __forceinline__ uint4 with_fifth(uint4 nib, u32 qh16) {
+    return make_uint4(nib.x | fifth_bits(qh16, 0), nib.y | fifth_bits(qh16, 1),
+                      nib.z | fifth_bits(qh16, 2), nib.w | fifth_bits(qh16, 3));
+}
+// Bit s of each of 16 bytes (Q5_K's qh, s < 8) moved to bit 4 of that byte.
+__device__ __forceinline__ uint4 fifth_k(uint4 qh, int s) {
+    return make_uint4(((qh.x >> s) & 0x01010101u) << 4, ((qh.y >> s) & 0x01010101u) << 4,
+                      ((qh.z >> s) & 0x01010101u) << 4, ((qh.w >> s) & 0x01010101u) << 4);
+}
+__device__ __forceinline__ uint4 or4(uint4 a, uint4 b) {
+    return make_uint4(a.x | b.x, a.y | b.y, a.z | b.z, a.w | b.w);
+}
+
+// Units of work per row: 16-byte chunks for Q8_0, Q4_K, Q5_K; blocks for
+// Q4_0/Q4_1/Q5_0/Q5_1; 64-value slices for Q6_K.
 template <int T>
 __device__ __forceinline__ int units_per_row(int k) {
     return T == T_Q8_0 ? k / 16 : T == T_Q6_K ? k / 64 : k / 32;
@@ -164,6 +184,54 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
             }
             acc[m] += d * a;
         }
+    } else if (T == T_Q5_0 || T == T_Q5_1) {
+        // One block: Q4_0/Q4_1's nibbles with the fifth bit of element j at
+        // bit j of the block's qh word (p2); x = d (q - 16) or d q + m.
+        uint4 v = ldg_stream(w.p0 + row * (k / 2) + 16 * u);
+        u32 qh = __ldg(reinterpret_cast<const u32*>(w.p2) + row * kg + u);
+        uint4 lo = with_fifth(nib_lo(v), qh & 0xffff), hi = with_fifth(nib_hi(v), qh >> 16);
+        float dw, mw = 0.0f;
+        if (T == T_Q5_0) {
+            dw = h2f(__ldg(reinterpret_cast<const u16*>(w.p1) + row * kg + u));
+        } else {
+            u32 dm = __ldg(reinterpret_cast<const u32*>(w.p1) + row * kg + u);
+            dw = h2f((u16)(dm & 0xffff));
+            mw = h2f((u16)(dm >> 16));
+        }
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const i8* a = xq + m * k + 32 * u;
+            int s = dot16(hi, lds16(a + 16), dot16(lo, lds16(a)));
+            XGroup g = xg[m * kg + u];
+            if (T == T_Q5_0)
+                acc[m] += dw * g.d * (float)(s - 16 * (g.s0 + g.s1));
+            else
+                acc[m] += dw * g.d * (float)s + mw * g.s;
+        }
+    } else if (T == T_Q5_K) {
+        // Q4_K's unit with the fifth bits: qh[l] (p2) holds bit j for value l
+        // of 32-value group j of the super-block.
+        long long sb = row * (k / 256) + u / 8;
+        int j64 = (u % 8) / 2, h = u % 2;
+        uint4 v = ldg_stream(w.p0 + sb * 128 + j64 * 32 + 16 * h);
+        uint4 qh = __ldg(reinterpret_cast<const uint4*>(w.p2 + sb * 32 + 16 * h));
+        uint4 hd = __ldg(reinterpret_cast<const uint4*>(w.p1 + sb * 16));
+        float d = h2f((u16)(hd.x & 0xffff)), dmin = h2f((u16)(hd.x >> 16));
+        int sca, ma, scb, mb;
+        scale_min_k4_w(2 * j64, hd.y, hd.z, hd.w, sca, ma);
+        scale_min_k4_w(2 * j64 + 1, hd.y, hd.z, hd.w, scb, mb);
+        uint4 lo = or4(nib_lo(v), fifth_k(qh, 2 * j64));
+        uint4 hi = or4(nib_hi(v), fifth_k(qh, 2 * j64 + 1));
+        int ga = (u / 8) * 8 + 2 * j64;  // activation group of the low nibbles
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            int sa = dot16(lo, lds16(xq + m * k + ga * 32 + 16 * h));
+            int sbv = dot16(hi, lds16(xq + m * k + (ga + 1) * 32 + 16 * h));
+            XGroup xa = xg[m * kg + ga], xb = xg[m * kg + ga + 1];
+            int xsa = h ? xa.s1 : xa.s0, xsb = h ? xb.s1 : xb.s0;
+            acc[m] += d * (xa.d * (float)(sca * sa) + xb.d * (float)(scb * sbv)) -
+                      dmin * (xa.d * (float)(ma * xsa) + xb.d * (float)(mb * xsb));
+        }
     }
 }
 
@@ -258,8 +326,14 @@ MATVEC_ALL_M(vecdot_q4_0, vecdot_fused, T_Q4_0)
 MATVEC_ALL_M(vecdot_q4_1, vecdot_fused, T_Q4_1)
 MATVEC_ALL_M(vecdot_q4_k, vecdot_fused, T_Q4_K)
 MATVEC_ALL_M(vecdot_q6_k, vecdot_fused, T_Q6_K)
+MATVEC_ALL_M(vecdot_q5_0, vecdot_fused, T_Q5_0)
+MATVEC_ALL_M(vecdot_q5_1, vecdot_fused, T_Q5_1)
+MATVEC_ALL_M(vecdot_q5_k, vecdot_fused, T_Q5_K)
 MATVEC_ALL_M(vecdotpre_q8_0, vecdot_pre, T_Q8_0)
 MATVEC_ALL_M(vecdotpre_q4_0, vecdot_pre, T_Q4_0)
 MATVEC_ALL_M(vecdotpre_q4_1, vecdot_pre, T_Q4_1)
 MATVEC_ALL_M(vecdotpre_q4_k, vecdot_pre, T_Q4_K)
 MATVEC_ALL_M(vecdotpre_q6_k, vecdot_pre, T_Q6_K)
+MATVEC_ALL_M(vecdotpre_q5_0, vecdot_pre, T_Q5_0)
+MATVEC_ALL_M(vecdotpre_q5_1, vecdot_pre, T_Q5_1)
+MATVEC_ALL_M(vecdotpre_q5_k, vecdot_pre, T_Q5_K)

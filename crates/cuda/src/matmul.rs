@@ -9,8 +9,8 @@
 //! | 2     | `fdot`   | f32 activations x rows decoded to f32 in registers         | m <= 8, every type  |
 //! | 3     | `vecdot_chunked` | `vecdot` in launches of at most 8 rows             | every m             |
 //!
-//! (`vecdot` has dp4a kernels for Q8_0, Q4_0, Q4_1, Q4_K and Q6_K; rows of
-//! Q5_0, Q5_1, Q5_K, Q2_K and Q3_K run the `fdot` kernels there.)
+//! (`vecdot` has dp4a kernels for Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K
+//! and Q6_K; rows of Q2_K and Q3_K run the `fdot` kernels there.)
 //!
 //! `vecdot_chunked` is the batch-invariant path (`metallic serve
 //! --deterministic`): a `vecdot` kernel quantises each activation row by

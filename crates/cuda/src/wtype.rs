@@ -89,12 +89,19 @@ impl WType {
     }
 
     /// Whether `vecdot` has an 8-bit-activation kernel for the type; the
-    /// others (float types, and the 5-, 3- and 2-bit formats for now) run the
+    /// others (float types, and the 3- and 2-bit formats for now) run the
     /// `fdot` kernels when `vecdot` is asked for.
     pub fn has_vecdot(self) -> bool {
         matches!(
             self,
-            WType::Q8_0 | WType::Q4_0 | WType::Q4_1 | WType::Q4K | WType::Q6K
+            WType::Q8_0
+                | WType::Q4_0
+                | WType::Q4_1
+                | WType::Q4K
+                | WType::Q6K
+                | WType::Q5_0
+                | WType::Q5_1
+                | WType::Q5K
         )
     }
 }

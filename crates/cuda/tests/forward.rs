@@ -206,10 +206,10 @@ fn tiny_logits_match_cpu_on_the_default_path_for_every_weight_type() {
         (tiny(), GgmlType::Q4_1, 3e-2),
         (tiny256(), GgmlType::Q4_K, 3e-2),
         (tiny256(), GgmlType::Q6_K, 3e-2),
-        // No vecdot kernel: decode runs fdot (f32 activations), prefill cuBLAS.
         (tiny(), GgmlType::Q5_0, 3e-2),
         (tiny(), GgmlType::Q5_1, 3e-2),
         (tiny256(), GgmlType::Q5_K, 3e-2),
+        // No vecdot kernel: decode runs fdot (f32 activations), prefill cuBLAS.
         (tiny256(), GgmlType::Q3_K, 3e-2),
         (tiny256(), GgmlType::Q2_K, 3e-2),
     ];

@@ -291,3 +291,98 @@ fn vecdot_fused_quantisation_equals_separate_kernel_bit_for_bit() {
     }
     gpu.set_vecdot_fused(was);
 }
+
+/// `vecdot` is one product on both backends: the same 8-bit activations and
+/// the same integer dot per block, so the GPU's result may differ from the
+/// CPU's `vecdot` only in the float sums of the block terms. For every
+/// quantised type with a GPU `vecdot` kernel (the 5-bit ones included), on a
+/// full-warp shape and a ragged one (odd block counts, Qwen2.5-0.5B's 896),
+/// each output is within f32 rounding (1e-5 of sum |w x|, as between the
+/// CPU's SIMD levels) of the CPU's; the loose tolerance of the tests above
+/// would hide a wrong scale or offset in one block of many.
+#[test]
+fn vecdot_equals_cpu_vecdot_up_to_float_summation() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let cpu = CpuBackend::new(0).unwrap();
+    let pos = |impls: &[metallic::backend::MatmulImpl]| {
+        impls
+            .iter()
+            .position(|i| i.name == "vecdot")
+            .expect("vecdot registered")
+    };
+    let (vc, vg) = (pos(cpu.matmul_impls()), pos(gpu.matmul_impls()));
+    let mut checked = 0;
+    for (ti, ty) in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ragged = if ty.block_size() == 256 { 768 } else { 896 };
+        for (n, k) in [(300, 512), (37, ragged), (70, 4864)] {
+            let f = tensor_file(&[("w", ty, k, n, randn(n * k, 900 + ti as u64))]);
+            let wv = view(&f, "w");
+            let dense = metallic_gguf::quant::dequantize_to_vec(ty, wv.bytes()).unwrap();
+            let lc = cpu.upload_linear(std::slice::from_ref(&wv), None).unwrap();
+            let lg = gpu.upload_linear(&[wv], None).unwrap();
+            for m in [1usize, 3, 8] {
+                let shape = MatmulShape {
+                    op: MatmulOp::Matmul,
+                    dtype: ty,
+                    batch: 1,
+                    m,
+                    n,
+                    k,
+                    ta: false,
+                    tb: true,
+                };
+                assert!(
+                    (cpu.matmul_impls()[vc].supports)(&shape)
+                        && (gpu.matmul_impls()[vg].supports)(&shape),
+                    "vecdot takes {} k={k} m={m} on both backends",
+                    ty.name()
+                );
+                let x = randn(m * k, 950 + m as u64);
+                let mut oc = cpu.alloc(DType::F32, m * n, "out").unwrap();
+                cpu.matmul(vc, &activations(&cpu, &x, m, k), &lc, m, &mut oc)
+                    .unwrap();
+                let want = read(&cpu, &oc, m * n);
+                let mut og = gpu.alloc(DType::F32, m * n, "out").unwrap();
+                gpu.matmul(vg, &activations(&gpu, &x, m, k), &lg, m, &mut og)
+                    .unwrap();
+                let got = read(&gpu, &og, m * n);
+                let mut worst = 0.0f64;
+                for i in 0..m {
+                    for r in 0..n {
+                        let mag: f64 = dense[r * k..(r + 1) * k]
+                            .iter()
+                            .zip(&x[i * k..(i + 1) * k])
+                            .map(|(&w, &v)| (w as f64 * v as f64).abs())
+                            .sum();
+                        let (g, c) = (got[i * n + r] as f64, want[i * n + r] as f64);
+                        let tol = 1e-5 * mag + 1e-6;
+                        assert!(
+                            (g - c).abs() <= tol,
+                            "{} n={n} k={k} m={m} output ({i}, {r}): gpu {g} vs cpu {c} (tolerance {tol:.2e})",
+                            ty.name()
+                        );
+                        worst = worst.max((g - c).abs() / tol);
+                    }
+                }
+                eprintln!(
+                    "vecdot {:>5} n={n:<3} k={k:<4} m={m}: worst |gpu - cpu| / tolerance {worst:.3}",
+                    ty.name()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 8 * 3 * 3);
+}

@@ -144,7 +144,7 @@ impl Vecdot {
     }
 
     /// `out[m, n] = x[m, k] W^T (+ bias)`; segments of types without a
-    /// `vecdot` kernel (float, 5-, 3- and 2-bit) go to `fdot`.
+    /// `vecdot` kernel (float, 3- and 2-bit) go to `fdot`.
     pub fn launch(
         &self,
         dev: &Arc<Device>,
