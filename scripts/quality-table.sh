@@ -76,15 +76,16 @@ print(v)' "$1" "$2"; }
 fmt() { python3 -c 'import sys; print(format(float(sys.argv[1]), sys.argv[2]))' "$1" "$2"; }
 
 # metallic_row LABEL MODEL TYPE IMPL CTX CHUNKS BASE: one metallic row (IMPL
-# "default" leaves the dispatch to the backend).
+# "default" leaves the dispatch to the backend; "default-decode" too, one
+# token a step, so that the row shows the decode default's arithmetic).
 metallic_row() {
   local label=$1 model=$2 ty=$3 impl=$4 ctx=$5 chunks=$6 base=$7
   local j="$dir/run.json" env=()
-  [ "$impl" = default ] || env=(METALLIC_MATMUL_BACKEND="$impl")
+  case "$impl" in default | default-decode) ;; *) env=(METALLIC_MATMUL_BACKEND="$impl") ;; esac
   # CUDA's matrix-vector kernels run one row a step only (decode's shape):
   # forced, they are scored one token a step.
   local step=()
-  case "$device:$impl" in cuda:default | cuda:cublas | cpu:*) ;; *) step=(-b 1) ;; esac
+  case "$device:$impl" in *:default-decode) step=(-b 1) ;; cuda:default | cuda:cublas | cpu:*) ;; *) step=(-b 1) ;; esac
   log "$label $ty $device $impl ..."
   if env "${env[@]}" "$bin" perplexity -m "$model" -f "$text" -c "$ctx" --chunks "$chunks" "${step[@]}" \
       --device "$device" -t "$threads" --kld "$base" --json >"$j" 2>"$dir/run.err"; then
@@ -143,7 +144,7 @@ table() {
   for q in "$@"; do
     local ty
     ty=$(basename "$q" .gguf); ty=${ty##*.}; ty=${ty##*-}
-    for impl in $impls default; do
+    for impl in $impls default default-decode; do
       metallic_row "$label" "$q" "$ty" "$impl" "$ctx" "$chunks" "$base"
     done
     llama_rows "$label" "$ref" "$q" "$ctx" "$chunks" "$ty"

@@ -5,17 +5,21 @@
 use std::cell::RefCell;
 
 use metallic::error::{Error, Result};
-use metallic_gguf::quant;
 
 use crate::linear::CpuLinear;
-use crate::q8_act::Q8Acts;
+use crate::q8_act::{Q8Acts, Q8Row};
 use crate::shared_out::SharedOut;
 use crate::vec_dot::{self, Kernels};
+
+/// Activation rows per multi-row kernel call.
+const ROWS: usize = 4;
+/// Activation rows gathered on the stack: every decode-sized product
+/// (fewer than `GEMM_MIN_M` rows) fits.
+const STACK_ROWS: usize = crate::matmul::GEMM_MIN_M;
 
 thread_local! {
     // Reused across calls: a decode step allocates nothing.
     static ACTS: RefCell<Q8Acts> = RefCell::new(Q8Acts::default());
-    static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `out[m, n] = x[m, k] * w^T + bias` with the detected SIMD level.
@@ -36,6 +40,13 @@ pub fn vecdot_with(
         return Err(Error::InvalidArgument(format!(
             "matmul buffers too small for m={m} n={n} k={k}"
         )));
+    }
+    // A fused projection of llama.cpp's mixes can stack parts of types
+    // without a kernel here (Q3_K_M: a Q4_0 query next to a Q5_1 value):
+    // `fdot` runs every part with float32 activations, instead of this
+    // loop dequantising such rows one at a time.
+    if w.parts.iter().any(|p| !vec_dot::supported(p.ty)) {
+        return crate::matmul_fdot::fdot(x, w, m, out);
     }
     let any_q8 = w.parts.iter().any(|p| vec_dot::needs_q8(p.ty));
     if any_q8 && !k.is_multiple_of(crate::q8_act::QK) {
@@ -84,6 +95,20 @@ fn run_rows(
     out: &mut [f32],
 ) -> Result<()> {
     let (n, k) = (w.info.n, w.info.k);
+    // The quantised activation rows, gathered once per call: on the stack for
+    // decode-sized products (no allocation per token), else on the heap.
+    let stack: [Q8Row<'_>; STACK_ROWS];
+    let heap: Vec<Q8Row<'_>>;
+    let arows: &[Q8Row<'_>] = if m == 0 || !w.parts.iter().any(|p| vec_dot::needs_q8(p.ty)) {
+        &[]
+    } else if m <= STACK_ROWS {
+        // Entries past m repeat the last row and are never read.
+        stack = std::array::from_fn(|i| acts.row(i.min(m - 1)));
+        &stack[..m]
+    } else {
+        heap = (0..m).map(|i| acts.row(i)).collect();
+        &heap
+    };
     let optr = SharedOut::new(out);
     let split = crate::matmul::split(w, m, rayon::current_num_threads());
     let ahead = (PREFETCH_BYTES / w.parts[0].row_bytes.max(1)).max(1);
@@ -98,26 +123,35 @@ fn run_rows(
             let (part, pr) = w.locate(r).expect("row within n");
             let wrow = part.row(pr);
             let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
-            for i in 0..m {
-                let v = if vec_dot::needs_q8(part.ty) {
-                    kern.quant(part.ty, wrow, acts.row(i))
-                } else if vec_dot::supported(part.ty) {
-                    kern.float(part.ty, wrow, &x[i * k..(i + 1) * k])
-                } else {
-                    // A stacked part of a type without a kernel: dequantise it.
-                    ROW.with_borrow_mut(|buf| -> Result<f32> {
-                        buf.resize(k, 0.0);
-                        quant::dequantize(part.ty, wrow, buf)?;
-                        Ok(buf
-                            .iter()
-                            .zip(&x[i * k..(i + 1) * k])
-                            .map(|(a, b)| a * b)
-                            .sum())
-                    })?
-                };
-                // SAFETY: column r of every row is written by this task only,
-                // and i * n + r < m * n <= out.len() (checked by the caller).
-                unsafe { *optr.ptr().add(i * n + r) = v + b };
+            if let [one] = arows {
+                if vec_dot::needs_q8(part.ty) {
+                    // One row (plain decode): the one-row kernel, which is the
+                    // multi-row kernel's arithmetic without its grouping.
+                    let v = kern.quant(part.ty, wrow, *one);
+                    // SAFETY: column r is written by this task only; r < n <= out.len().
+                    unsafe { *optr.ptr().add(r) = v + b };
+                    continue;
+                }
+            }
+            if vec_dot::needs_q8(part.ty) {
+                // Several activation rows (a batch of decoding sequences, a
+                // short prefill) share each decode of this weight row's blocks.
+                for (c, chunk) in arows.chunks(ROWS).enumerate() {
+                    let mut v = [0.0f32; ROWS];
+                    kern.quant_rows(part.ty, wrow, chunk, &mut v[..chunk.len()]);
+                    for (j, v) in v[..chunk.len()].iter().enumerate() {
+                        let i = c * ROWS + j;
+                        // SAFETY: column r of every row is written by this task only,
+                        // and i * n + r < m * n <= out.len() (checked by the caller).
+                        unsafe { *optr.ptr().add(i * n + r) = v + b };
+                    }
+                }
+            } else {
+                for i in 0..m {
+                    let v = kern.float(part.ty, wrow, &x[i * k..(i + 1) * k]);
+                    // SAFETY: as above.
+                    unsafe { *optr.ptr().add(i * n + r) = v + b };
+                }
             }
         }
         Ok(())

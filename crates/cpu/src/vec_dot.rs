@@ -1,5 +1,6 @@
 //! Dot products of one weight row (in its GGUF block format) with one
-//! activation row, per SIMD level.
+//! activation row, or with several sharing each decoded weight block
+//! ([`Kernels::quant_rows`]), per SIMD level.
 //!
 //! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K, Q5_K, Q6_K with
 //! scalar kernels at every level for now) are multiplied with Q8 activations
@@ -140,6 +141,9 @@ pub fn needs_q8(ty: GgmlType) -> bool {
 }
 
 type QDot = unsafe fn(&[u8], Q8Row<'_>) -> f32;
+/// One weight row against several activation rows, each weight block decoded
+/// once (`out[i]` for `a[i]`; both of one length).
+type QDotRows = unsafe fn(&[u8], &[Q8Row<'_>], &mut [f32]);
 type FDot = unsafe fn(&[u8], &[f32]) -> f32;
 
 /// One level's kernels. Built only through [`Kernels::for_level`], which
@@ -150,6 +154,10 @@ pub struct Kernels {
     q4_0: QDot,
     q4_1: QDot,
     q8_0: QDot,
+    /// Multi-row kernels of Q4_0, Q4_1 and Q8_0 where the level has them (AVX2,
+    /// AVX-512; NEON does not yet); for other types and levels
+    /// [`Kernels::quant_rows`] runs the one-row kernel per row.
+    rows: Option<[QDotRows; 3]>,
     f16: FDot,
     f32: FDot,
 }
@@ -165,6 +173,7 @@ impl Kernels {
                 q4_0: scalar::q4_0,
                 q4_1: scalar::q4_1,
                 q8_0: scalar::q8_0,
+                rows: None,
                 f16: scalar::f16,
                 f32: scalar::f32,
             },
@@ -174,6 +183,11 @@ impl Kernels {
                 q4_0: crate::vec_dot_x86::q4_0_avx2,
                 q4_1: crate::vec_dot_x86::q4_1_avx2,
                 q8_0: crate::vec_dot_x86::q8_0_avx2,
+                rows: Some([
+                    crate::vec_dot_x86::q4_0_avx2_rows,
+                    crate::vec_dot_x86::q4_1_avx2_rows,
+                    crate::vec_dot_x86::q8_0_avx2_rows,
+                ]),
                 f16: crate::vec_dot_x86::f16_avx2,
                 f32: crate::vec_dot_x86::f32_avx2,
             },
@@ -183,6 +197,11 @@ impl Kernels {
                 q4_0: crate::vec_dot_x86::q4_0_avx512,
                 q4_1: crate::vec_dot_x86::q4_1_avx512,
                 q8_0: crate::vec_dot_x86::q8_0_avx512,
+                rows: Some([
+                    crate::vec_dot_x86::q4_0_avx512_rows,
+                    crate::vec_dot_x86::q4_1_avx512_rows,
+                    crate::vec_dot_x86::q8_0_avx512_rows,
+                ]),
                 f16: crate::vec_dot_x86::f16_avx512,
                 f32: crate::vec_dot_x86::f32_avx512,
             },
@@ -192,6 +211,7 @@ impl Kernels {
                 q4_0: crate::neon::q4_0_plain,
                 q4_1: crate::neon::q4_1_plain,
                 q8_0: crate::neon::q8_0_plain,
+                rows: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -201,6 +221,7 @@ impl Kernels {
                 q4_0: crate::neon::q4_0_dot,
                 q4_1: crate::neon::q4_1_dot,
                 q8_0: crate::neon::q8_0_dot,
+                rows: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -234,6 +255,36 @@ impl Kernels {
         assert!((nb * QK).is_multiple_of(vals) && w.len() >= nb * QK / vals * bytes);
         // SAFETY: `for_level` checked the CPU features; lengths are checked above.
         unsafe { f(w, a) }
+    }
+
+    /// Dots of one quantised weight row with several Q8 activation rows of its
+    /// length: `out[i]` gets `a[i]`'s, bit for bit what [`Kernels::quant`]
+    /// gives for that row alone (the multi-row kernels keep each row's
+    /// arithmetic separate and in the one-row order; see vec_dot_x86.rs).
+    #[inline]
+    pub fn quant_rows(&self, ty: GgmlType, w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+        assert_eq!(a.len(), out.len());
+        let Some(first) = a.first() else { return };
+        let nb = first.d.len();
+        let kernel = match ty {
+            GgmlType::Q4_0 => Some((0, 18)),
+            GgmlType::Q4_1 => Some((1, 20)),
+            GgmlType::Q8_0 => Some((2, 34)),
+            _ => None,
+        };
+        // Types or levels without a multi-row kernel: the one-row kernel per row.
+        let (Some(rows), Some((i, bytes))) = (self.rows, kernel) else {
+            for (o, &r) in out.iter_mut().zip(a) {
+                *o = self.quant(ty, w, r);
+            }
+            return;
+        };
+        for r in a {
+            assert!(r.d.len() == nb && r.qs.len() == nb * QK && r.s.len() == nb);
+        }
+        assert!(w.len() >= nb * bytes);
+        // SAFETY: `for_level` checked the CPU features; lengths are checked above.
+        unsafe { rows[i](w, a, out) }
     }
 
     /// Dot of a float weight row with `x` (of the row's length).

@@ -53,72 +53,150 @@ unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
 }
 
-/// Q4 rows (Q4_0 when `!q4_1`: levels offset by 8; Q4_1: plus a minimum).
+/// Q4 rows (Q4_0 when `!q4_1`: levels offset by 8; Q4_1: plus a minimum)
+/// against `R` activation rows, each block's nibbles unpacked once for all
+/// of them; per row the operations and their order do not depend on `R` (see
+/// [`quant_avx512`] for why that makes batches invariant).
 #[inline(always)]
-unsafe fn q4_avx2(w: &[u8], a: Q8Row<'_>, bytes: usize, qs_at: usize, q4_1: bool) -> f32 {
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
+unsafe fn q4_avx2<const R: usize>(
+    w: &[u8],
+    a: &[Q8Row<'_>; R],
+    bytes: usize,
+    qs_at: usize,
+    q4_1: bool,
+) -> [f32; R] {
+    let mut acc0 = [_mm256_setzero_ps(); R];
+    let mut acc1 = [_mm256_setzero_ps(); R];
     // Lane 0: sum of d * s (Q4_0's offset term); lane 1: sum of m * s (Q4_1's).
-    let mut extra = _mm_setzero_ps();
-    let nb = a.d.len();
+    let mut extra = [_mm_setzero_ps(); R];
+    let nb = a[0].d.len();
     let wp = w.as_ptr();
-    let ap = a.qs.as_ptr();
     let mut b = 0;
     while b < nb {
         let blk = wp.add(b * bytes);
         let dm = f16_pair(blk);
         let wq = unpack_nibbles(blk.add(qs_at));
-        let aq = _mm256_loadu_si256(ap.add(b * QK) as *const __m256i);
-        let p = dot_u8_i8(wq, aq);
-        let ad = _mm_set1_ps(*a.d.get_unchecked(b));
-        let scale = _mm256_broadcastss_ps(_mm_mul_ss(dm, ad));
-        if b & 1 == 0 {
-            acc0 = _mm256_fmadd_ps(scale, p, acc0);
-        } else {
-            acc1 = _mm256_fmadd_ps(scale, p, acc1);
+        for r in 0..R {
+            let row = &a[r];
+            let aq = _mm256_loadu_si256(row.qs.as_ptr().add(b * QK) as *const __m256i);
+            let p = dot_u8_i8(wq, aq);
+            let ad = _mm_set1_ps(*row.d.get_unchecked(b));
+            let scale = _mm256_broadcastss_ps(_mm_mul_ss(dm, ad));
+            if b & 1 == 0 {
+                acc0[r] = _mm256_fmadd_ps(scale, p, acc0[r]);
+            } else {
+                acc1[r] = _mm256_fmadd_ps(scale, p, acc1[r]);
+            }
+            extra[r] = _mm_fmadd_ps(dm, _mm_set1_ps(*row.s.get_unchecked(b)), extra[r]);
         }
-        extra = _mm_fmadd_ps(dm, _mm_set1_ps(*a.s.get_unchecked(b)), extra);
         b += 1;
     }
-    let e = if q4_1 {
-        _mm_cvtss_f32(_mm_movehdup_ps(extra))
-    } else {
-        -8.0 * _mm_cvtss_f32(extra)
-    };
-    hsum256(_mm256_add_ps(acc0, acc1)) + e
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        let e = if q4_1 {
+            _mm_cvtss_f32(_mm_movehdup_ps(extra[r]))
+        } else {
+            -8.0 * _mm_cvtss_f32(extra[r])
+        };
+        out[r] = hsum256(_mm256_add_ps(acc0[r], acc1[r])) + e;
+    }
+    out
+}
+
+/// Q8_0 rows against `R` activation rows (as [`q4_avx2`]).
+#[inline(always)]
+unsafe fn q8_0_avx2_n<const R: usize>(w: &[u8], a: &[Q8Row<'_>; R]) -> [f32; R] {
+    let mut acc0 = [_mm256_setzero_ps(); R];
+    let mut acc1 = [_mm256_setzero_ps(); R];
+    let wp = w.as_ptr();
+    for b in 0..a[0].d.len() {
+        let blk = wp.add(b * 34);
+        let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+        let wabs = _mm256_sign_epi8(wq, wq);
+        let d = f16_pair(blk);
+        for r in 0..R {
+            let row = &a[r];
+            let aq = _mm256_loadu_si256(row.qs.as_ptr().add(b * QK) as *const __m256i);
+            // Signed x signed through maddubs: |w| times a with w's sign.
+            let p = dot_u8_i8(wabs, _mm256_sign_epi8(aq, wq));
+            let ad = _mm_set1_ps(*row.d.get_unchecked(b));
+            let scale = _mm256_broadcastss_ps(_mm_mul_ss(d, ad));
+            if b & 1 == 0 {
+                acc0[r] = _mm256_fmadd_ps(scale, p, acc0[r]);
+            } else {
+                acc1[r] = _mm256_fmadd_ps(scale, p, acc1[r]);
+            }
+        }
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        out[r] = hsum256(_mm256_add_ps(acc0[r], acc1[r]));
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Avx2Kind {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+#[inline(always)]
+unsafe fn avx2_n<const R: usize>(w: &[u8], a: &[Q8Row<'_>; R], kind: Avx2Kind) -> [f32; R] {
+    match kind {
+        Avx2Kind::Q4_0 => q4_avx2(w, a, 18, 2, false),
+        Avx2Kind::Q4_1 => q4_avx2(w, a, 20, 4, true),
+        Avx2Kind::Q8_0 => q8_0_avx2_n(w, a),
+    }
+}
+
+/// Groups of up to [`ROWS`] activation rows (`a` and `out` of one length).
+#[inline(always)]
+unsafe fn rows_avx2(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32], kind: Avx2Kind) {
+    let (mut a, mut out) = (a, out);
+    while a.len() >= ROWS {
+        let (head, rest) = a.split_at(ROWS);
+        let (o, orest) = out.split_at_mut(ROWS);
+        o.copy_from_slice(&avx2_n::<ROWS>(w, head.try_into().unwrap(), kind));
+        (a, out) = (rest, orest);
+    }
+    match a.len() {
+        3 => out.copy_from_slice(&avx2_n::<3>(w, a.try_into().unwrap(), kind)),
+        2 => out.copy_from_slice(&avx2_n::<2>(w, a.try_into().unwrap(), kind)),
+        1 => out[0] = avx2_n::<1>(w, &[a[0]], kind)[0],
+        _ => {}
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_0_avx2(w: &[u8], a: Q8Row<'_>) -> f32 {
-    q4_avx2(w, a, 18, 2, false)
+    avx2_n::<1>(w, &[a], Avx2Kind::Q4_0)[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q4_1_avx2(w: &[u8], a: Q8Row<'_>) -> f32 {
-    q4_avx2(w, a, 20, 4, true)
+    avx2_n::<1>(w, &[a], Avx2Kind::Q4_1)[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_0_avx2(w: &[u8], a: Q8Row<'_>) -> f32 {
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let wp = w.as_ptr();
-    let ap = a.qs.as_ptr();
-    for b in 0..a.d.len() {
-        let blk = wp.add(b * 34);
-        let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-        let aq = _mm256_loadu_si256(ap.add(b * QK) as *const __m256i);
-        // Signed x signed through maddubs: |w| times a with w's sign.
-        let p = dot_u8_i8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));
-        let ad = _mm_set1_ps(*a.d.get_unchecked(b));
-        let scale = _mm256_broadcastss_ps(_mm_mul_ss(f16_pair(blk), ad));
-        if b & 1 == 0 {
-            acc0 = _mm256_fmadd_ps(scale, p, acc0);
-        } else {
-            acc1 = _mm256_fmadd_ps(scale, p, acc1);
-        }
-    }
-    hsum256(_mm256_add_ps(acc0, acc1))
+    avx2_n::<1>(w, &[a], Avx2Kind::Q8_0)[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_0_avx2_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+    rows_avx2(w, a, out, Avx2Kind::Q4_0)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q4_1_avx2_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+    rows_avx2(w, a, out, Avx2Kind::Q4_1)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn q8_0_avx2_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+    rows_avx2(w, a, out, Avx2Kind::Q8_0)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -198,21 +276,25 @@ unsafe fn unpack_nibbles2(p0: *const u8, p1: *const u8) -> __m512i {
 /// Q4_0, Q4_1 and Q8_0 share one loop: `vpdpbusd` needs unsigned weights,
 /// so each block's weight levels are read as `u = q + off` and the offset is
 /// taken back out through the activation sum: `d*ad*sum(u*a) - off*d*s`.
+///
+/// `R` activation rows share each decoded pair of weight blocks (the nibble
+/// unpacking and the scale loads), so a batch of decoding sequences pays for
+/// the decode once. Batch invariance by construction: every row has its own
+/// accumulators, fed the same operations in the same order whatever `R` is,
+/// and a single row is this function with `R = 1`; the rows never meet, so a
+/// row's result does not depend on which, or how many, rows run with it.
 #[inline(always)]
-unsafe fn quant_avx512(w: &[u8], a: Q8Row<'_>, kind: QuantKind) -> f32 {
+unsafe fn quant_avx512<const R: usize>(w: &[u8], a: &[Q8Row<'_>; R], kind: QuantKind) -> [f32; R] {
     let (bytes, qs_at, off) = match kind {
         QuantKind::Q4_0 => (18, 2, 8.0),
         QuantKind::Q4_1 => (20, 4, 0.0),
         QuantKind::Q8_0 => (34, 2, 128.0),
     };
-    let nb = a.d.len();
+    let nb = a[0].d.len();
     let wp = w.as_ptr();
-    let ap = a.qs.as_ptr();
-    let ad = a.d.as_ptr();
-    let asum = a.s.as_ptr();
-    let mut acc = _mm512_setzero_ps();
+    let mut acc = [_mm512_setzero_ps(); R];
     // Lanes (0, 2): sums of d * s per block parity; (1, 3): Q4_1's m * s.
-    let mut extra = _mm_setzero_ps();
+    let mut extra = [_mm_setzero_ps(); R];
     // Lane 0 of a product to the low eight lanes, lane 2 to the high eight.
     let spread = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut b = 0;
@@ -228,28 +310,36 @@ unsafe fn quant_avx512(w: &[u8], a: Q8Row<'_>, kind: QuantKind) -> f32 {
             }
             _ => unpack_nibbles2(b0.add(qs_at), b1.add(qs_at)),
         };
-        let av = _mm512_loadu_si512(ap.add(b * QK) as *const _);
-        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, av);
         // [d0, m0, d1, m1] (m only meaningful for Q4_1).
         let dm = _mm_movelh_ps(f16_pair(b0), f16_pair(b1));
-        let ad = _mm_castpd_ps(_mm_load1_pd(ad.add(b) as *const f64)); // [ad0, ad1, ad0, ad1]
-        let ad = _mm_permute_ps(ad, 0b01_01_00_00); // [ad0, ad0, ad1, ad1]
-        let sv = _mm_castpd_ps(_mm_load1_pd(asum.add(b) as *const f64));
-        let sv = _mm_permute_ps(sv, 0b01_01_00_00); // [s0, s0, s1, s1]
-        let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(dm, ad)));
-        acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc);
-        extra = _mm_fmadd_ps(dm, sv, extra);
+        for r in 0..R {
+            let row = &a[r];
+            let av = _mm512_loadu_si512(row.qs.as_ptr().add(b * QK) as *const _);
+            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, av);
+            let ad = _mm_castpd_ps(_mm_load1_pd(row.d.as_ptr().add(b) as *const f64)); // [ad0, ad1, ad0, ad1]
+            let ad = _mm_permute_ps(ad, 0b01_01_00_00); // [ad0, ad0, ad1, ad1]
+            let sv = _mm_castpd_ps(_mm_load1_pd(row.s.as_ptr().add(b) as *const f64));
+            let sv = _mm_permute_ps(sv, 0b01_01_00_00); // [s0, s0, s1, s1]
+            let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(dm, ad)));
+            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+            extra[r] = _mm_fmadd_ps(dm, sv, extra[r]);
+        }
         b += 2;
     }
-    let mut s = _mm512_reduce_add_ps(acc);
-    let ds = _mm_cvtss_f32(extra) + _mm_cvtss_f32(_mm_movehl_ps(extra, extra));
-    let ms = _mm_cvtss_f32(_mm_movehdup_ps(extra))
-        + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(extra, extra)));
-    s += match kind {
-        QuantKind::Q4_1 => ms,
-        _ => -off * ds,
-    };
-    while b < nb {
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        let e = extra[r];
+        let mut s = _mm512_reduce_add_ps(acc[r]);
+        let ds = _mm_cvtss_f32(e) + _mm_cvtss_f32(_mm_movehl_ps(e, e));
+        let ms =
+            _mm_cvtss_f32(_mm_movehdup_ps(e)) + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(e, e)));
+        s += match kind {
+            QuantKind::Q4_1 => ms,
+            _ => -off * ds,
+        };
+        out[r] = s;
+    }
+    if b < nb {
         // An odd last block: 256 bits.
         let blk = wp.add(b * bytes);
         let d = f16_load(blk);
@@ -260,14 +350,40 @@ unsafe fn quant_avx512(w: &[u8], a: Q8Row<'_>, kind: QuantKind) -> f32 {
             ),
             _ => unpack_nibbles(blk.add(qs_at)),
         };
-        let av = _mm256_loadu_si256(ap.add(b * QK) as *const __m256i);
-        let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, av);
-        s += d * *ad.add(b) * hsum256(_mm256_cvtepi32_ps(dot));
-        s += block_extra(kind, blk, d, off, *asum.add(b));
-        b += 1;
+        for r in 0..R {
+            let row = &a[r];
+            let av = _mm256_loadu_si256(row.qs.as_ptr().add(b * QK) as *const __m256i);
+            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, av);
+            out[r] += d * *row.d.as_ptr().add(b) * hsum256(_mm256_cvtepi32_ps(dot));
+            out[r] += block_extra(kind, blk, d, off, *row.s.as_ptr().add(b));
+        }
     }
-    s
+    out
 }
+
+/// Up to [`ROWS`] activation rows per pass over the weight row; `a` and
+/// `out` have the same length.
+#[inline(always)]
+unsafe fn rows_avx512(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32], kind: QuantKind) {
+    let mut a = a;
+    let mut out = out;
+    while a.len() >= ROWS {
+        let (head, rest) = a.split_at(ROWS);
+        let (o, orest) = out.split_at_mut(ROWS);
+        o.copy_from_slice(&quant_avx512::<ROWS>(w, head.try_into().unwrap(), kind));
+        (a, out) = (rest, orest);
+    }
+    match a.len() {
+        3 => out.copy_from_slice(&quant_avx512::<3>(w, a.try_into().unwrap(), kind)),
+        2 => out.copy_from_slice(&quant_avx512::<2>(w, a.try_into().unwrap(), kind)),
+        1 => out[0] = quant_avx512::<1>(w, &[a[0]], kind)[0],
+        _ => {}
+    }
+}
+
+/// Activation rows that share one decode of each weight block: four keep
+/// every row's accumulators in registers (AVX-512 has 32).
+const ROWS: usize = 4;
 
 #[derive(Clone, Copy)]
 enum QuantKind {
@@ -286,17 +402,32 @@ unsafe fn block_extra(kind: QuantKind, blk: *const u8, d: f32, off: f32, s: f32)
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
-    quant_avx512(w, a, QuantKind::Q4_0)
+    quant_avx512::<1>(w, &[a], QuantKind::Q4_0)[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q4_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+    rows_avx512(w, a, out, QuantKind::Q4_0)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_1_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
-    quant_avx512(w, a, QuantKind::Q4_1)
+    quant_avx512::<1>(w, &[a], QuantKind::Q4_1)[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q4_1_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+    rows_avx512(w, a, out, QuantKind::Q4_1)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q8_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
-    quant_avx512(w, a, QuantKind::Q8_0)
+    quant_avx512::<1>(w, &[a], QuantKind::Q8_0)[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q8_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+    rows_avx512(w, a, out, QuantKind::Q8_0)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]

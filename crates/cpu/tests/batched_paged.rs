@@ -30,8 +30,13 @@ fn open() -> Option<Arc<GgufFile>> {
 
 /// The row-independent matmul the server forces on the CPU.
 fn fdot_exec(b: &CpuBackend) -> Exec<'_, CpuBackend> {
+    exec_with(b, "fdot")
+}
+
+/// An executor with every matmul forced to `matmul`.
+fn exec_with<'b>(b: &'b CpuBackend, matmul: &str) -> Exec<'b, CpuBackend> {
     let cfg = DispatchConfig {
-        all: Some("fdot".into()),
+        all: Some(matmul.into()),
         ..Default::default()
     };
     Exec::new(b, MatmulDispatch::new(b.matmul_impls(), &cfg).unwrap())
@@ -252,9 +257,14 @@ fn f16_block_is_half_the_bytes_of_f32() {
 /// Sequence 0's logits after its prompt and after one decode token, served
 /// with `others` other sequences (their prompt rows before and after its
 /// own, then one decode row each around its decode row).
-fn in_batch(b: &CpuBackend, model: &Model<CpuBackend>, others: usize) -> [Vec<f32>; 2] {
+fn in_batch(
+    b: &CpuBackend,
+    model: &Model<CpuBackend>,
+    others: usize,
+    matmul: &str,
+) -> [Vec<f32>; 2] {
     let vocab = model.config.vocab;
-    let mut ex = fdot_exec(b);
+    let mut ex = exec_with(b, matmul);
     let n = others + 1;
     let paged = PagedLayout {
         block_size: 4,
@@ -307,21 +317,25 @@ fn in_batch(b: &CpuBackend, model: &Model<CpuBackend>, others: usize) -> [Vec<f3
 
 /// The CPU's exact path is batch-invariant by construction: sequence 0's
 /// logits, after its prompt and after a decode step, are the same bits alone
-/// and among 1, 4 and 8 other sequences.
+/// and among 1, 4 and 8 other sequences. So is `decode` (Q4_1 rows on
+/// `vecdot`, whose multi-row kernels share each weight block's decode
+/// between rows, the Q8_0 lm_head on `fdot`).
 #[test]
 fn a_sequence_gets_the_same_logits_in_batches_of_several_sizes() {
     let Some(file) = open() else { return };
     let b = CpuBackend::new(2).unwrap();
     let model = Model::load(&b, &file).unwrap();
-    let alone = in_batch(&b, &model, 0);
-    for others in [1, 4, 8] {
-        let got = in_batch(&b, &model, others);
-        for step in 0..2 {
-            assert_eq!(
-                bits(&got[step]),
-                bits(&alone[step]),
-                "step {step} changed among {others} other sequences"
-            );
+    for matmul in ["fdot", "decode"] {
+        let alone = in_batch(&b, &model, 0, matmul);
+        for others in [1, 4, 8] {
+            let got = in_batch(&b, &model, others, matmul);
+            for step in 0..2 {
+                assert_eq!(
+                    bits(&got[step]),
+                    bits(&alone[step]),
+                    "{matmul}: step {step} changed among {others} other sequences"
+                );
+            }
         }
     }
 }

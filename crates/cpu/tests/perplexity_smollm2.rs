@@ -23,7 +23,7 @@ use metallic::backend::Backend;
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
 use metallic::exec::Exec;
 use metallic::model::{Model, State};
-use metallic::perplexity::{chunk_logits, nll, Chunking, NllSums};
+use metallic::perplexity::{chunk_logits, log_probs_into, nll, Chunking, KldSums, NllSums};
 use metallic::tokenizer::Tokenizer;
 use metallic_cpu::CpuBackend;
 use metallic_gguf::GgufFile;
@@ -115,4 +115,68 @@ fn smollm2_f32_perplexity_matches_transformers() {
     );
     assert_eq!(p.count, g["scored"].as_u64().unwrap() as usize);
     assert!(rel < 1e-4, "PPL {} vs transformers {want}", p.ppl);
+}
+
+/// The default decode path's quality, as the issue defines it: its KL
+/// divergence from the float32 model must be no worse than llama.cpp's own
+/// CPU path on the same file and text. The default decode runs Q4_1 rows with
+/// 8-bit activations (`vecdot`) and the Q8_0 lm_head with float32 ones
+/// (`fdot`); one token a step, as decode runs. llama.cpp's figure on this
+/// excerpt (`llama-perplexity -c 128 -t 2`, F32 file's `--kl-divergence-base`,
+/// then the Q4_1 file's `--kl-divergence`; llama.cpp of the llama-cpp-python
+/// 0.3.36 sdist, AVX-512 VNNI): mean KLD 0.003514 ± 0.000289, same top 94.709%.
+/// metallic's default decode measured 0.00245 (8-bit activations on the
+/// lm_head too: 0.00327). The base is the reference matmul's float32 model,
+/// as in `metallic perplexity --kld`.
+#[test]
+fn smollm2_default_decode_kld_is_no_worse_than_llama_cpp() {
+    let Some((file, g)) = open() else { return };
+    let tokens = golden_tokens(&g);
+    let n_ctx = g["n_ctx"].as_u64().unwrap() as usize;
+    let c = Chunking::new(tokens.len(), n_ctx, None).unwrap();
+    let b = CpuBackend::new(0).unwrap();
+    let model = Model::load(&b, &file).unwrap();
+    let vocab = model.config.vocab;
+    let run = |dispatch: &DispatchConfig, batch: usize| -> Vec<f32> {
+        let dispatch = MatmulDispatch::new(b.matmul_impls(), dispatch).unwrap();
+        let mut ex = Exec::new(&b, dispatch);
+        let mut st = State::new(&b, &model.config, n_ctx, batch, batch).unwrap();
+        let mut all = Vec::new();
+        for i in 0..c.n_chunks {
+            let chunk = c.chunk(&tokens, i, None);
+            all.extend(chunk_logits(&mut ex, &model, &mut st, &c, &chunk).unwrap());
+        }
+        all
+    };
+    let reference = DispatchConfig {
+        all: Some("gemv".into()),
+        per_op: Vec::new(),
+        ..Default::default()
+    };
+    let base = run(&reference, c.first());
+    let decode = run(&DispatchConfig::default(), 1);
+    let targets: Vec<u32> = (0..c.n_chunks)
+        .flat_map(|i| c.targets(&c.chunk(&tokens, i, None)).to_vec())
+        .collect();
+    let mut sums = KldSums::default();
+    let (mut lp, mut scratch) = (vec![0f32; vocab], vec![0f32; vocab]);
+    for ((row, brow), &t) in decode
+        .chunks_exact(vocab)
+        .zip(base.chunks_exact(vocab))
+        .zip(&targets)
+    {
+        log_probs_into(brow, &mut lp);
+        sums.add(row, &lp, t, &mut scratch);
+    }
+    let k = sums.summary();
+    eprintln!(
+        "default decode: mean KLD {:.6} ± {:.6}, same top {:.3}%",
+        k.mean_kld, k.mean_kld_error, k.same_top_pct
+    );
+    assert_eq!(sums.count(), 189);
+    assert!(
+        k.mean_kld <= 0.003514,
+        "mean KLD {} above llama.cpp's 0.003514",
+        k.mean_kld
+    );
 }
