@@ -25,11 +25,21 @@ build() {
   [ -x "$llama/build/bin/llama-bench" ] && { echo "llama.cpp already built"; return 0; }
   rm -rf "$llama" && mkdir -p "$llama"
   tar xzf "$tgz" -C "$llama" --strip-components=1
-  setsid nohup bash -c "cmake -S $llama -B $llama/build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=OFF -DGGML_CUDA=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} > $log 2>&1 &&
-    cmake --build $llama/build -j \$(nproc) --target llama-bench llama-perplexity llama-server >> $log 2>&1;
-    echo \"build exit \$?\" >> $log" > /dev/null 2>&1 < /dev/null &
+  # llama-bench and llama-perplexity first; then, where the source has
+  # tools/ui (older slim tarballs dropped it), the same build folder is
+  # configured again with the server and llama-server built: optional, its
+  # failure (e.g. the UI's configure step) leaves the others usable.
+  local cfg="-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_NATIVE=OFF \
+      -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}"
+  setsid nohup bash -c "cmake -S $llama -B $llama/build $cfg -DLLAMA_BUILD_SERVER=OFF > $log 2>&1 &&
+    cmake --build $llama/build -j \$(nproc) --target llama-bench llama-perplexity >> $log 2>&1;
+    rc=\$?
+    if [ -f $llama/tools/ui/CMakeLists.txt ] && [ \$rc = 0 ]; then
+      { cmake -S $llama -B $llama/build -DLLAMA_BUILD_SERVER=ON &&
+        cmake --build $llama/build -j \$(nproc) --target llama-server; } >> $log 2>&1 ||
+        echo 'llama-server did not build (optional: serve comparisons only)' >> $log
+    fi
+    echo \"build exit \$rc\" >> $log" > /dev/null 2>&1 < /dev/null &
   echo "building llama.cpp (CUDA) in the background: $log"
 }
 

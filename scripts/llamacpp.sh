@@ -33,8 +33,9 @@ src() {
 slim() {
   local out=${1:?usage: slim OUT.tar.gz}
   src
+  # tools/ui stays (less its tests): llama-server's build needs its CMake target.
   local ex=(--exclude=llama.cpp/models --exclude=llama.cpp/docs --exclude='llama.cpp/build*'
-    --exclude=llama.cpp/benches --exclude=llama.cpp/tools/ui --exclude=llama.cpp/tools/mtmd/legacy-models
+    --exclude=llama.cpp/benches --exclude=llama.cpp/tools/ui/tests --exclude=llama.cpp/tools/mtmd/legacy-models
     --exclude=llama.cpp/media --exclude=llama.cpp/gguf-py)
   for b in vulkan sycl opencl cann metal hexagon et webgpu openvino virtgpu musa zdnn kompute blas; do
     ex+=("--exclude=llama.cpp/ggml/src/ggml-$b")

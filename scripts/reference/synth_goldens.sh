@@ -2,8 +2,9 @@
 # Golden logits from Hugging Face transformers for the synthetic models the
 # parity tests build in memory (same preset, dtype, tokenizer and seed, so the
 # same bytes): tiny Qwen2 in F32 and Q8_0 (16-token prompt, 8 greedy decode
-# steps), a full-size Qwen2.5-0.5B in F16 (one prompt), and llama.cpp Q4_K_M
-# mixes of SmolLM2-135M and Qwen2.5-0.5B.
+# steps), a full-size Qwen2.5-0.5B in F16 (one prompt), llama.cpp Q4_K_M
+# mixes of SmolLM2-135M, Qwen2.5-0.5B and Qwen2.5-1.5B, and the Q5_K_M mix of
+# Qwen2.5-0.5B.
 # Needs: a release build of metallic, assets/ (scripts/fetch-assets.sh) and the
 # packages of scripts/reference/requirements.txt. Usage: synth_goldens.sh [PYTHON]
 set -euo pipefail
@@ -39,4 +40,14 @@ f="$tmp/smollm2_q4_k_m.gguf"
 f="$tmp/qwen25_05b_q4_k_m.gguf"
 "$bin" synth --arch qwen2 --preset qwen2.5-0.5b --dtype Q4_K_M --tokenizer "$tok" --seed 1 -o "$f"
 "$py" scripts/reference/model_logits.py "$f" "$out/qwen25_05b_q4_k_m_logits.json" \
+  --prompt-ids "$prompt" --steps 2 --record-steps 2 --sample 512
+# Q5_K_M of Qwen2.5-0.5B (Q5_1 where Q5_K's rows do not divide, Q6_K/Q8_0
+# pieces) and Q4_K_M of Qwen2.5-1.5B (hidden 1536: the K-quants apply).
+f="$tmp/qwen25_05b_q5_k_m.gguf"
+"$bin" synth --arch qwen2 --preset qwen2.5-0.5b --dtype Q5_K_M --tokenizer "$tok" --seed 1 -o "$f"
+"$py" scripts/reference/model_logits.py "$f" "$out/qwen25_05b_q5_k_m_logits.json" \
+  --prompt-ids "$prompt" --steps 2 --record-steps 2 --sample 512
+f="$tmp/qwen25_15b_q4_k_m.gguf"
+"$bin" synth --arch qwen2 --preset qwen2.5-1.5b --dtype Q4_K_M --tokenizer "$tok" --seed 1 -o "$f"
+"$py" scripts/reference/model_logits.py "$f" "$out/qwen25_15b_q4_k_m_logits.json" \
   --prompt-ids "$prompt" --steps 2 --record-steps 2 --sample 512

@@ -206,3 +206,34 @@ fn qwen25_05b_q4_k_m_logits_match_transformers() {
     };
     check_against("qwen25_05b_q4_k_m_logits.json", &f, MIX_TOL);
 }
+
+/// llama.cpp's Q5_K_M mix of Qwen2.5-0.5B: Q5_1 where Q5_K's 256-value
+/// super-blocks do not divide the 896-wide rows, Q5_K/Q6_K down projections,
+/// Q8_0 pieces. Builds a 400 MB model in memory: run with
+/// `--include-ignored` (release).
+#[test]
+#[ignore]
+fn qwen25_05b_q5_k_m_logits_match_transformers() {
+    use metallic::quantize::FileType;
+    let Some(f) = synth_mix(Arch::Qwen2, "qwen2.5-0.5b", FileType::Q5_K_M) else {
+        return;
+    };
+    let types: std::collections::BTreeSet<_> = f.tensors().iter().map(|t| t.ggml_type).collect();
+    assert!(types.contains(&GgmlType::Q5_1) && types.contains(&GgmlType::Q5_K));
+    check_against("qwen25_05b_q5_k_m_logits.json", &f, MIX_TOL);
+}
+
+/// llama.cpp's Q4_K_M mix of Qwen2.5-1.5B (hidden 1536: the K-quants apply
+/// to most tensors). Builds a 940 MB model in memory: run with
+/// `--include-ignored` (release).
+#[test]
+#[ignore]
+fn qwen25_15b_q4_k_m_logits_match_transformers() {
+    use metallic::quantize::FileType;
+    let Some(f) = synth_mix(Arch::Qwen2, "qwen2.5-1.5b", FileType::Q4_K_M) else {
+        return;
+    };
+    let types: std::collections::BTreeSet<_> = f.tensors().iter().map(|t| t.ggml_type).collect();
+    assert!(types.contains(&GgmlType::Q4_K) && types.contains(&GgmlType::Q6_K));
+    check_against("qwen25_15b_q4_k_m_logits.json", &f, MIX_TOL);
+}

@@ -1,7 +1,7 @@
-//! llama.cpp's Q4_K_M mix on the GPU against Hugging Face transformers: the
-//! synthetic SmolLM2-135M and Qwen2.5-0.5B files whose goldens
-//! `scripts/reference/synth_goldens.sh` records (Q5_0, Q8_0, Q4_K and Q6_K
-//! tensors), run on the exact path (`fdot`: f32 activations, weights decoded
+//! llama.cpp's mixes on the GPU against Hugging Face transformers: the
+//! synthetic SmolLM2-135M, Qwen2.5-0.5B and Qwen2.5-1.5B Q4_K_M and the
+//! Qwen2.5-0.5B Q5_K_M files whose goldens `scripts/reference/synth_goldens.sh`
+//! records (Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K tensors), run on the exact path (`fdot`: f32 activations, weights decoded
 //! bit-exactly). Tensor values depend only on the preset, type, seed and
 //! tensor name, so the in-memory model here (with a stand-in tokenizer) has
 //! the golden file's weights.
@@ -96,6 +96,28 @@ fn qwen25_05b_q4_k_m_logits_match_transformers_on_the_gpu() {
     check_against(
         &gpu,
         "qwen25_05b_q4_k_m_logits.json",
+        &synth_mix_model(&p, FileType::Q4_K_M, 1),
+    );
+}
+
+#[test]
+fn qwen25_05b_q5_k_m_logits_match_transformers_on_the_gpu() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let p = preset(Arch::Qwen2, "qwen2.5-0.5b");
+    check_against(
+        &gpu,
+        "qwen25_05b_q5_k_m_logits.json",
+        &synth_mix_model(&p, FileType::Q5_K_M, 1),
+    );
+}
+
+#[test]
+fn qwen25_15b_q4_k_m_logits_match_transformers_on_the_gpu() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let p = preset(Arch::Qwen2, "qwen2.5-1.5b");
+    check_against(
+        &gpu,
+        "qwen25_15b_q4_k_m_logits.json",
         &synth_mix_model(&p, FileType::Q4_K_M, 1),
     );
 }
