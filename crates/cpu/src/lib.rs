@@ -8,6 +8,7 @@ pub mod matmul;
 mod matmul_fdot;
 mod matmul_gemm;
 pub mod matmul_vecdot;
+pub mod matmul_vecdot_gemm;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod paged_attention;

@@ -7,10 +7,13 @@
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
 //! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, F16, F32 |
 //! | 4     | `decode` | the decode rule at any row count: `vecdot`, `fdot` or `gemv` by type | every type the CPU loads |
+//! | 5     | `vecdot_gemm` | Q8 activations x 16-row repacked weight tiles, AVX-512 VNNI (else `vecdot`'s kernels) | Q4_0, Q4_1, Q8_0 |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
-//! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows go to `gemm`
-//! (prefill: enough rows to reuse each dequantised tile). Fewer rows (decode)
+//! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows (prefill: enough
+//! rows to reuse each repacked or dequantised tile) go to `vecdot_gemm` for
+//! Q4_0 and Q4_1 weights where the CPU has AVX-512 VNNI
+//! ([`prefill_in_8_bits`]), else to `gemm`. Fewer rows (decode)
 //! go to `vecdot` for Q4_0 and Q4_1 weights ([`decode_in_8_bits`]) and to
 //! `fdot` for the other types it has a kernel for, else to `gemv`.
 //!
@@ -63,11 +66,16 @@ fn gemm_supports(s: &MatmulShape) -> bool {
     plain_product(s) && supported_type(s.dtype)
 }
 
+fn vecdot_gemm_supports(s: &MatmulShape) -> bool {
+    plain_product(s) && crate::matmul_vecdot_gemm::supported(s.dtype) && vecdot_supports(s)
+}
+
 pub const GEMV: usize = 0;
 pub const VECDOT: usize = 1;
 pub const GEMM: usize = 2;
 pub const FDOT: usize = 3;
 pub const DECODE: usize = 4;
+pub const VECDOT_GEMM: usize = 5;
 
 pub const IMPLS: &[MatmulImpl] = &[
     MatmulImpl {
@@ -90,6 +98,10 @@ pub const IMPLS: &[MatmulImpl] = &[
         name: "decode",
         supports: gemv_supports,
     },
+    MatmulImpl {
+        name: "vecdot_gemm",
+        supports: vecdot_gemm_supports,
+    },
 ];
 
 /// Rows from which the blocked GEMM beats the vector kernels: on the
@@ -107,9 +119,23 @@ pub fn decode_in_8_bits(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1)
 }
 
+/// Weight types whose prefill default is `vecdot_gemm` (8-bit activations,
+/// integer tiles) where the CPU has its AVX-512 VNNI kernel: the types whose
+/// decode is in 8 bits already ([`decode_in_8_bits`]), for the same reason:
+/// `vecdot` everywhere (prefill rows included) scored a KLD no worse than
+/// llama.cpp's on the quality table's Q4_0 and Q4_1 files, and `vecdot_gemm`
+/// is that arithmetic. Q8_0 stays on `gemm` (float32 activations): on
+/// SmolLM2 its tied lm_head carries a quarter of 8-bit activations' KLD.
+pub fn prefill_in_8_bits(ty: GgmlType) -> bool {
+    decode_in_8_bits(ty)
+        && crate::matmul_vecdot_gemm::has_tile_kernel(crate::vec_dot::kernels())
+}
+
 /// The implementation used when nothing is forced or tuned.
 pub fn default_impl(s: &MatmulShape) -> usize {
-    if s.m >= GEMM_MIN_M && gemm_supports(s) {
+    if s.m >= GEMM_MIN_M && prefill_in_8_bits(s.dtype) && vecdot_gemm_supports(s) {
+        VECDOT_GEMM
+    } else if s.m >= GEMM_MIN_M && gemm_supports(s) {
         GEMM
     } else {
         decode_impl(s)
@@ -231,6 +257,7 @@ pub fn run(imp: usize, x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> R
         GEMM => crate::matmul_gemm::gemm(x, w, m, out),
         FDOT => crate::matmul_fdot::fdot(x, w, m, out),
         DECODE => run(decode_impl(&shape_of(w, m)), x, w, m, out),
+        VECDOT_GEMM => crate::matmul_vecdot_gemm::vecdot_gemm(x, w, m, out),
         _ => Err(Error::backend(
             "cpu",
             format!("no matmul implementation #{imp}"),
@@ -295,6 +322,7 @@ mod tests {
 
     use super::*;
     use crate::matmul_vecdot::vecdot_with;
+    use crate::matmul_vecdot_gemm::{has_tile_kernel, vecdot_gemm_with};
     use crate::q8_act::QK;
     use crate::vec_dot::{self, Kernels, SimdLevel};
 
@@ -435,7 +463,7 @@ mod tests {
             if !(imp.supports)(&shape) {
                 continue;
             }
-            let extra = if matches!(idx, VECDOT | DECODE) && vec_dot::needs_q8(ty) {
+            let extra = if matches!(idx, VECDOT | DECODE | VECDOT_GEMM) && vec_dot::needs_q8(ty) {
                 &q8
             } else {
                 &none
@@ -462,6 +490,17 @@ mod tests {
                 &abs,
                 extra,
             );
+            if (IMPLS[VECDOT_GEMM].supports)(&shape) {
+                out.fill(f32::NAN);
+                vecdot_gemm_with(&kern, x, w, m, &mut out).unwrap();
+                check(
+                    &format!("vecdot_gemm/{} {what}", level.name()),
+                    &out,
+                    &y,
+                    &abs,
+                    extra,
+                );
+            }
         }
     }
 
@@ -610,6 +649,84 @@ mod tests {
         }
     }
 
+    /// Every row of a `vecdot_gemm` product against `vecdot`'s product of
+    /// that row alone, at every SIMD level, on ragged shapes: row counts
+    /// around the micro-tile's four (1..=9, 31..=33, 37), weight rows around
+    /// the tile's 16 (1, 5, 15, 16, 17, 33) in stacked parts, odd block
+    /// counts, with and without bias, Q4_0 and Q4_1 parts mixed in one tile.
+    /// Where the level has no tile kernel `vecdot_gemm` is `vecdot`'s
+    /// multi-row kernels: bit for bit the one-row product. The AVX-512 tile
+    /// kernel has the same integer block dots and per-block scales but sums
+    /// the blocks in its own order (and adds the weights' offsets apart), so
+    /// it agrees to float32 summation order: 1e-5 of sum |w x|.
+    #[test]
+    fn vecdot_gemm_rows_match_the_single_row_vecdot_product() {
+        let cases: Vec<(&str, Vec<(GgmlType, usize)>)> = [1usize, 5, 15, 16, 17, 33]
+            .into_iter()
+            .flat_map(|n| {
+                let split = |ty| {
+                    if n >= 3 {
+                        vec![(ty, n / 3), (ty, n - n / 3)]
+                    } else {
+                        vec![(ty, n)]
+                    }
+                };
+                [
+                    ("Q4_0", split(GgmlType::Q4_0)),
+                    ("Q4_1", split(GgmlType::Q4_1)),
+                    ("Q8_0", split(GgmlType::Q8_0)),
+                ]
+            })
+            .chain([
+                (
+                    "Q4_0+Q4_1",
+                    vec![(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 12)],
+                ),
+                // Not one tile layout: every level takes `vecdot`'s kernels.
+                (
+                    "Q4_1+Q8_0",
+                    vec![(GgmlType::Q4_1, 9), (GgmlType::Q8_0, 9)],
+                ),
+            ])
+            .collect();
+        for (name, parts) in &cases {
+            for k in [32, 96, 160, 896] {
+                let n: usize = parts.iter().map(|p| p.1).sum();
+                let w = mixed_linear(k, parts, n % 2 == 1);
+                for m in (1..=9).chain([31, 32, 33, 37]) {
+                    let x = values((k * 17 + n * 3 + m) as u64, m * k);
+                    let (_, abs, _) = reference(&w, &x, m);
+                    let what = format!("{name} k={k} n={n} m={m}");
+                    for kern in SimdLevel::ALL.into_iter().filter_map(Kernels::for_level) {
+                        let mut all = vec![f32::NAN; m * n];
+                        vecdot_gemm_with(&kern, &x, &w, m, &mut all).unwrap();
+                        let tiled = has_tile_kernel(&kern) && *name != "Q4_1+Q8_0";
+                        for i in 0..m {
+                            let mut one = vec![f32::NAN; n];
+                            vecdot_with(&kern, &x[i * k..(i + 1) * k], &w, 1, &mut one).unwrap();
+                            for (j, (&g, &v)) in all[i * n..(i + 1) * n].iter().zip(&one).enumerate() {
+                                let level = kern.level().name();
+                                if tiled {
+                                    let tol = 1e-5 * abs[i * n + j] + 1e-6;
+                                    assert!(
+                                        (g as f64 - v as f64).abs() <= tol,
+                                        "vecdot_gemm/{level} {what} row {i} col {j}: {g} vs {v}"
+                                    );
+                                } else {
+                                    assert_eq!(
+                                        g.to_bits(),
+                                        v.to_bits(),
+                                        "vecdot_gemm/{level} {what} row {i} col {j}: {g} vs {v}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn simd_levels_agree_with_the_scalar_kernels() {
         // Same integer dots, different float summation order: 1e-5 of sum |w x|.
@@ -707,8 +824,17 @@ mod tests {
             "vecdot"
         );
         assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q8_0))].name, "fdot");
+        // Prefill: Q4_0/Q4_1 in 8 bits where the AVX-512 VNNI tiles run,
+        // Q8_0 (and every type without that kernel) on `gemm`.
+        let tiles = has_tile_kernel(vec_dot::kernels());
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            assert_eq!(
+                IMPLS[default_impl(&shape(GEMM_MIN_M, ty))].name,
+                if tiles { "vecdot_gemm" } else { "gemm" }
+            );
+        }
         assert_eq!(
-            IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q4_1))].name,
+            IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q8_0))].name,
             "gemm"
         );
         // Q4_K rows of 896 are not whole super-blocks: the reference takes them.

@@ -6,6 +6,8 @@
 //! `s = d * sum(q)`, which turns the weights' offsets (Q4_0's `-8`, Q4_1's
 //! minimum, the `+128` bias of unsigned dot instructions) into one multiply per block.
 
+use rayon::prelude::*;
+
 /// Values per block.
 pub const QK: usize = 32;
 
@@ -38,13 +40,27 @@ impl Q8Acts {
         self.qs.resize(m * k, 0);
         self.d.resize(m * nb, 0.0);
         self.s.resize(m * nb, 0.0);
-        for ((xb, qb), (d, s)) in x[..m * k]
-            .chunks_exact(QK)
-            .zip(self.qs.chunks_exact_mut(QK))
-            .zip(self.d.iter_mut().zip(self.s.iter_mut()))
-        {
-            quantize_block(xb, qb, d, s);
-        }
+        quantize_blocks(&x[..m * k], &mut self.qs, &mut self.d, &mut self.s);
+    }
+
+    /// As [`Q8Acts::quantize`] (the same bytes), blocks spread over the
+    /// current rayon pool: a prefill's activations (hundreds of rows) would
+    /// otherwise be quantised on one thread while the others wait.
+    pub fn quantize_parallel(&mut self, x: &[f32], m: usize, k: usize) {
+        debug_assert!(k.is_multiple_of(QK) && x.len() >= m * k);
+        let nb = k / QK;
+        self.k = k;
+        self.m = m;
+        self.qs.resize(m * k, 0);
+        self.d.resize(m * nb, 0.0);
+        self.s.resize(m * nb, 0.0);
+        // Blocks per task: ~32 KiB of activations.
+        const TASK: usize = 256;
+        x[..m * k]
+            .par_chunks(TASK * QK)
+            .zip(self.qs.par_chunks_mut(TASK * QK))
+            .zip(self.d.par_chunks_mut(TASK).zip(self.s.par_chunks_mut(TASK)))
+            .for_each(|((x, q), (d, s))| quantize_blocks(x, q, d, s));
     }
 
     pub fn row(&self, i: usize) -> Q8Row<'_> {
@@ -54,6 +70,39 @@ impl Q8Acts {
             d: &self.d[i * nb..(i + 1) * nb],
             s: &self.s[i * nb..(i + 1) * nb],
         }
+    }
+}
+
+/// Whole blocks: `x` and `q` of `d.len() * QK` values.
+fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::vec_dot::SimdLevel::Avx2.available() {
+        // SAFETY: the CPU has the features `quantize_blocks_avx2` enables.
+        unsafe { quantize_blocks_avx2(x, q, d, s) };
+        return;
+    }
+    for ((xb, qb), (d, s)) in x
+        .chunks_exact(QK)
+        .zip(q.chunks_exact_mut(QK))
+        .zip(d.iter_mut().zip(s.iter_mut()))
+    {
+        quantize_block(xb, qb, d, s);
+    }
+}
+
+/// The portable quantiser compiled for AVX2: the same operations, so the
+/// same bytes, but `round` becomes an inline instruction sequence instead of
+/// a call into libm (the x86-64 baseline lacks SSE4.1's `roundps`), and the
+/// loops are vectorised.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_blocks_avx2(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
+    for ((xb, qb), (d, s)) in x
+        .chunks_exact(QK)
+        .zip(q.chunks_exact_mut(QK))
+        .zip(d.iter_mut().zip(s.iter_mut()))
+    {
+        quantize_block_portable(xb, qb, d, s);
     }
 }
 
@@ -72,6 +121,13 @@ fn quantize_block(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut f32) {
 /// The portable quantiser (and the NEON one's cross-check).
 #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 fn quantize_block_scalar(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut f32) {
+    quantize_block_portable(x, q, d_out, s_out)
+}
+
+/// The portable quantiser's body, inlined into [`quantize_blocks_avx2`].
+#[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+#[inline(always)]
+fn quantize_block_portable(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut f32) {
     let mut amax = 0.0f32;
     for &v in x {
         amax = amax.max(v.abs());
@@ -121,6 +177,34 @@ mod tests {
             quantize_block_scalar(&x, &mut qb, &mut db, &mut sb);
             assert_eq!(qa, qb, "block {x:?}");
             assert_eq!((da, sa), (db, sb));
+            // The many-block entry point (AVX2-compiled on x86-64).
+            let (mut qc, mut dc, mut sc) = ([0i8; QK], [0.0f32], [0.0f32]);
+            quantize_blocks(&x, &mut qc, &mut dc, &mut sc);
+            assert_eq!(qc, qb, "blocks {x:?}");
+            assert_eq!((dc[0], sc[0]), (db, sb));
+        }
+    }
+
+    /// The pool's quantiser writes what the serial one does, on a shape
+    /// whose blocks do not split evenly into tasks.
+    #[test]
+    fn parallel_quantiser_gives_the_serial_bytes() {
+        let (m, k) = (37, 896);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 13.0)
+            .collect();
+        let (mut a, mut b) = (Q8Acts::default(), Q8Acts::default());
+        a.quantize(&x, m, k);
+        b.quantize_parallel(&x, m, k);
+        assert_eq!(a.qs, b.qs);
+        assert_eq!(a.d, b.d);
+        assert_eq!(a.s, b.s);
+        let mut scalar = vec![0i8; QK];
+        let (mut d, mut s) = (0.0, 0.0);
+        for (blk, xb) in x.chunks_exact(QK).enumerate() {
+            quantize_block_scalar(xb, &mut scalar, &mut d, &mut s);
+            assert_eq!(&a.qs[blk * QK..(blk + 1) * QK], &scalar[..], "block {blk}");
+            assert_eq!((a.d[blk], a.s[blk]), (d, s), "block {blk}");
         }
     }
 
