@@ -804,7 +804,7 @@ mod tests {
     }
 
     #[test]
-    fn default_rule_picks_vecdot_or_fdot_by_type_for_decode_and_gemm_for_prefill() {
+    fn default_rule_picks_vecdot_or_fdot_for_decode_and_8_bit_tiles_or_gemm_for_prefill() {
         let shape = |m, dtype| MatmulShape {
             op: metallic::backend::MatmulOp::Matmul,
             dtype,
