@@ -651,7 +651,7 @@ mod tests {
 
     /// Every row of a `vecdot_gemm` product against `vecdot`'s product of
     /// that row alone, at every SIMD level, on ragged shapes: row counts
-    /// around the micro-tile's four (1..=9, 31..=33, 37), weight rows around
+    /// around the micro-tile's six (1..=9, 31..=33, 37), weight rows around
     /// the tile's 16 (1, 5, 15, 16, 17, 33) in stacked parts, odd block
     /// counts, with and without bias, Q4_0 and Q4_1 parts mixed in one tile.
     /// Where the level has no tile kernel `vecdot_gemm` is `vecdot`'s
