@@ -223,6 +223,29 @@ impl CudaBackend {
     }
 }
 
+/// The rope kernels' parameters, after checking the rotated dimension
+/// against the heads (shared by `rope` and the fused `rope_kv_store`).
+fn rope_params(rope: &Rope<'_, CudaTensor>, layout: &QkvLayout) -> Result<RopeParams> {
+    let hd = layout.head_dim;
+    if rope.dim > hd || !rope.dim.is_multiple_of(2) {
+        return Err(invalid(format!(
+            "rope dimension {} for heads of {hd}",
+            rope.dim
+        )));
+    }
+    let factors = match rope.freq_factors {
+        Some(t) => t.ptr_of(DType::F32, rope.dim / 2, "rope factors")?,
+        None => 0,
+    };
+    Ok(RopeParams {
+        style: rope.style,
+        theta: rope.theta,
+        dim: rope.dim,
+        pos_scale: rope.pos_scale,
+        factors,
+    })
+}
+
 /// An asynchronous read of a few i32 (a decode step's token id) into pinned
 /// memory, with the event that says it landed.
 pub struct CudaReadback {
@@ -520,26 +543,9 @@ impl Backend for CudaBackend {
         layout: &QkvLayout,
         rope: &Rope<'_, CudaTensor>,
     ) -> Result<()> {
-        let hd = layout.head_dim;
-        if rope.dim > hd || !rope.dim.is_multiple_of(2) {
-            return Err(invalid(format!(
-                "rope dimension {} for heads of {hd}",
-                rope.dim
-            )));
-        }
+        let p = rope_params(rope, layout)?;
         let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "rope qkv")?;
         let pp = pos.ptr_of(DType::I32, m, "rope positions")?;
-        let factors = match rope.freq_factors {
-            Some(t) => t.ptr_of(DType::F32, rope.dim / 2, "rope factors")?,
-            None => 0,
-        };
-        let p = RopeParams {
-            style: rope.style,
-            theta: rope.theta,
-            dim: rope.dim,
-            pos_scale: rope.pos_scale,
-            factors,
-        };
         self.dev.bind()?;
         Ok(self.k.rope.launch(&self.dev, qp, pp, m, layout, &p)?)
     }
@@ -582,29 +588,12 @@ impl Backend for CudaBackend {
             self.rope(qkv, pos, m, layout, rope)?;
             return self.kv_store(qkv, cache, capacity, pos, m, layout);
         }
-        let hd = layout.head_dim;
-        if rope.dim > hd || !rope.dim.is_multiple_of(2) {
-            return Err(invalid(format!(
-                "rope dimension {} for heads of {hd}",
-                rope.dim
-            )));
-        }
-        let need = layout.n_kv_heads * capacity * hd;
+        let p = rope_params(rope, layout)?;
+        let need = layout.n_kv_heads * capacity * layout.head_dim;
         let qp = qkv.ptr_of(DType::F32, m * layout.row_width(), "rope_kv_store qkv")?;
         let pp = pos.ptr_of(DType::I32, m, "rope_kv_store positions")?;
         let kp = cache.k.ptr_of(DType::F32, need, "k cache")?;
         let vp = cache.v.ptr_of(DType::F32, need, "v cache")?;
-        let factors = match rope.freq_factors {
-            Some(t) => t.ptr_of(DType::F32, rope.dim / 2, "rope factors")?,
-            None => 0,
-        };
-        let p = RopeParams {
-            style: rope.style,
-            theta: rope.theta,
-            dim: rope.dim,
-            pos_scale: rope.pos_scale,
-            factors,
-        };
         self.dev.bind()?;
         let f = &self.k.rope_kv_store;
         Ok(f.launch(&self.dev, qp, pp, m, layout, &p, kp, vp, capacity)?)
