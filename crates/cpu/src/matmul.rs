@@ -127,8 +127,7 @@ pub fn decode_in_8_bits(ty: GgmlType) -> bool {
 /// is that arithmetic. Q8_0 stays on `gemm` (float32 activations): on
 /// SmolLM2 its tied lm_head carries a quarter of 8-bit activations' KLD.
 pub fn prefill_in_8_bits(ty: GgmlType) -> bool {
-    decode_in_8_bits(ty)
-        && crate::matmul_vecdot_gemm::has_tile_kernel(crate::vec_dot::kernels())
+    decode_in_8_bits(ty) && crate::matmul_vecdot_gemm::has_tile_kernel(crate::vec_dot::kernels())
 }
 
 /// The implementation used when nothing is forced or tuned.
@@ -678,15 +677,9 @@ mod tests {
                 ]
             })
             .chain([
-                (
-                    "Q4_0+Q4_1",
-                    vec![(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 12)],
-                ),
+                ("Q4_0+Q4_1", vec![(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 12)]),
                 // Not one tile layout: every level takes `vecdot`'s kernels.
-                (
-                    "Q4_1+Q8_0",
-                    vec![(GgmlType::Q4_1, 9), (GgmlType::Q8_0, 9)],
-                ),
+                ("Q4_1+Q8_0", vec![(GgmlType::Q4_1, 9), (GgmlType::Q8_0, 9)]),
             ])
             .collect();
         for (name, parts) in &cases {
@@ -704,7 +697,9 @@ mod tests {
                         for i in 0..m {
                             let mut one = vec![f32::NAN; n];
                             vecdot_with(&kern, &x[i * k..(i + 1) * k], &w, 1, &mut one).unwrap();
-                            for (j, (&g, &v)) in all[i * n..(i + 1) * n].iter().zip(&one).enumerate() {
+                            for (j, (&g, &v)) in
+                                all[i * n..(i + 1) * n].iter().zip(&one).enumerate()
+                            {
                                 let level = kern.level().name();
                                 if tiled {
                                     let tol = 1e-5 * abs[i * n + j] + 1e-6;
