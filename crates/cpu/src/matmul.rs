@@ -242,14 +242,26 @@ fn shape_of(w: &CpuLinear, m: usize) -> MatmulShape {
     }
 }
 
-/// Run implementation `imp` (inside the backend's thread pool).
-pub fn run(imp: usize, x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
+/// `(n, k)` of `w` after checking that `x` holds `m` rows of `k` and `out`
+/// `m` rows of `n` (every implementation's first step).
+pub(crate) fn check_buffers(
+    x: &[f32],
+    w: &CpuLinear,
+    m: usize,
+    out: &[f32],
+) -> Result<(usize, usize)> {
     let (n, k) = (w.info.n, w.info.k);
     if x.len() < m * k || out.len() < m * n {
         return Err(Error::InvalidArgument(format!(
             "matmul buffers too small for m={m} n={n} k={k}"
         )));
     }
+    Ok((n, k))
+}
+
+/// Run implementation `imp` (inside the backend's thread pool).
+pub fn run(imp: usize, x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
+    check_buffers(x, w, m, out)?;
     match imp {
         GEMV => gemv(x, w, m, out),
         VECDOT => crate::matmul_vecdot::vecdot(x, w, m, out),
@@ -284,12 +296,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// The reference: `out[m, n] = x[m, k] * w^T + bias`, each weight row
 /// dequantised with the gguf crate's (gguf-py-checked) code.
 pub fn gemv(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
-    let (n, k) = (w.info.n, w.info.k);
-    if x.len() < m * k || out.len() < m * n {
-        return Err(Error::InvalidArgument(format!(
-            "matmul buffers too small for m={m} n={n} k={k}"
-        )));
-    }
+    let (n, k) = crate::matmul::check_buffers(x, w, m, out)?;
     let optr = SharedOut::new(out);
     const ROWS: usize = 16;
     let n_chunks = n.div_ceil(ROWS);

@@ -130,12 +130,7 @@ thread_local! {
 
 /// `out[m, n] = x[m, k] * w^T + bias`.
 pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
-    let (n, k) = (w.info.n, w.info.k);
-    if x.len() < m * k || out.len() < m * n {
-        return Err(Error::InvalidArgument(format!(
-            "matmul buffers too small for m={m} n={n} k={k}"
-        )));
-    }
+    let (n, k) = crate::matmul::check_buffers(x, w, m, out)?;
     // A fused projection of llama.cpp's mixes can hold parts of several types
     // (Q3_K_M's Q4_0 query next to a Q5_1 value part): parts without a kernel
     // take the reference row dot, so one part never fails the whole product.

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 
 use gemm::Parallelism;
-use metallic::error::{Error, Result};
+use metallic::error::Result;
 use metallic_gguf::quant;
 use rayon::prelude::*;
 
@@ -22,12 +22,7 @@ thread_local! {
 
 /// `out[m, n] = x[m, k] * w^T + bias`.
 pub fn gemm(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
-    let (n, k) = (w.info.n, w.info.k);
-    if x.len() < m * k || out.len() < m * n {
-        return Err(Error::InvalidArgument(format!(
-            "matmul buffers too small for m={m} n={n} k={k}"
-        )));
-    }
+    let (n, k) = crate::matmul::check_buffers(x, w, m, out)?;
     let optr = SharedOut::new(out);
     let xp = SharedIn(x.as_ptr());
     (0..n.div_ceil(TILE))

@@ -35,12 +35,7 @@ pub fn vecdot_with(
     m: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    let (n, k) = (w.info.n, w.info.k);
-    if x.len() < m * k || out.len() < m * n {
-        return Err(Error::InvalidArgument(format!(
-            "matmul buffers too small for m={m} n={n} k={k}"
-        )));
-    }
+    let (_, k) = crate::matmul::check_buffers(x, w, m, out)?;
     // A fused projection of llama.cpp's mixes can stack parts of types
     // without a kernel here (Q3_K_M: a Q4_0 query next to a Q5_1 value):
     // `fdot` runs every part with float32 activations, instead of this

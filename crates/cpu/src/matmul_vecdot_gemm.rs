@@ -21,7 +21,7 @@
 
 use std::cell::RefCell;
 
-use metallic::error::{Error, Result};
+use metallic::error::Result;
 use metallic_gguf::GgmlType;
 use rayon::prelude::*;
 
@@ -151,12 +151,7 @@ pub fn vecdot_gemm_with(
     m: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    let (n, k) = (w.info.n, w.info.k);
-    if x.len() < m * k || out.len() < m * n {
-        return Err(Error::InvalidArgument(format!(
-            "matmul buffers too small for m={m} n={n} k={k}"
-        )));
-    }
+    let (_, k) = crate::matmul::check_buffers(x, w, m, out)?;
     if m == 0 || !has_tile_kernel(kern) || !tiles_fit(w) {
         return crate::matmul_vecdot::vecdot_with(kern, x, w, m, out);
     }

@@ -31,8 +31,9 @@ pub struct Q8Row<'a> {
 }
 
 impl Q8Acts {
-    /// Quantise `x[m, k]` (`k` a multiple of [`QK`]).
-    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize) {
+    /// Size the buffers for `x[m, k]` (kept between calls: no allocation
+    /// once they have grown).
+    fn shape_for(&mut self, x: &[f32], m: usize, k: usize) {
         debug_assert!(k.is_multiple_of(QK) && x.len() >= m * k);
         let nb = k / QK;
         self.k = k;
@@ -40,6 +41,11 @@ impl Q8Acts {
         self.qs.resize(m * k, 0);
         self.d.resize(m * nb, 0.0);
         self.s.resize(m * nb, 0.0);
+    }
+
+    /// Quantise `x[m, k]` (`k` a multiple of [`QK`]).
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize) {
+        self.shape_for(x, m, k);
         quantize_blocks(&x[..m * k], &mut self.qs, &mut self.d, &mut self.s);
     }
 
@@ -47,13 +53,7 @@ impl Q8Acts {
     /// current rayon pool: a prefill's activations (hundreds of rows) would
     /// otherwise be quantised on one thread while the others wait.
     pub fn quantize_parallel(&mut self, x: &[f32], m: usize, k: usize) {
-        debug_assert!(k.is_multiple_of(QK) && x.len() >= m * k);
-        let nb = k / QK;
-        self.k = k;
-        self.m = m;
-        self.qs.resize(m * k, 0);
-        self.d.resize(m * nb, 0.0);
-        self.s.resize(m * nb, 0.0);
+        self.shape_for(x, m, k);
         // Blocks per task: ~32 KiB of activations.
         const TASK: usize = 256;
         x[..m * k]
