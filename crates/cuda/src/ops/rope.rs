@@ -26,6 +26,23 @@ pub(crate) struct RopeParams {
     pub factors: u64,
 }
 
+impl RopeParams {
+    /// The kernel arguments that follow the head dimension, in the order
+    /// both rope kernels (`rope.cu`, `rope_kv_store.cu`) take them.
+    pub fn args(&self) -> [Arg; 5] {
+        [
+            Arg::from(self.dim as i32),
+            Arg::from(self.theta),
+            Arg::from(self.pos_scale),
+            Arg(self.factors),
+            Arg::from(match self.style {
+                RopeStyle::Normal => 0i32,
+                RopeStyle::Neox => 1,
+            }),
+        ]
+    }
+}
+
 impl Rope {
     pub fn load(l: &mut Loader) -> CudaResult<Rope> {
         Ok(Rope {
@@ -44,6 +61,7 @@ impl Rope {
         p: &RopeParams,
     ) -> CudaResult<()> {
         let heads = layout.n_heads + layout.n_kv_heads;
+        let r = p.args();
         // One thread per rotated pair.
         dev.launch(
             self.f,
@@ -57,14 +75,11 @@ impl Rope {
                 Arg::from(layout.row_width() as i32),
                 Arg::from(heads as i32),
                 Arg::from(layout.head_dim as i32),
-                Arg::from(p.dim as i32),
-                Arg::from(p.theta),
-                Arg::from(p.pos_scale),
-                Arg(p.factors),
-                Arg::from(match p.style {
-                    RopeStyle::Normal => 0i32,
-                    RopeStyle::Neox => 1,
-                }),
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
             ],
         )
     }

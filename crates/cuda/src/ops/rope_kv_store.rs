@@ -3,7 +3,6 @@
 //! `rope` then `kv_store`, for f32 caches.
 
 use metallic::backend::QkvLayout;
-use metallic::config::RopeStyle;
 
 use super::rope::RopeParams;
 use super::{ew_grid, kernel_source, EW_BLOCK};
@@ -53,6 +52,7 @@ impl RopeKvStore {
             )));
         }
         let heads = layout.n_heads + 2 * layout.n_kv_heads;
+        let r = p.args();
         // One thread per pair of values of every head.
         dev.launch(
             self.f,
@@ -67,14 +67,11 @@ impl RopeKvStore {
                 Arg::from(layout.n_heads as i32),
                 Arg::from(layout.n_kv_heads as i32),
                 Arg::from(layout.head_dim as i32),
-                Arg::from(p.dim as i32),
-                Arg::from(p.theta),
-                Arg::from(p.pos_scale),
-                Arg(p.factors),
-                Arg::from(match p.style {
-                    RopeStyle::Normal => 0i32,
-                    RopeStyle::Neox => 1,
-                }),
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
                 Arg(k_cache),
                 Arg(v_cache),
                 Arg::from(capacity as i32),
