@@ -16,6 +16,7 @@ pub mod q8_act;
 mod rope;
 mod shared_out;
 mod stream;
+mod team;
 mod tensor;
 pub mod vec_dot;
 #[cfg(target_arch = "x86_64")]
@@ -36,6 +37,10 @@ pub use tensor::CpuTensor;
 
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
+    /// Runs the decode row kernels (`fdot`, `vecdot`) with the calling
+    /// thread taking part and no pool hand-off per product (team.rs); none
+    /// with `METALLIC_CPU_TEAM=0` (the rayon pool then runs them, to compare).
+    team: Option<team::Team>,
     threads: usize,
 }
 
@@ -115,7 +120,25 @@ impl CpuBackend {
             .thread_name(|i| format!("metallic-cpu-{i}"))
             .build()
             .map_err(|e| Error::backend("cpu", e.to_string()))?;
-        Ok(CpuBackend { pool, threads })
+        let team = match std::env::var("METALLIC_CPU_TEAM")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("" | "1" | "on" | "true" | "yes") => Some(team::Team::new(threads)),
+            Some("0" | "off" | "false" | "no") => None,
+            Some(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "METALLIC_CPU_TEAM={other}: use 1 (the default: decode products on the \
+                     spinning decode team) or 0 (on the rayon pool)"
+                )))
+            }
+        };
+        Ok(CpuBackend {
+            pool,
+            team,
+            threads,
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -389,11 +412,19 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = f32s(x, "matmul x")?;
         let out = f32s_mut(out, "matmul out")?;
-        // Small decode products stay on this thread (the row kernels then
-        // split serially too: see matmul::split).
-        self.run(matmul::needs_pool(imp, w, m), || {
-            matmul::run(imp, x, w, m, out)
-        })
+        // The row kernels (decode) run on the team, the calling thread
+        // included; small ones stay on this thread (see matmul::split).
+        // The tiled prefill kernels run in the rayon pool.
+        match &self.team {
+            Some(team) if matmul::row_kernel(imp, w, m) => {
+                team::with(team, || matmul::run(imp, x, w, m, out))
+            }
+            _ => {
+                let serial =
+                    matmul::row_kernel(imp, w, m) && matmul::work(w, m) < matmul::SERIAL_WORK;
+                self.run(!serial, || matmul::run(imp, x, w, m, out))
+            }
+        }
     }
 
     fn rope(

@@ -141,15 +141,43 @@ pub fn default_impl(s: &MatmulShape) -> usize {
     }
 }
 
+/// Output columns per input column from which a product is taken for a
+/// model's output head (the vocabulary projection): Qwen2.5-0.5B's is
+/// 151936 x 896 (170x), SmolLM2's 49152 x 576 (85x), Llama-3-8B's 31x;
+/// the widest layer product, a fused gate+up, is 11x in Qwen2.5-0.5B and
+/// 7x in Llama-3-8B.
+pub const HEAD_RATIO: usize = 16;
+
+/// Whether a product has the shape of an output head ([`HEAD_RATIO`]).
+pub fn head_shaped(s: &MatmulShape) -> bool {
+    s.n >= HEAD_RATIO.saturating_mul(s.k)
+}
+
+/// Weight types whose layer products decode in 8-bit activations (`vecdot`)
+/// where this CPU has SIMD kernels for them, but whose output head stays on
+/// `fdot`: 8-bit activations on every Q8_0 product of the synthetic
+/// Qwen2.5-0.5B Q8_0 file scored a KLD of 0.00152 against llama.cpp's
+/// 0.00159 (docs/quality.md), but on SmolLM2 the tied Q8_0 head alone added
+/// 0.00074 to it, a quarter of the total: each of the head's logits sums a
+/// whole row of rounded activations, and no layer's error reaches a logit so
+/// directly. Q5_0 and Q5_1 are the bulk of llama.cpp's Q4_K_M and Q5_K_M
+/// Qwen2.5 files (rows of 896 are no whole K-quant super-blocks).
+pub fn layers_in_8_bits(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1)
+        && crate::vec_dot::kernels().has_simd(ty)
+}
+
 /// The decode kernel of a shape's weight type: `vecdot` where 8-bit
-/// activations are the default ([`decode_in_8_bits`]), else `fdot` where it
+/// activations are the default ([`decode_in_8_bits`], and
+/// [`layers_in_8_bits`] but for the output head), else `fdot` where it
 /// has a kernel, else the reference. Every one of them computes each output
 /// row on its own, in the same arithmetic whatever the row count (see
 /// matmul_vecdot.rs), so `decode` (this rule at any row count) keeps a
 /// batch's rows independent (`metallic serve` can run it:
 /// METALLIC_MATMUL_BACKEND=decode).
 pub fn decode_impl(s: &MatmulShape) -> usize {
-    if decode_in_8_bits(s.dtype) && vecdot_supports(s) {
+    let in_8_bits = decode_in_8_bits(s.dtype) || layers_in_8_bits(s.dtype) && !head_shaped(s);
+    if in_8_bits && vecdot_supports(s) {
         VECDOT
     } else if fdot_supports(s) {
         FDOT
@@ -212,20 +240,47 @@ pub fn try_for_each_task(
         return f(0..n);
     }
     let rows = s.rows.max(1);
-    (0..n.div_ceil(rows))
-        .into_par_iter()
-        .try_for_each(|t| f(t * rows..((t + 1) * rows).min(n)))
+    let tasks = n.div_ceil(rows);
+    let task = |t: usize| f(t * rows..((t + 1) * rows).min(n));
+    // On the backend's decode team where the caller set one (no pool
+    // hand-off: see team.rs), else in the current rayon pool.
+    let on_team = crate::team::current(|team| {
+        let first_error = std::sync::Mutex::new(None);
+        team.run(tasks, &|t| {
+            if let Err(e) = task(t) {
+                first_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+            }
+        });
+        match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    });
+    match on_team {
+        Some(r) => r,
+        None => (0..tasks).into_par_iter().try_for_each(task),
+    }
 }
 
-/// Whether a product runs in the pool at all: the row kernels stay on the
-/// calling thread for small products (no hand-off to a pool thread and back).
-pub fn needs_pool(imp: usize, w: &CpuLinear, m: usize) -> bool {
+/// Threads a row kernel's product is split over: the current decode team's
+/// (see team.rs), else the current rayon pool's.
+pub fn threads() -> usize {
+    crate::team::current(|t| t.threads()).unwrap_or_else(rayon::current_num_threads)
+}
+
+/// Whether a product runs on one of the row kernels (`fdot`, `vecdot`),
+/// which split their rows themselves (serially for small products, else on
+/// the caller's decode team: see team.rs); the others go to the rayon pool.
+pub fn row_kernel(imp: usize, w: &CpuLinear, m: usize) -> bool {
     let imp = if imp == DECODE {
         decode_impl(&shape_of(w, m))
     } else {
         imp
     };
-    !matches!(imp, FDOT | VECDOT) || work(w, m) >= SERIAL_WORK
+    matches!(imp, FDOT | VECDOT)
 }
 
 /// The product shape of `m` activation rows times `w`, as dispatch sees it.
@@ -773,8 +828,8 @@ mod tests {
                 parallel: false
             }
         );
-        assert!(!needs_pool(FDOT, &small, 1) && !needs_pool(VECDOT, &small, 1));
-        assert!(needs_pool(GEMM, &small, 1));
+        assert!(row_kernel(FDOT, &small, 1) && row_kernel(VECDOT, &small, 1));
+        assert!(!row_kernel(GEMM, &small, 1));
         // 4864 rows of 896: 4.6 MB, parallel with one to four tasks per thread.
         let big = linear(GgmlType::Q8_0, 896, &[4000, 864], false);
         for threads in [2, 3, 16] {
@@ -825,7 +880,29 @@ mod tests {
             IMPLS[default_impl(&shape(31, GgmlType::Q4_0))].name,
             "vecdot"
         );
-        assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q8_0))].name, "fdot");
+        // Q8_0, Q5_0 and Q5_1 layers in 8 bits where the level has SIMD
+        // kernels for them; an output head of theirs (n >= 16 k) on `fdot`.
+        let kern = vec_dot::kernels();
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q5_1] {
+            assert_eq!(
+                IMPLS[default_impl(&shape(1, ty))].name,
+                if kern.has_simd(ty) { "vecdot" } else { "fdot" },
+                "{}",
+                ty.name()
+            );
+            let mut head = shape(1, ty);
+            head.n = 151936;
+            assert_eq!(
+                IMPLS[default_impl(&head)].name,
+                "fdot",
+                "{} head",
+                ty.name()
+            );
+        }
+        // Q4_0 and Q4_1 heads stay in 8 bits (their KLD passes with them).
+        let mut head = shape(1, GgmlType::Q4_0);
+        head.n = 151936;
+        assert_eq!(IMPLS[default_impl(&head)].name, "vecdot");
         // Prefill: Q4_0/Q4_1 in 8 bits where the AVX-512 VNNI tiles run,
         // Q8_0 (and every type without that kernel) on `gemm`.
         let tiles = has_tile_kernel(vec_dot::kernels());

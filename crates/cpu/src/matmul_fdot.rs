@@ -155,7 +155,7 @@ pub fn fdot(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
         }
         let xsum: &[f32] = &xsum;
         let optr = SharedOut::new(out);
-        let split = crate::matmul::split(w, m, rayon::current_num_threads());
+        let split = crate::matmul::split(w, m, crate::matmul::threads());
         crate::matmul::try_for_each_task(split, n, |rows| {
             for r in rows {
                 let (part, pr) = w.locate(r).expect("row within n");

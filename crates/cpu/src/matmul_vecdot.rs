@@ -105,11 +105,38 @@ fn run_rows(
         &heap
     };
     let optr = SharedOut::new(out);
-    let split = crate::matmul::split(w, m, rayon::current_num_threads());
+    let split = crate::matmul::split(w, m, crate::matmul::threads());
     let ahead = (PREFETCH_BYTES / w.parts[0].row_bytes.max(1)).max(1);
     crate::matmul::try_for_each_task(split, n, |rows| -> Result<()> {
         let end = rows.end;
-        for r in rows {
+        let mut r = rows.start;
+        while r < end {
+            if let [one] = arows {
+                // One activation row (plain decode): up to GROUP_ROWS weight
+                // rows of one part per kernel call, which share the
+                // activation blocks' loads (bit for bit the one-row results).
+                let (part, pr) = w.locate(r).expect("row within n");
+                if vec_dot::needs_q8(part.ty) {
+                    let g = vec_dot::GROUP_ROWS.min(end - r).min(part.rows - pr);
+                    for j in 0..g {
+                        if r + j + ahead < end {
+                            if let Some((p, prr)) = w.locate(r + j + ahead) {
+                                prefetch(p.row(prr));
+                            }
+                        }
+                    }
+                    let bytes = &part.w.bytes()[pr * part.row_bytes..(pr + g) * part.row_bytes];
+                    let mut v = [0.0f32; vec_dot::GROUP_ROWS];
+                    kern.quant_group(part.ty, bytes, part.row_bytes, *one, &mut v[..g]);
+                    for (j, v) in v[..g].iter().enumerate() {
+                        let b = w.bias.as_ref().map_or(0.0, |b| b[r + j]);
+                        // SAFETY: column r + j is written by this task only; r + j < n <= out.len().
+                        unsafe { *optr.ptr().add(r + j) = v + b };
+                    }
+                    r += g;
+                    continue;
+                }
+            }
             if r + ahead < end {
                 if let Some((p, pr)) = w.locate(r + ahead) {
                     prefetch(p.row(pr));
@@ -118,16 +145,6 @@ fn run_rows(
             let (part, pr) = w.locate(r).expect("row within n");
             let wrow = part.row(pr);
             let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
-            if let [one] = arows {
-                if vec_dot::needs_q8(part.ty) {
-                    // One row (plain decode): the one-row kernel, which is the
-                    // multi-row kernel's arithmetic without its grouping.
-                    let v = kern.quant(part.ty, wrow, *one);
-                    // SAFETY: column r is written by this task only; r < n <= out.len().
-                    unsafe { *optr.ptr().add(r) = v + b };
-                    continue;
-                }
-            }
             if vec_dot::needs_q8(part.ty) {
                 // Several activation rows (a batch of decoding sequences, a
                 // short prefill) share each decode of this weight row's blocks.
@@ -148,6 +165,7 @@ fn run_rows(
                     unsafe { *optr.ptr().add(i * n + r) = v + b };
                 }
             }
+            r += 1;
         }
         Ok(())
     })

@@ -145,6 +145,20 @@ type QDot = unsafe fn(&[u8], Q8Row<'_>) -> f32;
 /// once (`out[i]` for `a[i]`; both of one length).
 type QDotRows = unsafe fn(&[u8], &[Q8Row<'_>], &mut [f32]);
 type FDot = unsafe fn(&[u8], &[f32]) -> f32;
+/// Up to four consecutive weight rows (`stride` bytes apart) against one
+/// activation row, sharing each activation block's loads: `out[i]` for row
+/// `i`, bit for bit the one-row kernel's result.
+type QDotGroup = unsafe fn(&[u8], usize, usize, Q8Row<'_>, &mut [f32]);
+
+#[derive(Clone, Copy)]
+struct Q5Kernels {
+    one: [QDot; 2],
+    rows: [QDotRows; 2],
+    group: [QDotGroup; 2],
+}
+
+/// Most weight rows a group kernel takes at once.
+pub const GROUP_ROWS: usize = 4;
 
 /// One level's kernels. Built only through [`Kernels::for_level`], which
 /// checks that the CPU has the instructions, so calling them is sound.
@@ -158,6 +172,13 @@ pub struct Kernels {
     /// AVX-512; NEON does not yet); for other types and levels
     /// [`Kernels::quant_rows`] runs the one-row kernel per row.
     rows: Option<[QDotRows; 3]>,
+    /// Weight-row group kernels of Q4_0, Q4_1 and Q8_0 where the level has
+    /// them (AVX-512); else [`Kernels::quant_group`] runs rows one by one.
+    group: Option<[QDotGroup; 3]>,
+    /// Q5_0 and Q5_1 kernels (one row, several activation rows, a group of
+    /// weight rows) where the level has them (AVX-512); else the scalar
+    /// one-row kernels.
+    q5: Option<Q5Kernels>,
     f16: FDot,
     f32: FDot,
 }
@@ -174,6 +195,8 @@ impl Kernels {
                 q4_1: scalar::q4_1,
                 q8_0: scalar::q8_0,
                 rows: None,
+                group: None,
+                q5: None,
                 f16: scalar::f16,
                 f32: scalar::f32,
             },
@@ -188,6 +211,8 @@ impl Kernels {
                     crate::vec_dot_x86::q4_1_avx2_rows,
                     crate::vec_dot_x86::q8_0_avx2_rows,
                 ]),
+                group: None,
+                q5: None,
                 f16: crate::vec_dot_x86::f16_avx2,
                 f32: crate::vec_dot_x86::f32_avx2,
             },
@@ -202,6 +227,25 @@ impl Kernels {
                     crate::vec_dot_x86::q4_1_avx512_rows,
                     crate::vec_dot_x86::q8_0_avx512_rows,
                 ]),
+                group: Some([
+                    crate::vec_dot_x86::q4_0_avx512_group,
+                    crate::vec_dot_x86::q4_1_avx512_group,
+                    crate::vec_dot_x86::q8_0_avx512_group,
+                ]),
+                q5: Some(Q5Kernels {
+                    one: [
+                        crate::vec_dot_x86::q5_0_avx512,
+                        crate::vec_dot_x86::q5_1_avx512,
+                    ],
+                    rows: [
+                        crate::vec_dot_x86::q5_0_avx512_rows,
+                        crate::vec_dot_x86::q5_1_avx512_rows,
+                    ],
+                    group: [
+                        crate::vec_dot_x86::q5_0_avx512_group,
+                        crate::vec_dot_x86::q5_1_avx512_group,
+                    ],
+                }),
                 f16: crate::vec_dot_x86::f16_avx512,
                 f32: crate::vec_dot_x86::f32_avx512,
             },
@@ -212,6 +256,8 @@ impl Kernels {
                 q4_1: crate::neon::q4_1_plain,
                 q8_0: crate::neon::q8_0_plain,
                 rows: None,
+                group: None,
+                q5: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -222,6 +268,8 @@ impl Kernels {
                 q4_1: crate::neon::q4_1_dot,
                 q8_0: crate::neon::q8_0_dot,
                 rows: None,
+                group: None,
+                q5: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -234,6 +282,18 @@ impl Kernels {
         self.level
     }
 
+    /// Whether this level has a SIMD kernel for `ty` (else it runs the
+    /// scalar one, slower than `fdot`'s SIMD kernels with f32 activations).
+    pub fn has_simd(&self, ty: GgmlType) -> bool {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::F16 | GgmlType::F32 => {
+                self.level != SimdLevel::Scalar
+            }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => self.q5.is_some(),
+            _ => false,
+        }
+    }
+
     /// Dot of a quantised weight row with a Q8 activation row of the same length.
     #[inline]
     pub fn quant(&self, ty: GgmlType, w: &[u8], a: Q8Row<'_>) -> f32 {
@@ -243,9 +303,9 @@ impl Kernels {
             GgmlType::Q4_0 => self.q4_0,
             GgmlType::Q4_1 => self.q4_1,
             GgmlType::Q8_0 => self.q8_0,
+            GgmlType::Q5_0 => self.q5.map_or(scalar::q5_0 as QDot, |k| k.one[0]),
+            GgmlType::Q5_1 => self.q5.map_or(scalar::q5_1 as QDot, |k| k.one[1]),
             // Scalar at every level (no SIMD kernel yet): the same arithmetic.
-            GgmlType::Q5_0 => scalar::q5_0 as QDot,
-            GgmlType::Q5_1 => scalar::q5_1 as QDot,
             GgmlType::Q4_K => scalar::q4_k as QDot,
             GgmlType::Q5_K => scalar::q5_k as QDot,
             GgmlType::Q6_K => scalar::q6_k as QDot,
@@ -266,14 +326,16 @@ impl Kernels {
         assert_eq!(a.len(), out.len());
         let Some(first) = a.first() else { return };
         let nb = first.d.len();
-        let kernel = match ty {
-            GgmlType::Q4_0 => Some((0, 18)),
-            GgmlType::Q4_1 => Some((1, 20)),
-            GgmlType::Q8_0 => Some((2, 34)),
+        let kernel = match (ty, self.rows, self.q5) {
+            (GgmlType::Q4_0, Some(k), _) => Some((k[0], 18)),
+            (GgmlType::Q4_1, Some(k), _) => Some((k[1], 20)),
+            (GgmlType::Q8_0, Some(k), _) => Some((k[2], 34)),
+            (GgmlType::Q5_0, _, Some(k)) => Some((k.rows[0], 22)),
+            (GgmlType::Q5_1, _, Some(k)) => Some((k.rows[1], 24)),
             _ => None,
         };
         // Types or levels without a multi-row kernel: the one-row kernel per row.
-        let (Some(rows), Some((i, bytes))) = (self.rows, kernel) else {
+        let Some((f, bytes)) = kernel else {
             for (o, &r) in out.iter_mut().zip(a) {
                 *o = self.quant(ty, w, r);
             }
@@ -284,7 +346,45 @@ impl Kernels {
         }
         assert!(w.len() >= nb * bytes);
         // SAFETY: `for_level` checked the CPU features; lengths are checked above.
-        unsafe { rows[i](w, a, out) }
+        unsafe { f(w, a, out) }
+    }
+
+    /// Dots of `out.len()` (at most [`GROUP_ROWS`]) consecutive weight rows
+    /// of `ty`, `stride` bytes apart from the start of `w`, with one Q8
+    /// activation row: `out[i]` is bit for bit [`Kernels::quant`] of row `i`.
+    #[inline]
+    pub fn quant_group(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        stride: usize,
+        a: Q8Row<'_>,
+        out: &mut [f32],
+    ) {
+        let rows = out.len();
+        assert!(rows <= GROUP_ROWS);
+        let kernel = match (ty, self.group, self.q5) {
+            (GgmlType::Q4_0, Some(k), _) => Some((k[0], 18)),
+            (GgmlType::Q4_1, Some(k), _) => Some((k[1], 20)),
+            (GgmlType::Q8_0, Some(k), _) => Some((k[2], 34)),
+            (GgmlType::Q5_0, _, Some(k)) => Some((k.group[0], 22)),
+            (GgmlType::Q5_1, _, Some(k)) => Some((k.group[1], 24)),
+            _ => None,
+        };
+        let nb = a.d.len();
+        let Some((f, bytes)) = kernel else {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = self.quant(ty, &w[j * stride..], a);
+            }
+            return;
+        };
+        if rows == 0 {
+            return;
+        }
+        assert!(a.qs.len() == nb * QK && a.s.len() == nb);
+        assert!(stride >= nb * bytes && w.len() >= (rows - 1) * stride + nb * bytes);
+        // SAFETY: `for_level` checked the CPU features; lengths are checked above.
+        unsafe { f(w, stride, rows, a, out) }
     }
 
     /// Dot of a float weight row with `x` (of the row's length).

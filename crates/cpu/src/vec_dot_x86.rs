@@ -262,103 +262,170 @@ pub unsafe fn f16_avx2(w: &[u8], x: &[f32]) -> f32 {
     s
 }
 
-/// Two Q4 blocks as 64 unsigned values in one register.
+/// Two Q4 blocks' 32 packed bytes as 64 unsigned levels: each block's 16
+/// bytes broadcast to both halves of a 256-bit lane pair, the upper copy
+/// shifted down a nibble (one masked shift instead of two shifts and two
+/// inserts).
 #[inline(always)]
-unsafe fn unpack_nibbles2(p0: *const u8, p1: *const u8) -> __m512i {
-    let q0 = _mm_loadu_si128(p0 as *const __m128i);
-    let q1 = _mm_loadu_si128(p1 as *const __m128i);
-    let v0 = _mm256_set_m128i(_mm_srli_epi16(q0, 4), q0);
-    let v1 = _mm256_set_m128i(_mm_srli_epi16(q1, 4), q1);
+unsafe fn unpack_nibbles2_bcast(p0: *const u8, p1: *const u8) -> __m512i {
+    let v0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(p0 as *const __m128i));
+    let v1 = _mm256_broadcastsi128_si256(_mm_loadu_si128(p1 as *const __m128i));
     let v = _mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1);
+    // 16-bit lanes 8..16 and 24..32: the second 16 bytes of each block.
+    let v = _mm512_mask_srli_epi16(v, 0xFF00_FF00, v, 4);
     _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
 }
 
 /// Q4_0, Q4_1 and Q8_0 share one loop: `vpdpbusd` needs unsigned weights,
-/// so each block's weight levels are read as `u = q + off` and the offset is
-/// taken back out through the activation sum: `d*ad*sum(u*a) - off*d*s`.
+/// so each block's weight levels are read as `u = q + off` (Q4_0's nibbles
+/// are `q + 8`, Q8_0's levels are XORed to `q + 128`) and the offset is taken
+/// out in the integers: each 32-bit lane's dot starts from `-off` times the
+/// sum of its four activation bytes (itself a `vpdpbusd`), so the lane holds
+/// the exact integer dot of the levels. Per pair of blocks and lane the
+/// float work is then one `d_w * d_a` scale and one multiply-add; Q4_1's
+/// minimum adds `m * s` per block in a separate accumulator.
 ///
-/// `R` activation rows share each decoded pair of weight blocks (the nibble
-/// unpacking and the scale loads), so a batch of decoding sequences pays for
-/// the decode once. Batch invariance by construction: every row has its own
-/// accumulators, fed the same operations in the same order whatever `R` is,
-/// and a single row is this function with `R = 1`; the rows never meet, so a
-/// row's result does not depend on which, or how many, rows run with it.
+/// `W` weight rows (at `w[i]`) share each activation block's loads and
+/// offset sums, `R` activation rows share each weight block's decode. Batch
+/// invariance by construction: every (weight row, activation row) pair has
+/// its own accumulators, fed the same operations in the same order whatever
+/// `W` and `R` are; pairs never meet, so a row's result does not depend on
+/// which, or how many, rows run with it.
 #[inline(always)]
-unsafe fn quant_avx512<const R: usize>(w: &[u8], a: &[Q8Row<'_>; R], kind: QuantKind) -> [f32; R] {
-    let (bytes, qs_at, off) = match kind {
-        QuantKind::Q4_0 => (18, 2, 8.0),
-        QuantKind::Q4_1 => (20, 4, 0.0),
-        QuantKind::Q8_0 => (34, 2, 128.0),
+unsafe fn quant_avx512<const W: usize, const R: usize>(
+    w: [*const u8; W],
+    a: &[Q8Row<'_>; R],
+    kind: QuantKind,
+) -> [[f32; R]; W] {
+    let (bytes, qs_at, qh_at) = kind.layout();
+    let offs = match kind {
+        QuantKind::Q4_0 => _mm512_set1_epi8(8),
+        QuantKind::Q5_0 => _mm512_set1_epi8(16),
+        QuantKind::Q8_0 => _mm512_set1_epi8(-128),
+        QuantKind::Q4_1 | QuantKind::Q5_1 => _mm512_setzero_si512(),
     };
+    let sixteen = _mm512_set1_epi8(16);
     let nb = a[0].d.len();
-    let wp = w.as_ptr();
-    let mut acc = [_mm512_setzero_ps(); R];
-    // Lanes (0, 2): sums of d * s per block parity; (1, 3): Q4_1's m * s.
-    let mut extra = [_mm_setzero_ps(); R];
-    // Lane 0 of a product to the low eight lanes, lane 2 to the high eight.
-    let spread = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mut acc = [[_mm512_setzero_ps(); R]; W];
+    // Q4_1: lanes (1, 3) sum m * s per block parity (lanes 0, 2 are unused).
+    let mut extra = [[_mm_setzero_ps(); R]; W];
+    // Lane 0 of a vector to the low eight lanes, lane 2 (or 1) to the high eight.
+    let spread_w = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    let spread_a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut b = 0;
     while b + 2 <= nb {
-        let (b0, b1) = (wp.add(b * bytes), wp.add((b + 1) * bytes));
-        let u = match kind {
-            QuantKind::Q8_0 => {
-                let v0 = _mm256_loadu_si256(b0.add(qs_at) as *const __m256i);
-                let v1 = _mm256_loadu_si256(b1.add(qs_at) as *const __m256i);
-                let v = _mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1);
-                // i8 -> u8 + 128
-                _mm512_xor_si512(v, _mm512_set1_epi8(-128))
-            }
-            _ => unpack_nibbles2(b0.add(qs_at), b1.add(qs_at)),
-        };
-        // [d0, m0, d1, m1] (m only meaningful for Q4_1).
-        let dm = _mm_movelh_ps(f16_pair(b0), f16_pair(b1));
+        let mut av = [_mm512_setzero_si512(); R];
+        let mut corr = [_mm512_setzero_si512(); R];
+        let mut dav = [_mm512_setzero_ps(); R];
+        let mut sv = [_mm_setzero_ps(); R];
         for r in 0..R {
             let row = &a[r];
-            let av = _mm512_loadu_si512(row.qs.as_ptr().add(b * QK) as *const _);
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, av);
-            let ad = _mm_castpd_ps(_mm_load1_pd(row.d.as_ptr().add(b) as *const f64)); // [ad0, ad1, ad0, ad1]
-            let ad = _mm_permute_ps(ad, 0b01_01_00_00); // [ad0, ad0, ad1, ad1]
-            let sv = _mm_castpd_ps(_mm_load1_pd(row.s.as_ptr().add(b) as *const f64));
-            let sv = _mm_permute_ps(sv, 0b01_01_00_00); // [s0, s0, s1, s1]
-            let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(dm, ad)));
-            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
-            extra[r] = _mm_fmadd_ps(dm, sv, extra[r]);
+            av[r] = _mm512_loadu_si512(row.qs.as_ptr().add(b * QK) as *const _);
+            if !kind.has_min() {
+                let zero = _mm512_setzero_si512();
+                corr[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, offs, av[r]));
+            }
+            // [ad0, ad1] -> ad0 in the low eight lanes, ad1 in the high eight.
+            let ad = _mm_castpd_ps(_mm_load_sd(row.d.as_ptr().add(b) as *const f64));
+            dav[r] = _mm512_permutexvar_ps(spread_a, _mm512_castps128_ps512(ad));
+            if kind.has_min() {
+                let s = _mm_castpd_ps(_mm_load_sd(row.s.as_ptr().add(b) as *const f64));
+                sv[r] = _mm_permute_ps(s, 0b01_01_00_00); // [s0, s0, s1, s1]
+            }
+        }
+        for i in 0..W {
+            let (b0, b1) = (w[i].add(b * bytes), w[i].add((b + 1) * bytes));
+            let u = match kind {
+                QuantKind::Q8_0 => {
+                    let v0 = _mm256_loadu_si256(b0.add(qs_at) as *const __m256i);
+                    let v1 = _mm256_loadu_si256(b1.add(qs_at) as *const __m256i);
+                    let v = _mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1);
+                    _mm512_xor_si512(v, _mm512_set1_epi8(-128))
+                }
+                QuantKind::Q5_0 | QuantKind::Q5_1 => {
+                    // Bit j of a block's qh is its level j's fifth bit: one
+                    // mask bit per byte lane of the unpacked pair.
+                    let u = unpack_nibbles2_bcast(b0.add(qs_at), b1.add(qs_at));
+                    let h0 = std::ptr::read_unaligned(b0.add(qh_at) as *const u32) as u64;
+                    let h1 = std::ptr::read_unaligned(b1.add(qh_at) as *const u32) as u64;
+                    _mm512_mask_add_epi8(u, h0 | (h1 << 32), u, sixteen)
+                }
+                _ => unpack_nibbles2_bcast(b0.add(qs_at), b1.add(qs_at)),
+            };
+            // [d0, m0, d1, m1] (m only meaningful for Q4_1 and Q5_1).
+            let pair = _mm_insert_epi32(
+                _mm_cvtsi32_si128(std::ptr::read_unaligned(b0 as *const i32)),
+                std::ptr::read_unaligned(b1 as *const i32),
+                1,
+            );
+            let dm = _mm_cvtph_ps(pair);
+            let dwv = _mm512_permutexvar_ps(spread_w, _mm512_castps128_ps512(dm));
+            for r in 0..R {
+                let dot = _mm512_dpbusd_epi32(corr[r], u, av[r]);
+                let scale = _mm512_mul_ps(dwv, dav[r]);
+                acc[i][r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[i][r]);
+                if kind.has_min() {
+                    extra[i][r] = _mm_fmadd_ps(dm, sv[r], extra[i][r]);
+                }
+            }
         }
         b += 2;
     }
-    let mut out = [0.0f32; R];
-    for r in 0..R {
-        let e = extra[r];
-        let mut s = _mm512_reduce_add_ps(acc[r]);
-        let ds = _mm_cvtss_f32(e) + _mm_cvtss_f32(_mm_movehl_ps(e, e));
-        let ms =
-            _mm_cvtss_f32(_mm_movehdup_ps(e)) + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(e, e)));
-        s += match kind {
-            QuantKind::Q4_1 => ms,
-            _ => -off * ds,
-        };
-        out[r] = s;
+    let mut out = [[0.0f32; R]; W];
+    for i in 0..W {
+        for r in 0..R {
+            let mut s = _mm512_reduce_add_ps(acc[i][r]);
+            if kind.has_min() {
+                let e = extra[i][r];
+                s += _mm_cvtss_f32(_mm_movehdup_ps(e))
+                    + _mm_cvtss_f32(_mm_movehdup_ps(_mm_movehl_ps(e, e)));
+            }
+            out[i][r] = s;
+        }
     }
     if b < nb {
-        // An odd last block: 256 bits.
-        let blk = wp.add(b * bytes);
-        let d = f16_load(blk);
-        let u = match kind {
-            QuantKind::Q8_0 => _mm256_xor_si256(
-                _mm256_loadu_si256(blk.add(qs_at) as *const __m256i),
-                _mm256_set1_epi8(-128),
-            ),
-            _ => unpack_nibbles(blk.add(qs_at)),
-        };
+        // An odd last block: the same arithmetic in 256 bits.
+        let offs = _mm512_castsi512_si256(offs);
         for r in 0..R {
             let row = &a[r];
             let av = _mm256_loadu_si256(row.qs.as_ptr().add(b * QK) as *const __m256i);
-            let dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, av);
-            out[r] += d * *row.d.as_ptr().add(b) * hsum256(_mm256_cvtepi32_ps(dot));
-            out[r] += block_extra(kind, blk, d, off, *row.s.as_ptr().add(b));
+            let zero = _mm256_setzero_si256();
+            let corr = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offs, av));
+            let ad = *row.d.as_ptr().add(b);
+            for i in 0..W {
+                let blk = w[i].add(b * bytes);
+                let u = match kind {
+                    QuantKind::Q8_0 => _mm256_xor_si256(
+                        _mm256_loadu_si256(blk.add(qs_at) as *const __m256i),
+                        _mm256_set1_epi8(-128),
+                    ),
+                    QuantKind::Q5_0 | QuantKind::Q5_1 => {
+                        let u = unpack_nibbles(blk.add(qs_at));
+                        let h = std::ptr::read_unaligned(blk.add(qh_at) as *const u32);
+                        _mm256_mask_add_epi8(u, h, u, _mm256_set1_epi8(16))
+                    }
+                    _ => unpack_nibbles(blk.add(qs_at)),
+                };
+                let dot = _mm256_dpbusd_epi32(corr, u, av);
+                let dot = hsum256(_mm256_cvtepi32_ps(dot));
+                out[i][r] += f16_load(blk) * ad * dot;
+                if kind.has_min() {
+                    out[i][r] += f16_load(blk.add(2)) * *row.s.as_ptr().add(b);
+                }
+            }
         }
     }
     out
+}
+
+/// Activation rows as one weight row's pass: `R` of them against `w`.
+#[inline(always)]
+unsafe fn quant_avx512_rows<const R: usize>(
+    w: &[u8],
+    a: &[Q8Row<'_>; R],
+    kind: QuantKind,
+) -> [f32; R] {
+    quant_avx512::<1, R>([w.as_ptr()], a, kind)[0]
 }
 
 /// Up to [`ROWS`] activation rows per pass over the weight row; `a` and
@@ -370,13 +437,17 @@ unsafe fn rows_avx512(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32], kind: QuantKin
     while a.len() >= ROWS {
         let (head, rest) = a.split_at(ROWS);
         let (o, orest) = out.split_at_mut(ROWS);
-        o.copy_from_slice(&quant_avx512::<ROWS>(w, head.try_into().unwrap(), kind));
+        o.copy_from_slice(&quant_avx512_rows::<ROWS>(
+            w,
+            head.try_into().unwrap(),
+            kind,
+        ));
         (a, out) = (rest, orest);
     }
     match a.len() {
-        3 => out.copy_from_slice(&quant_avx512::<3>(w, a.try_into().unwrap(), kind)),
-        2 => out.copy_from_slice(&quant_avx512::<2>(w, a.try_into().unwrap(), kind)),
-        1 => out[0] = quant_avx512::<1>(w, &[a[0]], kind)[0],
+        3 => out.copy_from_slice(&quant_avx512_rows::<3>(w, a.try_into().unwrap(), kind)),
+        2 => out.copy_from_slice(&quant_avx512_rows::<2>(w, a.try_into().unwrap(), kind)),
+        1 => out[0] = quant_avx512_rows::<1>(w, &[a[0]], kind)[0],
         _ => {}
     }
 }
@@ -390,19 +461,33 @@ enum QuantKind {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q5_0,
+    Q5_1,
 }
 
-#[inline(always)]
-unsafe fn block_extra(kind: QuantKind, blk: *const u8, d: f32, off: f32, s: f32) -> f32 {
-    match kind {
-        QuantKind::Q4_1 => f16_load(blk.add(2)) * s,
-        _ => -off * d * s,
+impl QuantKind {
+    /// Block bytes, offset of the levels, offset of Q5's fifth bits.
+    #[inline(always)]
+    fn layout(self) -> (usize, usize, usize) {
+        match self {
+            QuantKind::Q4_0 => (18, 2, 0),
+            QuantKind::Q4_1 => (20, 4, 0),
+            QuantKind::Q8_0 => (34, 2, 0),
+            QuantKind::Q5_0 => (22, 6, 2),
+            QuantKind::Q5_1 => (24, 8, 4),
+        }
+    }
+
+    /// Whether the block has a minimum `m` (`x = d q + m`).
+    #[inline(always)]
+    fn has_min(self) -> bool {
+        matches!(self, QuantKind::Q4_1 | QuantKind::Q5_1)
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
-    quant_avx512::<1>(w, &[a], QuantKind::Q4_0)[0]
+    quant_avx512_rows::<1>(w, &[a], QuantKind::Q4_0)[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -412,7 +497,7 @@ pub unsafe fn q4_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_1_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
-    quant_avx512::<1>(w, &[a], QuantKind::Q4_1)[0]
+    quant_avx512_rows::<1>(w, &[a], QuantKind::Q4_1)[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -422,12 +507,128 @@ pub unsafe fn q4_1_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q8_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
-    quant_avx512::<1>(w, &[a], QuantKind::Q8_0)[0]
+    quant_avx512_rows::<1>(w, &[a], QuantKind::Q8_0)[0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q8_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
     rows_avx512(w, a, out, QuantKind::Q8_0)
+}
+
+/// `rows` (1..=4) consecutive weight rows, `stride` bytes apart from `w`'s
+/// start, against one activation row: `out[i]` for row `i`, bit for bit what
+/// the one-row kernel gives for that row.
+#[inline(always)]
+unsafe fn group_avx512(
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: Q8Row<'_>,
+    out: &mut [f32],
+    kind: QuantKind,
+) {
+    let p = w.as_ptr();
+    match rows {
+        4 => {
+            let o = quant_avx512::<4, 1>(
+                [p, p.add(stride), p.add(2 * stride), p.add(3 * stride)],
+                &[a],
+                kind,
+            );
+            for (dst, src) in out.iter_mut().zip(o) {
+                *dst = src[0];
+            }
+        }
+        3 => {
+            let o = quant_avx512::<3, 1>([p, p.add(stride), p.add(2 * stride)], &[a], kind);
+            for (dst, src) in out.iter_mut().zip(o) {
+                *dst = src[0];
+            }
+        }
+        2 => {
+            let o = quant_avx512::<2, 1>([p, p.add(stride)], &[a], kind);
+            for (dst, src) in out.iter_mut().zip(o) {
+                *dst = src[0];
+            }
+        }
+        1 => out[0] = quant_avx512::<1, 1>([p], &[a], kind)[0][0],
+        _ => {}
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q4_0_avx512_group(
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: Q8Row<'_>,
+    out: &mut [f32],
+) {
+    group_avx512(w, stride, rows, a, out, QuantKind::Q4_0)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q4_1_avx512_group(
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: Q8Row<'_>,
+    out: &mut [f32],
+) {
+    group_avx512(w, stride, rows, a, out, QuantKind::Q4_1)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q8_0_avx512_group(
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: Q8Row<'_>,
+    out: &mut [f32],
+) {
+    group_avx512(w, stride, rows, a, out, QuantKind::Q8_0)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q5_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
+    quant_avx512_rows::<1>(w, &[a], QuantKind::Q5_0)[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q5_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+    rows_avx512(w, a, out, QuantKind::Q5_0)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q5_0_avx512_group(
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: Q8Row<'_>,
+    out: &mut [f32],
+) {
+    group_avx512(w, stride, rows, a, out, QuantKind::Q5_0)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q5_1_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
+    quant_avx512_rows::<1>(w, &[a], QuantKind::Q5_1)[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q5_1_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+    rows_avx512(w, a, out, QuantKind::Q5_1)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q5_1_avx512_group(
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: Q8Row<'_>,
+    out: &mut [f32],
+) {
+    group_avx512(w, stride, rows, a, out, QuantKind::Q5_1)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]

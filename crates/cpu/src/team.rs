@@ -1,0 +1,348 @@
+//! A decode team: persistent worker threads that spin between products.
+//!
+//! A decode token is ~100-200 small products (a few hundred KiB to a few MiB
+//! of weights each, tens to hundreds of microseconds) separated by serial
+//! ops of a few microseconds. Handing each product to the rayon pool
+//! (`install`) parks the calling thread on a lock and wakes pool threads
+//! that went to sleep between products: tens of microseconds per product on
+//! the development machine, several percent of a token. The team instead
+//! keeps `threads - 1` workers spinning on a generation counter for a short
+//! while after each job (as llama.cpp's thread pool does), and the calling
+//! thread takes a share of every job itself, so a hand-off costs an atomic
+//! store and a cache-line transfer. Workers that see no job for
+//! [`SPIN`] park on a condition variable, so an idle process burns no CPU.
+//!
+//! Tasks are taken from an atomic counter: each is a contiguous range of
+//! rows (streamed in order, see `matmul::split`), and a thread slowed by
+//! something else on a shared machine takes fewer of them.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it parks: longer than the serial
+/// ops between two products of a decode step (norms, rope, attention of a
+/// short context: tens of microseconds), shorter than a person notices as
+/// a busy CPU.
+const SPIN: Duration = Duration::from_millis(2);
+
+/// A job: its tasks and the next one to take, on the calling thread's stack
+/// while `Team::run` runs it.
+struct Job<'a> {
+    f: &'a (dyn Fn(usize) + Sync + 'a),
+    tasks: usize,
+    next: AtomicUsize,
+}
+
+impl Job<'_> {
+    fn take_tasks(&self) {
+        loop {
+            let t = self.next.fetch_add(1, Ordering::Relaxed);
+            if t >= self.tasks {
+                break;
+            }
+            (self.f)(t);
+        }
+    }
+}
+
+struct Shared {
+    /// Bumped for every job: what idle workers spin (then wait) on.
+    generation: AtomicUsize,
+    /// The job being run, or null. Workers enter it by raising `active`
+    /// before they read it; the caller clears it before it waits for
+    /// `active` to fall to zero, so a worker either counts or sees null.
+    job: AtomicPtr<()>,
+    active: AtomicUsize,
+    /// Workers parked (or about to park) on `wake`.
+    sleeping: AtomicUsize,
+    park: Mutex<()>,
+    wake: Condvar,
+    stop: AtomicBool,
+    /// A task panicked on a worker: the caller panics too once all are out.
+    panicked: AtomicBool,
+}
+
+thread_local! {
+    /// Set on team workers and on a caller inside `run`: a product started
+    /// from inside a job runs serially instead of waiting on its own team.
+    static IN_TEAM: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is running a team job (nested work runs serially).
+pub fn in_team() -> bool {
+    IN_TEAM.with(Cell::get)
+}
+
+thread_local! {
+    /// The team that products started on this thread run on (see [`with`]).
+    static CURRENT: Cell<*const Team> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Run `f` with `team` as this thread's current team: the row kernels'
+/// task loops (`matmul::try_for_each_task`) then run on it instead of the
+/// rayon pool.
+pub fn with<R>(team: &Team, f: impl FnOnce() -> R) -> R {
+    struct Restore(*const Team);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| c.replace(team)));
+    f()
+}
+
+/// Run `f` on the current team, if this thread has one (see [`with`]).
+pub fn current<R>(f: impl FnOnce(&Team) -> R) -> Option<R> {
+    let t = CURRENT.with(Cell::get);
+    // SAFETY: `with` sets the pointer from a reference that outlives its
+    // closure and restores the previous value when the closure ends.
+    (!t.is_null()).then(|| f(unsafe { &*t }))
+}
+
+pub struct Team {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Held while a job runs: a second caller (another thread of the
+    /// process using the same backend) runs its job serially rather than
+    /// interleave with the first.
+    running: Mutex<()>,
+}
+
+impl Team {
+    /// A team of `threads` (the caller plus `threads - 1` workers). A worker
+    /// that cannot be started leaves a smaller team, not an error: the
+    /// caller runs the tasks the missing workers would have.
+    pub fn new(threads: usize) -> Team {
+        let shared = Arc::new(Shared {
+            generation: AtomicUsize::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            active: AtomicUsize::new(0),
+            sleeping: AtomicUsize::new(0),
+            park: Mutex::new(()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
+        });
+        let workers = (1..threads.max(1))
+            .filter_map(|i| {
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("metallic-team-{i}"))
+                    .spawn(move || worker(&s))
+                    .ok()
+            })
+            .collect();
+        Team {
+            shared,
+            workers,
+            running: Mutex::new(()),
+        }
+    }
+
+    /// Threads that take part in a job: the workers and the caller.
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Run `f(0)`, ..., `f(tasks - 1)` on the team and the calling thread;
+    /// returns when every task is done. From inside a job, or while another
+    /// thread's job runs, the tasks run on the calling thread in order.
+    pub fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        if tasks == 0 {
+            return;
+        }
+        let guard = if self.workers.is_empty() || tasks == 1 || in_team() {
+            None
+        } else {
+            self.running.try_lock().ok()
+        };
+        let Some(_guard) = guard else {
+            (0..tasks).for_each(f);
+            return;
+        };
+        let s = &*self.shared;
+        let job = Job {
+            f,
+            tasks,
+            next: AtomicUsize::new(0),
+        };
+        s.job
+            .store(&job as *const Job<'_> as *mut (), Ordering::SeqCst);
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        if s.sleeping.load(Ordering::SeqCst) > 0 {
+            // Taking the lock orders this notify after a parking worker's
+            // last look at the generation (it holds the lock until it waits).
+            drop(s.park.lock().unwrap_or_else(|e| e.into_inner()));
+            s.wake.notify_all();
+        }
+        IN_TEAM.with(|c| c.set(true));
+        // Closes the job and waits for the workers in it, also when a task
+        // of this thread panics: `job` must outlive every worker's use.
+        let close = Close(s);
+        job.take_tasks();
+        drop(close);
+        if s.panicked.swap(false, Ordering::SeqCst) {
+            panic!("a task of the CPU decode team panicked");
+        }
+    }
+}
+
+/// Clears the published job and waits until no worker is inside it.
+struct Close<'a>(&'a Shared);
+
+impl Drop for Close<'_> {
+    fn drop(&mut self) {
+        self.0.job.store(std::ptr::null_mut(), Ordering::SeqCst);
+        let mut spins = 0u32;
+        while self.0.active.load(Ordering::SeqCst) > 0 {
+            spins = spins.wrapping_add(1);
+            relax(spins);
+        }
+        IN_TEAM.with(|c| c.set(false));
+    }
+}
+
+impl Drop for Team {
+    fn drop(&mut self) {
+        let s = &*self.shared;
+        s.stop.store(true, Ordering::SeqCst);
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        drop(s.park.lock().unwrap_or_else(|e| e.into_inner()));
+        s.wake.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// One round of a wait loop: a pause instruction for the first rounds (a
+/// hand-off between products takes a few microseconds), then a yield, so
+/// that on a machine with more runnable threads than cores a waiting thread
+/// gives its core to the one it waits for instead of spinning it away.
+#[inline]
+fn relax(spins: u32) {
+    if spins < 256 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+fn worker(s: &Shared) {
+    IN_TEAM.with(|c| c.set(true));
+    // The generation the team was created with, not a fresh load: a job or
+    // the team's drop may bump it before this thread first runs.
+    let mut seen = 0;
+    loop {
+        // Spin for a new generation, then park.
+        let start = Instant::now();
+        let mut spins = 0u32;
+        seen = loop {
+            let g = s.generation.load(Ordering::SeqCst);
+            if g != seen {
+                break g;
+            }
+            spins = spins.wrapping_add(1);
+            relax(spins);
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+                let mut lock = s.park.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleeping.fetch_add(1, Ordering::SeqCst);
+                while s.generation.load(Ordering::SeqCst) == seen {
+                    lock = s.wake.wait(lock).unwrap_or_else(|e| e.into_inner());
+                }
+                s.sleeping.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        if s.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        s.active.fetch_add(1, Ordering::SeqCst);
+        let job = s.job.load(Ordering::SeqCst) as *const Job<'static>;
+        if !job.is_null() {
+            // SAFETY: the caller published `job` and clears it before waiting
+            // for `active` to reach zero; this worker raised `active` before
+            // reading it, so the job lives until the decrement below. Only
+            // the lifetime is erased.
+            let job: &Job<'_> = unsafe { &*job };
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.take_tasks()));
+            if run.is_err() {
+                s.panicked.store(true, Ordering::SeqCst);
+            }
+        }
+        s.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once_on_teams_of_every_size() {
+        for threads in [1, 2, 3, 8] {
+            let team = Team::new(threads);
+            for tasks in [0, 1, 2, 7, 100] {
+                for _round in 0..50 {
+                    let seen: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+                    team.run(tasks, &|t| {
+                        seen[t].fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert!(
+                        seen.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                        "threads={threads} tasks={tasks}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parked_workers_wake_for_the_next_job() {
+        let team = Team::new(3);
+        let start = Instant::now();
+        while team.shared.sleeping.load(Ordering::SeqCst) < 2 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "workers never parked"
+            );
+            std::thread::sleep(SPIN);
+        }
+        let count = AtomicUsize::new(0);
+        team.run(64, &|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 64);
+    }
+
+    #[test]
+    fn a_job_started_inside_a_job_runs_serially() {
+        let team = Team::new(2);
+        let count = AtomicUsize::new(0);
+        team.run(4, &|_| {
+            assert!(in_team());
+            team.run(3, &|_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 12);
+        assert!(!in_team());
+    }
+
+    #[test]
+    fn a_panicking_task_panics_the_caller_and_leaves_the_team_usable() {
+        let team = Team::new(3);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            team.run(30, &|t| assert!(t != 17, "task 17"));
+        }));
+        assert!(r.is_err());
+        let count = AtomicUsize::new(0);
+        team.run(30, &|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 30);
+    }
+}
