@@ -14,7 +14,9 @@
 //! rows to reuse each repacked or dequantised tile) go to `vecdot_gemm` for
 //! Q4_0 and Q4_1 weights where the CPU has AVX-512 VNNI
 //! ([`prefill_in_8_bits`]), else to `gemm`. Fewer rows (decode)
-//! go to `vecdot` for Q4_0 and Q4_1 weights ([`decode_in_8_bits`]) and to
+//! go to `vecdot` for Q4_0 and Q4_1 weights ([`decode_in_8_bits`]) and for
+//! Q8_0, Q5_0 and Q5_1 layers where the CPU has SIMD kernels for them, their
+//! output head excepted ([`layers_in_8_bits`], [`head_shaped`]), and to
 //! `fdot` for the other types it has a kernel for, else to `gemv`.
 //!
 //! Which decode arithmetic is the default is decided by the KL divergence

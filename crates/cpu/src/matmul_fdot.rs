@@ -252,7 +252,7 @@ impl Kernels {
     #[inline]
     fn dot(self, ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
-        if self.avx512 && !matches!(ty, GgmlType::F32 | GgmlType::F16) {
+        if self.avx512 {
             // SAFETY: the CPU has AVX-512F and F16C (checked in `detect`); the row
             // holds k / 32 blocks of `ty` (checked by the caller).
             return unsafe { avx512::dot(ty, w, x, xsum) };
@@ -860,13 +860,54 @@ mod avx512 {
         _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + offsets
     }
 
-    /// Block formats only; F32/F16 rows take the AVX2 kernel.
+    /// F16 and F32 rows: 64 values a step into four accumulators (the FMA
+    /// latency of one chain would cap a core below its memory bandwidth),
+    /// prefetching [`PREFETCH`] bytes ahead across row ends as the block
+    /// kernels do; the tail of fewer than 64 values in 16s, then scalar.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn float_row(f16: bool, w: &[u8], x: &[f32]) -> f32 {
+        let (k, xp, wp) = (x.len(), x.as_ptr(), w.as_ptr());
+        let esz = if f16 { 2 } else { 4 };
+        let load = |j: usize| -> __m512 {
+            if f16 {
+                _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(j * 2) as *const __m256i))
+            } else {
+                _mm512_loadu_ps(wp.add(j * 4) as *const f32)
+            }
+        };
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut j = 0;
+        while j + 64 <= k {
+            let at = wp.wrapping_add(j * esz + PREFETCH);
+            _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64) as *const i8);
+            if !f16 {
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(128) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(192) as *const i8);
+            }
+            for (i, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(load(j + 16 * i), _mm512_loadu_ps(xp.add(j + 16 * i)), *a);
+            }
+            j += 64;
+        }
+        while j + 16 <= k {
+            acc[0] = _mm512_fmadd_ps(load(j), _mm512_loadu_ps(xp.add(j)), acc[0]);
+            j += 16;
+        }
+        let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let ty = if f16 { GgmlType::F16 } else { GgmlType::F32 };
+        _mm512_reduce_add_ps(sum) + scalar::dot(ty, &w[j * esz..], &x[j..], &[])
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub unsafe fn dot(ty: GgmlType, w: &[u8], x: &[f32], xsum: &[f32]) -> f32 {
         let xp = x.as_ptr();
         // Two accumulators hide the FMA latency across blocks.
         let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         match ty {
+            GgmlType::F16 => return float_row(true, w, x),
+            GgmlType::F32 => return float_row(false, w, x),
             GgmlType::Q8_0 => {
                 for (b, blk) in w.chunks_exact(34).enumerate() {
                     let q = blk.as_ptr().add(2);

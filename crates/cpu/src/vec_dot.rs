@@ -2,8 +2,8 @@
 //! activation row, or with several sharing each decoded weight block
 //! ([`Kernels::quant_rows`]), per SIMD level.
 //!
-//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K, Q5_K, Q6_K with
-//! scalar kernels at every level for now) are multiplied with Q8 activations
+//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0 and Q5_1 with SIMD kernels on
+//! AVX-512 only; Q4_K, Q5_K, Q6_K with scalar kernels at every level for now) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
 //! block; float weights (F32, F16) with f32 activations. The CUDA backend's
 //! `vecdot` does the same arithmetic for these types. The level is detected at run
