@@ -1262,7 +1262,7 @@ mod tests {
             GgmlType::Q3_K,
         ] {
             let ks: &[usize] = match ty {
-                GgmlType::F16 | GgmlType::F32 => &[1, 3, 15, 17, 33, 129],
+                GgmlType::F16 | GgmlType::F32 => &[1, 3, 15, 17, 33, 97, 129],
                 _ if ty.block_size() == QK_K => &[256, 768, 1280],
                 _ => &[32, 96, 160, 544],
             };

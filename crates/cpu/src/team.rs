@@ -345,4 +345,65 @@ mod tests {
         });
         assert_eq!(count.load(Ordering::Relaxed), 30);
     }
+
+    /// A decode product split over the team (the calling thread included)
+    /// writes exactly what the same product on one thread does: the split
+    /// only chooses which thread computes a row, never how.
+    #[test]
+    fn row_kernels_on_the_team_match_the_serial_product_bit_for_bit() {
+        use crate::matmul::{self, FDOT, VECDOT};
+        use metallic::backend::WeightView;
+        use metallic_gguf::{quant, GgmlType, GgufFile, GgufWriter};
+
+        let (n, k) = (1000, 896);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::F16,
+        ] {
+            let data: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 300.0)
+                .collect();
+            let mut wr = GgufWriter::new();
+            wr.add_tensor(
+                "w",
+                ty,
+                &[k as u64, n as u64],
+                quant::quantize(ty, &data).unwrap(),
+            )
+            .unwrap();
+            let mut buf = Vec::new();
+            wr.write_to(&mut buf).unwrap();
+            let file = Arc::new(GgufFile::from_bytes(buf).unwrap());
+            let view = WeightView::new(file.clone(), file.tensors()[0].clone());
+            let w = crate::CpuLinear::new(&[view], None).unwrap();
+            assert!(
+                matmul::work(&w, 1) >= matmul::SERIAL_WORK,
+                "the product must go parallel"
+            );
+            let team = Team::new(3);
+            for m in [1, 3] {
+                let x: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
+                    .collect();
+                for imp in [VECDOT, FDOT] {
+                    let mut serial = vec![f32::NAN; m * n];
+                    let one = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .unwrap();
+                    one.install(|| matmul::run(imp, &x, &w, m, &mut serial))
+                        .unwrap();
+                    let mut teamed = vec![f32::NAN; m * n];
+                    with(&team, || matmul::run(imp, &x, &w, m, &mut teamed)).unwrap();
+                    let same = serial
+                        .iter()
+                        .zip(&teamed)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{} {} m={m}", ty.name(), matmul::IMPLS[imp].name);
+                }
+            }
+        }
+    }
 }
