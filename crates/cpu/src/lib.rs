@@ -577,6 +577,13 @@ impl Backend for CpuBackend {
         dst_offset: usize,
         len: usize,
     ) -> Result<()> {
+        // i32 too: the server gathers each sequence's sampled id this way.
+        if let (CpuTensor::I32(s), CpuTensor::I32(d)) = (src, &mut *dst) {
+            check_len("copy src", s.len(), src_offset + len)?;
+            check_len("copy dst", d.len(), dst_offset + len)?;
+            d[dst_offset..dst_offset + len].copy_from_slice(&s[src_offset..src_offset + len]);
+            return Ok(());
+        }
         let s = f32s(src, "copy src")?;
         let d = f32s_mut(dst, "copy dst")?;
         check_len("copy src", s.len(), src_offset + len)?;
