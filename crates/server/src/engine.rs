@@ -34,6 +34,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::blocks::{BlockKey, BlockPool};
 use crate::metrics::Shared;
 
+/// Graph keys of a step's sampling launches: this plus the row count.
+const SAMPLE_GRAPH_KEY_BASE: u64 = 0x5a3d_1e00_0000_0000;
+
 /// Sizes of the engine, fixed at start.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -124,6 +127,8 @@ pub enum Event {
 /// A sequence; `S` is the backend's sampler state (on the device where
 /// sampling runs there, the host [`metallic::sampler::Sampler`] on the CPU).
 struct Seq<S> {
+    /// Unique among the engine's sequences.
+    id: u64,
     prompt_len: usize,
     /// Prompt then generated tokens; the last one is not in the cache yet.
     tokens: Vec<u32>,
@@ -234,6 +239,8 @@ pub fn run<B: Backend>(
         sampled_one,
         sampled_ids,
         host_ids: Vec::new(),
+        last_sampled: Vec::new(),
+        next_id: 0,
         pool: BlockPool::new(cfg.n_blocks, cfg.block_size),
         cfg,
         shared,
@@ -289,6 +296,9 @@ struct Engine<'m, B: Backend> {
     /// sampled sequence, read back together.
     sampled_ids: B::Tensor,
     host_ids: Vec<i32>,
+    /// Ids of the sequences sampled in the last step, in row order.
+    last_sampled: Vec<u64>,
+    next_id: u64,
     pool: BlockPool,
     cfg: EngineConfig,
     shared: Arc<Shared>,
@@ -315,7 +325,9 @@ impl<B: Backend> Engine<'_, B> {
                         return;
                     }
                 };
+                self.next_id += 1;
                 self.waiting.push_back(Seq {
+                    id: self.next_id,
                     prompt_len: s.prompt.len(),
                     tokens: s.prompt,
                     n_computed: 0,
@@ -589,13 +601,29 @@ impl<B: Backend> Engine<'_, B> {
         // A row whose sampling fails (no finite logit) fails its sequence
         // alone.
         let mut failed: Vec<Option<String>> = vec![None; sampled.len()];
-        for (j, &i) in sampled.iter().enumerate() {
-            let s = &mut self.running[i];
-            match b.sample(&self.bs.logits, j, vocab, &mut s.sampler, &mut self.sampled_one) {
-                Ok(()) => b.copy(&self.sampled_one, 0, &mut self.sampled_ids, j, 1)?,
-                Err(e) => failed[j] = Some(format!("sampling: {e}")),
+        let key: Vec<u64> = sampled.iter().map(|&i| self.running[i].id).collect();
+        let (running, bs) = (&mut self.running, &self.bs);
+        let (one, ids) = (&mut self.sampled_one, &mut self.sampled_ids);
+        let mut sample_rows = || -> metallic::error::Result<()> {
+            for (j, &i) in sampled.iter().enumerate() {
+                match b.sample(&bs.logits, j, vocab, &mut running[i].sampler, one) {
+                    Ok(()) => b.copy(one, 0, ids, j, 1)?,
+                    Err(e) => failed[j] = Some(format!("sampling: {e}")),
+                }
             }
+            Ok(())
+        };
+        // The same sequences in the same rows as the step before: their
+        // sampling launches are the same, so on CUDA they replay as one
+        // graph (the backend compares every launch and re-captures if one
+        // differs). While the batch changes they run directly, not paying
+        // a capture that would be used once.
+        if key == self.last_sampled {
+            b.replayable(SAMPLE_GRAPH_KEY_BASE + sampled.len() as u64, &mut sample_rows)?;
+        } else {
+            sample_rows()?;
         }
+        self.last_sampled = key;
         // The span of logits rows from the first to the last that wants
         // log-probabilities (the raw logits: sampling does not change them).
         let wants_lp = |&(_, &i): &(usize, &usize)| self.running[i].params.logprobs.is_some();
