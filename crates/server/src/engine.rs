@@ -14,6 +14,11 @@
 //! step is batch-invariant (always on the CPU, with `--deterministic` on
 //! CUDA; see `metallic::model::BatchState`) and the same up to rounding
 //! otherwise.
+//!
+//! Sampling runs on the backend, each sequence with its own sampler state
+//! (`Backend::new_sampler`: penalty history and seeded random stream); the
+//! ids of a step come back in one read, so the host never waits on the
+//! device once per row. On the CPU backend the sampler is the host one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
