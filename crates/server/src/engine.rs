@@ -624,7 +624,10 @@ impl<B: Backend> Engine<'_, B> {
         // differs). While the batch changes they run directly, not paying
         // a capture that would be used once.
         if key == self.last_sampled {
-            b.replayable(SAMPLE_GRAPH_KEY_BASE + sampled.len() as u64, &mut sample_rows)?;
+            b.replayable(
+                SAMPLE_GRAPH_KEY_BASE + sampled.len() as u64,
+                &mut sample_rows,
+            )?;
         } else {
             sample_rows()?;
         }
@@ -633,7 +636,12 @@ impl<B: Backend> Engine<'_, B> {
         // log-probabilities (the raw logits: sampling does not change them).
         let wants_lp = |&(_, &i): &(usize, &usize)| self.running[i].params.logprobs.is_some();
         let first = sampled.iter().enumerate().find(wants_lp).map(|(j, _)| j);
-        let last = sampled.iter().enumerate().rev().find(wants_lp).map(|(j, _)| j);
+        let last = sampled
+            .iter()
+            .enumerate()
+            .rev()
+            .find(wants_lp)
+            .map(|(j, _)| j);
         if let (Some(first), Some(last)) = (first, last) {
             self.logits.resize((last + 1 - first) * vocab, 0.0);
             b.read_f32(&self.bs.logits, first * vocab, &mut self.logits)?;
@@ -780,7 +788,9 @@ fn token_logprob(row: &[f32], tok: u32, n: usize) -> TokenLogprob {
     }
     TokenLogprob {
         id: tok,
-        logprob: row.get(tok as usize).map_or(f32::NEG_INFINITY, |&l| l - lse),
+        logprob: row
+            .get(tok as usize)
+            .map_or(f32::NEG_INFINITY, |&l| l - lse),
         top,
     }
 }

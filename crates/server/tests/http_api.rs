@@ -603,7 +603,12 @@ fn host_logprobs(
     let mut logits = vec![0.0f32; model.config.vocab];
     ex.backend.read_f32(&st.logits, 0, &mut logits).unwrap();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     let best = (0..logits.len())
         .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
         .unwrap() as u32;
@@ -662,14 +667,27 @@ async fn logprobs_in_a_batch_equal_a_host_log_softmax_of_the_logits() {
             let (host, best) = host_logprobs(&mut ex, &model, &tokens);
             let close = |a: f64, b: f64| (a - b).abs() < 1e-3 * (1.0 + b.abs());
             let chosen = got[step].as_f64().unwrap();
-            assert!(close(chosen, host[best as usize]), "step {step}: {chosen} vs {}", host[best as usize]);
+            assert!(
+                close(chosen, host[best as usize]),
+                "step {step}: {chosen} vs {}",
+                host[best as usize]
+            );
             let mut want: Vec<f64> = host.clone();
             want.sort_by(|a, b| b.total_cmp(a));
-            let mut top: Vec<f64> = tops[step].as_object().unwrap().values().map(|x| x.as_f64().unwrap()).collect();
+            let mut top: Vec<f64> = tops[step]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
             top.sort_by(|a, b| b.total_cmp(a));
             assert_eq!(top.len(), 3, "{}", tops[step]);
             for (g, w) in top.iter().zip(&want) {
-                assert!(close(*g, *w), "step {step}: top {top:?} vs {:?}", &want[..3]);
+                assert!(
+                    close(*g, *w),
+                    "step {step}: top {top:?} vs {:?}",
+                    &want[..3]
+                );
             }
             tokens.push(best);
         }
