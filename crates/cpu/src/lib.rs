@@ -42,12 +42,15 @@ pub struct CpuBackend {
     /// with `METALLIC_CPU_TEAM=0` (the rayon pool then runs them, to compare).
     team: Option<team::Team>,
     threads: usize,
+    /// The copy of a logits row a sampler works on: one for every sampler,
+    /// so a server with many sequences keeps one row warm in cache (and in
+    /// memory) rather than one per sequence.
+    sample_scratch: std::sync::Mutex<Vec<f32>>,
 }
 
-/// Sampling on the CPU: the core sampler plus a scratch copy of the logits.
+/// Sampling on the CPU: the core sampler (its logits copy is the backend's).
 pub struct CpuSampler {
     sampler: Sampler,
-    scratch: Vec<f32>,
 }
 
 fn f32s<'a>(t: &'a CpuTensor, what: &str) -> Result<&'a [f32]> {
@@ -138,6 +141,7 @@ impl CpuBackend {
             pool,
             team,
             threads,
+            sample_scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -608,6 +612,13 @@ impl Backend for CpuBackend {
         dst_offset: usize,
         len: usize,
     ) -> Result<()> {
+        // i32 too: the server gathers each sequence's sampled id this way.
+        if let (CpuTensor::I32(s), CpuTensor::I32(d)) = (src, &mut *dst) {
+            check_len("copy src", s.len(), src_offset + len)?;
+            check_len("copy dst", d.len(), dst_offset + len)?;
+            d[dst_offset..dst_offset + len].copy_from_slice(&s[src_offset..src_offset + len]);
+            return Ok(());
+        }
         let s = f32s(src, "copy src")?;
         let d = f32s_mut(dst, "copy dst")?;
         check_len("copy src", s.len(), src_offset + len)?;
@@ -619,7 +630,6 @@ impl Backend for CpuBackend {
     fn new_sampler(&self, params: &SamplerParams, vocab: usize) -> Result<CpuSampler> {
         Ok(CpuSampler {
             sampler: Sampler::new(*params, vocab)?,
-            scratch: vec![0.0; vocab],
         })
     }
 
@@ -640,10 +650,17 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let l = f32s(logits, "sample logits")?;
         check_len("sample logits", l.len(), (row + 1) * vocab)?;
-        s.scratch.resize(vocab, 0.0);
-        s.scratch
-            .copy_from_slice(&l[row * vocab..(row + 1) * vocab]);
-        let tok = s.sampler.sample(&mut s.scratch)?;
+        let mut scratch = self
+            .sample_scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        scratch.clear();
+        scratch.try_reserve(vocab).map_err(|_| {
+            Error::backend("cpu", format!("sampling: no memory for {vocab} logits"))
+        })?;
+        scratch.extend_from_slice(&l[row * vocab..(row + 1) * vocab]);
+        let tok = s.sampler.sample(&mut scratch)?;
+        drop(scratch);
         s.sampler.accept(tok);
         self.write_i32(ids, 0, &[tok as i32])
     }
