@@ -906,8 +906,8 @@ mod avx512 {
         // Two accumulators hide the FMA latency across blocks.
         let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         match ty {
-            GgmlType::F16 => return float_row(true, w, x),
-            GgmlType::F32 => return float_row(false, w, x),
+            GgmlType::F16 => float_row(true, w, x),
+            GgmlType::F32 => float_row(false, w, x),
             GgmlType::Q8_0 => {
                 for (b, blk) in w.chunks_exact(34).enumerate() {
                     let q = blk.as_ptr().add(2);
