@@ -2,8 +2,8 @@
 //! activation row, or with several sharing each decoded weight block
 //! ([`Kernels::quant_rows`]), per SIMD level.
 //!
-//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0 and Q5_1 with SIMD kernels on
-//! AVX-512 only; Q4_K, Q5_K, Q6_K with scalar kernels at every level for now) are multiplied with Q8 activations
+//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1 and Q4_K with SIMD kernels
+//! on AVX-512 only; Q5_K, Q6_K with scalar kernels at every level for now) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
 //! block; float weights (F32, F16) with f32 activations. The CUDA backend's
 //! `vecdot` does the same arithmetic for these types. The level is detected at run
@@ -179,6 +179,8 @@ pub struct Kernels {
     /// weight rows) where the level has them (AVX-512); else the scalar
     /// one-row kernels.
     q5: Option<Q5Kernels>,
+    /// Q4_K where the level has a SIMD kernel (AVX-512); else the scalar one.
+    q4_k: Option<QDot>,
     f16: FDot,
     f32: FDot,
 }
@@ -197,6 +199,7 @@ impl Kernels {
                 rows: None,
                 group: None,
                 q5: None,
+                q4_k: None,
                 f16: scalar::f16,
                 f32: scalar::f32,
             },
@@ -213,6 +216,7 @@ impl Kernels {
                 ]),
                 group: None,
                 q5: None,
+                q4_k: None,
                 f16: crate::vec_dot_x86::f16_avx2,
                 f32: crate::vec_dot_x86::f32_avx2,
             },
@@ -232,6 +236,7 @@ impl Kernels {
                     crate::vec_dot_x86::q4_1_avx512_group,
                     crate::vec_dot_x86::q8_0_avx512_group,
                 ]),
+                q4_k: Some(crate::vec_dot_x86::q4_k_avx512),
                 q5: Some(Q5Kernels {
                     one: [
                         crate::vec_dot_x86::q5_0_avx512,
@@ -258,6 +263,7 @@ impl Kernels {
                 rows: None,
                 group: None,
                 q5: None,
+                q4_k: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -270,6 +276,7 @@ impl Kernels {
                 rows: None,
                 group: None,
                 q5: None,
+                q4_k: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -290,6 +297,7 @@ impl Kernels {
                 self.level != SimdLevel::Scalar
             }
             GgmlType::Q5_0 | GgmlType::Q5_1 => self.q5.is_some(),
+            GgmlType::Q4_K => self.q4_k.is_some(),
             _ => false,
         }
     }
@@ -305,8 +313,8 @@ impl Kernels {
             GgmlType::Q8_0 => self.q8_0,
             GgmlType::Q5_0 => self.q5.map_or(scalar::q5_0 as QDot, |k| k.one[0]),
             GgmlType::Q5_1 => self.q5.map_or(scalar::q5_1 as QDot, |k| k.one[1]),
+            GgmlType::Q4_K => self.q4_k.unwrap_or(scalar::q4_k as QDot),
             // Scalar at every level (no SIMD kernel yet): the same arithmetic.
-            GgmlType::Q4_K => scalar::q4_k as QDot,
             GgmlType::Q5_K => scalar::q5_k as QDot,
             GgmlType::Q6_K => scalar::q6_k as QDot,
             _ => return f32::NAN,

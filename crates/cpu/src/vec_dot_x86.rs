@@ -631,6 +631,84 @@ pub unsafe fn q5_1_avx512_group(
     group_avx512(w, stride, rows, a, out, QuantKind::Q5_1)
 }
 
+/// Q4_K rows: per super-block (256 levels) the eight 6-bit scales and mins
+/// unpacked at once (ggml's `get_scale_min_k4` as 32-bit masks, as
+/// llama.cpp does), then per 64-level chunk one `vpdpbusd` of its 32 bytes
+/// of nibbles (low nibbles: group 2c, high: 2c + 1) against the two Q8
+/// activation blocks, scaled per group by `d sc d_a`; the mins enter as
+/// `dmin m s` per group, eight lanes at a time. The scalar kernel's
+/// arithmetic in another summation order.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q4_k_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let nsb = a.d.len() / 8;
+    let wp = w.as_ptr();
+    let mut acc = _mm512_setzero_ps();
+    let mut mins = _mm256_setzero_ps();
+    let nib = _mm512_set1_epi8(0x0f);
+    for sb in 0..nsb {
+        let blk = wp.add(sb * 144);
+        let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
+            blk as *const i32,
+        )));
+        let d = _mm256_broadcastss_ps(dd);
+        let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+        let q = blk.add(4) as *const u32;
+        let (u0, u1, u2) = (
+            std::ptr::read_unaligned(q),
+            std::ptr::read_unaligned(q.add(1)),
+            std::ptr::read_unaligned(q.add(2)),
+        );
+        // Bytes 0..8: the eight scales; 8..16: the eight mins.
+        let sc =
+            (u0 & KMASK1) as u64 | ((((u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4)) as u64) << 32);
+        let m = (u1 & KMASK1) as u64
+            | (((((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4)) as u64) << 32);
+        let scf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64)));
+        let mf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(m as i64)));
+        let ad = _mm256_loadu_ps(a.d.as_ptr().add(sb * 8));
+        let asum = _mm256_loadu_ps(a.s.as_ptr().add(sb * 8));
+        mins = _mm256_fmadd_ps(_mm256_mul_ps(dmin, mf), asum, mins);
+        // d sc_j d_a(j) for the eight groups, in both halves of a 512-bit vector.
+        let scale8 = _mm256_mul_ps(_mm256_mul_ps(d, scf), ad);
+        let scale16 = _mm512_castps256_ps512(scale8);
+        let qs = blk.add(16);
+        let aq = a.qs.as_ptr().add(sb * 8 * QK);
+        for c in 0..4 {
+            let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(32 * c) as *const __m256i));
+            // Upper 256 bits: the high nibbles (16-bit lanes 16..32).
+            let v = _mm512_mask_srli_epi16(v, 0xFFFF_0000, v, 4);
+            let u = _mm512_and_si512(v, nib);
+            let av = _mm512_loadu_si512(aq.add(64 * c) as *const _);
+            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, av);
+            let j = 2 * c as i32;
+            let idx = _mm512_set_epi32(
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j + 1,
+                j,
+                j,
+                j,
+                j,
+                j,
+                j,
+                j,
+                j,
+            );
+            let scale = _mm512_permutexvar_ps(idx, scale16);
+            acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc);
+        }
+    }
+    _mm512_reduce_add_ps(acc) - hsum256(mins)
+}
+
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn f32_avx512(w: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
