@@ -2,8 +2,8 @@
 //! activation row, or with several sharing each decoded weight block
 //! ([`Kernels::quant_rows`]), per SIMD level.
 //!
-//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1 and Q4_K with SIMD kernels
-//! on AVX-512 only; Q5_K, Q6_K with scalar kernels at every level for now) are multiplied with Q8 activations
+//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K and Q6_K with SIMD
+//! kernels on AVX-512 only; Q5_K with scalar kernels at every level for now) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
 //! block; float weights (F32, F16) with f32 activations. The CUDA backend's
 //! `vecdot` does the same arithmetic for these types. The level is detected at run
@@ -181,6 +181,8 @@ pub struct Kernels {
     q5: Option<Q5Kernels>,
     /// Q4_K where the level has a SIMD kernel (AVX-512); else the scalar one.
     q4_k: Option<QDot>,
+    /// Q6_K where the level has a SIMD kernel (AVX-512); else the scalar one.
+    q6_k: Option<QDot>,
     f16: FDot,
     f32: FDot,
 }
@@ -200,6 +202,7 @@ impl Kernels {
                 group: None,
                 q5: None,
                 q4_k: None,
+                q6_k: None,
                 f16: scalar::f16,
                 f32: scalar::f32,
             },
@@ -217,6 +220,7 @@ impl Kernels {
                 group: None,
                 q5: None,
                 q4_k: None,
+                q6_k: None,
                 f16: crate::vec_dot_x86::f16_avx2,
                 f32: crate::vec_dot_x86::f32_avx2,
             },
@@ -237,6 +241,7 @@ impl Kernels {
                     crate::vec_dot_x86::q8_0_avx512_group,
                 ]),
                 q4_k: Some(crate::vec_dot_x86::q4_k_avx512),
+                q6_k: Some(crate::vec_dot_x86::q6_k_avx512),
                 q5: Some(Q5Kernels {
                     one: [
                         crate::vec_dot_x86::q5_0_avx512,
@@ -264,6 +269,7 @@ impl Kernels {
                 group: None,
                 q5: None,
                 q4_k: None,
+                q6_k: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -277,6 +283,7 @@ impl Kernels {
                 group: None,
                 q5: None,
                 q4_k: None,
+                q6_k: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -298,6 +305,7 @@ impl Kernels {
             }
             GgmlType::Q5_0 | GgmlType::Q5_1 => self.q5.is_some(),
             GgmlType::Q4_K => self.q4_k.is_some(),
+            GgmlType::Q6_K => self.q6_k.is_some(),
             _ => false,
         }
     }
@@ -316,7 +324,7 @@ impl Kernels {
             GgmlType::Q4_K => self.q4_k.unwrap_or(scalar::q4_k as QDot),
             // Scalar at every level (no SIMD kernel yet): the same arithmetic.
             GgmlType::Q5_K => scalar::q5_k as QDot,
-            GgmlType::Q6_K => scalar::q6_k as QDot,
+            GgmlType::Q6_K => self.q6_k.unwrap_or(scalar::q6_k as QDot),
             _ => return f32::NAN,
         };
         let (bytes, vals) = block_bytes(ty).expect("a type with a kernel");

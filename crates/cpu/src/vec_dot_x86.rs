@@ -709,6 +709,71 @@ pub unsafe fn q4_k_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
     _mm512_reduce_add_ps(acc) - hsum256(mins)
 }
 
+/// Q6_K rows: per half super-block (128 levels) its 64 bytes of low
+/// nibbles are one load and its 32 bytes of high bits one broadcast; two
+/// 64-level registers then hold groups (0, 1) and (2, 3) of the half (low
+/// and high nibbles, high-bit pairs 0/2 and 4/6 by a per-lane shift). The
+/// `-32` comes out in the integers as in [`quant_avx512`] (each lane's dot
+/// starts from `-32` times its four activation bytes' sum); each four lanes
+/// (16 levels) are scaled by their i8 scale, `d` and the block's `d_a`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q6_k_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
+    let nsb = a.d.len() / 8;
+    let wp = w.as_ptr();
+    let mut acc = _mm512_setzero_ps();
+    let nib = _mm512_set1_epi8(0x0f);
+    let three = _mm512_set1_epi8(3);
+    let thirty_two = _mm512_set1_epi8(32);
+    let shift01 = _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0);
+    let shift23 = _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4);
+    // Scale j of a group pair to lanes 4j..4j + 4; the block's d_a to lanes 0..8 / 8..16.
+    let sc01 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let sc23 = _mm512_set_epi32(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4);
+    let spread_a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    let zero = _mm512_setzero_si512();
+    for sb in 0..nsb {
+        let blk = wp.add(sb * 210);
+        let d = _mm512_set1_ps(f16_load(blk.add(208)));
+        for n in 0..2 {
+            let v = _mm512_loadu_si512(blk.add(64 * n) as *const _);
+            let h =
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i));
+            let hi01 = _mm512_and_si512(_mm512_srlv_epi16(h, shift01_16(shift01)), three);
+            let hi23 = _mm512_and_si512(_mm512_srlv_epi16(h, shift01_16(shift23)), three);
+            let u01 = _mm512_or_si512(_mm512_and_si512(v, nib), _mm512_slli_epi16(hi01, 4));
+            let u23 = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16(v, 4), nib),
+                _mm512_slli_epi16(hi23, 4),
+            );
+            let sc8 = _mm_loadl_epi64(blk.add(192 + 8 * n) as *const __m128i);
+            let scf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc8));
+            let scf = _mm512_mul_ps(scf, d);
+            let b = sb * 8 + 4 * n;
+            for (pair, u, idx) in [(0, u01, sc01), (1, u23, sc23)] {
+                let blk_a = b + 2 * pair;
+                let av = _mm512_loadu_si512(a.qs.as_ptr().add(blk_a * QK) as *const _);
+                let corr = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, thirty_two, av));
+                let dot = _mm512_dpbusd_epi32(corr, u, av);
+                let ad = _mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(blk_a) as *const f64));
+                let dav = _mm512_permutexvar_ps(spread_a, _mm512_castps128_ps512(ad));
+                let scale = _mm512_mul_ps(_mm512_permutexvar_ps(idx, scf), dav);
+                acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc);
+            }
+        }
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
+/// Per-64-bit-lane shift counts as per-16-bit-lane counts (for `vpsrlvw`).
+#[inline(always)]
+unsafe fn shift01_16(v: __m512i) -> __m512i {
+    // Each 64-bit count c (< 8) becomes four 16-bit lanes of c.
+    _mm512_or_si512(
+        _mm512_or_si512(v, _mm512_slli_epi64(v, 16)),
+        _mm512_or_si512(_mm512_slli_epi64(v, 32), _mm512_slli_epi64(v, 48)),
+    )
+}
+
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn f32_avx512(w: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
