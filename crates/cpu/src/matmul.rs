@@ -15,7 +15,7 @@
 //! Q4_0 and Q4_1 weights where the CPU has AVX-512 VNNI
 //! ([`prefill_in_8_bits`]), else to `gemm`. Fewer rows (decode)
 //! go to `vecdot` for Q4_0 and Q4_1 weights ([`decode_in_8_bits`]) and for
-//! Q8_0, Q5_0, Q5_1, Q4_K and Q6_K layers where the CPU has SIMD kernels for them, their
+//! Q8_0, Q5_0, Q5_1 and K-quant (Q4_K, Q5_K, Q6_K) layers where the CPU has SIMD kernels for them, their
 //! output head excepted ([`layers_in_8_bits`], [`head_shaped`]), and to
 //! `fdot` for the other types it has a kernel for, else to `gemv`.
 //!
@@ -163,14 +163,19 @@ pub fn head_shaped(s: &MatmulShape) -> bool {
 /// 0.00074 to it, a quarter of the total: each of the head's logits sums a
 /// whole row of rounded activations, and no layer's error reaches a logit so
 /// directly. Q5_0 and Q5_1 are the bulk of llama.cpp's Q4_K_M and Q5_K_M
-/// Qwen2.5 files (rows of 896 are no whole K-quant super-blocks), Q4_K and
-/// Q6_K their down projections. Q4_K_M and Q5_K_M files made from the synthetic
-/// Qwen2.5-0.5B F32 scored 0.0460 and 0.0343 with these rules against
+/// Qwen2.5 files (rows of 896 are no whole K-quant super-blocks), Q4_K,
+/// Q5_K and Q6_K their down projections. Q4_K_M and Q5_K_M files made from the synthetic
+/// Qwen2.5-0.5B F32 scored 0.0462 and 0.0345 with these rules against
 /// llama.cpp's 0.0463 and 0.0349 on the same files.
 pub fn layers_in_8_bits(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q6_K
+        GgmlType::Q8_0
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
     ) && crate::vec_dot::kernels().has_simd(ty)
 }
 

@@ -2,8 +2,8 @@
 //! activation row, or with several sharing each decoded weight block
 //! ([`Kernels::quant_rows`]), per SIMD level.
 //!
-//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K and Q6_K with SIMD
-//! kernels on AVX-512 only; Q5_K with scalar kernels at every level for now) are multiplied with Q8 activations
+//! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K, Q5_K and Q6_K with
+//! SIMD kernels on AVX-512 only, scalar ones at the other levels) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
 //! block; float weights (F32, F16) with f32 activations. The CUDA backend's
 //! `vecdot` does the same arithmetic for these types. The level is detected at run
@@ -183,6 +183,8 @@ pub struct Kernels {
     q4_k: Option<QDot>,
     /// Q6_K where the level has a SIMD kernel (AVX-512); else the scalar one.
     q6_k: Option<QDot>,
+    /// Q5_K where the level has a SIMD kernel (AVX-512); else the scalar one.
+    q5_k: Option<QDot>,
     f16: FDot,
     f32: FDot,
 }
@@ -203,6 +205,7 @@ impl Kernels {
                 q5: None,
                 q4_k: None,
                 q6_k: None,
+                q5_k: None,
                 f16: scalar::f16,
                 f32: scalar::f32,
             },
@@ -221,6 +224,7 @@ impl Kernels {
                 q5: None,
                 q4_k: None,
                 q6_k: None,
+                q5_k: None,
                 f16: crate::vec_dot_x86::f16_avx2,
                 f32: crate::vec_dot_x86::f32_avx2,
             },
@@ -242,6 +246,7 @@ impl Kernels {
                 ]),
                 q4_k: Some(crate::vec_dot_x86::q4_k_avx512),
                 q6_k: Some(crate::vec_dot_x86::q6_k_avx512),
+                q5_k: Some(crate::vec_dot_x86::q5_k_avx512),
                 q5: Some(Q5Kernels {
                     one: [
                         crate::vec_dot_x86::q5_0_avx512,
@@ -270,6 +275,7 @@ impl Kernels {
                 q5: None,
                 q4_k: None,
                 q6_k: None,
+                q5_k: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -284,6 +290,7 @@ impl Kernels {
                 q5: None,
                 q4_k: None,
                 q6_k: None,
+                q5_k: None,
                 f16: crate::neon::f16_row,
                 f32: crate::neon::f32_row,
             },
@@ -306,6 +313,7 @@ impl Kernels {
             GgmlType::Q5_0 | GgmlType::Q5_1 => self.q5.is_some(),
             GgmlType::Q4_K => self.q4_k.is_some(),
             GgmlType::Q6_K => self.q6_k.is_some(),
+            GgmlType::Q5_K => self.q5_k.is_some(),
             _ => false,
         }
     }
@@ -322,8 +330,7 @@ impl Kernels {
             GgmlType::Q5_0 => self.q5.map_or(scalar::q5_0 as QDot, |k| k.one[0]),
             GgmlType::Q5_1 => self.q5.map_or(scalar::q5_1 as QDot, |k| k.one[1]),
             GgmlType::Q4_K => self.q4_k.unwrap_or(scalar::q4_k as QDot),
-            // Scalar at every level (no SIMD kernel yet): the same arithmetic.
-            GgmlType::Q5_K => scalar::q5_k as QDot,
+            GgmlType::Q5_K => self.q5_k.unwrap_or(scalar::q5_k as QDot),
             GgmlType::Q6_K => self.q6_k.unwrap_or(scalar::q6_k as QDot),
             _ => return f32::NAN,
         };

@@ -640,6 +640,19 @@ pub unsafe fn q5_1_avx512_group(
 /// arithmetic in another summation order.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_k_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
+    q45_k_avx512::<false>(w, a)
+}
+
+/// Q5_K rows: [`q4_k_avx512`]'s loop over Q5_K's layout (the same 16-byte
+/// header, then qh[32], then the nibbles), each level's fifth bit (bit 2c of
+/// qh[l] for level 64c + l, bit 2c + 1 for 64c + 32 + l) added as 16.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q5_k_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
+    q45_k_avx512::<true>(w, a)
+}
+
+#[inline(always)]
+unsafe fn q45_k_avx512<const FIVE: bool>(w: &[u8], a: Q8Row<'_>) -> f32 {
     const KMASK1: u32 = 0x3f3f_3f3f;
     const KMASK2: u32 = 0x0f0f_0f0f;
     const KMASK3: u32 = 0x0303_0303;
@@ -648,8 +661,10 @@ pub unsafe fn q4_k_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
     let mut acc = _mm512_setzero_ps();
     let mut mins = _mm256_setzero_ps();
     let nib = _mm512_set1_epi8(0x0f);
+    let (size, qs_at) = if FIVE { (176, 48) } else { (144, 16) };
+    let one = _mm512_set1_epi8(1);
     for sb in 0..nsb {
-        let blk = wp.add(sb * 144);
+        let blk = wp.add(sb * size);
         let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(
             blk as *const i32,
         )));
@@ -674,13 +689,33 @@ pub unsafe fn q4_k_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
         // d sc_j d_a(j) for the eight groups, in both halves of a 512-bit vector.
         let scale8 = _mm256_mul_ps(_mm256_mul_ps(d, scf), ad);
         let scale16 = _mm512_castps256_ps512(scale8);
-        let qs = blk.add(16);
+        let qs = blk.add(qs_at);
         let aq = a.qs.as_ptr().add(sb * 8 * QK);
+        let qh = if FIVE {
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(blk.add(16) as *const __m256i))
+        } else {
+            _mm512_setzero_si512()
+        };
         for c in 0..4 {
             let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(32 * c) as *const __m256i));
             // Upper 256 bits: the high nibbles (16-bit lanes 16..32).
             let v = _mm512_mask_srli_epi16(v, 0xFFFF_0000, v, 4);
-            let u = _mm512_and_si512(v, nib);
+            let mut u = _mm512_and_si512(v, nib);
+            if FIVE {
+                // Bit 2c of qh[l] (lower half), 2c + 1 (upper half), as 16.
+                let cnt = _mm512_set_epi64(
+                    2 * c as i64 + 1,
+                    2 * c as i64 + 1,
+                    2 * c as i64 + 1,
+                    2 * c as i64 + 1,
+                    2 * c as i64,
+                    2 * c as i64,
+                    2 * c as i64,
+                    2 * c as i64,
+                );
+                let bit = _mm512_and_si512(_mm512_srlv_epi16(qh, shift01_16(cnt)), one);
+                u = _mm512_or_si512(u, _mm512_slli_epi16(bit, 4));
+            }
             let av = _mm512_loadu_si512(aq.add(64 * c) as *const _);
             let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, av);
             let j = 2 * c as i32;
