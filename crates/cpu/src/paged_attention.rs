@@ -1,8 +1,9 @@
 //! Causal grouped-query attention over the paged KV cache (see
 //! `metallic::backend::PagedLayout`): the tiled core of `attention.rs`, with
-//! the cache row of position `t` found through the row's block table. So a row's output depends only on
-//! its own query, positions and cache contents, never on the other rows of the
-//! step: the property that makes batched serving batch-invariant.
+//! the cache row of position `t` found through the row's block table. A row's
+//! output depends only on its own query, positions and cache contents, never
+//! on the other rows of the step: the property that makes batched serving
+//! batch-invariant.
 //!
 //! The cache holds f32 or f16 ([`KvElem`]); values are rounded once when
 //! stored and read back as f32, so the arithmetic is the same for both.
@@ -165,4 +166,115 @@ pub fn attention<T: KvElem>(
         l,
         out,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metallic::rng::Xoshiro256;
+
+    /// Qwen2.5-0.5B's heads: groups of seven query heads, head dim 64.
+    const L: QkvLayout = QkvLayout {
+        n_heads: 14,
+        n_kv_heads: 2,
+        head_dim: 64,
+    };
+    const PAGED: PagedLayout = PagedLayout {
+        block_size: 16,
+        n_blocks: 24,
+        table_stride: 6,
+    };
+
+    /// Sequence A; C shares A's first two blocks (a cached prefix of 32
+    /// positions); B and D own other blocks, scattered.
+    const A: [i32; 6] = [3, 17, 9, 0, 21, 5];
+    const B: [i32; 6] = [7, 13, 20, 1, 2, 4];
+    const C: [i32; 6] = [3, 17, 11, 6, 8, 10];
+    const D: [i32; 6] = [12, 14, 15, 16, 18, 19];
+
+    /// The positions `0..96` of a sequence with block table `table`, gathered
+    /// from the paged cache into the flat cache layout of `attention.rs`.
+    fn flat<T: KvElem>(cache: &[T], table: &[i32]) -> Vec<f32> {
+        let cap = PAGED.table_stride * PAGED.block_size;
+        let hd = L.head_dim;
+        let mut out = vec![0.0; L.n_kv_heads * cap * hd];
+        for h in 0..L.n_kv_heads {
+            for t in 0..cap {
+                let bs = PAGED.block_size;
+                let at = slot_offset(&PAGED, &L, table[t / bs] as usize, h, t % bs);
+                let dst = (h * cap + t) * hd;
+                T::to_f32_slice(&cache[at..at + hd], &mut out[dst..dst + hd]);
+            }
+        }
+        out
+    }
+
+    /// A batch of a prefill chunk of A (after C's row, which shares A's first
+    /// blocks), a decode row of B and one of D: each row's result equals, bit
+    /// for bit, the flat cache's attention for that row alone over its own
+    /// sequence, serially and on the pool, for f32 and f16 caches.
+    fn check<T: KvElem>() {
+        let mut r = Xoshiro256::new(7);
+        let len = PAGED.layer_len(&L);
+        let mut random = |n: usize| -> Vec<T> {
+            (0..n)
+                .map(|_| T::from_f32((r.next_f64() * 2.0 - 1.0) as f32))
+                .collect()
+        };
+        let (k, v) = (random(len), random(len));
+        let mut seqs: Vec<(&[i32; 6], i32)> = vec![(&C, 30)];
+        seqs.extend((31..90).map(|p| (&A, p)));
+        seqs.extend([(&B, 40), (&D, 5)]);
+        let m = seqs.len();
+        let qkv: Vec<f32> = (0..m * L.row_width())
+            .map(|_| (r.next_f64() * 2.0 - 1.0) as f32)
+            .collect();
+        let tables: Vec<i32> = seqs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        let pos: Vec<i32> = seqs.iter().map(|&(_, p)| p).collect();
+        check_rows(&PAGED, &tables, &pos, m).unwrap();
+        let width = L.n_heads * L.head_dim;
+        let cap = PAGED.table_stride * PAGED.block_size;
+        let mut want = Vec::new();
+        for (i, &(table, p)) in seqs.iter().enumerate() {
+            let (fk, fv) = (flat(&k, table), flat(&v, table));
+            let row = &qkv[i * L.row_width()..(i + 1) * L.row_width()];
+            let mut out = vec![f32::NAN; width];
+            attention::attention(false, row, &fk, &fv, cap, &[p], 1, &L, &mut out);
+            want.extend(out);
+        }
+        for parallel in [false, true] {
+            let mut got = vec![f32::NAN; m * width];
+            attention(parallel, &qkv, &k, &v, &PAGED, &tables, &pos, m, &L, &mut got);
+            for i in 0..m {
+                assert_eq!(
+                    got[i * width..(i + 1) * width],
+                    want[i * width..(i + 1) * width],
+                    "row {i} (position {}), parallel {parallel}",
+                    pos[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batched_rows_equal_each_sequence_alone_over_the_flat_cache_f32() {
+        check::<f32>();
+    }
+
+    #[test]
+    fn batched_rows_equal_each_sequence_alone_over_the_flat_cache_f16() {
+        check::<half::f16>();
+    }
+
+    #[test]
+    fn rows_outside_their_table_or_the_cache_are_refused() {
+        let tables: Vec<i32> = A.iter().chain(&[3, -1, 0, 0, 0, 0]).copied().collect();
+        assert!(check_rows(&PAGED, &tables, &[95, 10], 2).is_ok());
+        let err = check_rows(&PAGED, &tables, &[96, 10], 2).unwrap_err();
+        assert!(err.contains("position 96 outside"), "{err}");
+        let err = check_rows(&PAGED, &tables, &[5, 16], 2).unwrap_err();
+        assert!(err.contains("block -1 outside"), "{err}");
+        let err = check_rows(&PAGED, &tables[..6], &[5, 5], 2).unwrap_err();
+        assert!(err.contains("2 rows need"), "{err}");
+    }
 }
