@@ -161,22 +161,27 @@ pub fn attention(
     attend(kernels(), parallel, &keys, qkv, pos, m, l, out)
 }
 
-/// Rows per task: enough queries (rows times the query heads of a KV head)
-/// that each key and value tile loaded serves many, few enough that the pool
-/// gets several tasks per thread. The result does not depend on it.
-fn rows_per_task(parallel: bool, m: usize, group: usize, n_kv_heads: usize) -> usize {
+/// How the work is cut into tasks: blocks of `rows` rows, and each KV head's
+/// group of query heads in `splits` parts of `heads` heads. Enough queries per
+/// task (rows times heads) that each key and value tile loaded serves many;
+/// on the pool, several tasks per thread (decode-sized calls split the
+/// heads). The result does not depend on it.
+fn task_shape(parallel: bool, m: usize, group: usize, n_kv_heads: usize) -> (usize, usize, usize) {
     let by_reuse = (96 / group).max(1);
     if !parallel {
-        return by_reuse;
+        return (by_reuse, group, 1);
     }
     let tasks_wanted = 4 * rayon::current_num_threads();
-    by_reuse.min((m * n_kv_heads).div_ceil(tasks_wanted)).max(1)
+    let rows = by_reuse.min((m * n_kv_heads).div_ceil(tasks_wanted)).max(1);
+    let tasks = m.div_ceil(rows) * n_kv_heads;
+    let heads = group.div_ceil(tasks_wanted.div_ceil(tasks).min(group));
+    (rows, heads, group.div_ceil(heads))
 }
 
-/// Flash-style attention: for each task (a KV head and a block of rows), the
-/// queries of the KV head's query heads for those rows walk the keys in tiles
-/// of [`TILE`], each tile transposed once into scratch and used by all of
-/// them, softmax kept online (running max and sum), so no row-by-length score
+/// Flash-style attention: for each task (a KV head, a block of rows and some
+/// of the KV head's query heads), the tasks' queries walk the keys in tiles of
+/// [`TILE`], each tile transposed once into scratch and used by all of them,
+/// softmax kept online (running max and sum), so no row-by-length score
 /// matrix exists. Rows that do not share keys (other sequences of a batch)
 /// run as separate groups within a task.
 #[allow(clippy::too_many_arguments)]
@@ -191,12 +196,15 @@ pub(crate) fn attend<S: Keys>(
     out: &mut [f32],
 ) {
     let group = l.n_heads / l.n_kv_heads;
-    let rows = rows_per_task(parallel, m, group, l.n_kv_heads);
+    let (rows, heads, splits) = task_shape(parallel, m, group, l.n_kv_heads);
     let blocks = m.div_ceil(rows);
+    let per_block = l.n_kv_heads * splits;
     let optr = SharedOut::new(out);
     let task = |s: &mut Scratch, t: usize| {
         // Later rows see more keys: hand their tasks out first.
-        let (b, kvh) = (blocks - 1 - t / l.n_kv_heads, t % l.n_kv_heads);
+        let b = blocks - 1 - t / per_block;
+        let (kvh, part) = (t % per_block / splits, t % splits);
+        let hs = part * heads..((part + 1) * heads).min(group);
         let end = ((b + 1) * rows).min(m);
         let mut i = b * rows;
         while i < end {
@@ -204,11 +212,11 @@ pub(crate) fn attend<S: Keys>(
             while j < end && keys.same_keys(i, j) {
                 j += 1;
             }
-            attend_rows(kern, s, keys, qkv, pos, i..j, kvh, l, optr);
+            attend_rows(kern, s, keys, qkv, pos, i..j, kvh, hs.clone(), l, optr);
             i = j;
         }
     };
-    let tasks = blocks * l.n_kv_heads;
+    let tasks = blocks * per_block;
     if parallel {
         (0..tasks)
             .into_par_iter()
@@ -221,8 +229,8 @@ pub(crate) fn attend<S: Keys>(
     }
 }
 
-/// Attention of rows `rows` (which share their keys) for the query heads of
-/// KV head `kvh`, into their slices of `out`.
+/// Attention of rows `rows` (which share their keys) for the query heads
+/// `hs` (of `0..group`) of KV head `kvh`, into their slices of `out`.
 #[allow(clippy::too_many_arguments)]
 fn attend_rows<S: Keys>(
     kern: &AttnKernels,
@@ -232,6 +240,7 @@ fn attend_rows<S: Keys>(
     pos: &[i32],
     rows: std::ops::Range<usize>,
     kvh: usize,
+    hs: std::ops::Range<usize>,
     l: &QkvLayout,
     out: SharedOut,
 ) {
@@ -240,8 +249,9 @@ fn attend_rows<S: Keys>(
     let group = l.n_heads / l.n_kv_heads;
     let width = l.row_width();
     let scale = 1.0 / (hd as f32).sqrt();
-    let nq = rows.len() * group;
-    // Query qi is head kvh * group + qi % group of row rows.start + qi / group.
+    let g = hs.len();
+    let nq = rows.len() * g;
+    // Query qi is head kvh * group + hs.start + qi % g of row rows.start + qi / g.
     s.q.clear();
     s.q.resize(nq * hdp, 0.0);
     s.o.clear();
@@ -250,10 +260,10 @@ fn attend_rows<S: Keys>(
     s.ml.resize(nq, [f32::NEG_INFINITY, 0.0]);
     s.lim.clear();
     for (r, i) in rows.clone().enumerate() {
-        for hh in 0..group {
-            let h = kvh * group + hh;
+        for hh in 0..g {
+            let h = kvh * group + hs.start + hh;
             let q = &qkv[i * width + h * hd..][..hd];
-            let qi = r * group + hh;
+            let qi = r * g + hh;
             for (d, &x) in s.q[qi * hdp..][..hd].iter_mut().zip(q) {
                 *d = x * scale;
             }
@@ -306,9 +316,9 @@ fn attend_rows<S: Keys>(
     }
     let out_width = l.n_heads * hd;
     for (r, i) in rows.enumerate() {
-        for hh in 0..group {
-            let qi = r * group + hh;
-            let h = kvh * group + hh;
+        for hh in 0..g {
+            let qi = r * g + hh;
+            let h = kvh * group + hs.start + hh;
             let inv = 1.0 / s.ml[qi][1];
             // SAFETY: each (row, head) belongs to exactly one task, which
             // writes its own hd-wide slice of out.
@@ -467,8 +477,11 @@ mod tests {
         assert_eq!(serial, pooled, "serial and pooled paths differ");
         assert_close(&serial, &want, l, "default level", 1e-5);
         let mut levels = 0;
-        for kern in SimdLevel::ALL.into_iter().filter_map(AttnKernels::for_level) {
-            let name = kern.level().name();
+        for level in SimdLevel::ALL {
+            let Some(kern) = AttnKernels::for_level(level) else {
+                continue;
+            };
+            let name = level.name();
             let serial = at_level(&kern, false, l, cap, &qkv, &k, &v, pos);
             let pooled = at_level(&kern, true, l, cap, &qkv, &k, &v, pos);
             assert_eq!(serial, pooled, "{name}: serial and pooled paths differ");
@@ -600,10 +613,13 @@ mod tests {
         let (k, v) = cache(&mut r, &l, cap, filled);
         let qkv = values(&mut r, pos.len() * l.row_width());
         let want = reference(&l, cap, &qkv, &k, &v, &pos);
-        for kern in SimdLevel::ALL.into_iter().filter_map(AttnKernels::for_level) {
+        for level in SimdLevel::ALL {
+            let Some(kern) = AttnKernels::for_level(level) else {
+                continue;
+            };
             for parallel in [false, true] {
                 let got = at_level(&kern, parallel, &l, cap, &qkv, &k, &v, &pos);
-                assert_close(&got, &want, &l, kern.level().name(), 1e-5);
+                assert_close(&got, &want, &l, level.name(), 1e-5);
             }
         }
     }
@@ -625,9 +641,12 @@ mod tests {
         let scalar = AttnKernels::for_level(SimdLevel::Scalar).unwrap();
         let want = at_level(&scalar, true, &l, cap, &qkv, &k, &v, &pos);
         let reference = reference(&l, cap, &qkv, &k, &v, &pos);
-        for kern in SimdLevel::ALL.into_iter().filter_map(AttnKernels::for_level) {
+        for level in SimdLevel::ALL {
+            let Some(kern) = AttnKernels::for_level(level) else {
+                continue;
+            };
             let got = at_level(&kern, true, &l, cap, &qkv, &k, &v, &pos);
-            let name = kern.level().name();
+            let name = level.name();
             // Scores up to ~50: f32 rounding of a score moves its weight by
             // ~1e-6 relative, so outputs (|v| <= 6) are ~1e-5 off in f32.
             assert_close(&got, &reference, &l, name, 1e-4);

@@ -52,7 +52,6 @@ type TileFn = unsafe fn(&mut Tile<'_>, &[u32]);
 /// [`AttnKernels::for_level`], which checks the CPU has the instructions.
 #[derive(Clone, Copy)]
 pub struct AttnKernels {
-    level: SimdLevel,
     tile: TileFn,
 }
 
@@ -74,11 +73,7 @@ impl AttnKernels {
             #[allow(unreachable_patterns)]
             _ => return None,
         };
-        Some(AttnKernels { level, tile })
-    }
-
-    pub fn level(&self) -> SimdLevel {
-        self.level
+        Some(AttnKernels { tile })
     }
 
     /// Runs the tile for the queries `active` (indices into the tile's
