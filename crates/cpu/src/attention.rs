@@ -39,6 +39,8 @@ pub trait KvElem: Copy + Send + Sync {
     fn from_f32(v: f32) -> Self;
     /// `dst[i] = src[i]` as f32 (both of one length).
     fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+    /// The values themselves where they are f32 already.
+    fn as_f32(src: &[Self]) -> Option<&[f32]>;
 }
 
 impl KvElem for f32 {
@@ -49,6 +51,10 @@ impl KvElem for f32 {
     #[inline]
     fn to_f32_slice(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src)
+    }
+    #[inline]
+    fn as_f32(src: &[f32]) -> Option<&[f32]> {
+        Some(src)
     }
 }
 
@@ -62,6 +68,10 @@ impl KvElem for half::f16 {
         // The slice conversion uses F16C / FP16 instructions where the CPU has them.
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst)
+    }
+    #[inline]
+    fn as_f32(_: &[half::f16]) -> Option<&[f32]> {
+        None
     }
 }
 
@@ -123,8 +133,10 @@ struct Scratch {
     /// The key tile transposed (`head_dim` x TILE) and the value tile (TILE x hdp).
     kt: Vec<f32>,
     v: Vec<f32>,
-    /// One key row as f32.
-    row: Vec<f32>,
+    /// Where each key of the tile starts, in the cache or in `rows`.
+    offs: Vec<usize>,
+    /// The tile's keys as f32 rows, where the cache holds another type.
+    rows: Vec<f32>,
 }
 
 thread_local! {
@@ -164,17 +176,18 @@ pub fn attention(
 /// How the work is cut into tasks: blocks of `rows` rows, and each KV head's
 /// group of query heads in `splits` parts of `heads` heads. Enough queries per
 /// task (rows times heads) that each key and value tile loaded serves many;
-/// on the pool, several tasks per thread (decode-sized calls split the
-/// heads). The result does not depend on it.
+/// on the pool, several tasks per thread, and where there are fewer tasks
+/// than threads (decode) the heads split, though each part then loads the
+/// tiles again. The result does not depend on it.
 fn task_shape(parallel: bool, m: usize, group: usize, n_kv_heads: usize) -> (usize, usize, usize) {
     let by_reuse = (96 / group).max(1);
     if !parallel {
         return (by_reuse, group, 1);
     }
-    let tasks_wanted = 4 * rayon::current_num_threads();
-    let rows = by_reuse.min((m * n_kv_heads).div_ceil(tasks_wanted)).max(1);
+    let threads = rayon::current_num_threads();
+    let rows = by_reuse.min((m * n_kv_heads).div_ceil(4 * threads)).max(1);
     let tasks = m.div_ceil(rows) * n_kv_heads;
-    let heads = group.div_ceil(tasks_wanted.div_ceil(tasks).min(group));
+    let heads = group.div_ceil(threads.div_ceil(tasks).min(group));
     (rows, heads, group.div_ceil(heads))
 }
 
@@ -276,8 +289,7 @@ fn attend_rows<S: Keys>(
     s.kt.resize(hd * TILE, 0.0);
     s.v.clear();
     s.v.resize(TILE * hdp, 0.0);
-    s.row.clear();
-    s.row.resize(hd, 0.0);
+    s.offs.clear();
     let len = rows.clone().map(|i| pos[i] as usize + 1).max().unwrap_or(0);
     let (kc, vc) = (keys.k(), keys.v());
     for t0 in (0..len).step_by(TILE) {
@@ -285,13 +297,21 @@ fn attend_rows<S: Keys>(
         if nk < TILE {
             s.kt.fill(0.0);
         }
+        s.offs.clear();
         for j in 0..nk {
             let at = keys.at(rows.start, kvh, t0 + j);
-            S::Elem::to_f32_slice(&kc[at..at + hd], &mut s.row);
-            for (d, &x) in s.row.iter().enumerate() {
-                s.kt[d * TILE + j] = x;
-            }
+            s.offs.push(at);
             S::Elem::to_f32_slice(&vc[at..at + hd], &mut s.v[j * hdp..j * hdp + hd]);
+        }
+        if let Some(kc) = S::Elem::as_f32(kc) {
+            kern.pack_keys(kc, &s.offs, hd, &mut s.kt);
+        } else {
+            s.rows.resize(TILE * hd, 0.0);
+            for (j, at) in s.offs.iter_mut().enumerate() {
+                S::Elem::to_f32_slice(&kc[*at..*at + hd], &mut s.rows[j * hd..(j + 1) * hd]);
+                *at = j * hd;
+            }
+            kern.pack_keys(&s.rows, &s.offs, hd, &mut s.kt);
         }
         s.active.clear();
         for (qi, (&lim, seen)) in s.lim.iter().zip(s.seen.iter_mut()).enumerate() {

@@ -47,12 +47,14 @@ pub struct Tile<'a> {
 }
 
 type TileFn = unsafe fn(&mut Tile<'_>, &[u32]);
+type PackFn = unsafe fn(&[f32], &[usize], usize, &mut [f32]);
 
 /// The attention kernels of one SIMD level. Built only through
 /// [`AttnKernels::for_level`], which checks the CPU has the instructions.
 #[derive(Clone, Copy)]
 pub struct AttnKernels {
     tile: TileFn,
+    pack: PackFn,
 }
 
 impl AttnKernels {
@@ -62,18 +64,31 @@ impl AttnKernels {
         if !level.available() {
             return None;
         }
-        let tile: TileFn = match level {
-            SimdLevel::Scalar => tile_scalar,
+        let (tile, pack): (TileFn, PackFn) = match level {
+            SimdLevel::Scalar => (tile_scalar, pack_scalar),
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => x86::tile_avx2,
+            SimdLevel::Avx2 => (x86::tile_avx2, x86::pack_avx2),
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 => x86::tile_avx512,
+            SimdLevel::Avx512 => (x86::tile_avx512, x86::pack_avx512),
             #[cfg(target_arch = "aarch64")]
-            SimdLevel::Neon | SimdLevel::NeonDot => arm::tile_neon,
+            SimdLevel::Neon | SimdLevel::NeonDot => (arm::tile_neon, pack_scalar),
             #[allow(unreachable_patterns)]
             _ => return None,
         };
-        Some(AttnKernels { tile })
+        Some(AttnKernels { tile, pack })
+    }
+
+    /// The key tile transposed: `kt[d * TILE + j] = src[offs[j] + d]` for the
+    /// `offs.len()` keys and `d < hd` (other lanes untouched). A decode step
+    /// packs a tile for a few queries only, so this is done in registers
+    /// where the level can.
+    pub fn pack_keys(&self, src: &[f32], offs: &[usize], hd: usize, kt: &mut [f32]) {
+        assert!(offs.len() <= TILE && kt.len() >= hd * TILE);
+        for &o in offs {
+            assert!(o + hd <= src.len());
+        }
+        // SAFETY: `for_level` checked the CPU features; indices checked above.
+        unsafe { (self.pack)(src, offs, hd, kt) }
     }
 
     /// Runs the tile for the queries `active` (indices into the tile's
@@ -140,6 +155,8 @@ const EXP_MIN: f32 = -87.0;
 
 /// Scores of `R` queries against the key tile, `C` vectors of keys at a time:
 /// `s[r][j] = q_r . k_j`, the head dimension summed in order.
+// Indices address several register arrays in lockstep.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn scores<L: Lanes, const R: usize, const C: usize>(
     t: &Tile<'_>,
@@ -202,6 +219,8 @@ unsafe fn softmax<L: Lanes>(s: &mut [f32; TILE], seen: usize, ml: &mut [f32; 2])
 
 /// Running outputs of `R` queries, `C` vectors of the (padded) head dimension
 /// from `d0`: `o_r = o_r * c_r + sum_j p_r[j] v_j` over the first `nk` keys.
+// Indices address several register arrays in lockstep.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn weighted_sum<L: Lanes, const R: usize, const C: usize>(
     t: &mut Tile<'_>,
@@ -332,6 +351,21 @@ unsafe fn tile_scalar(t: &mut Tile<'_>, active: &[u32]) {
     tile_generic::<Portable, 2, 2>(t, active)
 }
 
+/// Keys `j0..` and dimensions `d0..hd` of [`AttnKernels::pack_keys`] one by one:
+/// the whole of it at the portable level, the ragged edges elsewhere.
+unsafe fn pack_rest(src: &[f32], offs: &[usize], hd: usize, kt: &mut [f32], j0: usize, d0: usize) {
+    for (j, &o) in offs.iter().enumerate() {
+        let from = if j < j0 { d0 } else { 0 };
+        for d in from..hd {
+            *kt.get_unchecked_mut(d * TILE + j) = *src.get_unchecked(o + d);
+        }
+    }
+}
+
+unsafe fn pack_scalar(src: &[f32], offs: &[usize], hd: usize, kt: &mut [f32]) {
+    pack_rest(src, offs, hd, kt, 0, 0)
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
@@ -387,7 +421,11 @@ mod x86 {
             for &p in &EXP_P[1..] {
                 y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(p));
             }
-            let y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+            let y = _mm512_fmadd_ps(
+                y,
+                _mm512_mul_ps(r, r),
+                _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+            );
             let e = _mm512_scalef_ps(y, n);
             let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(EXP_MIN));
             _mm512_maskz_mov_ps(!under, e)
@@ -451,7 +489,11 @@ mod x86 {
             for &p in &EXP_P[1..] {
                 y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(p));
             }
-            let y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+            let y = _mm256_fmadd_ps(
+                y,
+                _mm256_mul_ps(r, r),
+                _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+            );
             // 2^n through the exponent bits: n >= -126 after the clamp.
             let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
                 _mm256_cvtps_epi32(n),
@@ -473,6 +515,96 @@ mod x86 {
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
         }
+    }
+
+    /// Levels that transpose a square block of `W` vectors of `W` lanes
+    /// (the first `W` entries of the array) in registers.
+    trait Block: Lanes {
+        unsafe fn transpose(r: &mut [Self::V; 16]);
+    }
+
+    /// Blocks of `W` keys by `W` dimensions transposed in registers, the
+    /// ragged edges one by one.
+    #[inline(always)]
+    unsafe fn pack_blocks<L: Block>(src: &[f32], offs: &[usize], hd: usize, kt: &mut [f32]) {
+        let w = L::W;
+        let (jn, dn) = (offs.len() / w * w, hd / w * w);
+        let (sp, kp) = (src.as_ptr(), kt.as_mut_ptr());
+        let mut r = [L::zero(); 16];
+        for j0 in (0..jn).step_by(w) {
+            for d0 in (0..dn).step_by(w) {
+                for (i, x) in r[..w].iter_mut().enumerate() {
+                    *x = L::load(sp.add(offs[j0 + i] + d0));
+                }
+                L::transpose(&mut r);
+                for (i, &x) in r[..w].iter().enumerate() {
+                    L::store(kp.add((d0 + i) * TILE + j0), x);
+                }
+            }
+        }
+        pack_rest(src, offs, hd, kt, jn, dn);
+    }
+
+    impl Block for Avx512 {
+        #[inline(always)]
+        unsafe fn transpose(r: &mut [__m512; 16]) {
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            for i in 0..4 {
+                let (a, b) = (4 * i, 4 * i + 2);
+                r[4 * i] = _mm512_shuffle_ps::<0x44>(t[a], t[b]);
+                r[4 * i + 1] = _mm512_shuffle_ps::<0xee>(t[a], t[b]);
+                r[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[a + 1], t[b + 1]);
+                r[4 * i + 3] = _mm512_shuffle_ps::<0xee>(t[a + 1], t[b + 1]);
+            }
+            for h in 0..2 {
+                for i in 0..4 {
+                    let (a, b) = (8 * h + i, 8 * h + i + 4);
+                    t[8 * h + i] = _mm512_shuffle_f32x4::<0x88>(r[a], r[b]);
+                    t[8 * h + i + 4] = _mm512_shuffle_f32x4::<0xdd>(r[a], r[b]);
+                }
+            }
+            for i in 0..8 {
+                r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[i + 8]);
+                r[i + 8] = _mm512_shuffle_f32x4::<0xdd>(t[i], t[i + 8]);
+            }
+        }
+    }
+
+    impl Block for Avx2 {
+        #[inline(always)]
+        unsafe fn transpose(r: &mut [__m256; 16]) {
+            let mut t = [_mm256_setzero_ps(); 8];
+            for i in 0..4 {
+                t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            let mut u = [_mm256_setzero_ps(); 8];
+            for i in 0..2 {
+                let (a, b) = (4 * i, 4 * i + 2);
+                u[4 * i] = _mm256_shuffle_ps::<0x44>(t[a], t[b]);
+                u[4 * i + 1] = _mm256_shuffle_ps::<0xee>(t[a], t[b]);
+                u[4 * i + 2] = _mm256_shuffle_ps::<0x44>(t[a + 1], t[b + 1]);
+                u[4 * i + 3] = _mm256_shuffle_ps::<0xee>(t[a + 1], t[b + 1]);
+            }
+            for i in 0..4 {
+                r[i] = _mm256_permute2f128_ps::<0x20>(u[i], u[i + 4]);
+                r[i + 4] = _mm256_permute2f128_ps::<0x31>(u[i], u[i + 4]);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pack_avx512(src: &[f32], offs: &[usize], hd: usize, kt: &mut [f32]) {
+        pack_blocks::<Avx512>(src, offs, hd, kt)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pack_avx2(src: &[f32], offs: &[usize], hd: usize, kt: &mut [f32]) {
+        pack_blocks::<Avx2>(src, offs, hd, kt)
     }
 
     /// Four queries by the whole 64-key tile (16 accumulators of 32).

@@ -244,7 +244,9 @@ mod tests {
         }
         for parallel in [false, true] {
             let mut got = vec![f32::NAN; m * width];
-            attention(parallel, &qkv, &k, &v, &PAGED, &tables, &pos, m, &L, &mut got);
+            attention(
+                parallel, &qkv, &k, &v, &PAGED, &tables, &pos, m, &L, &mut got,
+            );
             for i in 0..m {
                 assert_eq!(
                     got[i * width..(i + 1) * width],
