@@ -659,38 +659,58 @@ mod tests {
     /// that row alone, at every SIMD level, on ragged shapes: row counts
     /// around the micro-tile's six (1..=9, 31..=33, 37), weight rows around
     /// the tile's 16 (1, 5, 15, 16, 17, 33) in stacked parts, odd block
-    /// counts, with and without bias, Q4_0 and Q4_1 parts mixed in one tile.
-    /// Where the level has no tile kernel `vecdot_gemm` is `vecdot`'s
-    /// multi-row kernels: bit for bit the one-row product. The AVX-512 tile
-    /// kernel has the same integer block dots and per-block scales but sums
-    /// the blocks in its own order (and adds the weights' offsets apart), so
-    /// it agrees to float32 summation order: 1e-5 of sum |w x|.
+    /// counts (and odd super-block counts for the K-quants), with and
+    /// without bias, parts of different layouts mixed in one tile (nibbles
+    /// with bytes, anything with Q6_K's scale per half). Where the level has
+    /// no tile kernel `vecdot_gemm` is `vecdot`'s multi-row kernels: bit for
+    /// bit the one-row product. The AVX-512 tile kernel has the same integer
+    /// block dots and per-block scales but sums the blocks in its own order
+    /// (and adds the weights' offsets apart), so it agrees to float32
+    /// summation order: 1e-5 of sum |w x|.
     #[test]
     fn vecdot_gemm_rows_match_the_single_row_vecdot_product() {
-        let cases: Vec<(&str, Vec<(GgmlType, usize)>)> = [1usize, 5, 15, 16, 17, 33]
-            .into_iter()
-            .flat_map(|n| {
-                let split = |ty| {
-                    if n >= 3 {
-                        vec![(ty, n / 3), (ty, n - n / 3)]
-                    } else {
-                        vec![(ty, n)]
-                    }
-                };
-                [
-                    ("Q4_0", split(GgmlType::Q4_0)),
-                    ("Q4_1", split(GgmlType::Q4_1)),
-                    ("Q8_0", split(GgmlType::Q8_0)),
-                ]
-            })
-            .chain([
-                ("Q4_0+Q4_1", vec![(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 12)]),
-                // Not one tile layout: every level takes `vecdot`'s kernels.
-                ("Q4_1+Q8_0", vec![(GgmlType::Q4_1, 9), (GgmlType::Q8_0, 9)]),
-            ])
-            .collect();
-        for (name, parts) in &cases {
-            for k in [32, 96, 160, 896] {
+        let plain = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+        ];
+        let kquants = [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+        let split = |ty, n: usize| {
+            if n >= 3 {
+                vec![(ty, n / 3), (ty, n - n / 3)]
+            } else {
+                vec![(ty, n)]
+            }
+        };
+        let mut cases: Vec<(String, Vec<(GgmlType, usize)>, &[usize])> = Vec::new();
+        for n in [1usize, 5, 15, 16, 17, 33] {
+            for ty in plain {
+                cases.push((ty.name().into(), split(ty, n), &[32, 96, 160, 896]));
+            }
+            for ty in kquants {
+                cases.push((ty.name().into(), split(ty, n), &[256, 768]));
+            }
+        }
+        for (parts, ks) in [
+            (vec![(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 12)], &[32, 160][..]),
+            (vec![(GgmlType::Q4_1, 9), (GgmlType::Q8_0, 9)], &[32, 160]),
+            (vec![(GgmlType::Q5_0, 5), (GgmlType::Q8_0, 14)], &[96]),
+            // Qwen2.5 Q4_K_M / Q5_K_M projections: K-quants fused with the
+            // other types, tiles straddling the parts.
+            (
+                vec![(GgmlType::Q4_K, 9), (GgmlType::Q4_K, 3), (GgmlType::Q6_K, 6)],
+                &[256, 768],
+            ),
+            (vec![(GgmlType::Q5_K, 20), (GgmlType::Q8_0, 5)], &[256]),
+            (vec![(GgmlType::Q5_0, 11), (GgmlType::Q6_K, 7)], &[512]),
+        ] {
+            let name = parts.iter().map(|p| p.0.name()).collect::<Vec<_>>().join("+");
+            cases.push((name, parts, ks));
+        }
+        for (name, parts, ks) in &cases {
+            for &k in *ks {
                 let n: usize = parts.iter().map(|p| p.1).sum();
                 let w = mixed_linear(k, parts, n % 2 == 1);
                 for m in (1..=9).chain([31, 32, 33, 37]) {
@@ -700,7 +720,7 @@ mod tests {
                     for kern in SimdLevel::ALL.into_iter().filter_map(Kernels::for_level) {
                         let mut all = vec![f32::NAN; m * n];
                         vecdot_gemm_with(&kern, &x, &w, m, &mut all).unwrap();
-                        let tiled = has_tile_kernel(&kern) && *name != "Q4_1+Q8_0";
+                        let tiled = has_tile_kernel(&kern);
                         for i in 0..m {
                             let mut one = vec![f32::NAN; n];
                             vecdot_with(&kern, &x[i * k..(i + 1) * k], &w, 1, &mut one).unwrap();
