@@ -37,6 +37,11 @@ pub use tensor::CpuTensor;
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
+    /// `(n, k, type)` of the model's output projections (`output.weight`,
+    /// or the tied `token_embd.weight`) uploaded here: the default rule
+    /// keeps their prefill products in float32 activations where the
+    /// quality table asks for it ([`matmul::Role`]).
+    outputs: std::sync::Mutex<Vec<(usize, usize, metallic_gguf::GgmlType)>>,
 }
 
 /// Sampling on the CPU: the core sampler plus a scratch copy of the logits.
@@ -115,7 +120,11 @@ impl CpuBackend {
             .thread_name(|i| format!("metallic-cpu-{i}"))
             .build()
             .map_err(|e| Error::backend("cpu", e.to_string()))?;
-        Ok(CpuBackend { pool, threads })
+        Ok(CpuBackend {
+            pool,
+            threads,
+            outputs: Default::default(),
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -265,7 +274,14 @@ impl Backend for CpuBackend {
                 Some(all)
             }
         };
-        CpuLinear::new(parts, bias)
+        let w = CpuLinear::new(parts, bias)?;
+        if let [p] = parts {
+            if matches!(p.name(), "output.weight" | "token_embd.weight") {
+                let mut outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+                outputs.push((w.info.n, w.info.k, w.info.dtype));
+            }
+        }
+        Ok(w)
     }
 
     fn linear_info(&self, w: &CpuLinear) -> LinearInfo {
@@ -376,7 +392,13 @@ impl Backend for CpuBackend {
     }
 
     fn default_matmul_impl(&self, shape: &MatmulShape) -> usize {
-        matmul::default_impl(shape)
+        let outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+        let role = if outputs.contains(&(shape.n, shape.k, shape.dtype)) {
+            matmul::Role::Output
+        } else {
+            matmul::Role::Layer
+        };
+        matmul::default_impl_for(shape, role)
     }
 
     fn matmul(

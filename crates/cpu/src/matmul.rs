@@ -119,20 +119,41 @@ pub fn decode_in_8_bits(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1)
 }
 
+/// What a product computes in the model, as far as the default rule cares:
+/// the output projection's logits (the lm_head: tens of thousands of
+/// outputs read straight by sampling and scoring) or anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Layer,
+    Output,
+}
+
 /// Weight types whose prefill default is `vecdot_gemm` (8-bit activations,
-/// integer tiles) where the CPU has its AVX-512 VNNI kernel: the types whose
-/// decode is in 8 bits already ([`decode_in_8_bits`]), for the same reason:
-/// `vecdot` everywhere (prefill rows included) scored a KLD no worse than
+/// integer tiles) where the CPU has its AVX-512 VNNI kernel, by role. Q4_0
+/// and Q4_1 everywhere: `vecdot` everywhere scored a KLD no worse than
 /// llama.cpp's on the quality table's Q4_0 and Q4_1 files, and `vecdot_gemm`
-/// is that arithmetic. Q8_0 stays on `gemm` (float32 activations): on
-/// SmolLM2 its tied lm_head carries a quarter of 8-bit activations' KLD.
-pub fn prefill_in_8_bits(ty: GgmlType) -> bool {
-    decode_in_8_bits(ty) && crate::matmul_vecdot_gemm::has_tile_kernel(crate::vec_dot::kernels())
+/// is that arithmetic. The other types with a tile kernel in the layers
+/// only (their KLD no worse than llama.cpp's there, docs/quality.md): an
+/// output projection stays on `gemm` (float32 activations), since on
+/// SmolLM2 the tied Q8_0 lm_head in 8 bits carries a quarter of 8-bit
+/// activations' KLD and takes the file just above llama.cpp's.
+pub fn prefill_in_8_bits(ty: GgmlType, role: Role) -> bool {
+    let types = match role {
+        Role::Layer => crate::matmul_vecdot_gemm::supported(ty),
+        Role::Output => decode_in_8_bits(ty),
+    };
+    types && crate::matmul_vecdot_gemm::has_tile_kernel(crate::vec_dot::kernels())
+}
+
+/// The implementation used when nothing is forced or tuned, for a product
+/// whose role is unknown (taken as a layer's).
+pub fn default_impl(s: &MatmulShape) -> usize {
+    default_impl_for(s, Role::Layer)
 }
 
 /// The implementation used when nothing is forced or tuned.
-pub fn default_impl(s: &MatmulShape) -> usize {
-    if s.m >= GEMM_MIN_M && prefill_in_8_bits(s.dtype) && vecdot_gemm_supports(s) {
+pub fn default_impl_for(s: &MatmulShape, role: Role) -> usize {
+    if s.m >= GEMM_MIN_M && prefill_in_8_bits(s.dtype, role) && vecdot_gemm_supports(s) {
         VECDOT_GEMM
     } else if s.m >= GEMM_MIN_M && gemm_supports(s) {
         GEMM
@@ -846,24 +867,84 @@ mod tests {
             "vecdot"
         );
         assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q8_0))].name, "fdot");
-        // Prefill: Q4_0/Q4_1 in 8 bits where the AVX-512 VNNI tiles run,
-        // Q8_0 (and every type without that kernel) on `gemm`.
+        // Prefill: every type with a tile kernel in 8 bits where the AVX-512
+        // VNNI tiles run; an output projection only for Q4_0/Q4_1, else on
+        // `gemm` (as every type without that kernel).
         let tiles = has_tile_kernel(vec_dot::kernels());
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+        let tiled = |yes| if tiles && yes { "vecdot_gemm" } else { "gemm" };
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+        ] {
+            let output = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1);
+            let s = shape(GEMM_MIN_M, ty);
+            assert_eq!(IMPLS[default_impl(&s)].name, tiled(true), "{ty:?}");
             assert_eq!(
-                IMPLS[default_impl(&shape(GEMM_MIN_M, ty))].name,
-                if tiles { "vecdot_gemm" } else { "gemm" }
+                IMPLS[default_impl_for(&s, Role::Output)].name,
+                tiled(output),
+                "{ty:?} output"
             );
         }
-        assert_eq!(
-            IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q8_0))].name,
-            "gemm"
-        );
+        let mut k_rows = shape(GEMM_MIN_M, GgmlType::Q6_K);
+        k_rows.k = 4864;
+        assert_eq!(IMPLS[default_impl(&k_rows)].name, tiled(true));
+        for ty in [GgmlType::F16, GgmlType::F32, GgmlType::BF16] {
+            assert_eq!(IMPLS[default_impl(&shape(GEMM_MIN_M, ty))].name, "gemm");
+        }
         // Q4_K rows of 896 are not whole super-blocks: the reference takes them.
         assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_K))].name, "gemv");
         let mut odd = shape(1, GgmlType::Q8_0);
         odd.batch = 14;
         assert!(IMPLS.iter().all(|i| !(i.supports)(&odd)));
+    }
+
+    /// The backend knows the model's output projection by its tensor name
+    /// when it is uploaded (`output.weight`, or the tied
+    /// `token_embd.weight`) and keeps a Q8_0 one's prefill products in
+    /// float32 activations, while a layer of the same type goes to the
+    /// 8-bit tiles.
+    #[test]
+    fn backend_keeps_the_output_projection_prefill_in_float32() {
+        use metallic::backend::Backend;
+        let k = 64;
+        let mut w = GgufWriter::new();
+        for (name, rows) in [("output.weight", 40usize), ("blk.0.ffn_up.weight", 24)] {
+            let data = values(rows as u64, rows * k);
+            let bytes = quant::quantize(GgmlType::Q8_0, &data).unwrap();
+            w.add_tensor(name, GgmlType::Q8_0, &[k as u64, rows as u64], bytes)
+                .unwrap();
+        }
+        let mut buf = Vec::new();
+        w.write_to(&mut buf).unwrap();
+        let file = Arc::new(GgufFile::from_bytes(buf).unwrap());
+        let cpu = crate::CpuBackend::new(1).unwrap();
+        for t in file.tensors() {
+            cpu.upload_linear(&[WeightView::new(file.clone(), t.clone())], None)
+                .unwrap();
+        }
+        let shape = |n| MatmulShape {
+            op: metallic::backend::MatmulOp::Matmul,
+            dtype: GgmlType::Q8_0,
+            batch: 1,
+            m: 64,
+            n,
+            k,
+            ta: false,
+            tb: true,
+        };
+        let tiles = has_tile_kernel(vec_dot::kernels());
+        assert_eq!(IMPLS[cpu.default_matmul_impl(&shape(40))].name, "gemm");
+        assert_eq!(
+            IMPLS[cpu.default_matmul_impl(&shape(24))].name,
+            if tiles { "vecdot_gemm" } else { "gemm" }
+        );
+        // Decode-sized products of either are the decode rule's.
+        let mut one = shape(40);
+        one.m = 1;
+        assert_eq!(cpu.default_matmul_impl(&one), decode_impl(&one));
     }
 
     /// llama.cpp's mixes fuse parts of different types (Q3_K_M on 64-wide
