@@ -7,15 +7,17 @@
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
 //! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, F16, F32 |
 //! | 4     | `decode` | the decode rule at any row count: `vecdot`, `fdot` or `gemv` by type | every type the CPU loads |
-//! | 5     | `vecdot_gemm` | Q8 activations x 16-row repacked weight tiles, AVX-512 VNNI (else `vecdot`'s kernels) | Q4_0, Q4_1, Q8_0 |
+//! | 5     | `vecdot_gemm` | Q8 activations x 16-row repacked weight tiles, AVX-512 VNNI (else `vecdot`'s kernels) | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
-//! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows (prefill: enough
-//! rows to reuse each repacked or dequantised tile) go to `vecdot_gemm` for
-//! Q4_0 and Q4_1 weights where the CPU has AVX-512 VNNI
-//! ([`prefill_in_8_bits`]), else to `gemm`. Fewer rows (decode)
-//! go to `vecdot` for Q4_0 and Q4_1 weights ([`decode_in_8_bits`]) and to
-//! `fdot` for the other types it has a kernel for, else to `gemv`.
+//! Default rule ([`default_impl_for`]): `m >= GEMM_MIN_M` rows (prefill:
+//! enough rows to reuse each repacked or dequantised tile) go to
+//! `vecdot_gemm` where the CPU has AVX-512 VNNI for every type it runs, but
+//! for the model's output projection only when Q4_0 or Q4_1
+//! ([`prefill_in_8_bits`]; the backend knows the output by its tensor name,
+//! [`Role`]), else to `gemm`. Fewer rows (decode) go to `vecdot` for Q4_0
+//! and Q4_1 weights ([`decode_in_8_bits`]) and to `fdot` for the other types
+//! it has a kernel for, else to `gemv`.
 //!
 //! Which decode arithmetic is the default is decided by the KL divergence
 //! against the float32 model (docs/quality.md), not by greedy identity: 8-bit
@@ -705,7 +707,9 @@ mod tests {
                 vec![(ty, n)]
             }
         };
-        let mut cases: Vec<(String, Vec<(GgmlType, usize)>, &[usize])> = Vec::new();
+        /// A name, the parts, the row lengths to try.
+        type Case = (String, Vec<(GgmlType, usize)>, &'static [usize]);
+        let mut cases: Vec<Case> = Vec::new();
         for n in [1usize, 5, 15, 16, 17, 33] {
             for ty in plain {
                 cases.push((ty.name().into(), split(ty, n), &[32, 96, 160, 896]));
@@ -715,19 +719,30 @@ mod tests {
             }
         }
         for (parts, ks) in [
-            (vec![(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 12)], &[32, 160][..]),
+            (
+                vec![(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 12)],
+                &[32, 160][..],
+            ),
             (vec![(GgmlType::Q4_1, 9), (GgmlType::Q8_0, 9)], &[32, 160]),
             (vec![(GgmlType::Q5_0, 5), (GgmlType::Q8_0, 14)], &[96]),
             // Qwen2.5 Q4_K_M / Q5_K_M projections: K-quants fused with the
             // other types, tiles straddling the parts.
             (
-                vec![(GgmlType::Q4_K, 9), (GgmlType::Q4_K, 3), (GgmlType::Q6_K, 6)],
+                vec![
+                    (GgmlType::Q4_K, 9),
+                    (GgmlType::Q4_K, 3),
+                    (GgmlType::Q6_K, 6),
+                ],
                 &[256, 768],
             ),
             (vec![(GgmlType::Q5_K, 20), (GgmlType::Q8_0, 5)], &[256]),
             (vec![(GgmlType::Q5_0, 11), (GgmlType::Q6_K, 7)], &[512]),
         ] {
-            let name = parts.iter().map(|p| p.0.name()).collect::<Vec<_>>().join("+");
+            let name = parts
+                .iter()
+                .map(|p| p.0.name())
+                .collect::<Vec<_>>()
+                .join("+");
             cases.push((name, parts, ks));
         }
         for (name, parts, ks) in &cases {

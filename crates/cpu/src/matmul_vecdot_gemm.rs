@@ -151,14 +151,20 @@ fn block(ty: GgmlType, row: &[u8], blk: usize) -> Block {
         GgmlType::Q5_0 => {
             let src = &row[blk * 22..(blk + 1) * 22];
             nib(&src[6..22], &mut q);
-            fifth(u32::from_le_bytes(src[2..6].try_into().expect("4 bytes")), &mut q);
+            fifth(
+                u32::from_le_bytes(src[2..6].try_into().expect("4 bytes")),
+                &mut q,
+            );
             let d = f16_at(src, 0);
             one(d, -16.0 * d)
         }
         GgmlType::Q5_1 => {
             let src = &row[blk * 24..(blk + 1) * 24];
             nib(&src[8..24], &mut q);
-            fifth(u32::from_le_bytes(src[4..8].try_into().expect("4 bytes")), &mut q);
+            fifth(
+                u32::from_le_bytes(src[4..8].try_into().expect("4 bytes")),
+                &mut q,
+            );
             one(f16_at(src, 0), f16_at(src, 2))
         }
         GgmlType::Q4_K | GgmlType::Q5_K => {
@@ -337,17 +343,15 @@ fn half_sums(acts: &Q8Acts, m: usize, out: &mut Vec<f32>) {
     out.resize(2 * blocks, 0.0);
     // Blocks per task: ~32 KiB of activations, as the quantiser.
     const TASK: usize = 1024;
-    out.par_chunks_mut(2 * TASK)
-        .enumerate()
-        .for_each(|(t, o)| {
-            for (i, h) in o.chunks_exact_mut(2).enumerate() {
-                let blk = t * TASK + i;
-                let q = &acts.qs[blk * QK..(blk + 1) * QK];
-                let sum = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>() as f32;
-                h[0] = acts.d[blk] * sum(&q[..16]);
-                h[1] = acts.d[blk] * sum(&q[16..]);
-            }
-        });
+    out.par_chunks_mut(2 * TASK).enumerate().for_each(|(t, o)| {
+        for (i, h) in o.chunks_exact_mut(2).enumerate() {
+            let blk = t * TASK + i;
+            let q = &acts.qs[blk * QK..(blk + 1) * QK];
+            let sum = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>() as f32;
+            h[0] = acts.d[blk] * sum(&q[..16]);
+            h[1] = acts.d[blk] * sum(&q[16..]);
+        }
+    });
 }
 
 /// One activation row as the tile kernel reads it: its Q8 blocks and, for
@@ -378,7 +382,9 @@ fn tiles(acts: &Q8Acts, halves: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]
             if let Some(b) = &w.bias {
                 bias[..cols].copy_from_slice(&b[r0..r0 + cols]);
             }
-            debug_assert!(tile.layout != Layout::Halves || arows.iter().all(|a| a.h.len() == 2 * nb));
+            debug_assert!(
+                tile.layout != Layout::Halves || arows.iter().all(|a| a.h.len() == 2 * nb)
+            );
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller checked that the CPU has the AVX-512 VNNI
             // level (`has_tile_kernel`); every activation row has the tile's
@@ -530,8 +536,10 @@ mod x86 {
                     let da = _mm512_set1_ps(*a[r].q.d.get_unchecked(b));
                     let s0 = _mm512_set1_ps(*a[r].h.get_unchecked(2 * b));
                     let s1 = _mm512_set1_ps(*a[r].h.get_unchecked(2 * b + 1));
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(i0[r]), acc[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw1, da), _mm512_cvtepi32_ps(i1[r]), acc[r]);
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(i0[r]), acc[r]);
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_mul_ps(dw1, da), _mm512_cvtepi32_ps(i1[r]), acc[r]);
                     corr[r] = _mm512_fmadd_ps(bw, s0, corr[r]);
                     corr[r] = _mm512_fmadd_ps(bw1, s1, corr[r]);
                 }
