@@ -113,59 +113,93 @@ pub struct Tile {
 }
 
 /// One block of 32 weights of a row as the tile stores them: unsigned
-/// levels `q` and `(d, b)` per half, so that the block's dot with an
-/// activation block is `sum_h d_h * d_a * (q_h . a_h) + b_h * s_h`.
+/// levels `q` (level `l` in byte `l % 8` of word `l / 8`) and `(d, b)` per
+/// half, so that the block's dot with an activation block is
+/// `sum_h d_h * d_a * (q_h . a_h) + b_h * s_h`.
 struct Block {
-    q: [u8; QK],
+    q: [u64; 4],
     db: [(f32, f32); 2],
 }
 
+/// Low nibble of every byte.
+const NIB: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+/// Lowest bit of every byte.
+const BIT: u64 = 0x0101_0101_0101_0101;
+
+/// `SPREAD[b]`: bit `i` of `b` as byte `i` (0 or 1): eight fifth bits of a
+/// Q5_0/Q5_1 block in one word.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            t[b] |= (((b >> i) & 1) as u64) << (8 * i);
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Eight bytes of `s` at `at`, little-endian.
+#[inline(always)]
+fn word(s: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The levels of a block stored as ggml's nibble pairs (Q4_0, Q4_1, Q5_*'s
+/// low bits): byte `i` of `qs` holds levels `i` and `i + 16`.
+#[inline(always)]
+fn nibble_pairs(qs: &[u8]) -> [u64; 4] {
+    let (a, b) = (word(qs, 0), word(qs, 8));
+    [a & NIB, b & NIB, (a >> 4) & NIB, (b >> 4) & NIB]
+}
+
 /// Block `blk` (of 32 values) of a row of type `ty`: `vecdot`'s decoding
-/// of the same bytes (vec_dot.rs's scalar kernels).
+/// of the same bytes (vec_dot.rs's scalar kernels), eight levels a word.
 fn block(ty: GgmlType, row: &[u8], blk: usize) -> Block {
-    let mut q = [0u8; QK];
-    let nib = |qs: &[u8], q: &mut [u8; QK]| {
-        for i in 0..16 {
-            q[i] = qs[i] & 0x0f;
-            q[i + 16] = qs[i] >> 4;
-        }
-    };
-    let fifth = |qh: u32, q: &mut [u8; QK]| {
-        for (j, v) in q.iter_mut().enumerate() {
-            *v |= (((qh >> j) & 1) << 4) as u8;
-        }
-    };
     let one = |d: f32, b: f32| [(d, b), (d, b)];
-    let db = match ty {
+    // Q5_0/Q5_1: the fifth bits (bit l of `qh` for level l) onto the nibbles.
+    let fifth = |q: &mut [u64; 4], qh: &[u8]| {
+        for (w, &h) in q.iter_mut().zip(qh) {
+            *w |= SPREAD[h as usize] << 4;
+        }
+    };
+    match ty {
         GgmlType::Q4_0 => {
             let src = &row[blk * 18..(blk + 1) * 18];
-            nib(&src[2..18], &mut q);
             let d = f16_at(src, 0);
-            one(d, -8.0 * d)
+            Block {
+                q: nibble_pairs(&src[2..18]),
+                db: one(d, -8.0 * d),
+            }
         }
         GgmlType::Q4_1 => {
             let src = &row[blk * 20..(blk + 1) * 20];
-            nib(&src[4..20], &mut q);
-            one(f16_at(src, 0), f16_at(src, 2))
+            Block {
+                q: nibble_pairs(&src[4..20]),
+                db: one(f16_at(src, 0), f16_at(src, 2)),
+            }
         }
         GgmlType::Q5_0 => {
             let src = &row[blk * 22..(blk + 1) * 22];
-            nib(&src[6..22], &mut q);
-            fifth(
-                u32::from_le_bytes(src[2..6].try_into().expect("4 bytes")),
-                &mut q,
-            );
+            let mut q = nibble_pairs(&src[6..22]);
+            fifth(&mut q, &src[2..6]);
             let d = f16_at(src, 0);
-            one(d, -16.0 * d)
+            Block {
+                q,
+                db: one(d, -16.0 * d),
+            }
         }
         GgmlType::Q5_1 => {
             let src = &row[blk * 24..(blk + 1) * 24];
-            nib(&src[8..24], &mut q);
-            fifth(
-                u32::from_le_bytes(src[4..8].try_into().expect("4 bytes")),
-                &mut q,
-            );
-            one(f16_at(src, 0), f16_at(src, 2))
+            let mut q = nibble_pairs(&src[8..24]);
+            fifth(&mut q, &src[4..8]);
+            Block {
+                q,
+                db: one(f16_at(src, 0), f16_at(src, 2)),
+            }
         }
         GgmlType::Q4_K | GgmlType::Q5_K => {
             let five = ty == GgmlType::Q5_K;
@@ -174,43 +208,55 @@ fn block(ty: GgmlType, row: &[u8], blk: usize) -> Block {
             let src = &row[sb * size..(sb + 1) * size];
             let scales: &[u8; 12] = src[4..16].try_into().expect("12 bytes");
             let (sc, mn) = metallic_gguf::quant::get_scale_min_k4(j, scales);
-            let qs = &src[qs_at + 32 * (j / 2)..qs_at + 32 * (j / 2) + 32];
-            for (l, v) in q.iter_mut().enumerate() {
-                let n = if j % 2 == 0 { qs[l] & 0x0f } else { qs[l] >> 4 };
-                let high = if five { (src[16 + l] >> j) & 1 } else { 0 };
-                *v = n | (high << 4);
-            }
+            // Sub-block j: the low (even j) or high (odd j) nibbles of 32
+            // bytes; Q5_K's fifth bit of level l is bit j of qh[l].
+            let qs = qs_at + 32 * (j / 2);
+            let shift = 4 * (j % 2) as u32;
+            let q = std::array::from_fn(|w| {
+                let mut v = (word(src, qs + 8 * w) >> shift) & NIB;
+                if five {
+                    v |= ((word(src, 16 + 8 * w) >> j) & BIT) << 4;
+                }
+                v
+            });
             let (d, dmin) = (f16_at(src, 0), f16_at(src, 2));
-            one(d * f32::from(sc), -(dmin * f32::from(mn)))
+            Block {
+                q,
+                db: one(d * f32::from(sc), -(dmin * f32::from(mn))),
+            }
         }
         GgmlType::Q6_K => {
             let (sb, g) = (blk / 8, blk % 8);
             let src = &row[sb * 210..(sb + 1) * 210];
             let (n, i) = (g / 4, g % 4);
-            for (l, v) in q.iter_mut().enumerate() {
-                let ql = src[64 * n + (i & 1) * 32 + l];
-                let qh = src[128 + 32 * n + l];
-                *v = ((ql >> ((i >> 1) * 4)) & 15) | (((qh >> (2 * i)) & 3) << 4);
-            }
+            let (ql, qh) = (64 * n + (i & 1) * 32, 128 + 32 * n);
+            let (lshift, hshift) = (4 * (i >> 1) as u32, 2 * i as u32);
+            let q = std::array::from_fn(|w| {
+                let lo = (word(src, ql + 8 * w) >> lshift) & NIB;
+                let hi = (word(src, qh + 8 * w) >> hshift) & (3 * BIT);
+                lo | (hi << 4)
+            });
             let d = f16_at(src, 208);
             let half = |part: usize| {
                 let ds = d * f32::from(src[192 + 8 * n + part + 2 * i] as i8);
                 (ds, -32.0 * ds)
             };
-            [half(0), half(1)]
+            Block {
+                q,
+                db: [half(0), half(1)],
+            }
         }
         _ => {
             // Q8_0 (`supported` admits nothing else): i8 level to u8 level
             // + 128 (flip the sign bit), the + 128 undone through `s`.
             let src = &row[blk * 34..(blk + 1) * 34];
-            for (v, &s) in q.iter_mut().zip(&src[2..34]) {
-                *v = s ^ 0x80;
-            }
             let d = f16_at(src, 0);
-            one(d, -128.0 * d)
+            Block {
+                q: std::array::from_fn(|w| word(src, 2 + 8 * w) ^ 0x8080_8080_8080_8080),
+                db: one(d, -128.0 * d),
+            }
         }
-    };
-    Block { q, db }
+    }
 }
 
 impl Tile {
@@ -256,40 +302,21 @@ impl Tile {
             let row = part.row(pr);
             for blk in 0..nb {
                 let dst = &mut self.q[blk * bb..(blk + 1) * bb];
-                if self.layout == Layout::Nibbles && part.ty != GgmlType::Q4_K {
-                    // Q4_0 / Q4_1 bytes are already nibble pairs: copy them.
-                    let (bytes, qs_at) = if part.ty == GgmlType::Q4_0 {
-                        (18, 2)
-                    } else {
-                        (20, 4)
-                    };
-                    let src = &row[blk * bytes..(blk + 1) * bytes];
-                    for g in 0..4 {
-                        let o = g * NR * 4 + j * 4;
-                        dst[o..o + 4].copy_from_slice(&src[qs_at + 4 * g..qs_at + 4 * g + 4]);
-                    }
-                    let d = f16_at(src, 0);
-                    self.d[blk * sc + j] = d;
-                    self.b[blk * sc + j] = if part.ty == GgmlType::Q4_0 {
-                        -8.0 * d
-                    } else {
-                        f16_at(src, 2)
-                    };
-                    continue;
-                }
                 let b = block(part.ty, row, blk);
+                // Group g of four levels (bytes, or nibble pairs) of row j.
+                let mut put = |g: usize, v: u32| {
+                    let o = g * NR * 4 + j * 4;
+                    dst[o..o + 4].copy_from_slice(&v.to_le_bytes());
+                };
                 if self.layout == Layout::Nibbles {
+                    // Byte i: level i in the low nibble, level i + 16 high.
+                    let pairs = [b.q[0] | (b.q[2] << 4), b.q[1] | (b.q[3] << 4)];
                     for g in 0..4 {
-                        let o = g * NR * 4 + j * 4;
-                        for t in 0..4 {
-                            let i = 4 * g + t;
-                            dst[o + t] = b.q[i] | (b.q[i + 16] << 4);
-                        }
+                        put(g, (pairs[g / 2] >> (32 * (g % 2))) as u32);
                     }
                 } else {
                     for g in 0..8 {
-                        let o = g * NR * 4 + j * 4;
-                        dst[o..o + 4].copy_from_slice(&b.q[4 * g..4 * g + 4]);
+                        put(g, (b.q[g / 2] >> (32 * (g % 2))) as u32);
                     }
                 }
                 for h in 0..sc / NR {
