@@ -15,7 +15,8 @@
 # (e.g. "--deterministic --kv-type f16"); TOKENS sets the tokens a request
 # generates (64); KV_MEMORY the MiB of metallic's KV cache (512 on cpu,
 # 8192 on cuda). THREADS is ignored on cuda (the GPU does the work).
-# Servers listen on 127.0.0.1 only; every run is bounded by a timeout.
+# PORT sets the port both servers take in turn (18080). Servers listen on
+# 127.0.0.1 only; every run is bounded by a timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-assets/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -26,7 +27,7 @@ dir=.llamacpp
 pkg=llama-cpp-python
 ver=0.3.36
 server=${LLAMA_SERVER:-$dir/src/vendor/llama.cpp/build/bin/llama-server}
-port=18080
+port=${PORT:-18080}
 device=${DEVICE:-cpu}
 tokens=${TOKENS:-64}
 read -r -a serve_flags <<< "${SERVE_FLAGS:-}"

@@ -42,12 +42,15 @@ pub struct CpuBackend {
     /// keeps their prefill products in float32 activations where the
     /// quality table asks for it ([`matmul::Role`]).
     outputs: std::sync::Mutex<Vec<(usize, usize, metallic_gguf::GgmlType)>>,
+    /// The copy of a logits row a sampler works on: one for every sampler,
+    /// so a server with many sequences keeps one row warm in cache (and in
+    /// memory) rather than one per sequence.
+    sample_scratch: std::sync::Mutex<Vec<f32>>,
 }
 
-/// Sampling on the CPU: the core sampler plus a scratch copy of the logits.
+/// Sampling on the CPU: the core sampler (its logits copy is the backend's).
 pub struct CpuSampler {
     sampler: Sampler,
-    scratch: Vec<f32>,
 }
 
 fn f32s<'a>(t: &'a CpuTensor, what: &str) -> Result<&'a [f32]> {
@@ -124,6 +127,7 @@ impl CpuBackend {
             pool,
             threads,
             outputs: Default::default(),
+            sample_scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -599,6 +603,13 @@ impl Backend for CpuBackend {
         dst_offset: usize,
         len: usize,
     ) -> Result<()> {
+        // i32 too: the server gathers each sequence's sampled id this way.
+        if let (CpuTensor::I32(s), CpuTensor::I32(d)) = (src, &mut *dst) {
+            check_len("copy src", s.len(), src_offset + len)?;
+            check_len("copy dst", d.len(), dst_offset + len)?;
+            d[dst_offset..dst_offset + len].copy_from_slice(&s[src_offset..src_offset + len]);
+            return Ok(());
+        }
         let s = f32s(src, "copy src")?;
         let d = f32s_mut(dst, "copy dst")?;
         check_len("copy src", s.len(), src_offset + len)?;
@@ -610,7 +621,6 @@ impl Backend for CpuBackend {
     fn new_sampler(&self, params: &SamplerParams, vocab: usize) -> Result<CpuSampler> {
         Ok(CpuSampler {
             sampler: Sampler::new(*params, vocab)?,
-            scratch: vec![0.0; vocab],
         })
     }
 
@@ -631,10 +641,17 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let l = f32s(logits, "sample logits")?;
         check_len("sample logits", l.len(), (row + 1) * vocab)?;
-        s.scratch.resize(vocab, 0.0);
-        s.scratch
-            .copy_from_slice(&l[row * vocab..(row + 1) * vocab]);
-        let tok = s.sampler.sample(&mut s.scratch)?;
+        let mut scratch = self
+            .sample_scratch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        scratch.clear();
+        scratch.try_reserve(vocab).map_err(|_| {
+            Error::backend("cpu", format!("sampling: no memory for {vocab} logits"))
+        })?;
+        scratch.extend_from_slice(&l[row * vocab..(row + 1) * vocab]);
+        let tok = s.sampler.sample(&mut scratch)?;
+        drop(scratch);
         s.sampler.accept(tok);
         self.write_i32(ids, 0, &[tok as i32])
     }

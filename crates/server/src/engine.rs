@@ -14,6 +14,11 @@
 //! step is batch-invariant (always on the CPU, with `--deterministic` on
 //! CUDA; see `metallic::model::BatchState`) and the same up to rounding
 //! otherwise.
+//!
+//! Sampling runs on the backend, each sequence with its own sampler state
+//! (`Backend::new_sampler`: penalty history and seeded random stream); the
+//! ids of a step come back in one read, so the host never waits on the
+//! device once per row. On the CPU backend the sampler is the host one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,7 +30,7 @@ use metallic::backend::{Backend, DType, PagedLayout};
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
 use metallic::exec::Exec;
 use metallic::model::{BatchRow, BatchState, Model};
-use metallic::sampler::{Sampler, SamplerParams};
+use metallic::sampler::SamplerParams;
 use metallic::stop::StopMatcher;
 use metallic::tokenizer::Tokenizer;
 use metallic_gguf::GgufFile;
@@ -33,6 +38,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::blocks::{BlockKey, BlockPool};
 use crate::metrics::Shared;
+
+/// Graph keys of a step's sampling launches: this plus the row count.
+const SAMPLE_GRAPH_KEY_BASE: u64 = 0x5a3d_1e00_0000_0000;
 
 /// Sizes of the engine, fixed at start.
 #[derive(Clone, Debug)]
@@ -121,7 +129,11 @@ pub enum Event {
     Error(String),
 }
 
-struct Seq {
+/// A sequence; `S` is the backend's sampler state (on the device where
+/// sampling runs there, the host [`metallic::sampler::Sampler`] on the CPU).
+struct Seq<S> {
+    /// Unique among the engine's sequences.
+    id: u64,
     prompt_len: usize,
     /// Prompt then generated tokens; the last one is not in the cache yet.
     tokens: Vec<u32>,
@@ -130,7 +142,7 @@ struct Seq {
     blocks: Vec<u32>,
     /// Prefix-cache keys of the leading full blocks that are registered.
     keys: Vec<BlockKey>,
-    sampler: Sampler,
+    sampler: S,
     params: GenParams,
     stop: StopMatcher,
     /// Bytes of generated tokens not yet released as UTF-8.
@@ -143,7 +155,7 @@ struct Seq {
     counted: bool,
 }
 
-impl Seq {
+impl<S> Seq<S> {
     fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
@@ -211,10 +223,29 @@ pub fn run<B: Backend>(
             return;
         }
     };
+    let ids = (|| -> metallic::error::Result<_> {
+        Ok((
+            backend.alloc(DType::I32, 1, "sampled id")?,
+            backend.alloc(DType::I32, cfg.max_seqs, "sampled ids of a step")?,
+        ))
+    })();
+    let (sampled_one, sampled_ids) = match ids {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = on_load.send(Err(format!("allocating the sampler outputs: {e}")));
+            return;
+        }
+    };
     let mut ex = Exec::new(&backend, dispatch);
     let mut eng = Engine {
+        backend: &backend,
         model: &model,
         bs,
+        sampled_one,
+        sampled_ids,
+        host_ids: Vec::new(),
+        last_sampled: Vec::new(),
+        next_id: 0,
         pool: BlockPool::new(cfg.n_blocks, cfg.block_size),
         cfg,
         shared,
@@ -261,15 +292,26 @@ pub fn run<B: Backend>(
 }
 
 struct Engine<'m, B: Backend> {
+    backend: &'m B,
     model: &'m Model<B>,
     bs: BatchState<B>,
+    /// `[1]`: where the backend's sampler writes one row's id.
+    sampled_one: B::Tensor,
+    /// `[max_seqs]`: the ids sampled in a step, row `j` for the `j`-th
+    /// sampled sequence, read back together.
+    sampled_ids: B::Tensor,
+    host_ids: Vec<i32>,
+    /// Ids of the sequences sampled in the last step, in row order.
+    last_sampled: Vec<u64>,
+    next_id: u64,
     pool: BlockPool,
     cfg: EngineConfig,
     shared: Arc<Shared>,
     tokenizer: Tokenizer,
     /// In admission order (oldest first).
-    running: Vec<Seq>,
-    waiting: VecDeque<Seq>,
+    running: Vec<Seq<B::Sampler>>,
+    waiting: VecDeque<Seq<B::Sampler>>,
+    /// Host copy of the logits rows that asked for log-probabilities.
     logits: Vec<f32>,
 }
 
@@ -278,7 +320,9 @@ impl<B: Backend> Engine<'_, B> {
         match msg {
             EngineMsg::Submit(s) => {
                 let vocab = self.model.config.vocab;
-                let sampler = match Sampler::new(s.params.sampler, vocab) {
+                // The prompt stays out of the penalty history: OpenAI's
+                // penalties count generated tokens only.
+                let sampler = match self.backend.new_sampler(&s.params.sampler, vocab) {
                     Ok(x) => x,
                     Err(e) => {
                         self.shared.queued.fetch_sub(1, Relaxed);
@@ -286,7 +330,9 @@ impl<B: Backend> Engine<'_, B> {
                         return;
                     }
                 };
+                self.next_id += 1;
                 self.waiting.push_back(Seq {
+                    id: self.next_id,
                     prompt_len: s.prompt.len(),
                     tokens: s.prompt,
                     n_computed: 0,
@@ -321,7 +367,7 @@ impl<B: Backend> Engine<'_, B> {
         }
     }
 
-    fn free(&mut self, s: Seq) {
+    fn free(&mut self, s: Seq<B::Sampler>) {
         for &b in &s.blocks {
             self.pool.release(b);
         }
@@ -511,16 +557,7 @@ impl<B: Backend> Engine<'_, B> {
                 s.keys.push(key);
             }
         }
-        let vocab = self.model.config.vocab;
-        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
-        for (j, &i) in sampled.iter().enumerate() {
-            self.logits.resize(vocab, 0.0);
-            ex.backend
-                .read_f32(&self.bs.logits, j * vocab, &mut self.logits)?;
-            if let Some(r) = self.sample_one(i) {
-                finished.push((i, r));
-            }
-        }
+        let finished = self.sample_step(&sampled)?;
         // Remove finished and preempted sequences, highest index first so
         // the others keep their places.
         let mut done: Vec<Option<FinishReason>> = vec![None; n];
@@ -555,21 +592,104 @@ impl<B: Backend> Engine<'_, B> {
         }
     }
 
-    /// Sample the next token of running sequence `i` from `self.logits`;
-    /// returns why it is finished, if it is.
-    fn sample_one(&mut self, i: usize) -> Option<FinishReason> {
+    /// Sample the next token of every sequence in `sampled` (logits row `j`
+    /// for `sampled[j]`) on the backend, read the ids back together (one
+    /// read; logits only for rows that want log-probabilities, in one read
+    /// too) and hand each token to its sequence. Returns the sequences that
+    /// are finished and why.
+    fn sample_step(
+        &mut self,
+        sampled: &[usize],
+    ) -> metallic::error::Result<Vec<(usize, FinishReason)>> {
+        let b = self.backend;
+        let vocab = self.model.config.vocab;
+        // A row whose sampling fails (no finite logit) fails its sequence
+        // alone.
+        let mut failed: Vec<Option<String>> = vec![None; sampled.len()];
+        let key: Vec<u64> = sampled.iter().map(|&i| self.running[i].id).collect();
+        let (running, bs) = (&mut self.running, &self.bs);
+        let (one, ids) = (&mut self.sampled_one, &mut self.sampled_ids);
+        let mut sample_rows = || -> metallic::error::Result<()> {
+            for (j, &i) in sampled.iter().enumerate() {
+                match b.sample(&bs.logits, j, vocab, &mut running[i].sampler, one) {
+                    Ok(()) => b.copy(one, 0, ids, j, 1)?,
+                    Err(e) => failed[j] = Some(format!("sampling: {e}")),
+                }
+            }
+            Ok(())
+        };
+        // The same sequences in the same rows as the step before: their
+        // sampling launches are the same, so on CUDA they replay as one
+        // graph (the backend compares every launch and re-captures if one
+        // differs). While the batch changes they run directly, not paying
+        // a capture that would be used once.
+        if key == self.last_sampled {
+            b.replayable(
+                SAMPLE_GRAPH_KEY_BASE + sampled.len() as u64,
+                &mut sample_rows,
+            )?;
+        } else {
+            sample_rows()?;
+        }
+        self.last_sampled = key;
+        // The span of logits rows from the first to the last that wants
+        // log-probabilities (the raw logits: sampling does not change them).
+        let wants_lp = |&(_, &i): &(usize, &usize)| self.running[i].params.logprobs.is_some();
+        let first = sampled.iter().enumerate().find(wants_lp).map(|(j, _)| j);
+        let last = sampled
+            .iter()
+            .enumerate()
+            .rev()
+            .find(wants_lp)
+            .map(|(j, _)| j);
+        if let (Some(first), Some(last)) = (first, last) {
+            self.logits.resize((last + 1 - first) * vocab, 0.0);
+            b.read_f32(&self.bs.logits, first * vocab, &mut self.logits)?;
+        }
+        self.host_ids.resize(sampled.len(), 0);
+        b.read_i32(&self.sampled_ids, 0, &mut self.host_ids)?;
+        let mut finished = Vec::new();
+        for (j, &i) in sampled.iter().enumerate() {
+            let tok = self.host_ids[j];
+            let valid = u32::try_from(tok).ok().filter(|&t| (t as usize) < vocab);
+            let r = match (failed[j].take(), valid) {
+                (None, Some(t)) => {
+                    let lp = match (self.running[i].params.logprobs, first) {
+                        (Some(n), Some(first)) => {
+                            let row = &self.logits[(j - first) * vocab..][..vocab];
+                            Some(token_logprob(row, t, n))
+                        }
+                        _ => None,
+                    };
+                    self.take_token(i, t, lp)
+                }
+                (err, _) => {
+                    let msg = err.unwrap_or_else(|| {
+                        format!("sampling: token id {tok} outside the vocabulary of {vocab}")
+                    });
+                    let _ = self.running[i].events.send(Event::Error(msg));
+                    Some(FinishReason::Stop)
+                }
+            };
+            if let Some(r) = r {
+                finished.push((i, r));
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Append the sampled token `tok` to running sequence `i` (its sampler
+    /// has already taken it into its history) and stream its text; returns
+    /// why the sequence is finished, if it is.
+    fn take_token(
+        &mut self,
+        i: usize,
+        tok: u32,
+        logprob: Option<TokenLogprob>,
+    ) -> Option<FinishReason> {
         let now = Instant::now();
         let tok_ids = [self.tokenizer.eos_id(), self.tokenizer.eot_id()];
         let s = &mut self.running[i];
-        let lp = s.params.logprobs.map(|n| logprobs(&self.logits, n));
-        let tok = match s.sampler.sample(&mut self.logits) {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = s.events.send(Event::Error(format!("sampling: {e}")));
-                return Some(FinishReason::Stop);
-            }
-        };
-        s.sampler.accept(tok);
         match s.last_token {
             None => self.shared.ttft.observe((now - s.arrived).as_secs_f64()),
             Some(t) => self.shared.itl.observe((now - t).as_secs_f64()),
@@ -585,11 +705,6 @@ impl<B: Backend> Engine<'_, B> {
         }
         let text = take_utf8(&mut s.pending);
         let r = s.stop.push(&text);
-        let logprob = lp.map(|(lp_of, top)| TokenLogprob {
-            id: tok,
-            logprob: lp_of(tok),
-            top,
-        });
         let _ = s.events.send(Event::Token {
             text: r.emit,
             logprob,
@@ -603,7 +718,7 @@ impl<B: Backend> Engine<'_, B> {
         None
     }
 
-    fn finish(&mut self, mut s: Seq, reason: FinishReason) {
+    fn finish(&mut self, mut s: Seq<B::Sampler>, reason: FinishReason) {
         if !s.stop.stopped() {
             let tail = String::from_utf8_lossy(&std::mem::take(&mut s.pending)).into_owned();
             let r = s.stop.push(&tail);
@@ -655,32 +770,29 @@ fn take_utf8(pending: &mut Vec<u8>) -> String {
     }
 }
 
-/// Log-softmax of the raw logits: a lookup for the chosen token and the `n`
-/// most likely tokens.
-#[allow(clippy::type_complexity)]
-fn logprobs(logits: &[f32], n: usize) -> (impl Fn(u32) -> f32, Vec<(u32, f32)>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+/// Log-softmax of the raw logits `row`: the log-probability of `tok` and
+/// of the `n` most likely tokens (ties by lower id).
+fn token_logprob(row: &[f32], tok: u32, n: usize) -> TokenLogprob {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
     let lse = max + sum.ln() as f32;
     let mut top: Vec<(u32, f32)> = Vec::new();
-    if n > 0 {
-        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    if n > 0 && !row.is_empty() {
+        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
         let n = n.min(idx.len());
-        let cmp = |a: &u32, b: &u32| {
-            logits[*b as usize]
-                .total_cmp(&logits[*a as usize])
-                .then(a.cmp(b))
-        };
+        let cmp = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
         idx.select_nth_unstable_by(n - 1, cmp);
         idx.truncate(n);
         idx.sort_by(cmp);
-        top = idx.iter().map(|&i| (i, logits[i as usize] - lse)).collect();
+        top = idx.iter().map(|&i| (i, row[i as usize] - lse)).collect();
     }
-    let copy: Vec<f32> = logits.to_vec();
-    (
-        move |t: u32| copy.get(t as usize).map_or(f32::NEG_INFINITY, |&l| l - lse),
+    TokenLogprob {
+        id: tok,
+        logprob: row
+            .get(tok as usize)
+            .map_or(f32::NEG_INFINITY, |&l| l - lse),
         top,
-    )
+    }
 }
 
 #[cfg(test)]
@@ -701,10 +813,13 @@ mod tests {
 
     #[test]
     fn logprobs_are_normalised_and_sorted() {
-        let (lp, top) = logprobs(&[0.0, 2.0, 1.0], 2);
+        let row = [0.0, 2.0, 1.0];
+        let lp = |t: u32| token_logprob(&row, t, 0).logprob;
         let total: f32 = (0..3).map(|t| lp(t).exp()).sum();
         assert!((total - 1.0).abs() < 1e-5);
-        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(top[0].1, lp(1));
+        let top = token_logprob(&row, 2, 2);
+        assert_eq!(top.logprob, lp(2));
+        assert_eq!(top.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(top.top[0].1, lp(1));
     }
 }

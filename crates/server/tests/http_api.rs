@@ -535,3 +535,167 @@ async fn f16_kv_cache_holds_twice_the_blocks_and_answers_alike() {
     assert!(text.contains("Paris"), "{text}");
     s16.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_and_seeded_requests_in_one_batch_get_the_tokens_they_get_alone() {
+    let Some(s) = start(config()).await else {
+        return;
+    };
+    // Greedy, seeded sampling with each filter, and penalties (whose history
+    // lives in each sequence's own backend sampler).
+    let bodies = [
+        json!({"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0}),
+        json!({"prompt": "The history of Rome", "max_tokens": 24, "temperature": 0.9, "seed": 7}),
+        json!({"prompt": "Dear diary,", "max_tokens": 24, "temperature": 0.8, "top_k": 20, "seed": 11}),
+        json!({"prompt": "Step one:", "max_tokens": 24, "temperature": 1.0, "top_p": 0.9, "min_p": 0.05, "seed": 3}),
+        json!({"prompt": "1, 2, 3, 4,", "max_tokens": 24, "temperature": 0.7, "seed": 5,
+               "presence_penalty": 0.8, "frequency_penalty": 0.5}),
+        json!({"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0}),
+    ];
+    let mut alone = Vec::new();
+    for b in &bodies {
+        let (st, v) = s.post("/v1/completions", b).await;
+        assert_eq!(st, 200, "{v}");
+        alone.push(v["choices"][0]["text"].as_str().unwrap().to_string());
+    }
+    let steps_before = s.metric("metallic_engine_steps_total").await;
+    let mut tasks = Vec::new();
+    for b in &bodies {
+        let (http, url, b) = (
+            s.http.clone(),
+            format!("{}/v1/completions", s.base),
+            b.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let v: Value = http
+                .post(url)
+                .json(&b)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["choices"][0]["text"].as_str().unwrap().to_string()
+        }));
+    }
+    for (k, (t, want)) in tasks.into_iter().zip(&alone).enumerate() {
+        assert_eq!(&t.await.unwrap(), want, "request {k}: {}", bodies[k]);
+    }
+    // They did share steps: far fewer steps than the tokens generated.
+    let steps = s.metric("metallic_engine_steps_total").await - steps_before;
+    let tokens: f64 = 6.0 * 24.0;
+    assert!(steps < tokens * 0.6, "{steps} steps for {tokens} tokens");
+    s.server.shutdown().await.unwrap();
+}
+
+/// Log-softmax on the host of the single-sequence forward's logits after
+/// `tokens`: (log-probability of every token, argmax).
+fn host_logprobs(
+    ex: &mut metallic::exec::Exec<'_, metallic_cpu::CpuBackend>,
+    model: &metallic::model::Model<metallic_cpu::CpuBackend>,
+    tokens: &[u32],
+) -> (Vec<f64>, u32) {
+    use metallic::backend::Backend;
+    let mut st =
+        metallic::model::State::new(ex.backend, &model.config, tokens.len() + 1, 64, 1).unwrap();
+    metallic::generate::prefill(ex, model, &mut st, tokens).unwrap();
+    let mut logits = vec![0.0f32; model.config.vocab];
+    ex.backend.read_f32(&st.logits, 0, &mut logits).unwrap();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let best = (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+        .unwrap() as u32;
+    (logits.iter().map(|&l| l as f64 - lse).collect(), best)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_in_a_batch_equal_a_host_log_softmax_of_the_logits() {
+    use metallic::backend::Backend;
+    let Some(s) = start(config()).await else {
+        return;
+    };
+    let prompts = ["The capital of France is", "Dear diary,", "1, 2, 3, 4,"];
+    let n_tok = 6;
+    // Two logprob requests around a plain one, all at once: the logits rows
+    // read back are a span with a row in it that did not ask.
+    let mut tasks = Vec::new();
+    for (k, p) in prompts.iter().enumerate() {
+        let mut b = json!({"prompt": p, "max_tokens": n_tok, "temperature": 0});
+        if k != 1 {
+            b["logprobs"] = json!(3);
+        }
+        let (http, url) = (s.http.clone(), format!("{}/v1/completions", s.base));
+        tasks.push(tokio::spawn(async move {
+            let r = http.post(url).json(&b).send().await.unwrap();
+            r.json::<Value>().await.unwrap()
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert!(answers[1]["choices"][0]["logprobs"].is_null());
+
+    // The host computation: the single-sequence forward with the matmul the
+    // server uses on the CPU, greedy, one token at a time.
+    let file = common::model().unwrap();
+    let backend = metallic_cpu::CpuBackend::new(1).unwrap();
+    let model = metallic::model::Model::load(&backend, &file).unwrap();
+    let tokenizer = metallic::tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let dcfg = metallic::dispatch::DispatchConfig {
+        all: backend.batch_invariant_matmul().map(String::from),
+        ..Default::default()
+    };
+    let dispatch = metallic::dispatch::MatmulDispatch::new(backend.matmul_impls(), &dcfg).unwrap();
+    let mut ex = metallic::exec::Exec::new(&backend, dispatch);
+    for k in [0, 2] {
+        let v = &answers[k];
+        let lp = &v["choices"][0]["logprobs"];
+        let got = lp["token_logprobs"].as_array().unwrap();
+        let tops = lp["top_logprobs"].as_array().unwrap();
+        assert_eq!(got.len(), n_tok, "{v}");
+        let mut tokens = tokenizer.encode_with_bos(prompts[k], false);
+        let prompt_len = tokens.len();
+        for step in 0..n_tok {
+            let (host, best) = host_logprobs(&mut ex, &model, &tokens);
+            let close = |a: f64, b: f64| (a - b).abs() < 1e-3 * (1.0 + b.abs());
+            let chosen = got[step].as_f64().unwrap();
+            assert!(
+                close(chosen, host[best as usize]),
+                "step {step}: {chosen} vs {}",
+                host[best as usize]
+            );
+            let mut want: Vec<f64> = host.clone();
+            want.sort_by(|a, b| b.total_cmp(a));
+            let mut top: Vec<f64> = tops[step]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            top.sort_by(|a, b| b.total_cmp(a));
+            assert_eq!(top.len(), 3, "{}", tops[step]);
+            for (g, w) in top.iter().zip(&want) {
+                assert!(
+                    close(*g, *w),
+                    "step {step}: top {top:?} vs {:?}",
+                    &want[..3]
+                );
+            }
+            tokens.push(best);
+        }
+        assert_eq!(
+            v["choices"][0]["text"].as_str().unwrap(),
+            tokenizer.decode(&tokens[prompt_len..]),
+            "the greedy tokens"
+        );
+    }
+    s.server.shutdown().await.unwrap();
+}

@@ -20,7 +20,9 @@
 //! The paged cache holds f32 or f16 ([`BatchState::new`]'s `kv_type`);
 //! arithmetic is f32 either way.
 
-use crate::backend::{Backend, DType, KvLayer, PagedLayout, Rope};
+use crate::backend::{
+    Backend, DType, Epilogue, FusedScratch, KvLayer, NormPrologue, PagedLayout, Rope,
+};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::exec::Exec;
@@ -262,14 +264,27 @@ impl<B: Backend> Model<B> {
         ex.op(OpKind::Embed, b_name, None, |b| {
             b.embed(&self.embed, &bs.ids, m, &mut bs.x)
         })?;
+        // Each product is fused with its norm and epilogue exactly as in
+        // `Model::forward` (the backend fuses by shape, else composes the
+        // same ops through the scratch named): h[m, hidden] for the normed
+        // input or the plain product, gate_up[m, 2 ffn] for gate|up.
         for (l, layer) in self.layers.iter().enumerate() {
             ex.set_layer(Some(l));
-            // h[m, hidden] = rms_norm(x)
-            ex.op(OpKind::RmsNorm, b_name, None, |b| {
-                b.rms_norm(&bs.x, &layer.attn_norm, m, h, c.rms_eps, &mut bs.h)
-            })?;
-            // qkv[m, (heads + 2 kv_heads) * head_dim]
-            ex.matmul(&bs.h, &layer.qkv, m, &mut bs.qkv)?;
+            let attn_norm = NormPrologue {
+                weight: &layer.attn_norm,
+                eps: c.rms_eps,
+            };
+            // qkv[m, (heads + 2 kv_heads) * head_dim] = rms_norm(x) Wqkv^T + b
+            ex.matmul_fused(
+                &bs.x,
+                Some(attn_norm),
+                &layer.qkv,
+                m,
+                Epilogue::Store,
+                &mut bs.qkv,
+                FusedScratch::normed(&mut bs.h),
+            )?;
+            // No paged rope_kv_store exists: rope, then the paged store.
             ex.op(OpKind::Rope, b_name, None, |b| {
                 b.rope(&mut bs.qkv, &bs.pos, m, &layout, &rope)
             })?;
@@ -291,45 +306,70 @@ impl<B: Backend> Model<B> {
                     &mut bs.attn,
                 )
             })?;
-            // x += attn wo^T
-            ex.matmul(&bs.attn, &layer.wo, m, &mut bs.h)?;
-            ex.op(OpKind::Add, b_name, None, |b| {
-                b.add(&mut bs.x, &bs.h, m * h)
-            })?;
-            // x += down(swiglu(rms_norm(x) gate_up^T))
-            ex.op(OpKind::RmsNorm, b_name, None, |b| {
-                b.rms_norm(&bs.x, &layer.ffn_norm, m, h, c.rms_eps, &mut bs.h)
-            })?;
-            ex.matmul(&bs.h, &layer.gate_up, m, &mut bs.gate_up)?;
-            ex.op(OpKind::Swiglu, b_name, None, |b| {
-                b.swiglu(&bs.gate_up, m, c.ffn, &mut bs.act)
-            })?;
-            ex.matmul(&bs.act, &layer.down, m, &mut bs.h)?;
-            ex.op(OpKind::Add, b_name, None, |b| {
-                b.add(&mut bs.x, &bs.h, m * h)
-            })?;
+            // x[m, hidden] += attn Wo^T
+            ex.matmul_fused(
+                &bs.attn,
+                None,
+                &layer.wo,
+                m,
+                Epilogue::AddInto,
+                &mut bs.x,
+                FusedScratch::product(&mut bs.h),
+            )?;
+            let ffn_norm = NormPrologue {
+                weight: &layer.ffn_norm,
+                eps: c.rms_eps,
+            };
+            // act[m, ffn] = swiglu(rms_norm(x) [Wgate | Wup]^T)
+            ex.matmul_fused(
+                &bs.x,
+                Some(ffn_norm),
+                &layer.gate_up,
+                m,
+                Epilogue::SwiGlu,
+                &mut bs.act,
+                FusedScratch::both(&mut bs.h, &mut bs.gate_up),
+            )?;
+            // x[m, hidden] += act Wdown^T
+            ex.matmul_fused(
+                &bs.act,
+                None,
+                &layer.down,
+                m,
+                Epilogue::AddInto,
+                &mut bs.x,
+                FusedScratch::product(&mut bs.h),
+            )?;
         }
         ex.set_layer(None);
         if n_out == 0 {
             return Ok(());
         }
-        // picked[n_out, hidden] = x[logit_rows]; logits[n_out, vocab]
-        for (j, &r) in logit_rows.iter().enumerate() {
-            ex.op(OpKind::Copy, b_name, None, |b| {
-                b.copy(&bs.x, r * h, &mut bs.picked, j * h, h)
-            })?;
+        // picked[n_out, hidden] = x[logit_rows]; a decode step wants every
+        // row in order and reads x itself (no copy per row).
+        let every_row = n_out == m && logit_rows.iter().enumerate().all(|(j, &r)| r == j);
+        if !every_row {
+            for (j, &r) in logit_rows.iter().enumerate() {
+                ex.op(OpKind::Copy, b_name, None, |b| {
+                    b.copy(&bs.x, r * h, &mut bs.picked, j * h, h)
+                })?;
+            }
         }
-        ex.op(OpKind::RmsNorm, b_name, None, |b| {
-            b.rms_norm(
-                &bs.picked,
-                &self.output_norm,
-                n_out,
-                h,
-                c.rms_eps,
-                &mut bs.h,
-            )
-        })?;
+        let rows_in = if every_row { &bs.x } else { &bs.picked };
+        // logits[n_out, vocab] = rms_norm(picked) W^T
         let lm_head = self.output.as_ref().unwrap_or(&self.embed);
-        ex.matmul(&bs.h, lm_head, n_out, &mut bs.logits)
+        let out_norm = NormPrologue {
+            weight: &self.output_norm,
+            eps: c.rms_eps,
+        };
+        ex.matmul_fused(
+            rows_in,
+            Some(out_norm),
+            lm_head,
+            n_out,
+            Epilogue::Store,
+            &mut bs.logits,
+            FusedScratch::normed(&mut bs.h),
+        )
     }
 }
