@@ -2,6 +2,7 @@
 //! the KV cache are f32 host buffers, work is spread over a rayon pool.
 
 mod attention;
+mod attention_simd;
 mod elementwise;
 mod linear;
 pub mod matmul;
