@@ -38,6 +38,11 @@ pub use tensor::CpuTensor;
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
+    /// `(n, k, type)` of the model's output projections (`output.weight`,
+    /// or the tied `token_embd.weight`) uploaded here: the default rule
+    /// keeps their prefill products in float32 activations where the
+    /// quality table asks for it ([`matmul::Role`]).
+    outputs: std::sync::Mutex<Vec<(usize, usize, metallic_gguf::GgmlType)>>,
     /// The copy of a logits row a sampler works on: one for every sampler,
     /// so a server with many sequences keeps one row warm in cache (and in
     /// memory) rather than one per sequence.
@@ -122,6 +127,7 @@ impl CpuBackend {
         Ok(CpuBackend {
             pool,
             threads,
+            outputs: Default::default(),
             sample_scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -273,7 +279,14 @@ impl Backend for CpuBackend {
                 Some(all)
             }
         };
-        CpuLinear::new(parts, bias)
+        let w = CpuLinear::new(parts, bias)?;
+        if let [p] = parts {
+            if matches!(p.name(), "output.weight" | "token_embd.weight") {
+                let mut outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+                outputs.push((w.info.n, w.info.k, w.info.dtype));
+            }
+        }
+        Ok(w)
     }
 
     fn linear_info(&self, w: &CpuLinear) -> LinearInfo {
@@ -384,7 +397,13 @@ impl Backend for CpuBackend {
     }
 
     fn default_matmul_impl(&self, shape: &MatmulShape) -> usize {
-        matmul::default_impl(shape)
+        let outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+        let role = if outputs.contains(&(shape.n, shape.k, shape.dtype)) {
+            matmul::Role::Output
+        } else {
+            matmul::Role::Layer
+        };
+        matmul::default_impl_for(shape, role)
     }
 
     fn matmul(
