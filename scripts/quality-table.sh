@@ -21,6 +21,9 @@
 #   TEXT               the text (default assets/text/alice29.txt)
 #   SMOL_CTX, SMOL_CHUNKS   SmolLM2 context and chunks (default 512, 20)
 #   QWEN_CTX, QWEN_CHUNKS   synthetic Qwen2.5-0.5B context and chunks (default 256, 2)
+#   QWEN_TYPES         the synthetic Qwen2.5-0.5B files scored against its F32 reference
+#                      (default "Q8_0 Q4_0 Q4_K_M Q5_K_M"; the mixes with llama-quantize's
+#                      per-tensor types, as `metallic synth --dtype Q4_K_M` writes them)
 #   THREADS            CPU threads for metallic and llama.cpp (default: all cores)
 #   ONLY               smollm2 or qwen: make only that model's rows
 #
@@ -162,15 +165,18 @@ if [ "$only" != qwen ]; then
   table SmolLM2-135M "$smol_f" "${SMOL_CTX:-512}" "${SMOL_CHUNKS:-20}" "$smol_q"
 fi
 
-# Synthetic Qwen2.5-0.5B (random weights, seed 1): Q8_0 and Q4_0 against F32.
+# Synthetic Qwen2.5-0.5B (random weights, seed 1): each of QWEN_TYPES against F32.
 if [ "$only" != smollm2 ]; then
-  for t in F32 Q8_0 Q4_0; do
+  read -r -a qwen_types <<< "${QWEN_TYPES:-Q8_0 Q4_0 Q4_K_M Q5_K_M}"
+  qwen_files=()
+  for t in F32 "${qwen_types[@]}"; do
     f=$dir/qwen25-05b-synth.$t.gguf
     [ -s "$f" ] || "$bin" synth --arch qwen2 --preset qwen2.5-0.5b --dtype "$t" \
       --tokenizer assets/qwen2/tokenizer.json --seed 1 -o "$f" >&2
+    [ "$t" = F32 ] || qwen_files+=("$f")
   done
   table "Qwen2.5-0.5B (synthetic)" "$dir/qwen25-05b-synth.F32.gguf" "${QWEN_CTX:-256}" "${QWEN_CHUNKS:-2}" \
-    "$dir/qwen25-05b-synth.Q8_0.gguf" "$dir/qwen25-05b-synth.Q4_0.gguf"
+    "${qwen_files[@]}"
 fi
 
 {

@@ -1,5 +1,8 @@
-//! Causal grouped-query attention over the f32 KV cache.
+//! Causal grouped-query attention over the f32 KV cache, and the tiled
+//! (flash-attention style) core that the paged cache's attention shares; its
+//! SIMD kernels are in `attention_simd.rs`.
 
+use crate::attention_simd::{kernels, AttnKernels, Tile, PAD, TILE};
 use crate::shared_out::SharedOut;
 use metallic::backend::QkvLayout;
 use rayon::prelude::*;
@@ -29,9 +32,115 @@ pub fn kv_store(
     }
 }
 
+/// An element type of a KV cache: f32, or f16 in the paged cache. Values are
+/// rounded once when stored and read back as f32, so the attention's
+/// arithmetic is the same for both.
+pub trait KvElem: Copy + Send + Sync {
+    fn from_f32(v: f32) -> Self;
+    /// `dst[i] = src[i]` as f32 (both of one length).
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+    /// The values themselves where they are f32 already.
+    fn as_f32(src: &[Self]) -> Option<&[f32]>;
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+    #[inline]
+    fn to_f32_slice(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+    #[inline]
+    fn as_f32(src: &[f32]) -> Option<&[f32]> {
+        Some(src)
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline]
+    fn from_f32(v: f32) -> half::f16 {
+        half::f16::from_f32(v)
+    }
+    #[inline]
+    fn to_f32_slice(src: &[half::f16], dst: &mut [f32]) {
+        // The slice conversion uses F16C / FP16 instructions where the CPU has them.
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst)
+    }
+    #[inline]
+    fn as_f32(_: &[half::f16]) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// Where a call's rows find their keys and values: the flat cache here, the
+/// block tables in `paged_attention.rs`.
+pub(crate) trait Keys: Sync {
+    type Elem: KvElem;
+    fn k(&self) -> &[Self::Elem];
+    fn v(&self) -> &[Self::Elem];
+    /// Offset in `k()` and `v()` of the `head_dim` values of position `t` of
+    /// KV head `kvh`, as row `i` reads them (`t <= pos[i]`).
+    fn at(&self, i: usize, kvh: usize, t: usize) -> usize;
+    /// Whether row `j` finds every position up to its own and row `i`'s where
+    /// row `i` finds them (the same sequence), so the rows can share key tiles.
+    fn same_keys(&self, i: usize, j: usize) -> bool;
+}
+
+/// The flat cache: KV head `h`'s position `t` at `(h * capacity + t) * head_dim`.
+struct Flat<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    capacity: usize,
+    head_dim: usize,
+}
+
+impl Keys for Flat<'_> {
+    type Elem = f32;
+    fn k(&self) -> &[f32] {
+        self.k
+    }
+    fn v(&self) -> &[f32] {
+        self.v
+    }
+    #[inline]
+    fn at(&self, _: usize, kvh: usize, t: usize) -> usize {
+        (kvh * self.capacity + t) * self.head_dim
+    }
+    fn same_keys(&self, _: usize, _: usize) -> bool {
+        true
+    }
+}
+
+/// Per-thread buffers of [`attend`], grown to the largest call and reused, so
+/// a decode step allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    /// Scaled queries, `hdp` floats each (zero-padded).
+    q: Vec<f32>,
+    /// Running outputs, `hdp` floats each.
+    o: Vec<f32>,
+    /// Running max and sum of each query.
+    ml: Vec<[f32; 2]>,
+    /// Keys each query sees: its position + 1.
+    lim: Vec<u32>,
+    /// Keys each query sees from the current tile's first.
+    seen: Vec<u32>,
+    /// Queries that see any key of the current tile.
+    active: Vec<u32>,
+    /// The key tile transposed (`head_dim` x TILE) and the value tile (TILE x hdp).
+    kt: Vec<f32>,
+    v: Vec<f32>,
+    /// Where each key of the tile starts, in the cache or in `rows`.
+    offs: Vec<usize>,
+    /// The tile's keys as f32 rows, where the cache holds another type.
+    rows: Vec<f32>,
+}
+
 thread_local! {
-    /// Scores of the serial (decode-sized) path, reused across calls.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Keys and values read by one call: what decides whether to use the pool.
@@ -41,7 +150,8 @@ pub fn work(pos: &[i32], m: usize, l: &QkvLayout) -> usize {
 }
 
 /// `out[i, h*hd..]` = softmax(q_h . K^T * scale) V over positions `0..=pos[i]`,
-/// over the (row, head) pairs in parallel or, for decode-sized work, serially.
+/// over (KV head, block of rows) tasks in parallel or, for decode-sized work,
+/// serially (the same result either way).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     parallel: bool,
@@ -54,60 +164,198 @@ pub fn attention(
     l: &QkvLayout,
     out: &mut [f32],
 ) {
-    let hd = l.head_dim;
-    let width = l.row_width();
+    let keys = Flat {
+        k: k_cache,
+        v: v_cache,
+        capacity,
+        head_dim: l.head_dim,
+    };
+    attend(kernels(), parallel, &keys, qkv, pos, m, l, out)
+}
+
+/// How the work is cut into tasks: blocks of `rows` rows, and each KV head's
+/// group of query heads in `splits` parts of `heads` heads. Enough queries per
+/// task (rows times heads) that each key and value tile loaded serves many;
+/// on the pool, several tasks per thread, and where there are fewer tasks
+/// than threads (decode) the heads split, though each part then loads the
+/// tiles again. The result does not depend on it.
+fn task_shape(parallel: bool, m: usize, group: usize, n_kv_heads: usize) -> (usize, usize, usize) {
+    let by_reuse = (96 / group).max(1);
+    if !parallel {
+        return (by_reuse, group, 1);
+    }
+    let threads = rayon::current_num_threads();
+    let rows = by_reuse.min((m * n_kv_heads).div_ceil(4 * threads)).max(1);
+    let tasks = m.div_ceil(rows) * n_kv_heads;
+    let heads = group.div_ceil(threads.div_ceil(tasks).min(group));
+    (rows, heads, group.div_ceil(heads))
+}
+
+/// Flash-style attention: for each task (a KV head, a block of rows and some
+/// of the KV head's query heads), the tasks' queries walk the keys in tiles of
+/// [`TILE`], each tile transposed once into scratch and used by all of them,
+/// softmax kept online (running max and sum), so no row-by-length score
+/// matrix exists. Rows that do not share keys (other sequences of a batch)
+/// run as separate groups within a task.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend<S: Keys>(
+    kern: &AttnKernels,
+    parallel: bool,
+    keys: &S,
+    qkv: &[f32],
+    pos: &[i32],
+    m: usize,
+    l: &QkvLayout,
+    out: &mut [f32],
+) {
     let group = l.n_heads / l.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let (rows, heads, splits) = task_shape(parallel, m, group, l.n_kv_heads);
+    let blocks = m.div_ceil(rows);
+    let per_block = l.n_kv_heads * splits;
     let optr = SharedOut::new(out);
-    let out_width = l.n_heads * hd;
-    let head = |scores: &mut Vec<f32>, task: usize| {
-        let (i, h) = (task / l.n_heads, task % l.n_heads);
-        let len = pos[i] as usize + 1;
-        let kvh = h / group;
-        let q = &qkv[i * width + h * hd..i * width + (h + 1) * hd];
-        let kb = &k_cache[kvh * capacity * hd..];
-        let vb = &v_cache[kvh * capacity * hd..];
-        scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for t in 0..len {
-            let kt = &kb[t * hd..(t + 1) * hd];
-            let s = q.iter().zip(kt).map(|(a, b)| a * b).sum::<f32>() * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0.0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        // SAFETY: each (row, head) task owns its own hd-wide slice of out.
-        let o =
-            unsafe { std::slice::from_raw_parts_mut(optr.ptr().add(i * out_width + h * hd), hd) };
-        o.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
-            let w = p * inv;
-            let vt = &vb[t * hd..(t + 1) * hd];
-            for (oj, vj) in o.iter_mut().zip(vt) {
-                *oj += w * vj;
+    let task = |s: &mut Scratch, t: usize| {
+        // Later rows see more keys: hand their tasks out first.
+        let b = blocks - 1 - t / per_block;
+        let (kvh, part) = (t % per_block / splits, t % splits);
+        let hs = part * heads..((part + 1) * heads).min(group);
+        let end = ((b + 1) * rows).min(m);
+        let mut i = b * rows;
+        while i < end {
+            let mut j = i + 1;
+            while j < end && keys.same_keys(i, j) {
+                j += 1;
             }
+            attend_rows(kern, s, keys, qkv, pos, i..j, kvh, hs.clone(), l, optr);
+            i = j;
         }
     };
+    let tasks = blocks * per_block;
     if parallel {
-        (0..m * l.n_heads)
+        (0..tasks)
             .into_par_iter()
-            .for_each_init(Vec::<f32>::new, head);
+            .for_each(|t| SCRATCH.with(|cell| task(&mut cell.borrow_mut(), t)));
     } else {
-        SCORES.with(|cell| {
-            let scores = &mut cell.borrow_mut();
-            (0..m * l.n_heads).for_each(|task| head(scores, task));
+        SCRATCH.with(|cell| {
+            let s = &mut cell.borrow_mut();
+            (0..tasks).for_each(|t| task(s, t));
         });
+    }
+}
+
+/// Attention of rows `rows` (which share their keys) for the query heads
+/// `hs` (of `0..group`) of KV head `kvh`, into their slices of `out`.
+#[allow(clippy::too_many_arguments)]
+fn attend_rows<S: Keys>(
+    kern: &AttnKernels,
+    s: &mut Scratch,
+    keys: &S,
+    qkv: &[f32],
+    pos: &[i32],
+    rows: std::ops::Range<usize>,
+    kvh: usize,
+    hs: std::ops::Range<usize>,
+    l: &QkvLayout,
+    out: SharedOut,
+) {
+    let hd = l.head_dim;
+    let hdp = hd.next_multiple_of(PAD);
+    let group = l.n_heads / l.n_kv_heads;
+    let width = l.row_width();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let g = hs.len();
+    let nq = rows.len() * g;
+    // Query qi is head kvh * group + hs.start + qi % g of row rows.start + qi / g.
+    s.q.clear();
+    s.q.resize(nq * hdp, 0.0);
+    s.o.clear();
+    s.o.resize(nq * hdp, 0.0);
+    s.ml.clear();
+    s.ml.resize(nq, [f32::NEG_INFINITY, 0.0]);
+    s.lim.clear();
+    for (r, i) in rows.clone().enumerate() {
+        for hh in 0..g {
+            let h = kvh * group + hs.start + hh;
+            let q = &qkv[i * width + h * hd..][..hd];
+            let qi = r * g + hh;
+            for (d, &x) in s.q[qi * hdp..][..hd].iter_mut().zip(q) {
+                *d = x * scale;
+            }
+            s.lim.push(pos[i] as u32 + 1);
+        }
+    }
+    s.seen.clear();
+    s.seen.resize(nq, 0);
+    s.kt.clear();
+    s.kt.resize(hd * TILE, 0.0);
+    s.v.clear();
+    s.v.resize(TILE * hdp, 0.0);
+    s.offs.clear();
+    let len = rows.clone().map(|i| pos[i] as usize + 1).max().unwrap_or(0);
+    let (kc, vc) = (keys.k(), keys.v());
+    for t0 in (0..len).step_by(TILE) {
+        let nk = TILE.min(len - t0);
+        if nk < TILE {
+            s.kt.fill(0.0);
+        }
+        s.offs.clear();
+        for j in 0..nk {
+            let at = keys.at(rows.start, kvh, t0 + j);
+            s.offs.push(at);
+            S::Elem::to_f32_slice(&vc[at..at + hd], &mut s.v[j * hdp..j * hdp + hd]);
+        }
+        if let Some(kc) = S::Elem::as_f32(kc) {
+            kern.pack_keys(kc, &s.offs, hd, &mut s.kt);
+        } else {
+            s.rows.resize(TILE * hd, 0.0);
+            for (j, at) in s.offs.iter_mut().enumerate() {
+                S::Elem::to_f32_slice(&kc[*at..*at + hd], &mut s.rows[j * hd..(j + 1) * hd]);
+                *at = j * hd;
+            }
+            kern.pack_keys(&s.rows, &s.offs, hd, &mut s.kt);
+        }
+        s.active.clear();
+        for (qi, (&lim, seen)) in s.lim.iter().zip(s.seen.iter_mut()).enumerate() {
+            let lim = lim as usize;
+            if lim > t0 {
+                *seen = (lim - t0).min(TILE) as u32;
+                s.active.push(qi as u32);
+            }
+        }
+        let mut tile = Tile {
+            kt: &s.kt,
+            v: &s.v,
+            hd,
+            hdp,
+            nk,
+            q: &s.q,
+            o: &mut s.o,
+            ml: &mut s.ml,
+            seen: &s.seen,
+        };
+        kern.tile(&mut tile, &s.active);
+    }
+    let out_width = l.n_heads * hd;
+    for (r, i) in rows.enumerate() {
+        for hh in 0..g {
+            let qi = r * g + hh;
+            let h = kvh * group + hs.start + hh;
+            let inv = 1.0 / s.ml[qi][1];
+            // SAFETY: each (row, head) belongs to exactly one task, which
+            // writes its own hd-wide slice of out.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out.ptr().add(i * out_width + h * hd), hd)
+            };
+            for (y, &x) in o.iter_mut().zip(&s.o[qi * hdp..][..hd]) {
+                *y = x * inv;
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vec_dot::SimdLevel;
     use metallic::rng::Xoshiro256;
 
     /// Six query heads on two KV heads (groups of three), head dim 12: no
@@ -127,12 +375,12 @@ mod tests {
 
     /// A cache holding random K/V at positions `0..filled` and NaN beyond,
     /// so that reading past a row's position shows up in the result.
-    fn cache(r: &mut Xoshiro256, filled: usize) -> (Vec<f32>, Vec<f32>) {
-        let mut k = vec![f32::NAN; L.n_kv_heads * CAPACITY * L.head_dim];
+    fn cache(r: &mut Xoshiro256, l: &QkvLayout, cap: usize, filled: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut k = vec![f32::NAN; l.n_kv_heads * cap * l.head_dim];
         let mut v = k.clone();
-        for h in 0..L.n_kv_heads {
-            let at = h * CAPACITY * L.head_dim;
-            let len = filled * L.head_dim;
+        for h in 0..l.n_kv_heads {
+            let at = h * cap * l.head_dim;
+            let len = filled * l.head_dim;
             k[at..at + len].copy_from_slice(&values(r, len));
             v[at..at + len].copy_from_slice(&values(r, len));
         }
@@ -141,14 +389,21 @@ mod tests {
 
     /// softmax(q . K^T / sqrt(hd)) V over positions `0..=pos`, in f64, with
     /// query head h reading KV head h / (n_heads / n_kv_heads).
-    fn reference(qkv: &[f32], k: &[f32], v: &[f32], pos: &[i32]) -> Vec<f64> {
-        let hd = L.head_dim;
-        let group = L.n_heads / L.n_kv_heads;
+    fn reference(
+        l: &QkvLayout,
+        cap: usize,
+        qkv: &[f32],
+        k: &[f32],
+        v: &[f32],
+        pos: &[i32],
+    ) -> Vec<f64> {
+        let hd = l.head_dim;
+        let group = l.n_heads / l.n_kv_heads;
         let mut out = Vec::new();
         for (i, &p) in pos.iter().enumerate() {
-            for h in 0..L.n_heads {
-                let q = &qkv[i * L.row_width() + h * hd..][..hd];
-                let base = (h / group) * CAPACITY * hd;
+            for h in 0..l.n_heads {
+                let q = &qkv[i * l.row_width() + h * hd..][..hd];
+                let base = (h / group) * cap * hd;
                 let scores: Vec<f64> = (0..=p as usize)
                     .map(|t| {
                         let kt = &k[base + t * hd..][..hd];
@@ -175,44 +430,102 @@ mod tests {
         out
     }
 
-    /// Stores the rows' K/V at `pos`, runs attention serially and on the
-    /// pool, and checks both against the f64 reference over the same cache.
-    fn check(seed: u64, prefix: usize, pos: &[i32]) {
-        let mut r = Xoshiro256::new(seed);
-        let m = pos.len();
-        let (mut k, mut v) = cache(&mut r, prefix);
-        let qkv = values(&mut r, m * L.row_width());
-        kv_store(&qkv, &mut k, &mut v, CAPACITY, pos, m, &L);
-        // The stored rows are the K and V heads of each row, at its position.
-        for (i, &p) in pos.iter().enumerate() {
-            let row = &qkv[i * L.row_width()..];
-            for h in 0..L.n_kv_heads {
-                let at = (h * CAPACITY + p as usize) * L.head_dim;
-                let kh = (L.n_heads + h) * L.head_dim;
-                let vh = (L.n_heads + L.n_kv_heads + h) * L.head_dim;
-                assert_eq!(k[at..at + L.head_dim], row[kh..kh + L.head_dim]);
-                assert_eq!(v[at..at + L.head_dim], row[vh..vh + L.head_dim]);
-            }
-        }
-        let want = reference(&qkv, &k, &v, pos);
-        let width = L.n_heads * L.head_dim;
-        let mut serial = vec![f32::NAN; m * width];
-        attention(false, &qkv, &k, &v, CAPACITY, pos, m, &L, &mut serial);
-        let mut pooled = vec![f32::NAN; m * width];
-        attention(true, &qkv, &k, &v, CAPACITY, pos, m, &L, &mut pooled);
-        assert_eq!(serial, pooled, "serial and pooled paths differ");
-        for (i, (&g, &w)) in serial.iter().zip(&want).enumerate() {
+    /// Attention at one SIMD level.
+    #[allow(clippy::too_many_arguments)]
+    fn at_level(
+        kern: &AttnKernels,
+        parallel: bool,
+        l: &QkvLayout,
+        cap: usize,
+        qkv: &[f32],
+        k: &[f32],
+        v: &[f32],
+        pos: &[i32],
+    ) -> Vec<f32> {
+        let mut out = vec![f32::NAN; pos.len() * l.n_heads * l.head_dim];
+        let keys = Flat {
+            k,
+            v,
+            capacity: cap,
+            head_dim: l.head_dim,
+        };
+        attend(kern, parallel, &keys, qkv, pos, pos.len(), l, &mut out);
+        out
+    }
+
+    fn assert_close(got: &[f32], want: &[f64], l: &QkvLayout, what: &str, tol: f64) {
+        let width = l.n_heads * l.head_dim;
+        assert_eq!(got.len(), want.len());
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
             assert!(
-                (g as f64 - w).abs() < 1e-5,
-                "row {} head {}: {g} vs {w}",
+                (g as f64 - w).abs() < tol,
+                "{what}: row {} head {}: {g} vs {w}",
                 i / width,
-                i % width / L.head_dim
+                i % width / l.head_dim
             );
         }
+    }
+
+    /// Stores the rows' K/V at `pos` over a cache of `prefix` positions, runs
+    /// attention serially and on the pool at every SIMD level this CPU has,
+    /// and checks each against the f64 reference over the same cache; at
+    /// each level serial and pooled agree bit for bit, and so does each row
+    /// attended alone (no row's result depends on the others of its call).
+    fn check_layout(seed: u64, l: &QkvLayout, cap: usize, prefix: usize, pos: &[i32]) {
+        let mut r = Xoshiro256::new(seed);
+        let m = pos.len();
+        let (mut k, mut v) = cache(&mut r, l, cap, prefix);
+        let qkv = values(&mut r, m * l.row_width());
+        kv_store(&qkv, &mut k, &mut v, cap, pos, m, l);
+        // The stored rows are the K and V heads of each row, at its position.
+        for (i, &p) in pos.iter().enumerate() {
+            let row = &qkv[i * l.row_width()..];
+            for h in 0..l.n_kv_heads {
+                let at = (h * cap + p as usize) * l.head_dim;
+                let kh = (l.n_heads + h) * l.head_dim;
+                let vh = (l.n_heads + l.n_kv_heads + h) * l.head_dim;
+                assert_eq!(k[at..at + l.head_dim], row[kh..kh + l.head_dim]);
+                assert_eq!(v[at..at + l.head_dim], row[vh..vh + l.head_dim]);
+            }
+        }
+        let want = reference(l, cap, &qkv, &k, &v, pos);
+        let width = l.n_heads * l.head_dim;
+        let mut serial = vec![f32::NAN; m * width];
+        attention(false, &qkv, &k, &v, cap, pos, m, l, &mut serial);
+        let mut pooled = vec![f32::NAN; m * width];
+        attention(true, &qkv, &k, &v, cap, pos, m, l, &mut pooled);
+        assert_eq!(serial, pooled, "serial and pooled paths differ");
+        assert_close(&serial, &want, l, "default level", 1e-5);
+        let mut levels = 0;
+        for level in SimdLevel::ALL {
+            let Some(kern) = AttnKernels::for_level(level) else {
+                continue;
+            };
+            let name = level.name();
+            let serial = at_level(&kern, false, l, cap, &qkv, &k, &v, pos);
+            let pooled = at_level(&kern, true, l, cap, &qkv, &k, &v, pos);
+            assert_eq!(serial, pooled, "{name}: serial and pooled paths differ");
+            assert_close(&serial, &want, l, name, 1e-5);
+            for (i, &p) in pos.iter().enumerate() {
+                let row = &qkv[i * l.row_width()..(i + 1) * l.row_width()];
+                let alone = at_level(&kern, false, l, cap, row, &k, &v, &[p]);
+                assert_eq!(
+                    alone,
+                    serial[i * width..(i + 1) * width],
+                    "{name}: row {i} alone differs from row {i} of the call"
+                );
+            }
+            levels += 1;
+        }
+        assert!(levels >= 1, "the scalar level always runs");
         assert_eq!(
-            work(pos, m, &L),
+            work(pos, m, l),
             pos.iter().map(|&p| p as usize + 1).sum::<usize>() * width
         );
+    }
+
+    fn check(seed: u64, prefix: usize, pos: &[i32]) {
+        check_layout(seed, &L, CAPACITY, prefix, pos)
     }
 
     #[test]
@@ -224,7 +537,7 @@ mod tests {
     #[test]
     fn decode_at_position_zero_returns_the_value_row() {
         let mut r = Xoshiro256::new(2);
-        let (mut k, mut v) = cache(&mut r, 0);
+        let (mut k, mut v) = cache(&mut r, &L, CAPACITY, 0);
         let qkv = values(&mut r, L.row_width());
         kv_store(&qkv, &mut k, &mut v, CAPACITY, &[0], 1, &L);
         let mut out = vec![f32::NAN; L.n_heads * L.head_dim];
@@ -256,5 +569,113 @@ mod tests {
     fn a_full_cache_is_read_to_its_last_position() {
         let pos: Vec<i32> = (CAPACITY as i32 - 3..CAPACITY as i32).collect();
         check(5, CAPACITY - 3, &pos);
+    }
+
+    /// Groups of 1, 3 and 7 query heads per KV head, head dims 12 and 64
+    /// (and 80: a block of four AVX-512 vectors and one more).
+    const LAYOUTS: [QkvLayout; 5] = [
+        QkvLayout {
+            n_heads: 3,
+            n_kv_heads: 3,
+            head_dim: 12,
+        },
+        QkvLayout {
+            n_heads: 6,
+            n_kv_heads: 2,
+            head_dim: 64,
+        },
+        QkvLayout {
+            n_heads: 7,
+            n_kv_heads: 1,
+            head_dim: 12,
+        },
+        QkvLayout {
+            n_heads: 14,
+            n_kv_heads: 2,
+            head_dim: 64,
+        },
+        QkvLayout {
+            n_heads: 2,
+            n_kv_heads: 2,
+            head_dim: 80,
+        },
+    ];
+
+    #[test]
+    fn ragged_prefill_over_several_key_tiles_matches_the_reference() {
+        // 70 rows after a cached prefix of 45: keys 46..=115, two whole tiles
+        // of 64 and a ragged one, rows split over tasks at odd places.
+        let pos: Vec<i32> = (45..115).collect();
+        for (n, l) in LAYOUTS.iter().enumerate() {
+            check_layout(10 + n as u64, l, 131, 45, &pos);
+        }
+    }
+
+    #[test]
+    fn prefill_from_empty_and_decode_deep_in_the_cache_match_the_reference() {
+        let pos: Vec<i32> = (0..67).collect();
+        for (n, l) in LAYOUTS.iter().enumerate() {
+            check_layout(20 + n as u64, l, 67, 0, &pos);
+            // 129 keys: two whole tiles and one key.
+            check_layout(30 + n as u64, l, 131, 128, &[128]);
+        }
+    }
+
+    #[test]
+    fn rows_in_any_order_see_only_their_own_positions() {
+        // A batch is not sorted by position, and rows of a task see different
+        // numbers of tiles: 0, 1 and 2 tiles past a row's own.
+        let pos = [70, 3, 64, 63, 0, 127, 65];
+        let filled = 128;
+        let mut r = Xoshiro256::new(40);
+        let l = LAYOUTS[3];
+        let cap = 130;
+        let (k, v) = cache(&mut r, &l, cap, filled);
+        let qkv = values(&mut r, pos.len() * l.row_width());
+        let want = reference(&l, cap, &qkv, &k, &v, &pos);
+        for level in SimdLevel::ALL {
+            let Some(kern) = AttnKernels::for_level(level) else {
+                continue;
+            };
+            for parallel in [false, true] {
+                let got = at_level(&kern, parallel, &l, cap, &qkv, &k, &v, &pos);
+                assert_close(&got, &want, &l, level.name(), 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn every_simd_level_is_close_to_the_scalar_level() {
+        // Scores far apart (large queries): the softmax's exp and its running
+        // max are exercised, not only near-uniform weights.
+        let l = LAYOUTS[3];
+        let cap = 200;
+        let pos: Vec<i32> = (100..190).collect();
+        let mut r = Xoshiro256::new(50);
+        let (mut k, mut v) = cache(&mut r, &l, cap, 100);
+        let mut qkv = values(&mut r, pos.len() * l.row_width());
+        for x in qkv.iter_mut() {
+            *x *= 6.0;
+        }
+        kv_store(&qkv, &mut k, &mut v, cap, &pos, pos.len(), &l);
+        let scalar = AttnKernels::for_level(SimdLevel::Scalar).unwrap();
+        let want = at_level(&scalar, true, &l, cap, &qkv, &k, &v, &pos);
+        let reference = reference(&l, cap, &qkv, &k, &v, &pos);
+        for level in SimdLevel::ALL {
+            let Some(kern) = AttnKernels::for_level(level) else {
+                continue;
+            };
+            let got = at_level(&kern, true, &l, cap, &qkv, &k, &v, &pos);
+            let name = level.name();
+            // Scores up to ~50: f32 rounding of a score moves its weight by
+            // ~1e-6 relative, so outputs (|v| <= 6) are ~1e-5 off in f32.
+            assert_close(&got, &reference, &l, name, 1e-4);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "{name} vs scalar: {worst}");
+        }
     }
 }

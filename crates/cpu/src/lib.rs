@@ -2,6 +2,7 @@
 //! the KV cache are f32 host buffers, work is spread over a rayon pool.
 
 mod attention;
+mod attention_simd;
 mod elementwise;
 mod linear;
 pub mod matmul;
@@ -42,6 +43,11 @@ pub struct CpuBackend {
     /// with `METALLIC_CPU_TEAM=0` (the rayon pool then runs them, to compare).
     team: Option<team::Team>,
     threads: usize,
+    /// `(n, k, type)` of the model's output projections (`output.weight`,
+    /// or the tied `token_embd.weight`) uploaded here: the default rule
+    /// keeps their prefill products in float32 activations where the
+    /// quality table asks for it ([`matmul::Role`]).
+    outputs: std::sync::Mutex<Vec<(usize, usize, metallic_gguf::GgmlType)>>,
     /// The copy of a logits row a sampler works on: one for every sampler,
     /// so a server with many sequences keeps one row warm in cache (and in
     /// memory) rather than one per sequence.
@@ -141,12 +147,24 @@ impl CpuBackend {
             pool,
             team,
             threads,
+            outputs: Default::default(),
             sample_scratch: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// A product's role: the output projection where its shape and type are
+    /// those of a tensor uploaded as one (by name), else a layer's.
+    fn role(&self, shape: &MatmulShape) -> matmul::Role {
+        let outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+        if outputs.contains(&(shape.n, shape.k, shape.dtype)) {
+            matmul::Role::Output
+        } else {
+            matmul::Role::Layer
+        }
     }
 
     /// Run `f` in the pool when the work is large enough to share, else on the
@@ -292,7 +310,14 @@ impl Backend for CpuBackend {
                 Some(all)
             }
         };
-        CpuLinear::new(parts, bias)
+        let w = CpuLinear::new(parts, bias)?;
+        if let [p] = parts {
+            if matches!(p.name(), "output.weight" | "token_embd.weight") {
+                let mut outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+                outputs.push((w.info.n, w.info.k, w.info.dtype));
+            }
+        }
+        Ok(w)
     }
 
     fn linear_info(&self, w: &CpuLinear) -> LinearInfo {
@@ -403,7 +428,7 @@ impl Backend for CpuBackend {
     }
 
     fn default_matmul_impl(&self, shape: &MatmulShape) -> usize {
-        matmul::default_impl(shape)
+        matmul::default_impl_for(shape, self.role(shape))
     }
 
     fn matmul(
@@ -416,6 +441,14 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = f32s(x, "matmul x")?;
         let out = f32s_mut(out, "matmul out")?;
+        // `decode` forced: the decode rule with the product's role, as the
+        // default rule has it (an output projection may stay in f32).
+        let imp = if imp == matmul::DECODE {
+            let shape = matmul::shape_of(w, m);
+            matmul::decode_impl_for(&shape, self.role(&shape))
+        } else {
+            imp
+        };
         // The row kernels (decode) run on the team, the calling thread
         // included; small ones stay on this thread (see matmul::split).
         // The tiled prefill kernels run in the rayon pool.

@@ -7,17 +7,19 @@
 //! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
 //! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, F16, F32 |
 //! | 4     | `decode` | the decode rule at any row count: `vecdot`, `fdot` or `gemv` by type | every type the CPU loads |
-//! | 5     | `vecdot_gemm` | Q8 activations x 16-row repacked weight tiles, AVX-512 VNNI (else `vecdot`'s kernels) | Q4_0, Q4_1, Q8_0 |
+//! | 5     | `vecdot_gemm` | Q8 activations x 16-row repacked weight tiles, AVX-512 VNNI (else `vecdot`'s kernels) | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
-//! Default rule ([`default_impl`]): `m >= GEMM_MIN_M` rows (prefill: enough
-//! rows to reuse each repacked or dequantised tile) go to `vecdot_gemm` for
-//! Q4_0 and Q4_1 weights where the CPU has AVX-512 VNNI
-//! ([`prefill_in_8_bits`]), else to `gemm`. Fewer rows (decode)
-//! go to `vecdot` for Q4_0 and Q4_1 weights ([`decode_in_8_bits`]) and for
-//! Q8_0, Q5_0, Q5_1 and K-quant (Q4_K, Q5_K, Q6_K) layers where the CPU has SIMD kernels for them, their
-//! output head excepted ([`layers_in_8_bits`], [`head_shaped`]), and to
-//! `fdot` for the other types it has a kernel for, else to `gemv`.
+//! Default rule ([`default_impl_for`]): `m >= GEMM_MIN_M` rows (prefill:
+//! enough rows to reuse each repacked or dequantised tile) go to
+//! `vecdot_gemm` where the CPU has AVX-512 VNNI for every type it runs, but
+//! for the model's output projection only when Q4_0 or Q4_1
+//! ([`prefill_in_8_bits`]; the backend knows the output by its tensor name,
+//! [`Role`]), else to `gemm`. Fewer rows (decode) go to `vecdot` for Q4_0
+//! and Q4_1 weights ([`decode_in_8_bits`]) and, in the layers, for Q8_0,
+//! Q5_0, Q5_1 and the K-quants where the CPU has SIMD kernels for them
+//! ([`layers_in_8_bits`]), else to `fdot` where it has a kernel, else to
+//! `gemv`.
 //!
 //! Which decode arithmetic is the default is decided by the KL divergence
 //! against the float32 model (docs/quality.md), not by greedy identity: 8-bit
@@ -121,43 +123,58 @@ pub fn decode_in_8_bits(ty: GgmlType) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1)
 }
 
+/// What a product computes in the model, as far as the default rule cares:
+/// the output projection's logits (the lm_head: tens of thousands of
+/// outputs read straight by sampling and scoring) or anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Layer,
+    Output,
+}
+
 /// Weight types whose prefill default is `vecdot_gemm` (8-bit activations,
-/// integer tiles) where the CPU has its AVX-512 VNNI kernel: the types whose
-/// decode is in 8 bits already ([`decode_in_8_bits`]), for the same reason:
-/// `vecdot` everywhere (prefill rows included) scored a KLD no worse than
+/// integer tiles) where the CPU has its AVX-512 VNNI kernel, by role. Q4_0
+/// and Q4_1 everywhere: `vecdot` everywhere scored a KLD no worse than
 /// llama.cpp's on the quality table's Q4_0 and Q4_1 files, and `vecdot_gemm`
-/// is that arithmetic. Q8_0 stays on `gemm` (float32 activations): on
-/// SmolLM2 its tied lm_head carries a quarter of 8-bit activations' KLD.
-pub fn prefill_in_8_bits(ty: GgmlType) -> bool {
-    decode_in_8_bits(ty) && crate::matmul_vecdot_gemm::has_tile_kernel(crate::vec_dot::kernels())
+/// is that arithmetic. The other types with a tile kernel in the layers
+/// only: an output projection stays on `gemm` (float32 activations), since
+/// on SmolLM2 Q4_1 the tied Q8_0 lm_head in 8 bits carries a quarter of
+/// 8-bit activations' KLD and takes the file just above llama.cpp's. With
+/// this rule (`metallic perplexity --kld` against the F32 bases of
+/// docs/quality.md, 2026-11-29; llama-perplexity on the same files) the
+/// KLD stays below llama.cpp's CPU path: synthetic Qwen2.5-0.5B (seed 1,
+/// `-c 128 --chunks 2`) Q8_0 0.00150 against 0.00159, Q4_K 0.0752 against
+/// 0.0754, Q4_K_M 0.04626 against 0.04633, Q5_K_M 0.03444 against 0.03488;
+/// SmolLM2 Q8_0 (`metallic quantize` of its F32 file, `-c 512 --chunks 4`)
+/// 0.00314 against 0.00400 (0.00394 with the lm_head in 8 bits too).
+pub fn prefill_in_8_bits(ty: GgmlType, role: Role) -> bool {
+    let types = match role {
+        Role::Layer => crate::matmul_vecdot_gemm::supported(ty),
+        Role::Output => decode_in_8_bits(ty),
+    };
+    types && crate::matmul_vecdot_gemm::has_tile_kernel(crate::vec_dot::kernels())
+}
+
+/// The implementation used when nothing is forced or tuned, for a product
+/// whose role is unknown (taken as a layer's).
+pub fn default_impl(s: &MatmulShape) -> usize {
+    default_impl_for(s, Role::Layer)
 }
 
 /// The implementation used when nothing is forced or tuned.
-pub fn default_impl(s: &MatmulShape) -> usize {
-    if s.m >= GEMM_MIN_M && prefill_in_8_bits(s.dtype) && vecdot_gemm_supports(s) {
+pub fn default_impl_for(s: &MatmulShape, role: Role) -> usize {
+    if s.m >= GEMM_MIN_M && prefill_in_8_bits(s.dtype, role) && vecdot_gemm_supports(s) {
         VECDOT_GEMM
     } else if s.m >= GEMM_MIN_M && gemm_supports(s) {
         GEMM
     } else {
-        decode_impl(s)
+        decode_impl_for(s, role)
     }
 }
 
-/// Output columns per input column from which a product is taken for a
-/// model's output head (the vocabulary projection): Qwen2.5-0.5B's is
-/// 151936 x 896 (170x), SmolLM2's 49152 x 576 (85x), Llama-3-8B's 31x;
-/// the widest layer product, a fused gate+up, is 11x in Qwen2.5-0.5B and
-/// 7x in Llama-3-8B.
-pub const HEAD_RATIO: usize = 16;
-
-/// Whether a product has the shape of an output head ([`HEAD_RATIO`]).
-pub fn head_shaped(s: &MatmulShape) -> bool {
-    s.n >= HEAD_RATIO.saturating_mul(s.k)
-}
-
 /// Weight types whose layer products decode in 8-bit activations (`vecdot`)
-/// where this CPU has SIMD kernels for them, but whose output head stays on
-/// `fdot`: 8-bit activations on every Q8_0 product of the synthetic
+/// where this CPU has SIMD kernels for them, but whose output projection
+/// ([`Role::Output`]) stays on `fdot`: 8-bit activations on every Q8_0 product of the synthetic
 /// Qwen2.5-0.5B Q8_0 file scored a KLD of 0.00152 against llama.cpp's
 /// 0.00159 (docs/quality.md), but on SmolLM2 the tied Q8_0 head alone added
 /// 0.00074 to it, a quarter of the total: each of the head's logits sums a
@@ -179,16 +196,22 @@ pub fn layers_in_8_bits(ty: GgmlType) -> bool {
     ) && crate::vec_dot::kernels().has_simd(ty)
 }
 
+/// The decode kernel of a layer's product (role unknown: see
+/// [`decode_impl_for`]).
+pub fn decode_impl(s: &MatmulShape) -> usize {
+    decode_impl_for(s, Role::Layer)
+}
+
 /// The decode kernel of a shape's weight type: `vecdot` where 8-bit
 /// activations are the default ([`decode_in_8_bits`], and
-/// [`layers_in_8_bits`] but for the output head), else `fdot` where it
+/// [`layers_in_8_bits`] but for the output projection), else `fdot` where it
 /// has a kernel, else the reference. Every one of them computes each output
 /// row on its own, in the same arithmetic whatever the row count (see
 /// matmul_vecdot.rs), so `decode` (this rule at any row count) keeps a
 /// batch's rows independent (`metallic serve` can run it:
 /// METALLIC_MATMUL_BACKEND=decode).
-pub fn decode_impl(s: &MatmulShape) -> usize {
-    let in_8_bits = decode_in_8_bits(s.dtype) || layers_in_8_bits(s.dtype) && !head_shaped(s);
+pub fn decode_impl_for(s: &MatmulShape, role: Role) -> usize {
+    let in_8_bits = decode_in_8_bits(s.dtype) || role == Role::Layer && layers_in_8_bits(s.dtype);
     if in_8_bits && vecdot_supports(s) {
         VECDOT
     } else if fdot_supports(s) {
@@ -296,7 +319,7 @@ pub fn row_kernel(imp: usize, w: &CpuLinear, m: usize) -> bool {
 }
 
 /// The product shape of `m` activation rows times `w`, as dispatch sees it.
-fn shape_of(w: &CpuLinear, m: usize) -> MatmulShape {
+pub(crate) fn shape_of(w: &CpuLinear, m: usize) -> MatmulShape {
     MatmulShape {
         op: metallic::backend::MatmulOp::Matmul,
         dtype: w.info.dtype,
@@ -726,38 +749,71 @@ mod tests {
     /// that row alone, at every SIMD level, on ragged shapes: row counts
     /// around the micro-tile's six (1..=9, 31..=33, 37), weight rows around
     /// the tile's 16 (1, 5, 15, 16, 17, 33) in stacked parts, odd block
-    /// counts, with and without bias, Q4_0 and Q4_1 parts mixed in one tile.
-    /// Where the level has no tile kernel `vecdot_gemm` is `vecdot`'s
-    /// multi-row kernels: bit for bit the one-row product. The AVX-512 tile
-    /// kernel has the same integer block dots and per-block scales but sums
-    /// the blocks in its own order (and adds the weights' offsets apart), so
-    /// it agrees to float32 summation order: 1e-5 of sum |w x|.
+    /// counts (and odd super-block counts for the K-quants), with and
+    /// without bias, parts of different layouts mixed in one tile (nibbles
+    /// with bytes, anything with Q6_K's scale per half). Where the level has
+    /// no tile kernel `vecdot_gemm` is `vecdot`'s multi-row kernels: bit for
+    /// bit the one-row product. The AVX-512 tile kernel has the same integer
+    /// block dots and per-block scales but sums the blocks in its own order
+    /// (and adds the weights' offsets apart), so it agrees to float32
+    /// summation order: 1e-5 of sum |w x|.
     #[test]
     fn vecdot_gemm_rows_match_the_single_row_vecdot_product() {
-        let cases: Vec<(&str, Vec<(GgmlType, usize)>)> = [1usize, 5, 15, 16, 17, 33]
-            .into_iter()
-            .flat_map(|n| {
-                let split = |ty| {
-                    if n >= 3 {
-                        vec![(ty, n / 3), (ty, n - n / 3)]
-                    } else {
-                        vec![(ty, n)]
-                    }
-                };
-                [
-                    ("Q4_0", split(GgmlType::Q4_0)),
-                    ("Q4_1", split(GgmlType::Q4_1)),
-                    ("Q8_0", split(GgmlType::Q8_0)),
-                ]
-            })
-            .chain([
-                ("Q4_0+Q4_1", vec![(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 12)]),
-                // Not one tile layout: every level takes `vecdot`'s kernels.
-                ("Q4_1+Q8_0", vec![(GgmlType::Q4_1, 9), (GgmlType::Q8_0, 9)]),
-            ])
-            .collect();
-        for (name, parts) in &cases {
-            for k in [32, 96, 160, 896] {
+        let plain = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+        ];
+        let kquants = [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+        let split = |ty, n: usize| {
+            if n >= 3 {
+                vec![(ty, n / 3), (ty, n - n / 3)]
+            } else {
+                vec![(ty, n)]
+            }
+        };
+        /// A name, the parts, the row lengths to try.
+        type Case = (String, Vec<(GgmlType, usize)>, &'static [usize]);
+        let mut cases: Vec<Case> = Vec::new();
+        for n in [1usize, 5, 15, 16, 17, 33] {
+            for ty in plain {
+                cases.push((ty.name().into(), split(ty, n), &[32, 96, 160, 896]));
+            }
+            for ty in kquants {
+                cases.push((ty.name().into(), split(ty, n), &[256, 768]));
+            }
+        }
+        for (parts, ks) in [
+            (
+                vec![(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 12)],
+                &[32, 160][..],
+            ),
+            (vec![(GgmlType::Q4_1, 9), (GgmlType::Q8_0, 9)], &[32, 160]),
+            (vec![(GgmlType::Q5_0, 5), (GgmlType::Q8_0, 14)], &[96]),
+            // Qwen2.5 Q4_K_M / Q5_K_M projections: K-quants fused with the
+            // other types, tiles straddling the parts.
+            (
+                vec![
+                    (GgmlType::Q4_K, 9),
+                    (GgmlType::Q4_K, 3),
+                    (GgmlType::Q6_K, 6),
+                ],
+                &[256, 768],
+            ),
+            (vec![(GgmlType::Q5_K, 20), (GgmlType::Q8_0, 5)], &[256]),
+            (vec![(GgmlType::Q5_0, 11), (GgmlType::Q6_K, 7)], &[512]),
+        ] {
+            let name = parts
+                .iter()
+                .map(|p| p.0.name())
+                .collect::<Vec<_>>()
+                .join("+");
+            cases.push((name, parts, ks));
+        }
+        for (name, parts, ks) in &cases {
+            for &k in *ks {
                 let n: usize = parts.iter().map(|p| p.1).sum();
                 let w = mixed_linear(k, parts, n % 2 == 1);
                 for m in (1..=9).chain([31, 32, 33, 37]) {
@@ -767,7 +823,7 @@ mod tests {
                     for kern in SimdLevel::ALL.into_iter().filter_map(Kernels::for_level) {
                         let mut all = vec![f32::NAN; m * n];
                         vecdot_gemm_with(&kern, &x, &w, m, &mut all).unwrap();
-                        let tiled = has_tile_kernel(&kern) && *name != "Q4_1+Q8_0";
+                        let tiled = has_tile_kernel(&kern);
                         for i in 0..m {
                             let mut one = vec![f32::NAN; n];
                             vecdot_with(&kern, &x[i * k..(i + 1) * k], &w, 1, &mut one).unwrap();
@@ -893,7 +949,7 @@ mod tests {
             "vecdot"
         );
         // Q8_0, Q5_0, Q5_1 and Q4_K layers in 8 bits where the level has
-        // SIMD kernels for them; an output head of theirs (n >= 16 k) on `fdot`.
+        // SIMD kernels for them; an output projection of theirs on `fdot`.
         let kern = vec_dot::kernels();
         for ty in [
             GgmlType::Q8_0,
@@ -910,37 +966,112 @@ mod tests {
                 "{}",
                 ty.name()
             );
-            let mut head = layer;
-            head.n = 151936;
             assert_eq!(
-                IMPLS[default_impl(&head)].name,
+                IMPLS[default_impl_for(&layer, Role::Output)].name,
                 "fdot",
-                "{} head",
+                "{} output",
                 ty.name()
             );
         }
-        // Q4_0 and Q4_1 heads stay in 8 bits (their KLD passes with them).
-        let mut head = shape(1, GgmlType::Q4_0);
-        head.n = 151936;
-        assert_eq!(IMPLS[default_impl(&head)].name, "vecdot");
-        // Prefill: Q4_0/Q4_1 in 8 bits where the AVX-512 VNNI tiles run,
-        // Q8_0 (and every type without that kernel) on `gemm`.
+        // Q4_0 and Q4_1 outputs stay in 8 bits (their KLD passes with them).
+        assert_eq!(
+            IMPLS[default_impl_for(&shape(1, GgmlType::Q4_0), Role::Output)].name,
+            "vecdot"
+        );
+        // Prefill: every type with a tile kernel in 8 bits where the AVX-512
+        // VNNI tiles run; an output projection only for Q4_0/Q4_1, else on
+        // `gemm` (as every type without that kernel).
         let tiles = has_tile_kernel(vec_dot::kernels());
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+        let tiled = |yes| if tiles && yes { "vecdot_gemm" } else { "gemm" };
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+        ] {
+            let output = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1);
+            let s = shape(GEMM_MIN_M, ty);
+            assert_eq!(IMPLS[default_impl(&s)].name, tiled(true), "{ty:?}");
             assert_eq!(
-                IMPLS[default_impl(&shape(GEMM_MIN_M, ty))].name,
-                if tiles { "vecdot_gemm" } else { "gemm" }
+                IMPLS[default_impl_for(&s, Role::Output)].name,
+                tiled(output),
+                "{ty:?} output"
             );
         }
-        assert_eq!(
-            IMPLS[default_impl(&shape(GEMM_MIN_M, GgmlType::Q8_0))].name,
-            "gemm"
-        );
+        let mut k_rows = shape(GEMM_MIN_M, GgmlType::Q6_K);
+        k_rows.k = 4864;
+        assert_eq!(IMPLS[default_impl(&k_rows)].name, tiled(true));
+        for ty in [GgmlType::F16, GgmlType::F32, GgmlType::BF16] {
+            assert_eq!(IMPLS[default_impl(&shape(GEMM_MIN_M, ty))].name, "gemm");
+        }
         // Q4_K rows of 896 are not whole super-blocks: the reference takes them.
         assert_eq!(IMPLS[default_impl(&shape(1, GgmlType::Q4_K))].name, "gemv");
         let mut odd = shape(1, GgmlType::Q8_0);
         odd.batch = 14;
         assert!(IMPLS.iter().all(|i| !(i.supports)(&odd)));
+    }
+
+    /// The backend knows the model's output projection by its tensor name
+    /// when it is uploaded (`output.weight`, or the tied
+    /// `token_embd.weight`) and keeps a Q8_0 one's prefill products in
+    /// float32 activations, while a layer of the same type goes to the
+    /// 8-bit tiles.
+    #[test]
+    fn backend_keeps_the_output_projection_prefill_in_float32() {
+        use metallic::backend::Backend;
+        let k = 64;
+        let mut w = GgufWriter::new();
+        for (name, rows) in [("output.weight", 40usize), ("blk.0.ffn_up.weight", 24)] {
+            let data = values(rows as u64, rows * k);
+            let bytes = quant::quantize(GgmlType::Q8_0, &data).unwrap();
+            w.add_tensor(name, GgmlType::Q8_0, &[k as u64, rows as u64], bytes)
+                .unwrap();
+        }
+        let mut buf = Vec::new();
+        w.write_to(&mut buf).unwrap();
+        let file = Arc::new(GgufFile::from_bytes(buf).unwrap());
+        let cpu = crate::CpuBackend::new(1).unwrap();
+        for t in file.tensors() {
+            cpu.upload_linear(&[WeightView::new(file.clone(), t.clone())], None)
+                .unwrap();
+        }
+        let shape = |n| MatmulShape {
+            op: metallic::backend::MatmulOp::Matmul,
+            dtype: GgmlType::Q8_0,
+            batch: 1,
+            m: 64,
+            n,
+            k,
+            ta: false,
+            tb: true,
+        };
+        let tiles = has_tile_kernel(vec_dot::kernels());
+        assert_eq!(IMPLS[cpu.default_matmul_impl(&shape(40))].name, "gemm");
+        assert_eq!(
+            IMPLS[cpu.default_matmul_impl(&shape(24))].name,
+            if tiles { "vecdot_gemm" } else { "gemm" }
+        );
+        // Decode-sized products are the decode rule's for their role: the
+        // output projection's Q8_0 in float32 activations, the layer's in 8
+        // bits where the CPU has Q8_0 SIMD kernels.
+        let mut one = shape(40);
+        one.m = 1;
+        assert_eq!(IMPLS[cpu.default_matmul_impl(&one)].name, "fdot");
+        assert_eq!(
+            cpu.default_matmul_impl(&one),
+            decode_impl_for(&one, Role::Output)
+        );
+        let mut layer = shape(24);
+        layer.m = 1;
+        assert_eq!(
+            IMPLS[cpu.default_matmul_impl(&layer)].name,
+            if vec_dot::kernels().has_simd(GgmlType::Q8_0) {
+                "vecdot"
+            } else {
+                "fdot"
+            }
+        );
     }
 
     /// llama.cpp's mixes fuse parts of different types (Q3_K_M on 64-wide

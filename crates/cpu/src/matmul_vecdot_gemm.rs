@@ -1,23 +1,29 @@
-//! `vecdot_gemm`: the prefill kernel for Q4_0, Q4_1 and Q8_0 weights with
-//! 8-bit activations, `vecdot`'s arithmetic (per-32 Q8 activation blocks of
-//! `q8_act.rs`, exact integer block dots, one float scale per block) laid out
-//! as a register-tiled GEMM with AVX-512 VNNI (`vpdpbusd`).
+//! `vecdot_gemm`: the prefill kernel for quantised weights (Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) with 8-bit activations, `vecdot`'s
+//! arithmetic (per-32 Q8 activation blocks of `q8_act.rs`, exact integer
+//! block dots, one float scale per block, or per 16 values for Q6_K) laid
+//! out as a register-tiled GEMM with AVX-512 VNNI (`vpdpbusd`).
 //!
 //! Each task takes [`NR`] = 16 weight rows and repacks them into a per-thread
 //! tile where one 64-byte load holds four consecutive levels of every one of
 //! the 16 rows (as llama.cpp's repacked Q4_0 layout does): one `vpdpbusd`
 //! against four activation bytes broadcast to every lane then advances 16
-//! output columns at once, and a block's 32 levels take 8 of them. A
-//! micro-tile is [`MR`] = 6 activation rows by the 16 rows; per block and row the
-//! integer sum is scaled once (`d_w * d_a`) and the weights' offset (Q4_0's
-//! `-8`, Q4_1's minimum, the `+128` that makes Q8_0 levels unsigned) enters
-//! through the activations' block sums `s`, as in `vecdot`. The repack is
-//! paid once per 16 rows for all `m` activation rows, so it stays a few
-//! percent of a prefill product and no second copy of the weights is kept.
+//! output columns at once, and a block's 32 levels take 8 of them. Levels
+//! are stored unsigned: 4-bit ones as nibble pairs (Q4_0, Q4_1, and Q4_K
+//! rearranged to that order), the others one a byte (Q5's fifth bit and
+//! Q6_K's two high bits joined to their nibbles, Q8_0 as `q + 128`). A
+//! micro-tile is [`MR`] = 6 activation rows by the 16 rows; per block and row
+//! the integer sum is scaled once (`d_w * d_a`, with `d_w` the block's
+//! `d * sc` for K-quants) and the weights' offset (Q4_0's `-8`, Q5_0's
+//! `-16`, the minimums of Q4_1/Q5_1/Q4_K/Q5_K, Q6_K's `-32`, the `+128` of
+//! unsigned Q8_0 levels) enters through the activations' block sums `s`, as
+//! in `vecdot`; Q6_K's scale per 16 values takes the integer dot and the
+//! activation sum of each half apart. The repack is paid once per 16 rows
+//! for all `m` activation rows, so it stays a few percent of a prefill
+//! product and no second copy of the weights is kept.
 //!
-//! Without AVX-512 VNNI (or for parts of other types) the product runs
-//! through `vecdot`'s multi-row kernels: the same arithmetic, and the default
-//! rule keeps such machines on `gemm`.
+//! Without AVX-512 VNNI the product runs through `vecdot`'s kernels: the same
+//! arithmetic, and the default rule keeps such machines on `gemm`.
 
 use std::cell::RefCell;
 
@@ -43,90 +49,279 @@ const MR: usize = 6;
 thread_local! {
     // Reused across calls: buffers grow to the largest shape, then stay.
     static ACTS: RefCell<Q8Acts> = RefCell::new(Q8Acts::default());
+    static HALVES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static TILE: RefCell<Tile> = RefCell::new(Tile::default());
 }
 
 /// Weight types with a tile kernel.
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(
+        ty,
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q8_0
+            | GgmlType::Q5_0
+            | GgmlType::Q5_1
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+    )
 }
 
-/// Whether every part of `w` can share one tile layout: all 4-bit (Q4_0 and
-/// Q4_1 may mix, their offsets are per row) or all Q8_0.
+/// Types whose levels fit a nibble: their tiles keep ggml's nibble pairs.
+fn nibbles(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K)
+}
+
+/// Whether every part of `w` has a tile kernel (any mix: each tile of 16
+/// rows takes the layout its rows need).
 fn tiles_fit(w: &CpuLinear) -> bool {
-    let nibbles = |t: GgmlType| matches!(t, GgmlType::Q4_0 | GgmlType::Q4_1);
-    w.parts.iter().all(|p| supported(p.ty))
-        && (w.parts.iter().all(|p| nibbles(p.ty)) || w.parts.iter().all(|p| !nibbles(p.ty)))
-        && w.info.k.is_multiple_of(QK)
+    w.parts.iter().all(|p| supported(p.ty)) && w.info.k.is_multiple_of(QK)
+}
+
+/// How a tile stores its rows' levels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Layout {
+    /// 4-bit levels (Q4_0, Q4_1, Q4_K): ggml's nibble pairs, byte `i` of a
+    /// block holding levels `i` and `i + 16`; one scale and offset per block.
+    #[default]
+    Nibbles,
+    /// One byte per level (Q8_0 as `q + 128`, the 5-bit types; 4-bit rows
+    /// sharing a tile with them); one scale and offset per block.
+    Bytes,
+    /// One byte per level and a scale and offset per 16 levels: Q6_K (and
+    /// whatever shares a tile with it, its pair of halves equal).
+    Halves,
 }
 
 /// [`NR`] weight rows repacked for the kernel; block `b` holds, for each
-/// group `g` of four levels, the four level bytes of row 0, then of row 1,
-/// ... of row 15. 4-bit rows keep ggml's nibble pairs (byte `i` holds levels
-/// `i` and `i + 16`), so 4 groups cover a block; Q8_0 rows are stored as
-/// unsigned levels `q + 128`, 8 groups a block. Rows past the product's end
-/// are zero (they add nothing and are never stored).
+/// group `g` of four level bytes, those of row 0, then of row 1, ... of row
+/// 15 (4 groups a block for [`Layout::Nibbles`], else 8). Rows past the
+/// product's end are zero (they add nothing and are never stored).
 #[derive(Default)]
 pub struct Tile {
     q: Vec<u8>,
-    /// Per block and row: the weight scale `d`.
+    /// Per block (per half for [`Layout::Halves`]) and row: what multiplies
+    /// `d_a` times the integer dot: the weight scale, `d * sc` for K-quants.
     d: Vec<f32>,
-    /// Per block and row: what multiplies the activations' block sum `s`:
-    /// `-8 d` (Q4_0), the minimum `m` (Q4_1), `-128 d` (Q8_0).
+    /// Per block (or half) and row: what multiplies the activations' block
+    /// (half) sum `s`: `-8 d` (Q4_0), `-16 d` (Q5_0), the minimum `m` (Q4_1,
+    /// Q5_1), `-dmin * m` (Q4_K, Q5_K), `-32 d sc` (Q6_K), `-128 d` (Q8_0).
     b: Vec<f32>,
     nb: usize,
-    nibbles: bool,
+    layout: Layout,
+}
+
+/// One block of 32 weights of a row as the tile stores them: unsigned
+/// levels `q` (level `l` in byte `l % 8` of word `l / 8`) and `(d, b)` per
+/// half, so that the block's dot with an activation block is
+/// `sum_h d_h * d_a * (q_h . a_h) + b_h * s_h`.
+struct Block {
+    q: [u64; 4],
+    db: [(f32, f32); 2],
+}
+
+/// Low nibble of every byte.
+const NIB: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+/// Lowest bit of every byte.
+const BIT: u64 = 0x0101_0101_0101_0101;
+
+/// `SPREAD[b]`: bit `i` of `b` as byte `i` (0 or 1): eight fifth bits of a
+/// Q5_0/Q5_1 block in one word.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            t[b] |= (((b >> i) & 1) as u64) << (8 * i);
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Eight bytes of `s` at `at`, little-endian.
+#[inline(always)]
+fn word(s: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// The levels of a block stored as ggml's nibble pairs (Q4_0, Q4_1, Q5_*'s
+/// low bits): byte `i` of `qs` holds levels `i` and `i + 16`.
+#[inline(always)]
+fn nibble_pairs(qs: &[u8]) -> [u64; 4] {
+    let (a, b) = (word(qs, 0), word(qs, 8));
+    [a & NIB, b & NIB, (a >> 4) & NIB, (b >> 4) & NIB]
+}
+
+/// Block `blk` (of 32 values) of a row of type `ty`: `vecdot`'s decoding
+/// of the same bytes (vec_dot.rs's scalar kernels), eight levels a word.
+fn block(ty: GgmlType, row: &[u8], blk: usize) -> Block {
+    let one = |d: f32, b: f32| [(d, b), (d, b)];
+    // Q5_0/Q5_1: the fifth bits (bit l of `qh` for level l) onto the nibbles.
+    let fifth = |q: &mut [u64; 4], qh: &[u8]| {
+        for (w, &h) in q.iter_mut().zip(qh) {
+            *w |= SPREAD[h as usize] << 4;
+        }
+    };
+    match ty {
+        GgmlType::Q4_0 => {
+            let src = &row[blk * 18..(blk + 1) * 18];
+            let d = f16_at(src, 0);
+            Block {
+                q: nibble_pairs(&src[2..18]),
+                db: one(d, -8.0 * d),
+            }
+        }
+        GgmlType::Q4_1 => {
+            let src = &row[blk * 20..(blk + 1) * 20];
+            Block {
+                q: nibble_pairs(&src[4..20]),
+                db: one(f16_at(src, 0), f16_at(src, 2)),
+            }
+        }
+        GgmlType::Q5_0 => {
+            let src = &row[blk * 22..(blk + 1) * 22];
+            let mut q = nibble_pairs(&src[6..22]);
+            fifth(&mut q, &src[2..6]);
+            let d = f16_at(src, 0);
+            Block {
+                q,
+                db: one(d, -16.0 * d),
+            }
+        }
+        GgmlType::Q5_1 => {
+            let src = &row[blk * 24..(blk + 1) * 24];
+            let mut q = nibble_pairs(&src[8..24]);
+            fifth(&mut q, &src[4..8]);
+            Block {
+                q,
+                db: one(f16_at(src, 0), f16_at(src, 2)),
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let five = ty == GgmlType::Q5_K;
+            let (size, qs_at) = if five { (176, 48) } else { (144, 16) };
+            let (sb, j) = (blk / 8, blk % 8);
+            let src = &row[sb * size..(sb + 1) * size];
+            let scales: &[u8; 12] = src[4..16].try_into().expect("12 bytes");
+            let (sc, mn) = metallic_gguf::quant::get_scale_min_k4(j, scales);
+            // Sub-block j: the low (even j) or high (odd j) nibbles of 32
+            // bytes; Q5_K's fifth bit of level l is bit j of qh[l].
+            let qs = qs_at + 32 * (j / 2);
+            let shift = 4 * (j % 2) as u32;
+            let q = std::array::from_fn(|w| {
+                let mut v = (word(src, qs + 8 * w) >> shift) & NIB;
+                if five {
+                    v |= ((word(src, 16 + 8 * w) >> j) & BIT) << 4;
+                }
+                v
+            });
+            let (d, dmin) = (f16_at(src, 0), f16_at(src, 2));
+            Block {
+                q,
+                db: one(d * f32::from(sc), -(dmin * f32::from(mn))),
+            }
+        }
+        GgmlType::Q6_K => {
+            let (sb, g) = (blk / 8, blk % 8);
+            let src = &row[sb * 210..(sb + 1) * 210];
+            let (n, i) = (g / 4, g % 4);
+            let (ql, qh) = (64 * n + (i & 1) * 32, 128 + 32 * n);
+            let (lshift, hshift) = (4 * (i >> 1) as u32, 2 * i as u32);
+            let q = std::array::from_fn(|w| {
+                let lo = (word(src, ql + 8 * w) >> lshift) & NIB;
+                let hi = (word(src, qh + 8 * w) >> hshift) & (3 * BIT);
+                lo | (hi << 4)
+            });
+            let d = f16_at(src, 208);
+            let half = |part: usize| {
+                let ds = d * f32::from(src[192 + 8 * n + part + 2 * i] as i8);
+                (ds, -32.0 * ds)
+            };
+            Block {
+                q,
+                db: [half(0), half(1)],
+            }
+        }
+        _ => {
+            // Q8_0 (`supported` admits nothing else): i8 level to u8 level
+            // + 128 (flip the sign bit), the + 128 undone through `s`.
+            let src = &row[blk * 34..(blk + 1) * 34];
+            let d = f16_at(src, 0);
+            Block {
+                q: std::array::from_fn(|w| word(src, 2 + 8 * w) ^ 0x8080_8080_8080_8080),
+                db: one(d, -128.0 * d),
+            }
+        }
+    }
 }
 
 impl Tile {
     /// Bytes of levels per block of [`NR`] rows.
     fn block_bytes(&self) -> usize {
-        if self.nibbles {
+        if self.layout == Layout::Nibbles {
             NR * QK / 2
         } else {
             NR * QK
         }
     }
 
+    /// Scales (and offsets) per block and row.
+    fn scales(&self) -> usize {
+        if self.layout == Layout::Halves {
+            2 * NR
+        } else {
+            NR
+        }
+    }
+
     /// Repack rows `r0..r0 + rows` of `w` (`rows <= NR`; `tiles_fit(w)`).
     fn repack(&mut self, w: &CpuLinear, r0: usize, rows: usize) {
         let nb = w.info.k / QK;
+        let mut types = (0..rows).map(|j| w.locate(r0 + j).expect("row within n").0.ty);
+        self.layout = if types.clone().all(nibbles) {
+            Layout::Nibbles
+        } else if types.any(|t| t == GgmlType::Q6_K) {
+            Layout::Halves
+        } else {
+            Layout::Bytes
+        };
         self.nb = nb;
-        self.nibbles = matches!(w.parts[0].ty, GgmlType::Q4_0 | GgmlType::Q4_1);
-        let bb = self.block_bytes();
-        let per_row = bb / NR;
+        let (bb, sc) = (self.block_bytes(), self.scales());
         self.q.clear();
         self.q.resize(nb * bb, 0);
         self.d.clear();
-        self.d.resize(nb * NR, 0.0);
+        self.d.resize(nb * sc, 0.0);
         self.b.clear();
-        self.b.resize(nb * NR, 0.0);
+        self.b.resize(nb * sc, 0.0);
         for j in 0..rows {
             let (part, pr) = w.locate(r0 + j).expect("row within n");
-            let (bytes, qs_at) = match part.ty {
-                GgmlType::Q4_0 => (18, 2),
-                GgmlType::Q4_1 => (20, 4),
-                _ => (34, 2),
-            };
             let row = part.row(pr);
             for blk in 0..nb {
-                let src = &row[blk * bytes..(blk + 1) * bytes];
-                let d = f16_at(src, 0);
-                self.d[blk * NR + j] = d;
-                self.b[blk * NR + j] = match part.ty {
-                    GgmlType::Q4_0 => -8.0 * d,
-                    GgmlType::Q4_1 => f16_at(src, 2),
-                    _ => -128.0 * d,
-                };
-                let qs = &src[qs_at..qs_at + per_row];
                 let dst = &mut self.q[blk * bb..(blk + 1) * bb];
-                for g in 0..per_row / 4 {
+                let b = block(part.ty, row, blk);
+                // Group g of four levels (bytes, or nibble pairs) of row j.
+                let mut put = |g: usize, v: u32| {
                     let o = g * NR * 4 + j * 4;
-                    for t in 0..4 {
-                        // Q8_0: i8 level to u8 level + 128 (flip the sign bit).
-                        let v = qs[g * 4 + t];
-                        dst[o + t] = if self.nibbles { v } else { v ^ 0x80 };
+                    dst[o..o + 4].copy_from_slice(&v.to_le_bytes());
+                };
+                if self.layout == Layout::Nibbles {
+                    // Byte i: level i in the low nibble, level i + 16 high.
+                    let pairs = [b.q[0] | (b.q[2] << 4), b.q[1] | (b.q[3] << 4)];
+                    for g in 0..4 {
+                        put(g, (pairs[g / 2] >> (32 * (g % 2))) as u32);
                     }
+                } else {
+                    for g in 0..8 {
+                        put(g, (b.q[g / 2] >> (32 * (g % 2))) as u32);
+                    }
+                }
+                for h in 0..sc / NR {
+                    self.d[blk * sc + h * NR + j] = b.db[h].0;
+                    self.b[blk * sc + h * NR + j] = b.db[h].1;
                 }
             }
         }
@@ -155,15 +350,55 @@ pub fn vecdot_gemm_with(
     if m == 0 || !has_tile_kernel(kern) || !tiles_fit(w) {
         return crate::matmul_vecdot::vecdot_with(kern, x, w, m, out);
     }
+    let q6 = w.parts.iter().any(|p| p.ty == GgmlType::Q6_K);
     ACTS.with_borrow_mut(|acts| {
         acts.quantize_parallel(x, m, k);
-        tiles(acts, w, m, out)
+        HALVES.with_borrow_mut(|halves| {
+            if q6 {
+                half_sums(acts, m, halves);
+            }
+            tiles(acts, if q6 { halves } else { &[] }, w, m, out)
+        })
     })
 }
 
-fn tiles(acts: &Q8Acts, w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
+/// Per activation row and block, `d * sum(q)` of each 16-value half (the
+/// block's `s` split in two) for tiles with a scale per half (Q6_K).
+fn half_sums(acts: &Q8Acts, m: usize, out: &mut Vec<f32>) {
+    let blocks = m * acts.k / QK;
+    out.clear();
+    out.resize(2 * blocks, 0.0);
+    // Blocks per task: ~32 KiB of activations, as the quantiser.
+    const TASK: usize = 1024;
+    out.par_chunks_mut(2 * TASK).enumerate().for_each(|(t, o)| {
+        for (i, h) in o.chunks_exact_mut(2).enumerate() {
+            let blk = t * TASK + i;
+            let q = &acts.qs[blk * QK..(blk + 1) * QK];
+            let sum = |q: &[i8]| q.iter().map(|&v| v as i32).sum::<i32>() as f32;
+            h[0] = acts.d[blk] * sum(&q[..16]);
+            h[1] = acts.d[blk] * sum(&q[16..]);
+        }
+    });
+}
+
+/// One activation row as the tile kernel reads it: its Q8 blocks and, for
+/// [`Layout::Halves`] tiles, its half sums (empty otherwise).
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct ARow<'a> {
+    q: Q8Row<'a>,
+    h: &'a [f32],
+}
+
+fn tiles(acts: &Q8Acts, halves: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
     let n = w.info.n;
-    let arows: Vec<Q8Row<'_>> = (0..m).map(|i| acts.row(i)).collect();
+    let nb = acts.k / QK;
+    let arows: Vec<ARow<'_>> = (0..m)
+        .map(|i| ARow {
+            q: acts.row(i),
+            h: halves.get(2 * nb * i..2 * nb * (i + 1)).unwrap_or(&[]),
+        })
+        .collect();
     let optr = SharedOut::new(out);
     (0..n.div_ceil(NR)).into_par_iter().for_each(|t| {
         TILE.with_borrow_mut(|tile| {
@@ -174,12 +409,16 @@ fn tiles(acts: &Q8Acts, w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> 
             if let Some(b) = &w.bias {
                 bias[..cols].copy_from_slice(&b[r0..r0 + cols]);
             }
+            debug_assert!(
+                tile.layout != Layout::Halves || arows.iter().all(|a| a.h.len() == 2 * nb)
+            );
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller checked that the CPU has the AVX-512 VNNI
             // level (`has_tile_kernel`); every activation row has the tile's
-            // `nb` blocks; the kernel writes columns r0..r0 + cols (masked) of
-            // rows 0..m of `out`, which holds m * n values, and no other task
-            // writes those columns.
+            // `nb` blocks (and `2 nb` half sums where the tile has halves:
+            // `half_sums` ran when any part is Q6_K); the kernel writes
+            // columns r0..r0 + cols (masked) of rows 0..m of `out`, which
+            // holds m * n values, and no other task writes those columns.
             unsafe {
                 x86::tile_rows(tile, &arows, optr.ptr(), n, r0, cols, &bias)
             };
@@ -194,15 +433,15 @@ fn tiles(acts: &Q8Acts, w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> 
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Tile, MR, NR};
-    use crate::q8_act::{Q8Row, QK};
+    use super::{ARow, Layout, Tile, MR, NR};
+    use crate::q8_act::QK;
 
     /// Every activation row of `a` times the tile, plus `bias`, stored to
     /// columns `c0..c0 + cols` of the rows of `out` (row stride `n`).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
     pub unsafe fn tile_rows(
         t: &Tile,
-        a: &[Q8Row<'_>],
+        a: &[ARow<'_>],
         out: *mut f32,
         n: usize,
         c0: usize,
@@ -218,35 +457,29 @@ mod x86 {
             mask,
             bias,
         };
+        macro_rules! rows {
+            ($r:expr, $rows:expr) => {{
+                let rows: &[ARow<'_>; $r] = $rows.try_into().unwrap();
+                match t.layout {
+                    Layout::Nibbles => micro::<$r, 0>(t, rows),
+                    Layout::Bytes => micro::<$r, 1>(t, rows),
+                    Layout::Halves => micro::<$r, 2>(t, rows),
+                }
+            }};
+        }
         let mut i = 0;
         while i + MR <= a.len() {
-            let rows: &[Q8Row<'_>; MR] = a[i..i + MR].try_into().unwrap();
-            let v = if t.nibbles {
-                micro::<MR, true>(t, rows)
-            } else {
-                micro::<MR, false>(t, rows)
-            };
+            let v = rows!(MR, &a[i..i + MR]);
             store.rows(i, &v);
             i += MR;
         }
         let rest = &a[i..];
-        macro_rules! tail {
-            ($r:literal) => {{
-                let rows: &[Q8Row<'_>; $r] = rest.try_into().unwrap();
-                let v = if t.nibbles {
-                    micro::<$r, true>(t, rows)
-                } else {
-                    micro::<$r, false>(t, rows)
-                };
-                store.rows(i, &v);
-            }};
-        }
         match rest.len() {
-            5 => tail!(5),
-            4 => tail!(4),
-            3 => tail!(3),
-            2 => tail!(2),
-            1 => tail!(1),
+            5 => store.rows(i, &rows!(5, rest)),
+            4 => store.rows(i, &rows!(4, rest)),
+            3 => store.rows(i, &rows!(3, rest)),
+            2 => store.rows(i, &rows!(2, rest)),
+            1 => store.rows(i, &rows!(1, rest)),
             _ => {}
         }
     }
@@ -275,30 +508,30 @@ mod x86 {
     /// `R` activation rows times the tile's 16 rows: per row a vector of 16
     /// outputs (without bias). Per block the integer dot of each (row,
     /// column) pair is exact (at most 32 x 255 x 127 in an i32 lane), in
-    /// two chains (even and odd level groups) so that `vpdpbusd`'s latency
-    /// overlaps; then one convert, one scale multiply-add and one
-    /// multiply-add of the offset term per row.
+    /// two chains so that `vpdpbusd`'s latency overlaps; then one convert,
+    /// one scale multiply-add and one multiply-add of the offset term per row
+    /// (per half and row for `L` = 2). `L`: 0 nibble pairs, 1 bytes with a
+    /// scale per block (chains: even and odd level groups), 2 bytes with a
+    /// scale per half (chains: the halves).
     #[inline(always)]
-    unsafe fn micro<const R: usize, const NIBBLES: bool>(
-        t: &Tile,
-        a: &[Q8Row<'_>; R],
-    ) -> [__m512; R] {
+    unsafe fn micro<const R: usize, const L: u8>(t: &Tile, a: &[ARow<'_>; R]) -> [__m512; R] {
         let mut acc = [_mm512_setzero_ps(); R];
         let mut corr = [_mm512_setzero_ps(); R];
         let low = _mm512_set1_epi8(0x0f);
         let bb = t.block_bytes();
+        let sc = t.scales();
         let (q, d, bv) = (t.q.as_ptr(), t.d.as_ptr(), t.b.as_ptr());
         for b in 0..t.nb {
             let mut i0 = [_mm512_setzero_si512(); R];
             let mut i1 = [_mm512_setzero_si512(); R];
             let wq = q.add(b * bb);
-            if NIBBLES {
+            if L == 0 {
                 for g in 0..4 {
                     let raw = _mm512_loadu_si512(wq.add(64 * g) as *const _);
                     let lo = _mm512_and_si512(raw, low);
                     let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
                     for r in 0..R {
-                        let p = a[r].qs.as_ptr().add(b * QK + 4 * g);
+                        let p = a[r].q.qs.as_ptr().add(b * QK + 4 * g);
                         let alo = _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32));
                         let ahi =
                             _mm512_set1_epi32(std::ptr::read_unaligned(p.add(16) as *const i32));
@@ -310,24 +543,42 @@ mod x86 {
                 for g in 0..8 {
                     let u = _mm512_loadu_si512(wq.add(64 * g) as *const _);
                     for r in 0..R {
-                        let p = a[r].qs.as_ptr().add(b * QK + 4 * g);
+                        let p = a[r].q.qs.as_ptr().add(b * QK + 4 * g);
                         let av = _mm512_set1_epi32(std::ptr::read_unaligned(p as *const i32));
-                        if g % 2 == 0 {
-                            i0[r] = _mm512_dpbusd_epi32(i0[r], u, av);
-                        } else {
+                        let second = if L == 1 { g % 2 == 1 } else { g >= 4 };
+                        if second {
                             i1[r] = _mm512_dpbusd_epi32(i1[r], u, av);
+                        } else {
+                            i0[r] = _mm512_dpbusd_epi32(i0[r], u, av);
                         }
                     }
                 }
             }
-            let dw = _mm512_loadu_ps(d.add(b * NR));
-            let bw = _mm512_loadu_ps(bv.add(b * NR));
-            for r in 0..R {
-                let isum = _mm512_add_epi32(i0[r], i1[r]);
-                let da = _mm512_set1_ps(*a[r].d.get_unchecked(b));
-                let sa = _mm512_set1_ps(*a[r].s.get_unchecked(b));
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum), acc[r]);
-                corr[r] = _mm512_fmadd_ps(bw, sa, corr[r]);
+            let dw = _mm512_loadu_ps(d.add(b * sc));
+            let bw = _mm512_loadu_ps(bv.add(b * sc));
+            if L == 2 {
+                let dw1 = _mm512_loadu_ps(d.add(b * sc + NR));
+                let bw1 = _mm512_loadu_ps(bv.add(b * sc + NR));
+                for r in 0..R {
+                    let da = _mm512_set1_ps(*a[r].q.d.get_unchecked(b));
+                    let s0 = _mm512_set1_ps(*a[r].h.get_unchecked(2 * b));
+                    let s1 = _mm512_set1_ps(*a[r].h.get_unchecked(2 * b + 1));
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(i0[r]), acc[r]);
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_mul_ps(dw1, da), _mm512_cvtepi32_ps(i1[r]), acc[r]);
+                    corr[r] = _mm512_fmadd_ps(bw, s0, corr[r]);
+                    corr[r] = _mm512_fmadd_ps(bw1, s1, corr[r]);
+                }
+            } else {
+                for r in 0..R {
+                    let isum = _mm512_add_epi32(i0[r], i1[r]);
+                    let da = _mm512_set1_ps(*a[r].q.d.get_unchecked(b));
+                    let sa = _mm512_set1_ps(*a[r].q.s.get_unchecked(b));
+                    acc[r] =
+                        _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum), acc[r]);
+                    corr[r] = _mm512_fmadd_ps(bw, sa, corr[r]);
+                }
             }
         }
         let mut out = [_mm512_setzero_ps(); R];

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, sse_events, start, stream_text};
+use common::{config, sse_events, start, stream_text, Running};
 use serde_json::{json, Value};
 
 fn chat_body(content: &str, max_tokens: u64) -> Value {
@@ -437,6 +437,28 @@ async fn shutdown_lets_an_in_flight_stream_finish() {
     shutdown.await.unwrap().unwrap();
 }
 
+/// Send every body to `/v1/completions` at once; each task yields its text.
+fn complete_concurrently(s: &Running, bodies: Vec<Value>) -> Vec<tokio::task::JoinHandle<String>> {
+    bodies
+        .into_iter()
+        .map(|b| {
+            let (http, url) = (s.http.clone(), format!("{}/v1/completions", s.base));
+            tokio::spawn(async move {
+                let v: Value = http
+                    .post(url)
+                    .json(&b)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                v["choices"][0]["text"].as_str().unwrap().to_string()
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preempted_sequences_resume_with_the_same_tokens() {
     // 6 MiB of KV: 8 blocks of 16 positions for SmolLM2; four sequences
@@ -458,26 +480,7 @@ async fn preempted_sequences_resume_with_the_same_tokens() {
         assert_eq!(st, 200, "{v}");
         alone.push(v["choices"][0]["text"].as_str().unwrap().to_string());
     }
-    let mut tasks = Vec::new();
-    for p in prompts {
-        let (http, url, b) = (
-            s.http.clone(),
-            format!("{}/v1/completions", s.base),
-            body(p),
-        );
-        tasks.push(tokio::spawn(async move {
-            let v: Value = http
-                .post(url)
-                .json(&b)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["choices"][0]["text"].as_str().unwrap().to_string()
-        }));
-    }
+    let tasks = complete_concurrently(&s, prompts.iter().map(|p| body(p)).collect());
     for (t, want) in tasks.into_iter().zip(&alone) {
         assert_eq!(&t.await.unwrap(), want);
     }
@@ -559,26 +562,7 @@ async fn greedy_and_seeded_requests_in_one_batch_get_the_tokens_they_get_alone()
         alone.push(v["choices"][0]["text"].as_str().unwrap().to_string());
     }
     let steps_before = s.metric("metallic_engine_steps_total").await;
-    let mut tasks = Vec::new();
-    for b in &bodies {
-        let (http, url, b) = (
-            s.http.clone(),
-            format!("{}/v1/completions", s.base),
-            b.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let v: Value = http
-                .post(url)
-                .json(&b)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["choices"][0]["text"].as_str().unwrap().to_string()
-        }));
-    }
+    let tasks = complete_concurrently(&s, bodies.to_vec());
     for (k, (t, want)) in tasks.into_iter().zip(&alone).enumerate() {
         assert_eq!(&t.await.unwrap(), want, "request {k}: {}", bodies[k]);
     }
