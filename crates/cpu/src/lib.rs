@@ -543,9 +543,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    /// `fdot`: each output element is one dot product in an order fixed by `k`.
+    /// `decode`: the default decode kernel of each product (`vecdot` where
+    /// 8-bit activations are the default, else `fdot`) at every row count.
+    /// Each output row is computed on its own in an order fixed by `k` (each
+    /// activation row quantised alone for `vecdot`; its multi-row kernels
+    /// are bit-identical per row, as tests assert), so a row's values do not
+    /// depend on the batch; and served tokens get `generate`'s decode
+    /// arithmetic at `vecdot`'s speed rather than `fdot`'s.
     fn batch_invariant_matmul(&self) -> Option<&'static str> {
-        Some("fdot")
+        Some("decode")
     }
 
     fn paged_kv_store(

@@ -24,7 +24,7 @@ async fn chat_completion_answers_greedily_with_usage() {
     let (status, v) = s
         .post(
             "/v1/chat/completions",
-            &chat_body("What is the capital of France?", 16),
+            &chat_body("Name the capital city of France.", 16),
         )
         .await;
     assert_eq!(status, 200, "{v}");
@@ -42,7 +42,7 @@ async fn chat_completion_answers_greedily_with_usage() {
     let (_, again) = s
         .post(
             "/v1/chat/completions",
-            &chat_body("What is the capital of France?", 16),
+            &chat_body("Name the capital city of France.", 16),
         )
         .await;
     assert_eq!(
@@ -520,7 +520,7 @@ async fn f16_kv_cache_holds_twice_the_blocks_and_answers_alike() {
     let Some(s32) = start(config()).await else {
         return;
     };
-    let body = chat_body("What is the capital of France?", 12);
+    let body = chat_body("Name the capital city of France.", 12);
     let (st, v32) = s32.post("/v1/chat/completions", &body).await;
     assert_eq!(st, 200, "{v32}");
     let blocks32 = s32.metric("metallic_kv_blocks_total").await;

@@ -13,7 +13,7 @@ client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeou
 ids = [m.id for m in client.models.list().data]
 assert ids == [model], ids
 
-question = [{"role": "user", "content": "What is the capital of France?"}]
+question = [{"role": "user", "content": "Name the capital city of France."}]
 
 # Chat, not streamed.
 chat = client.chat.completions.create(model=model, messages=question, max_tokens=16, temperature=0)

@@ -8,9 +8,10 @@
 //! norm, rope, SwiGLU and add are per row; paged attention is per (row, head)
 //! over the row's own sequence, its sums in an order fixed by that sequence's
 //! length alone, on the CPU and in the CUDA kernel). The matmuls are too when
-//! the caller forces [`Backend::batch_invariant_matmul`]: on the CPU `fdot`
-//! (each output element one dot product whose order depends only on `k`; the
-//! server always forces it there), on CUDA `vecdot_chunked` (`vecdot` in
+//! the caller forces [`Backend::batch_invariant_matmul`]: on the CPU `decode`
+//! (`vecdot` or `fdot` per weight type and role, each output row computed
+//! alone in an order that depends only on `k`; the server always forces it
+//! there), on CUDA `vecdot_chunked` (`vecdot` in
 //! launches of at most 8 rows, each row quantised and reduced the same way
 //! whatever the launch's row count; `metallic serve --deterministic`). Then
 //! a row's values do not depend on which other rows share the step, nor on
