@@ -285,9 +285,9 @@ pub async fn start<B: Backend + 'static>(
     let router = http::router(app, cfg.max_body_bytes);
     let (stop, mut stop_rx) = watch::channel(false);
     // TCP_NODELAY on every connection: a stream's events are small writes,
-    // and with Nagle's algorithm the second of two writes (the response head,
-    // then the first token) waits for the client's delayed ACK, ~40 ms on
-    // Linux. That was every request's time to first token before this.
+    // and with Nagle's algorithm one can be held back until the client
+    // acknowledges the previous one (its delayed ACK is up to ~40 ms on
+    // Linux), which would show as a stalled token.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             eprintln!("warning: could not set TCP_NODELAY on a connection ({e}); tokens may arrive in bursts");
