@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use metallic::backend::{MatmulOp, MatmulShape};
 use metallic::synth::{self, SynthOptions};
 use metallic::tokenizer::TokenizerSpec;
-use metallic_cpu::matmul::{default_impl, IMPLS};
+use metallic_cpu::matmul::{default_impl_for, Role, IMPLS};
 use metallic_gguf::GgmlType;
 use regex::Regex;
 use serde_json::Value;
@@ -300,8 +300,19 @@ fn profiling_summary_has_the_seed_format_and_one_count_per_call() {
             ta: false,
             tb: true,
         };
+        // The lm_head (the tied embedding here) is the output projection:
+        // the CPU knows it by name and may keep it in float32 activations.
+        let role = if key.3 == VOCAB {
+            Role::Output
+        } else {
+            Role::Layer
+        };
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].0, IMPLS[default_impl(&shape)].name, "{key:?}");
+        assert_eq!(
+            rows[0].0,
+            IMPLS[default_impl_for(&shape, role)].name,
+            "{key:?}"
+        );
     }
 
     // The three sections count the same calls.
@@ -616,9 +627,12 @@ fn probe_times_every_impl_on_a_recorded_profile_and_writes_csv_json_svg() {
             "{r}"
         );
         // The back-to-back figure is per product of a replayed chain: a
-        // positive time, on the CPU of the same order as one call.
+        // positive time, on the CPU of the same order as one call, or at
+        // worst a few scheduler time slices when the machine is loaded
+        // (another test, another program): these tiny products take
+        // microseconds, a preempted thread milliseconds.
         let chained = r["chained_ms"].as_f64().unwrap();
-        assert!(chained > 0.0 && chained < 20.0 * p90, "{r}");
+        assert!(chained > 0.0 && chained < (20.0 * p90).max(10.0), "{r}");
         let gb_s = r["gb_s"].as_f64().unwrap();
         assert!((gb_s - r["bytes"].as_f64().unwrap() / (med * 1e6)).abs() < 1e-6 * gb_s);
         assert!((r["pct_of_floor"].as_f64().unwrap() - 100.0 * gb_s / floor).abs() < 1e-6 * gb_s);
