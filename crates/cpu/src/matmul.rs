@@ -424,20 +424,7 @@ mod tests {
 
     /// Deterministic values in about [-1, 1] with a few larger ones, as activations have.
     fn values(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|i| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-                if i % 61 == 0 {
-                    v * 6.0
-                } else {
-                    v
-                }
-            })
-            .collect()
+        metallic_test_support::spiky_values(seed, len, 61, 6.0)
     }
 
     /// A linear layer of `parts` (rows each) of type `ty`, with an optional bias.

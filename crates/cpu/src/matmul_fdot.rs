@@ -1177,15 +1177,7 @@ mod tests {
     use metallic_gguf::quant;
 
     fn values(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
+        metallic_test_support::spiky_values(seed, len, 0, 1.0)
     }
 
     /// Every kernel against an f64 dot over the reference dequantisation. The

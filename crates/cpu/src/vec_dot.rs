@@ -627,20 +627,7 @@ mod tests {
 
     /// Deterministic values in about [-1, 1] with a few larger ones.
     fn values(seed: u64, len: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|i| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-                if i % 37 == 0 {
-                    v * 5.0
-                } else {
-                    v
-                }
-            })
-            .collect()
+        metallic_test_support::spiky_values(seed, len, 37, 5.0)
     }
 
     /// The group kernels (several weight rows per activation load) give
