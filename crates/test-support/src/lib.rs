@@ -51,6 +51,27 @@ pub fn golden_json(name: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("golden {} is not JSON: {e}", path.display()))
 }
 
+/// Deterministic values in about [-1, 1] (xorshift64, the top 24 bits),
+/// every `every`-th one (from index 0; none when `every` is 0) times
+/// `scale`, as activations with a few outliers are. Kernel tests of several
+/// crates draw their inputs from it.
+pub fn spiky_values(seed: u64, len: usize, every: usize, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            if every > 0 && i % every == 0 {
+                v * scale
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,25 +98,4 @@ mod tests {
         assert!(repo_path("Cargo.toml").is_file());
         assert!(repo_path("crates/test-support/src/lib.rs").is_file());
     }
-}
-
-/// Deterministic values in about [-1, 1] (xorshift64, the top 24 bits),
-/// every `every`-th one (from index 0; none when `every` is 0) times
-/// `scale`, as activations with a few outliers are. Kernel tests of several
-/// crates draw their inputs from it.
-pub fn spiky_values(seed: u64, len: usize, every: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let v = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-            if every > 0 && i % every == 0 {
-                v * scale
-            } else {
-                v
-            }
-        })
-        .collect()
 }
