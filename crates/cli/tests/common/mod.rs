@@ -72,10 +72,40 @@ pub fn fails_with(out: &Output, needle: &str) {
 }
 
 /// `metallic-{kind}-{pid}` under the system temp dir, created; one per test run.
+/// Nothing removes it when the test process ends (tests share it through a
+/// static), so the folders that earlier runs of the same kind left behind
+/// (their process gone) are removed first: a developer's temp dir keeps one
+/// run's files, not every run's (~160 MB each for the quantize tests).
 pub fn temp_dir(kind: &str) -> PathBuf {
+    remove_stale(kind);
     let d = std::env::temp_dir().join(format!("metallic-{kind}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Remove `metallic-{kind}-{pid}` folders whose process no longer runs
+/// (Linux: no `/proc/{pid}`; elsewhere nothing is removed).
+fn remove_stale(kind: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!("metallic-{kind}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// `metallic-{kind}-{pid}-{name}` under the system temp dir, created: one per test.
