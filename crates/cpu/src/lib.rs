@@ -156,8 +156,10 @@ impl CpuBackend {
         self.threads
     }
 
-    /// A product's role: the output projection where its shape and type are
-    /// those of a tensor uploaded as one (by name), else a layer's.
+    /// A shape's role for the default rule, which sees only the shape: the
+    /// output projection where its shape and type are those of a weight
+    /// uploaded as one (by name), else a layer's. Products themselves carry
+    /// their weight's [`CpuLinear::role`].
     fn role(&self, shape: &MatmulShape) -> matmul::Role {
         let outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
         if outputs.contains(&(shape.n, shape.k, shape.dtype)) {
@@ -311,11 +313,9 @@ impl Backend for CpuBackend {
             }
         };
         let w = CpuLinear::new(parts, bias)?;
-        if let [p] = parts {
-            if matches!(p.name(), "output.weight" | "token_embd.weight") {
-                let mut outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
-                outputs.push((w.info.n, w.info.k, w.info.dtype));
-            }
+        if w.role == matmul::Role::Output {
+            let mut outputs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+            outputs.push((w.info.n, w.info.k, w.info.dtype));
         }
         Ok(w)
     }
@@ -441,11 +441,11 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let x = f32s(x, "matmul x")?;
         let out = f32s_mut(out, "matmul out")?;
-        // `decode` forced: the decode rule with the product's role, as the
-        // default rule has it (an output projection may stay in f32).
+        // `decode` forced: the decode rule with the weight's own role, as the
+        // default rule has it (an output projection may stay in f32). The
+        // weight knows it: no lookup by shape on every product.
         let imp = if imp == matmul::DECODE {
-            let shape = matmul::shape_of(w, m);
-            matmul::decode_impl_for(&shape, self.role(&shape))
+            matmul::decode_impl_for(&matmul::shape_of(w, m), w.role)
         } else {
             imp
         };

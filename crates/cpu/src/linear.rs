@@ -23,6 +23,10 @@ pub struct CpuLinear {
     pub parts: Vec<Part>,
     pub bias: Option<Vec<f32>>,
     pub info: LinearInfo,
+    /// The output projection (one part named `output.weight`, or the tied
+    /// `token_embd.weight`) or a layer's product: the default rules may keep
+    /// the former in float32 activations.
+    pub role: crate::matmul::Role,
 }
 
 impl CpuLinear {
@@ -79,7 +83,14 @@ impl CpuLinear {
         }
         let dtype = out[0].ty;
         let uniform = out.iter().all(|p| p.ty == dtype);
+        let role = match parts {
+            [p] if matches!(p.name(), "output.weight" | "token_embd.weight") => {
+                crate::matmul::Role::Output
+            }
+            _ => crate::matmul::Role::Layer,
+        };
         Ok(CpuLinear {
+            role,
             info: LinearInfo {
                 n,
                 k,
