@@ -8,6 +8,8 @@ mod linear;
 pub mod matmul;
 mod matmul_fdot;
 mod matmul_gemm;
+#[cfg(target_arch = "x86_64")]
+mod matmul_f16;
 pub mod matmul_vecdot;
 pub mod matmul_vecdot_gemm;
 #[cfg(target_arch = "aarch64")]

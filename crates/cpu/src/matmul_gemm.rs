@@ -25,6 +25,12 @@ thread_local! {
 /// `out[m, n] = x[m, k] * w^T + bias`.
 pub fn gemm(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
     let (n, k) = crate::matmul::check_buffers(x, w, m, out)?;
+    // F16 weights: register tiles converting in place (same arithmetic, see
+    // matmul_f16.rs), where the CPU has AVX2 or AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    if crate::matmul_f16::applies(w) {
+        return crate::matmul_f16::gemm_f16(x, w, m, out);
+    }
     let optr = SharedOut::new(out);
     let xp = SharedIn(x.as_ptr());
     (0..n.div_ceil(TILE))

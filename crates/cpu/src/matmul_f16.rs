@@ -1,0 +1,584 @@
+//! F16 prefill: a register-tiled F16 x f32 GEMM, the F16 kernel behind `gemm`.
+//!
+//! The shape of llamafile's tinyBLAS (llama.cpp's F16 prefill): each tile is
+//! `RM` weight rows times `RN` activation rows; along k, a vector at a time
+//! (16 values with AVX-512, 8 with AVX2), the `RM` weight vectors are
+//! converted from F16 in registers (`vcvtph2ps`) and multiplied into `RM *
+//! RN` f32 accumulators, one FMA per pair; the accumulators are summed
+//! horizontally once at the end of k. Weights are read in place from the GGUF
+//! map (no repacking, no memory beyond the mapped file), activations stay
+//! f32: the arithmetic of `gemm`'s dequantise-then-multiply path (an f32 FMA
+//! of each converted F16 weight with an f32 activation), in another summation
+//! order. (llama.cpp rounds the activations to F16 first; this does not.)
+//!
+//! Work is split over weight rows: tasks of [`Blocking::task_rows`] rows, so
+//! every thread streams its own weights and shares the read-only activations.
+//! Inside a task, activation rows go in blocks of about [`Blocking::block_bytes`]
+//! (they stay in L2 while the task's row groups pass over them).
+//!
+//! The kernel set follows `vec_dot::kernels()` (so `METALLIC_CPU_SIMD`
+//! forces a lower one): AVX-512 (4 x 6 tiles of 16 lanes; 24 accumulators of
+//! the 32 registers), AVX2 with FMA and F16C (3 x 4 tiles of 8 lanes: 12 of
+//! the 16 registers); without either, `gemm` converts tiles and runs the
+//! `gemm` crate. Tile sizes from `metallic probe --dtype f16` on the
+//! development machine (see BENCHMARKS.md).
+
+use metallic::error::Result;
+use metallic_gguf::GgmlType;
+use rayon::prelude::*;
+
+use crate::linear::CpuLinear;
+use crate::shared_out::SharedOut;
+use crate::vec_dot::SimdLevel;
+
+/// The instruction set a tile kernel is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Avx2,
+    Avx512,
+}
+
+impl Level {
+    /// The tile kernel of the level `vec_dot::kernels()` runs at, if any.
+    pub fn detect() -> Option<Level> {
+        match crate::vec_dot::kernels().level() {
+            SimdLevel::Avx512 => Some(Level::Avx512),
+            SimdLevel::Avx2 => Some(Level::Avx2),
+            _ => None,
+        }
+    }
+
+    /// Every level this CPU can run (for tests).
+    #[cfg(test)]
+    fn available() -> Vec<Level> {
+        let mut v = Vec::new();
+        if SimdLevel::Avx2.available() {
+            v.push(Level::Avx2);
+        }
+        if SimdLevel::Avx512.available() {
+            v.push(Level::Avx512);
+        }
+        v
+    }
+
+    /// Weight rows of a tile.
+    fn rm(self) -> usize {
+        match self {
+            Level::Avx2 => 3,
+            Level::Avx512 => 4,
+        }
+    }
+}
+
+/// How a product is cut into tasks and cache blocks.
+#[derive(Clone, Copy, Debug)]
+pub struct Blocking {
+    /// Weight rows per task (rounded to whole tiles).
+    pub task_rows: usize,
+    /// Bytes of activation rows a task's row groups pass over at a time.
+    pub block_bytes: usize,
+}
+
+impl Blocking {
+    pub const DEFAULT: Blocking = Blocking {
+        task_rows: 64,
+        block_bytes: 256 << 10,
+    };
+}
+
+/// Whether the tiled kernel runs `w`: every part F16 and a tile kernel for
+/// this CPU.
+pub fn applies(w: &CpuLinear) -> bool {
+    Level::detect().is_some() && w.parts.iter().all(|p| p.ty == GgmlType::F16)
+}
+
+/// `out[m, n] = x[m, k] * w^T + bias` for F16 `w` (see [`applies`]).
+pub fn gemm_f16(x: &[f32], w: &CpuLinear, m: usize, out: &mut [f32]) -> Result<()> {
+    let level = Level::detect().ok_or_else(|| {
+        metallic::error::Error::backend("cpu", "the F16 tile kernel needs AVX2, FMA and F16C")
+    })?;
+    gemm_f16_with(level, Blocking::DEFAULT, x, w, m, out)
+}
+
+/// One task: `rows` rows of part `part` from its row `r0`, output columns
+/// from `col`.
+#[derive(Clone, Copy)]
+struct Task {
+    part: usize,
+    r0: usize,
+    rows: usize,
+    col: usize,
+}
+
+/// [`gemm_f16`] at a given level and blocking (tests run every level).
+pub fn gemm_f16_with(
+    level: Level,
+    blocking: Blocking,
+    x: &[f32],
+    w: &CpuLinear,
+    m: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    let (n, k) = crate::matmul::check_buffers(x, w, m, out)?;
+    if let Some(p) = w.parts.iter().find(|p| p.ty != GgmlType::F16) {
+        return Err(metallic::error::Error::InvalidArgument(format!(
+            "the F16 tile kernel cannot read {} rows",
+            p.ty.name()
+        )));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let rm = level.rm();
+    let task_rows = blocking.task_rows.max(rm) / rm * rm;
+    let mut tasks = Vec::new();
+    let mut col = 0;
+    for (pi, p) in w.parts.iter().enumerate() {
+        let mut r0 = 0;
+        while r0 < p.rows {
+            let rows = task_rows.min(p.rows - r0);
+            tasks.push(Task {
+                part: pi,
+                r0,
+                rows,
+                col: col + r0,
+            });
+            r0 += rows;
+        }
+        col += p.rows;
+    }
+    let rn = match level {
+        Level::Avx2 => avx2::RN,
+        Level::Avx512 => avx512::RN,
+    };
+    // Activation rows per block: whole tiles, at least one.
+    let mb = (blocking.block_bytes / (4 * k.max(1))).max(rn) / rn * rn;
+    let optr = SharedOut::new(out);
+    let xp = SharedIn(x.as_ptr());
+    tasks.par_iter().for_each(|t| {
+        let p = &w.parts[t.part];
+        let base = p.w.bytes().as_ptr();
+        let bias = w.bias.as_ref().map(|b| &b[t.col..t.col + t.rows]);
+        let mut i0 = 0;
+        while i0 < m {
+            let ib = mb.min(m - i0);
+            let mut j = 0;
+            while j < t.rows {
+                let rows = rm.min(t.rows - j);
+                // Rows past the part's end repeat its last row (computed,
+                // never stored).
+                let row = |a: usize| {
+                    let r = t.r0 + j + a.min(rows - 1);
+                    // SAFETY: r < p.rows, and the part holds p.rows rows of
+                    // row_bytes (checked by CpuLinear::new).
+                    unsafe { base.add(r * p.row_bytes) as *const u16 }
+                };
+                let bias = bias.map(|b| &b[j..j + rows]);
+                // SAFETY: x holds m rows of k (checked above); the tile
+                // writes columns t.col + j.. + rows of rows i0..i0 + ib, in
+                // bounds (m * n <= out.len()) and written by this task only;
+                // the level's instructions are on this CPU (Level::detect or
+                // the test's Level::available).
+                unsafe {
+                    let xi = xp.ptr().add(i0 * k);
+                    let o = optr.ptr().add(i0 * n + t.col + j);
+                    match level {
+                        Level::Avx2 => {
+                            avx2::tiles(
+                                [row(0), row(1), row(2)],
+                                rows,
+                                xi,
+                                ib,
+                                k,
+                                o,
+                                n,
+                                bias,
+                            );
+                        }
+                        Level::Avx512 => {
+                            avx512::tiles(
+                                [row(0), row(1), row(2), row(3)],
+                                rows,
+                                xi,
+                                ib,
+                                k,
+                                o,
+                                n,
+                                bias,
+                            );
+                        }
+                    }
+                }
+                j += rows;
+            }
+            i0 += ib;
+        }
+    });
+    Ok(())
+}
+
+/// The activations, read by every task.
+#[derive(Clone, Copy)]
+struct SharedIn(*const f32);
+// SAFETY: read-only for the duration of the parallel section.
+unsafe impl Send for SharedIn {}
+unsafe impl Sync for SharedIn {}
+
+impl SharedIn {
+    // Through a method, so closures capture the wrapper, not the raw field.
+    fn ptr(&self) -> *const f32 {
+        self.0
+    }
+}
+
+/// Store `rows` of four sums (and their biases) at `out`.
+#[inline(always)]
+unsafe fn store_sums(sums: [f32; 4], rows: usize, out: *mut f32, bias: Option<&[f32]>) {
+    for a in 0..rows {
+        let b = bias.map_or(0.0, |b| b[a]);
+        *out.add(a) = sums[a] + b;
+    }
+}
+
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Weight rows of a tile.
+    const RM: usize = 4;
+    /// Activation rows of a full tile.
+    pub const RN: usize = 6;
+
+    /// The tiles of `RM` weight rows `w` (`rows` of them stored) with
+    /// activation rows `0..m` of `x` (rows of `k`), into `out` (rows of
+    /// `ostride`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tiles(
+        w: [*const u16; RM],
+        rows: usize,
+        x: *const f32,
+        m: usize,
+        k: usize,
+        out: *mut f32,
+        ostride: usize,
+        bias: Option<&[f32]>,
+    ) {
+        let mut i = 0;
+        while i + RN <= m {
+            tile::<RN>(w, rows, x.add(i * k), k, out.add(i * ostride), ostride, bias);
+            i += RN;
+        }
+        let (x, out) = (x.add(i * k), out.add(i * ostride));
+        match m - i {
+            0 => {}
+            1 => tile::<1>(w, rows, x, k, out, ostride, bias),
+            2 => tile::<2>(w, rows, x, k, out, ostride, bias),
+            3 => tile::<3>(w, rows, x, k, out, ostride, bias),
+            4 => tile::<4>(w, rows, x, k, out, ostride, bias),
+            _ => tile::<5>(w, rows, x, k, out, ostride, bias),
+        }
+    }
+
+    /// One tile: `N` activation rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn tile<const N: usize>(
+        w: [*const u16; RM],
+        rows: usize,
+        x: *const f32,
+        k: usize,
+        out: *mut f32,
+        ostride: usize,
+        bias: Option<&[f32]>,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); N]; RM];
+        let mut kk = 0;
+        while kk + 16 <= k {
+            let mut wv = [_mm512_setzero_ps(); RM];
+            for a in 0..RM {
+                wv[a] = _mm512_cvtph_ps(_mm256_loadu_si256(w[a].add(kk) as *const __m256i));
+            }
+            for b in 0..N {
+                let xv = _mm512_loadu_ps(x.add(b * k + kk));
+                for a in 0..RM {
+                    acc[a][b] = _mm512_fmadd_ps(wv[a], xv, acc[a][b]);
+                }
+            }
+            kk += 16;
+        }
+        if kk < k {
+            let mask = (1u32 << (k - kk)) - 1;
+            let mut wv = [_mm512_setzero_ps(); RM];
+            for a in 0..RM {
+                wv[a] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                    mask as u16,
+                    w[a].add(kk) as *const i16,
+                ));
+            }
+            for b in 0..N {
+                let xv = _mm512_maskz_loadu_ps(mask as u16, x.add(b * k + kk));
+                for a in 0..RM {
+                    acc[a][b] = _mm512_fmadd_ps(wv[a], xv, acc[a][b]);
+                }
+            }
+        }
+        for b in 0..N {
+            let s = reduce4(acc[0][b], acc[1][b], acc[2][b], acc[3][b]);
+            let mut sums = [0.0f32; 4];
+            _mm_storeu_ps(sums.as_mut_ptr(), s);
+            super::store_sums(sums, rows, out.add(b * ostride), bias);
+        }
+    }
+
+    /// `[sum(a), sum(b), sum(c), sum(d)]`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn reduce4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
+        // Lanes [a0+a2, a1+a3, b0+b2, b1+b3], then [a, b, c, d] partials.
+        let ab = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b),
+        );
+        let cd = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(c, d),
+            _mm512_shuffle_f32x4::<0xEE>(c, d),
+        );
+        let abcd = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(ab, cd),
+            _mm512_shuffle_f32x4::<0xDD>(ab, cd),
+        );
+        // Each lane's total in all four of its places, then lane totals.
+        let t = _mm512_add_ps(abcd, _mm512_permute_ps::<0x4E>(abcd));
+        let t = _mm512_add_ps(t, _mm512_permute_ps::<0xB1>(t));
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_castps512_ps128(_mm512_permutexvar_ps(idx, t))
+    }
+}
+
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Weight rows of a tile.
+    const RM: usize = 3;
+    /// Activation rows of a full tile.
+    pub const RN: usize = 4;
+
+    /// As avx512::tiles, 8 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tiles(
+        w: [*const u16; RM],
+        rows: usize,
+        x: *const f32,
+        m: usize,
+        k: usize,
+        out: *mut f32,
+        ostride: usize,
+        bias: Option<&[f32]>,
+    ) {
+        let mut i = 0;
+        while i + RN <= m {
+            tile::<RN>(w, rows, x.add(i * k), k, out.add(i * ostride), ostride, bias);
+            i += RN;
+        }
+        let (x, out) = (x.add(i * k), out.add(i * ostride));
+        match m - i {
+            0 => {}
+            1 => tile::<1>(w, rows, x, k, out, ostride, bias),
+            2 => tile::<2>(w, rows, x, k, out, ostride, bias),
+            _ => tile::<3>(w, rows, x, k, out, ostride, bias),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn tile<const N: usize>(
+        w: [*const u16; RM],
+        rows: usize,
+        x: *const f32,
+        k: usize,
+        out: *mut f32,
+        ostride: usize,
+        bias: Option<&[f32]>,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); N]; RM];
+        let mut kk = 0;
+        while kk + 8 <= k {
+            let mut wv = [_mm256_setzero_ps(); RM];
+            for a in 0..RM {
+                wv[a] = _mm256_cvtph_ps(_mm_loadu_si128(w[a].add(kk) as *const __m128i));
+            }
+            for b in 0..N {
+                let xv = _mm256_loadu_ps(x.add(b * k + kk));
+                for a in 0..RM {
+                    acc[a][b] = _mm256_fmadd_ps(wv[a], xv, acc[a][b]);
+                }
+            }
+            kk += 8;
+        }
+        for b in 0..N {
+            let zero = _mm256_setzero_ps();
+            let s = reduce4(acc[0][b], acc[1][b], acc[2][b], zero);
+            let mut sums = [0.0f32; 4];
+            _mm_storeu_ps(sums.as_mut_ptr(), s);
+            // The last k % 8 values one by one.
+            for (a, sum) in sums.iter_mut().enumerate().take(RM) {
+                for j in kk..k {
+                    let h = *w[a].add(j);
+                    *sum += metallic_gguf::quant::f16_to_f32(h) * *x.add(b * k + j);
+                }
+            }
+            super::store_sums(sums, rows, out.add(b * ostride), bias);
+        }
+    }
+
+    /// `[sum(a), sum(b), sum(c), sum(d)]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn reduce4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+        let ab = _mm256_hadd_ps(a, b);
+        let cd = _mm256_hadd_ps(c, d);
+        let abcd = _mm256_hadd_ps(ab, cd);
+        _mm_add_ps(
+            _mm256_castps256_ps128(abcd),
+            _mm256_extractf128_ps::<1>(abcd),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use metallic::backend::WeightView;
+    use metallic_gguf::{quant, GgufFile, GgufWriter};
+
+    use super::*;
+
+    /// A linear layer of F16 `parts` (rows each) of rows of `k`.
+    fn linear(k: usize, parts: &[usize], bias: bool) -> CpuLinear {
+        let mut w = GgufWriter::new();
+        for (i, &rows) in parts.iter().enumerate() {
+            let data = metallic_test_support::spiky_values(100 + i as u64, rows * k, 61, 6.0);
+            let bytes = quant::quantize(GgmlType::F16, &data).unwrap();
+            w.add_tensor(format!("w{i}"), GgmlType::F16, &[k as u64, rows as u64], bytes)
+                .unwrap();
+        }
+        let mut buf = Vec::new();
+        w.write_to(&mut buf).unwrap();
+        let file = Arc::new(GgufFile::from_bytes(buf).unwrap());
+        let views: Vec<WeightView> = file
+            .tensors()
+            .iter()
+            .map(|t| WeightView::new(file.clone(), t.clone()))
+            .collect();
+        let n: usize = parts.iter().sum();
+        let b = bias.then(|| metallic_test_support::spiky_values(7, n, 61, 6.0));
+        CpuLinear::new(&views, b).unwrap()
+    }
+
+    /// The f64 product of the F16 weights' values and `x`, and per output
+    /// the sum of |w x| (the scale of f32 rounding).
+    fn reference(w: &CpuLinear, x: &[f32], m: usize) -> (Vec<f64>, Vec<f64>) {
+        let (n, k) = (w.info.n, w.info.k);
+        let mut y = vec![0.0; m * n];
+        let mut abs = vec![0.0; m * n];
+        let mut row = vec![0.0f32; k];
+        for r in 0..n {
+            let (p, pr) = w.locate(r).unwrap();
+            quant::dequantize(p.ty, p.row(pr), &mut row).unwrap();
+            for i in 0..m {
+                let xr = &x[i * k..(i + 1) * k];
+                let mut s = w.bias.as_ref().map_or(0.0, |b| b[r] as f64);
+                let mut a = 0.0;
+                for (wv, xv) in row.iter().zip(xr) {
+                    s += *wv as f64 * *xv as f64;
+                    a += (*wv as f64 * *xv as f64).abs();
+                }
+                y[i * n + r] = s;
+                abs[i * n + r] = a;
+            }
+        }
+        (y, abs)
+    }
+
+    fn check(what: &str, got: &[f32], want: &[f64], abs: &[f64]) {
+        for (j, (&g, &y)) in got.iter().zip(want).enumerate() {
+            // f32 sums of k products: well within 1e-5 of sum |w x| for k up to ~5k.
+            let tol = 1e-5 * abs[j] + 1e-6;
+            assert!(
+                (g as f64 - y).abs() <= tol,
+                "{what}: output {j}: {g} vs {y} (tolerance {tol})"
+            );
+        }
+    }
+
+    /// Every SIMD level's tiles, on ragged shapes (k not a multiple of the
+    /// vector, rows not whole tiles, several tasks and activation blocks),
+    /// match the f64 product of the same F16 values, and the reference
+    /// `gemv` (scalar) within f32 rounding.
+    #[test]
+    fn f16_tiles_match_the_reference_on_ragged_shapes() {
+        let levels = Level::available();
+        if levels.is_empty() {
+            eprintln!("skipped: this CPU has no AVX2/F16C tile kernel");
+            return;
+        }
+        let small = Blocking {
+            task_rows: 8,
+            block_bytes: 1,
+        };
+        for k in [1usize, 7, 16, 17, 33, 100] {
+            for n in (1..=17).chain([100, 131]) {
+                let w = linear(k, &[n], n % 3 == 0);
+                for m in [1usize, 2, 3, 5, 6, 7, 12, 13, 25, 64, 70] {
+                    if n > 17 && !matches!(m, 1 | 7 | 70) {
+                        continue;
+                    }
+                    let x = metallic_test_support::spiky_values(k as u64 * 31 + m as u64, m * k, 61, 6.0);
+                    let (want, abs) = reference(&w, &x, m);
+                    let mut gemv = vec![0.0f32; m * n];
+                    crate::matmul::gemv(&x, &w, m, &mut gemv).unwrap();
+                    let gemv64: Vec<f64> = gemv.iter().map(|&v| v as f64).collect();
+                    for &level in &levels {
+                        for blocking in [Blocking::DEFAULT, small] {
+                            let mut got = vec![f32::NAN; m * n];
+                            gemm_f16_with(level, blocking, &x, &w, m, &mut got).unwrap();
+                            let what = format!("{level:?} {blocking:?} m={m} n={n} k={k}");
+                            check(&what, &got, &want, &abs);
+                            // Against gemv: both within rounding of the f64 sum.
+                            let twice: Vec<f64> = abs.iter().map(|a| 2.0 * a).collect();
+                            check(&format!("{what} vs gemv"), &got, &gemv64, &twice);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fused projection (three parts, with a bias) writes each part's
+    /// columns, at every level.
+    #[test]
+    fn f16_tiles_write_every_part_of_a_fused_projection() {
+        let (k, m) = (40, 9);
+        let w = linear(k, &[10, 3, 7], true);
+        let x = metallic_test_support::spiky_values(3, m * k, 61, 6.0);
+        let (want, abs) = reference(&w, &x, m);
+        for level in Level::available() {
+            let mut got = vec![f32::NAN; m * w.info.n];
+            gemm_f16_with(level, Blocking::DEFAULT, &x, &w, m, &mut got).unwrap();
+            check(&format!("{level:?}"), &got, &want, &abs);
+        }
+    }
+
+    /// Buffers too small for the shape are an error, not a read past them.
+    #[test]
+    fn f16_tiles_reject_short_buffers() {
+        let w = linear(16, &[4], false);
+        let x = vec![0.0f32; 16];
+        let mut out = vec![0.0f32; 7];
+        for level in Level::available() {
+            assert!(gemm_f16_with(level, Blocking::DEFAULT, &x, &w, 2, &mut out).is_err());
+        }
+    }
+}
