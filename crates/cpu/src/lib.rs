@@ -6,10 +6,10 @@ mod attention_simd;
 mod elementwise;
 mod linear;
 pub mod matmul;
-mod matmul_fdot;
-mod matmul_gemm;
 #[cfg(target_arch = "x86_64")]
 mod matmul_f16;
+mod matmul_fdot;
+mod matmul_gemm;
 pub mod matmul_vecdot;
 pub mod matmul_vecdot_gemm;
 #[cfg(target_arch = "aarch64")]
