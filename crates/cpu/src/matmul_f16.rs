@@ -76,21 +76,25 @@ impl Level {
 pub struct Blocking {
     /// Weight rows per task (rounded to whole tiles).
     pub task_rows: usize,
-    /// Bytes of a tile's activation rows that may stay in L1 while the
-    /// task's weight rows stream past them (48 KiB L1 on Zen 4/5, 32-48 KiB
-    /// on recent Intel): then a block is one tile.
+    /// Bytes of a tile's activation rows that stay in L1 while the task's
+    /// weight rows (from L2) pass over them (48 KiB L1 on Zen 4/5, 32-48
+    /// KiB on recent Intel); longer rows go in chunks of k that fit.
     pub l1_bytes: usize,
-    /// Otherwise, bytes of activation rows a task's row groups pass over at
-    /// a time (kept in L2).
-    pub block_bytes: usize,
 }
 
 impl Blocking {
     pub const DEFAULT: Blocking = Blocking {
         task_rows: 64,
         l1_bytes: 32 << 10,
-        block_bytes: 256 << 10,
     };
+}
+
+/// What a tile does with its sums: the first chunk of k stores them plus
+/// the bias, later chunks add them to what is there.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    Bias(Option<&'a [f32]>),
+    Add,
 }
 
 /// Whether the tiled kernel runs `w`: every part F16 and a tile kernel for
@@ -158,67 +162,72 @@ pub fn gemm_f16_with(
         Level::Avx2 => avx2::RN,
         Level::Avx512 => avx512::RN,
     };
-    // Activation rows per block: one tile where its rows fit in L1 (each
-    // tile then reads them from L1 and the task's weights from L2: ~410
-    // against ~390 GFLOP/s on the 896-wide Qwen2.5-0.5B products), else
-    // whole tiles filling `block_bytes` (rows of 4864: a tile's rows are
-    // 117 KiB, and passing the task's row groups over one such tile halved
-    // the speed).
-    let mb = if rn * 4 * k <= blocking.l1_bytes {
-        rn
-    } else {
-        (blocking.block_bytes / (4 * k.max(1))).max(rn) / rn * rn
-    };
+    // k in chunks whose tile of activation rows fits in L1 (whole vectors
+    // but the last): each tile then reads its activations from L1 and the
+    // task's weights from L2. On the development machine that ran the
+    // 896-wide Qwen2.5-0.5B products at ~410 GFLOP/s against ~390 with
+    // activation blocks of 256 KiB in L2, and passing the row groups over a
+    // whole tile of 4864-wide rows (117 KiB) halved the speed.
+    let chunks = (rn * 4 * k).div_ceil(blocking.l1_bytes.max(1)).max(1);
+    let kc = k.div_ceil(chunks).next_multiple_of(16).min(k);
     let optr = SharedOut::new(out);
     let xp = SharedIn(x.as_ptr());
     tasks.par_iter().for_each(|t| {
         let p = &w.parts[t.part];
         let base = p.w.bytes().as_ptr();
         let bias = w.bias.as_ref().map(|b| &b[t.col..t.col + t.rows]);
-        let mut i0 = 0;
-        while i0 < m {
-            let ib = mb.min(m - i0);
-            let mut j = 0;
-            while j < t.rows {
-                let rows = rm.min(t.rows - j);
-                // Rows past the part's end repeat its last row (computed,
-                // never stored).
-                let row = |a: usize| {
-                    let r = t.r0 + j + a.min(rows - 1);
-                    // SAFETY: r < p.rows, and the part holds p.rows rows of
-                    // row_bytes (checked by CpuLinear::new).
-                    unsafe { base.add(r * p.row_bytes) as *const u16 }
-                };
-                let bias = bias.map(|b| &b[j..j + rows]);
-                // SAFETY: x holds m rows of k (checked above); the tile
-                // writes columns t.col + j.. + rows of rows i0..i0 + ib, in
-                // bounds (m * n <= out.len()) and written by this task only;
-                // the level's instructions are on this CPU (Level::detect or
-                // the test's Level::available).
-                unsafe {
-                    let xi = xp.ptr().add(i0 * k);
-                    let o = optr.ptr().add(i0 * n + t.col + j);
-                    match level {
-                        Level::Avx2 => {
-                            avx2::tiles([row(0), row(1), row(2)], rows, xi, ib, k, o, n, bias);
-                        }
-                        Level::Avx512 => {
-                            avx512::tiles(
+        for k0 in (0..k).step_by(kc) {
+            let kl = kc.min(k - k0);
+            for i0 in (0..m).step_by(rn) {
+                let ib = rn.min(m - i0);
+                for j in (0..t.rows).step_by(rm) {
+                    let rows = rm.min(t.rows - j);
+                    // Rows past the task's end repeat its last row (computed,
+                    // never stored).
+                    let row = |a: usize| {
+                        let r = t.r0 + j + a.min(rows - 1);
+                        // SAFETY: r < p.rows and k0 < k, and the part holds
+                        // p.rows rows of row_bytes = 2k (checked by
+                        // CpuLinear::new for F16).
+                        unsafe { (base.add(r * p.row_bytes) as *const u16).add(k0) }
+                    };
+                    let store = if k0 == 0 {
+                        Store::Bias(bias.map(|b| &b[j..j + rows]))
+                    } else {
+                        Store::Add
+                    };
+                    // SAFETY: x holds m rows of k (checked above): the tile
+                    // reads values k0..k0 + kl of rows i0..i0 + ib; it writes
+                    // columns t.col + j.. + rows of those rows, in bounds (m *
+                    // n <= out.len()) and written by this task only; the
+                    // level's instructions are on this CPU (Level::detect or
+                    // the test's Level::available).
+                    unsafe {
+                        let xi = xp.ptr().add(i0 * k + k0);
+                        let o = optr.ptr().add(i0 * n + t.col + j);
+                        match level {
+                            Level::Avx2 => avx2::tiles(
+                                [row(0), row(1), row(2)],
+                                rows,
+                                (xi, k),
+                                ib,
+                                kl,
+                                (o, n),
+                                store,
+                            ),
+                            Level::Avx512 => avx512::tiles(
                                 [row(0), row(1), row(2), row(3)],
                                 rows,
-                                xi,
+                                (xi, k),
                                 ib,
-                                k,
-                                o,
-                                n,
-                                bias,
-                            );
+                                kl,
+                                (o, n),
+                                store,
+                            ),
                         }
                     }
                 }
-                j += rows;
             }
-            i0 += ib;
         }
     });
     Ok(())
@@ -238,73 +247,60 @@ impl SharedIn {
     }
 }
 
-/// Store `rows` of four sums (and their biases) at `out`.
+/// Store `rows` of four sums at `out` as `store` says.
 #[inline(always)]
-unsafe fn store_sums(sums: [f32; 4], rows: usize, out: *mut f32, bias: Option<&[f32]>) {
-    for a in 0..rows {
-        let b = bias.map_or(0.0, |b| b[a]);
-        *out.add(a) = sums[a] + b;
+unsafe fn store_sums(sums: [f32; 4], rows: usize, out: *mut f32, store: Store<'_>) {
+    for (a, &s) in sums.iter().enumerate().take(rows) {
+        *out.add(a) = match store {
+            Store::Bias(b) => s + b.map_or(0.0, |b| b[a]),
+            Store::Add => *out.add(a) + s,
+        };
     }
 }
 
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::Store;
+
     /// Weight rows of a tile.
     const RM: usize = 4;
     /// Activation rows of a full tile.
     pub const RN: usize = 6;
 
-    /// The tiles of `RM` weight rows `w` (`rows` of them stored) with
-    /// activation rows `0..m` of `x` (rows of `k`), into `out` (rows of
-    /// `ostride`).
+    /// `m` (at most [`RN`]) activation rows (`x`: pointer, row stride)
+    /// times the `RM` weight rows `w` over `k` values, `rows` of them
+    /// stored to `out` (pointer, row stride) as `store` says.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn tiles(
         w: [*const u16; RM],
         rows: usize,
-        x: *const f32,
+        x: (*const f32, usize),
         m: usize,
         k: usize,
-        out: *mut f32,
-        ostride: usize,
-        bias: Option<&[f32]>,
+        out: (*mut f32, usize),
+        store: Store<'_>,
     ) {
-        let mut i = 0;
-        while i + RN <= m {
-            tile::<RN>(
-                w,
-                rows,
-                x.add(i * k),
-                k,
-                out.add(i * ostride),
-                ostride,
-                bias,
-            );
-            i += RN;
-        }
-        let (x, out) = (x.add(i * k), out.add(i * ostride));
-        match m - i {
-            0 => {}
-            1 => tile::<1>(w, rows, x, k, out, ostride, bias),
-            2 => tile::<2>(w, rows, x, k, out, ostride, bias),
-            3 => tile::<3>(w, rows, x, k, out, ostride, bias),
-            4 => tile::<4>(w, rows, x, k, out, ostride, bias),
-            _ => tile::<5>(w, rows, x, k, out, ostride, bias),
+        match m {
+            1 => tile::<1>(w, rows, x, k, out, store),
+            2 => tile::<2>(w, rows, x, k, out, store),
+            3 => tile::<3>(w, rows, x, k, out, store),
+            4 => tile::<4>(w, rows, x, k, out, store),
+            5 => tile::<5>(w, rows, x, k, out, store),
+            _ => tile::<RN>(w, rows, x, k, out, store),
         }
     }
 
-    /// One tile: `N` activation rows.
+    /// One tile of `N` activation rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     #[inline]
     unsafe fn tile<const N: usize>(
         w: [*const u16; RM],
         rows: usize,
-        x: *const f32,
+        (x, xs): (*const f32, usize),
         k: usize,
-        out: *mut f32,
-        ostride: usize,
-        bias: Option<&[f32]>,
+        (out, os): (*mut f32, usize),
+        store: Store<'_>,
     ) {
         let mut acc = [[_mm512_setzero_ps(); N]; RM];
         let mut kk = 0;
@@ -314,7 +310,7 @@ mod avx512 {
                 wv[a] = _mm512_cvtph_ps(_mm256_loadu_si256(w[a].add(kk) as *const __m256i));
             }
             for b in 0..N {
-                let xv = _mm512_loadu_ps(x.add(b * k + kk));
+                let xv = _mm512_loadu_ps(x.add(b * xs + kk));
                 for a in 0..RM {
                     acc[a][b] = _mm512_fmadd_ps(wv[a], xv, acc[a][b]);
                 }
@@ -322,26 +318,33 @@ mod avx512 {
             kk += 16;
         }
         if kk < k {
-            let mask = (1u32 << (k - kk)) - 1;
+            let mask = ((1u32 << (k - kk)) - 1) as u16;
             let mut wv = [_mm512_setzero_ps(); RM];
             for a in 0..RM {
-                wv[a] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
-                    mask as u16,
-                    w[a].add(kk) as *const i16,
-                ));
+                wv[a] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w[a].add(kk) as *const i16));
             }
             for b in 0..N {
-                let xv = _mm512_maskz_loadu_ps(mask as u16, x.add(b * k + kk));
+                let xv = _mm512_maskz_loadu_ps(mask, x.add(b * xs + kk));
                 for a in 0..RM {
                     acc[a][b] = _mm512_fmadd_ps(wv[a], xv, acc[a][b]);
                 }
             }
         }
+        // Vector stores of the `rows` sums per activation row: scalar ones
+        // cost a few percent of a k = 896 tile.
+        let mask = (1u8 << rows) - 1;
+        let bias = match store {
+            Store::Bias(Some(b)) => _mm_maskz_loadu_ps(mask, b.as_ptr()),
+            _ => _mm_setzero_ps(),
+        };
         for b in 0..N {
             let s = reduce4(acc[0][b], acc[1][b], acc[2][b], acc[3][b]);
-            let mut sums = [0.0f32; 4];
-            _mm_storeu_ps(sums.as_mut_ptr(), s);
-            super::store_sums(sums, rows, out.add(b * ostride), bias);
+            let o = out.add(b * os);
+            let v = match store {
+                Store::Bias(_) => _mm_add_ps(s, bias),
+                Store::Add => _mm_add_ps(_mm_maskz_loadu_ps(mask, o), s),
+            };
+            _mm_mask_storeu_ps(o, mask, v);
         }
     }
 
@@ -373,6 +376,8 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::Store;
+
     /// Weight rows of a tile.
     const RM: usize = 3;
     /// Activation rows of a full tile.
@@ -380,36 +385,20 @@ mod avx2 {
 
     /// As avx512::tiles, 8 lanes.
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn tiles(
         w: [*const u16; RM],
         rows: usize,
-        x: *const f32,
+        x: (*const f32, usize),
         m: usize,
         k: usize,
-        out: *mut f32,
-        ostride: usize,
-        bias: Option<&[f32]>,
+        out: (*mut f32, usize),
+        store: Store<'_>,
     ) {
-        let mut i = 0;
-        while i + RN <= m {
-            tile::<RN>(
-                w,
-                rows,
-                x.add(i * k),
-                k,
-                out.add(i * ostride),
-                ostride,
-                bias,
-            );
-            i += RN;
-        }
-        let (x, out) = (x.add(i * k), out.add(i * ostride));
-        match m - i {
-            0 => {}
-            1 => tile::<1>(w, rows, x, k, out, ostride, bias),
-            2 => tile::<2>(w, rows, x, k, out, ostride, bias),
-            _ => tile::<3>(w, rows, x, k, out, ostride, bias),
+        match m {
+            1 => tile::<1>(w, rows, x, k, out, store),
+            2 => tile::<2>(w, rows, x, k, out, store),
+            3 => tile::<3>(w, rows, x, k, out, store),
+            _ => tile::<RN>(w, rows, x, k, out, store),
         }
     }
 
@@ -418,11 +407,10 @@ mod avx2 {
     unsafe fn tile<const N: usize>(
         w: [*const u16; RM],
         rows: usize,
-        x: *const f32,
+        (x, xs): (*const f32, usize),
         k: usize,
-        out: *mut f32,
-        ostride: usize,
-        bias: Option<&[f32]>,
+        (out, os): (*mut f32, usize),
+        store: Store<'_>,
     ) {
         let mut acc = [[_mm256_setzero_ps(); N]; RM];
         let mut kk = 0;
@@ -432,7 +420,7 @@ mod avx2 {
                 wv[a] = _mm256_cvtph_ps(_mm_loadu_si128(w[a].add(kk) as *const __m128i));
             }
             for b in 0..N {
-                let xv = _mm256_loadu_ps(x.add(b * k + kk));
+                let xv = _mm256_loadu_ps(x.add(b * xs + kk));
                 for a in 0..RM {
                     acc[a][b] = _mm256_fmadd_ps(wv[a], xv, acc[a][b]);
                 }
@@ -448,10 +436,10 @@ mod avx2 {
             for (a, sum) in sums.iter_mut().enumerate().take(RM) {
                 for j in kk..k {
                     let h = *w[a].add(j);
-                    *sum += metallic_gguf::quant::f16_to_f32(h) * *x.add(b * k + j);
+                    *sum += metallic_gguf::quant::f16_to_f32(h) * *x.add(b * xs + j);
                 }
             }
-            super::store_sums(sums, rows, out.add(b * ostride), bias);
+            super::store_sums(sums, rows, out.add(b * os), store);
         }
     }
 
@@ -552,10 +540,14 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX2/F16C tile kernel");
             return;
         }
+        // Small tasks, and k in chunks of 16 (l1_bytes 0) or of about 40.
         let small = Blocking {
             task_rows: 8,
             l1_bytes: 0,
-            block_bytes: 4 * 17 * 13,
+        };
+        let chunked = Blocking {
+            task_rows: 12,
+            l1_bytes: 4 * 6 * 40,
         };
         for k in [1usize, 7, 16, 17, 33, 100] {
             for n in (1..=17).chain([100, 131]) {
@@ -575,7 +567,7 @@ mod tests {
                     crate::matmul::gemv(&x, &w, m, &mut gemv).unwrap();
                     let gemv64: Vec<f64> = gemv.iter().map(|&v| v as f64).collect();
                     for &level in &levels {
-                        for blocking in [Blocking::DEFAULT, small] {
+                        for blocking in [Blocking::DEFAULT, small, chunked] {
                             let mut got = vec![f32::NAN; m * n];
                             gemm_f16_with(level, blocking, &x, &w, m, &mut got).unwrap();
                             let what = format!("{level:?} {blocking:?} m={m} n={n} k={k}");
