@@ -5,17 +5,19 @@
 //! (16 values with AVX-512, 8 with AVX2), the `RM` weight vectors are
 //! converted from F16 in registers (`vcvtph2ps`) and multiplied into `RM *
 //! RN` f32 accumulators, one FMA per pair; the accumulators are summed
-//! horizontally once at the end of k. Weights are read in place from the GGUF
+//! horizontally once at the end of each chunk of k (below). Weights are read in place from the GGUF
 //! map (no repacking, no memory beyond the mapped file), activations stay
 //! f32: the arithmetic of `gemm`'s dequantise-then-multiply path (an f32 FMA
 //! of each converted F16 weight with an f32 activation), in another summation
 //! order. (llama.cpp rounds the activations to F16 first; this does not.)
 //!
-//! Work is split over weight rows: tasks of [`Blocking::task_rows`] rows, so
-//! every thread streams its own weights and shares the read-only activations.
-//! Inside a task, the task's row groups pass over one tile of activation
-//! rows at a time where those fit in L1, else over blocks of about
-//! [`Blocking::block_bytes`] (kept in L2).
+//! Work is split over weight rows: tasks of up to [`Blocking::max_task_rows`]
+//! rows (each part in a multiple of the pool's threads), so every thread
+//! streams its own weights and shares the read-only activations. k goes in
+//! chunks whose tile of activation rows fits in L1 ([`Blocking::l1_bytes`];
+//! one chunk for rows of 896, four for 4864, each chunk's sums added to the
+//! output); a task's row groups pass over one such tile at a time, reading
+//! their weights from L2.
 //!
 //! The kernel set follows `vec_dot::kernels()` (so `METALLIC_CPU_SIMD`
 //! forces a lower one): AVX-512 (4 x 6 tiles of 16 lanes; 24 accumulators of
@@ -74,18 +76,25 @@ impl Level {
 /// How a product is cut into tasks and cache blocks.
 #[derive(Clone, Copy, Debug)]
 pub struct Blocking {
-    /// Weight rows per task (rounded to whole tiles).
-    pub task_rows: usize,
+    /// Most weight rows per task (rounded to whole tiles).
+    pub max_task_rows: usize,
     /// Bytes of a tile's activation rows that stay in L1 while the task's
     /// weight rows (from L2) pass over them (48 KiB L1 on Zen 4/5, 32-48
     /// KiB on recent Intel); longer rows go in chunks of k that fit.
     pub l1_bytes: usize,
+    /// Bytes of a task's weights (one chunk of k) kept in L2.
+    pub l2_bytes: usize,
 }
 
 impl Blocking {
+    /// From `metallic probe --dtype f16 --prefill-m 512 -t 1` on the
+    /// development machine (Zen 5, 1 MiB L2 a core): tasks of 256 rows ran
+    /// ~237 GFLOP/s a core against ~229 with 64 and ~222 with 32; 16 KiB
+    /// of activations per tile ~218, 32 KiB ~229, 44 KiB no better.
     pub const DEFAULT: Blocking = Blocking {
-        task_rows: 64,
+        max_task_rows: 256,
         l1_bytes: 32 << 10,
+        l2_bytes: 640 << 10,
     };
 }
 
@@ -141,10 +150,28 @@ pub fn gemm_f16_with(
         return Ok(());
     }
     let rm = level.rm();
-    let task_rows = blocking.task_rows.max(rm) / rm * rm;
+    let rn = match level {
+        Level::Avx2 => avx2::RN,
+        Level::Avx512 => avx512::RN,
+    };
+    // k in chunks whose tile of activation rows fits in L1 (whole vectors
+    // but the last): each tile then reads its activations from L1 and the
+    // task's weights from L2. On the development machine that ran the
+    // 896-wide Qwen2.5-0.5B products at ~410 GFLOP/s against ~390 with
+    // activation blocks of 256 KiB in L2, and passing the row groups over a
+    // whole tile of 4864-wide rows (117 KiB) halved the speed.
+    let chunks = (rn * 4 * k).div_ceil(blocking.l1_bytes.max(1)).max(1);
+    let kc = k.div_ceil(chunks).next_multiple_of(16).min(k);
+    // Tasks of up to `max_task_rows` rows whose chunk of weights fits in
+    // `l2_bytes`, each part in a multiple of the pool's threads (so 2 threads
+    // split 896 rows into 4 tasks of 224, not 7 of 128 and an idle thread).
+    let threads = rayon::current_num_threads().max(1);
+    let cap = (blocking.l2_bytes / (2 * kc.max(1))).clamp(rm, blocking.max_task_rows.max(rm));
     let mut tasks = Vec::new();
     let mut col = 0;
     for (pi, p) in w.parts.iter().enumerate() {
+        let count = p.rows.div_ceil(cap).next_multiple_of(threads);
+        let task_rows = p.rows.div_ceil(count).next_multiple_of(rm);
         let mut r0 = 0;
         while r0 < p.rows {
             let rows = task_rows.min(p.rows - r0);
@@ -158,18 +185,6 @@ pub fn gemm_f16_with(
         }
         col += p.rows;
     }
-    let rn = match level {
-        Level::Avx2 => avx2::RN,
-        Level::Avx512 => avx512::RN,
-    };
-    // k in chunks whose tile of activation rows fits in L1 (whole vectors
-    // but the last): each tile then reads its activations from L1 and the
-    // task's weights from L2. On the development machine that ran the
-    // 896-wide Qwen2.5-0.5B products at ~410 GFLOP/s against ~390 with
-    // activation blocks of 256 KiB in L2, and passing the row groups over a
-    // whole tile of 4864-wide rows (117 KiB) halved the speed.
-    let chunks = (rn * 4 * k).div_ceil(blocking.l1_bytes.max(1)).max(1);
-    let kc = k.div_ceil(chunks).next_multiple_of(16).min(k);
     let optr = SharedOut::new(out);
     let xp = SharedIn(x.as_ptr());
     tasks.par_iter().for_each(|t| {
@@ -542,12 +557,14 @@ mod tests {
         }
         // Small tasks, and k in chunks of 16 (l1_bytes 0) or of about 40.
         let small = Blocking {
-            task_rows: 8,
+            max_task_rows: 8,
             l1_bytes: 0,
+            l2_bytes: 1 << 20,
         };
         let chunked = Blocking {
-            task_rows: 12,
+            max_task_rows: 64,
             l1_bytes: 4 * 6 * 40,
+            l2_bytes: 2 * 40 * 12,
         };
         for k in [1usize, 7, 16, 17, 33, 100] {
             for n in (1..=17).chain([100, 131]) {
