@@ -273,6 +273,8 @@ unsafe fn store_sums(sums: [f32; 4], rows: usize, out: *mut f32, store: Store<'_
     }
 }
 
+// Index loops over the register tile (acc[a][b]) read as the arithmetic.
+#[allow(clippy::needless_range_loop)]
 mod avx512 {
     use std::arch::x86_64::*;
 
@@ -388,6 +390,7 @@ mod avx512 {
     }
 }
 
+#[allow(clippy::needless_range_loop)]
 mod avx2 {
     use std::arch::x86_64::*;
 
