@@ -20,7 +20,7 @@
 //! their weights from L2.
 //!
 //! The kernel set follows `vec_dot::kernels()` (so `METALLIC_CPU_SIMD`
-//! forces a lower one): AVX-512 (4 x 6 tiles of 16 lanes; 24 accumulators of
+//! forces a lower one; AVX-512 without VNNI gets the AVX-512 tiles): AVX-512 (4 x 6 tiles of 16 lanes; 24 accumulators of
 //! the 32 registers), AVX2 with FMA and F16C (3 x 4 tiles of 8 lanes: 12 of
 //! the 16 registers); without either, `gemm` converts tiles and runs the
 //! `gemm` crate. Tile sizes from `metallic probe --dtype f16` on the
@@ -42,13 +42,21 @@ pub enum Level {
 }
 
 impl Level {
-    /// The tile kernel of the level `vec_dot::kernels()` runs at, if any.
+    /// The tile kernel of the level `vec_dot::kernels()` runs at, if any;
+    /// AVX-512 also where that level is AVX2 only for want of VNNI (which
+    /// these tiles do not use: Skylake-SP), unless `METALLIC_CPU_SIMD` chose it.
     pub fn detect() -> Option<Level> {
-        match crate::vec_dot::kernels().level() {
+        static LEVEL: std::sync::OnceLock<Option<Level>> = std::sync::OnceLock::new();
+        *LEVEL.get_or_init(|| match crate::vec_dot::kernels().level() {
             SimdLevel::Avx512 => Some(Level::Avx512),
+            SimdLevel::Avx2
+                if std::env::var_os("METALLIC_CPU_SIMD").is_none() && avx512_without_vnni() =>
+            {
+                Some(Level::Avx512)
+            }
             SimdLevel::Avx2 => Some(Level::Avx2),
             _ => None,
-        }
+        })
     }
 
     /// Every level this CPU can run (for tests).
@@ -58,7 +66,7 @@ impl Level {
         if SimdLevel::Avx2.available() {
             v.push(Level::Avx2);
         }
-        if SimdLevel::Avx512.available() {
+        if SimdLevel::Avx512.available() || avx512_without_vnni() {
             v.push(Level::Avx512);
         }
         v
@@ -71,6 +79,16 @@ impl Level {
             Level::Avx512 => 4,
         }
     }
+}
+
+/// The instructions the AVX-512 tiles use (F, BW, VL, F16C, FMA) on a CPU
+/// whose `vec_dot` level is AVX2 because it lacks VNNI.
+fn avx512_without_vnni() -> bool {
+    SimdLevel::Avx2.available()
+        && !SimdLevel::Avx512.available()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
 }
 
 /// How a product is cut into tasks and cache blocks.
