@@ -20,10 +20,11 @@
 //! their weights from L2.
 //!
 //! The kernel set follows `vec_dot::kernels()` (so `METALLIC_CPU_SIMD`
-//! forces a lower one; AVX-512 without VNNI gets the AVX-512 tiles): AVX-512 (4 x 6 tiles of 16 lanes; 24 accumulators of
-//! the 32 registers), AVX2 with FMA and F16C (3 x 4 tiles of 8 lanes: 12 of
-//! the 16 registers); without either, `gemm` converts tiles and runs the
-//! `gemm` crate. Tile sizes from `metallic probe --dtype f16` on the
+//! forces a lower one; AVX-512 without VNNI gets the AVX-512 tiles):
+//! AVX-512 (4 x 6 tiles of 16 lanes; 24 accumulators of the 32 registers),
+//! AVX2 with FMA and F16C (3 x 4 tiles of 8 lanes: 12 of the 16
+//! registers); without either, `gemm` converts tiles and runs the `gemm`
+//! crate. Tile sizes from `metallic probe --dtype f16` on the
 //! development machine (see BENCHMARKS.md).
 
 use metallic::error::Result;
