@@ -36,9 +36,8 @@ pub fn rms_norm(x: &[f32], w: &[f32], m: usize, n: usize, eps: f32, out: &mut [f
 
 fn swiglu_row(o: &mut [f32], gu: &[f32]) {
     let (g, u) = gu.split_at(o.len());
-    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-        *o = g / (1.0 + (-g).exp()) * u;
-    }
+    // SIMD with a vectorised exp, the same bits at every level (swiglu_simd.rs).
+    crate::swiglu_simd::kernel().row(o, g, u);
 }
 
 pub fn swiglu(gate_up: &[f32], m: usize, ffn: usize, out: &mut [f32]) {

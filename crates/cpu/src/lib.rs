@@ -19,6 +19,7 @@ pub mod q8_act;
 mod rope;
 mod shared_out;
 mod stream;
+mod swiglu_simd;
 mod team;
 mod tensor;
 pub mod vec_dot;
