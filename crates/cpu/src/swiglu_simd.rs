@@ -210,7 +210,13 @@ impl SwigluKernel {
 
     /// `out[i] = silu(gate[i]) * up[i]`; the three of one length.
     pub fn row(&self, out: &mut [f32], gate: &[f32], up: &[f32]) {
-        assert!(gate.len() == out.len() && up.len() == out.len());
+        assert!(
+            gate.len() == out.len() && up.len() == out.len(),
+            "swiglu row: gate ({}), up ({}) and out ({}) differ in length",
+            gate.len(),
+            up.len(),
+            out.len()
+        );
         // SAFETY: `for_level` checked the CPU features; the kernels index
         // below `out.len()`, the length of all three (checked above).
         unsafe { (self.f)(out, gate, up) }
@@ -654,11 +660,9 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "differ in length")]
     fn rows_of_different_lengths_are_refused() {
-        let r = std::panic::catch_unwind(|| {
-            let mut out = [0.0f32; 3];
-            portable().row(&mut out, &[1.0; 3], &[1.0; 2]);
-        });
-        assert!(r.is_err());
+        let mut out = [0.0f32; 3];
+        portable().row(&mut out, &[1.0; 3], &[1.0; 2]);
     }
 }
