@@ -178,6 +178,17 @@ impl CpuBackend {
             f()
         }
     }
+
+    /// Run attention of `m` query rows: decode-sized calls (fewer than
+    /// `GEMM_MIN_M` rows) on the decode team, where the backend has one,
+    /// as the decode products are; prefill in the pool (see [`Self::run`]).
+    /// The split never changes the result (attention.rs).
+    fn run_attention<R: Send>(&self, parallel: bool, m: usize, f: impl FnOnce() -> R + Send) -> R {
+        match &self.team {
+            Some(team) if parallel && m < matmul::GEMM_MIN_M => team::with(team, f),
+            _ => self.run(parallel, f),
+        }
+    }
 }
 
 /// A short description of the host CPU: model name and widest SIMD level.
@@ -537,7 +548,7 @@ impl Backend for CpuBackend {
         check_len("k cache", k.len(), need)?;
         check_len("v cache", v.len(), need)?;
         let parallel = elementwise::parallel(attention::work(pos, m, layout));
-        self.run(parallel, || {
+        self.run_attention(parallel, m, || {
             attention::attention(parallel, qkv, k, v, capacity, pos, m, layout, out)
         });
         Ok(())
@@ -612,10 +623,10 @@ impl Backend for CpuBackend {
         check_len("paged v cache", cache.v.len(), need)?;
         let parallel = elementwise::parallel(attention::work(pos, m, layout));
         match (&cache.k, &cache.v) {
-            (CpuTensor::F32(k), CpuTensor::F32(v)) => self.run(parallel, || {
+            (CpuTensor::F32(k), CpuTensor::F32(v)) => self.run_attention(parallel, m, || {
                 paged_attention::attention(parallel, qkv, k, v, paged, tables, pos, m, layout, out)
             }),
-            (CpuTensor::F16(k), CpuTensor::F16(v)) => self.run(parallel, || {
+            (CpuTensor::F16(k), CpuTensor::F16(v)) => self.run_attention(parallel, m, || {
                 paged_attention::attention(parallel, qkv, k, v, paged, tables, pos, m, layout, out)
             }),
             _ => return Err(paged_cache_type()),
