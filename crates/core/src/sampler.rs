@@ -267,6 +267,22 @@ impl Sampler {
 
     /// Picks the next token. `logits` is modified in place (penalties); NaN logits count
     /// as -inf. Call [`Sampler::accept`] with the result to include it in the penalties.
+    /// The greedy token of `logits` where no penalty applies (greedy
+    /// parameters, no active penalty): what [`Sampler::sample`] would pick,
+    /// without the copy of the logits it needs to apply penalties in place
+    /// (a 151,936-token vocabulary is 600 KB a step). `None` otherwise.
+    pub fn sample_unpenalized(&self, logits: &[f32]) -> Option<Result<u32, SamplerError>> {
+        let plain =
+            self.params.is_greedy() && (!self.params.penalties_active() || self.history.is_empty());
+        plain.then(|| {
+            if logits.is_empty() {
+                Err(SamplerError::EmptyLogits)
+            } else {
+                argmax(logits)
+            }
+        })
+    }
+
     pub fn sample(&mut self, logits: &mut [f32]) -> Result<u32, SamplerError> {
         if logits.is_empty() {
             return Err(SamplerError::EmptyLogits);
@@ -537,6 +553,34 @@ mod tests {
                 t
             })
             .collect()
+    }
+
+    /// Without penalties a greedy sampler's pick needs no copy of the
+    /// logits and is `sample`'s; with a penalty in force, or a temperature,
+    /// `sample_unpenalized` declines.
+    #[test]
+    fn unpenalized_greedy_pick_is_samples_pick_and_declines_otherwise() {
+        let base = logits(1000, 11);
+        let mut s = Sampler::new(SamplerParams::greedy(), 1000).unwrap();
+        let want = s.sample(&mut base.clone()).unwrap();
+        assert_eq!(s.sample_unpenalized(&base).unwrap().unwrap(), want);
+        assert!(matches!(
+            s.sample_unpenalized(&[]),
+            Some(Err(SamplerError::EmptyLogits))
+        ));
+        let penalized = SamplerParams {
+            repeat_penalty: 2.0,
+            repeat_last_n: 8,
+            ..SamplerParams::greedy()
+        };
+        let mut s = Sampler::new(penalized, 1000).unwrap();
+        // No history yet: nothing to penalize.
+        assert_eq!(s.sample_unpenalized(&base).unwrap().unwrap(), want);
+        s.accept(want);
+        assert!(s.sample_unpenalized(&base).is_none());
+        assert_ne!(s.sample(&mut base.clone()).unwrap(), want);
+        let s = Sampler::new(params(0.8, 0, 1.0, 0.0, 1), 1000).unwrap();
+        assert!(s.sample_unpenalized(&base).is_none());
     }
 
     /// The lane-wise argmax picks what a plain scan picks (the first of the

@@ -116,6 +116,10 @@ fn check_positions(pos: &[i32], m: usize, capacity: usize) -> Result<()> {
     Ok(())
 }
 
+/// Shortest decode SwiGLU row split over the team: below it a task's
+/// `exp`s take less than the hand-off (~1 us).
+const TEAM_SWIGLU_MIN: usize = 1024;
+
 impl CpuBackend {
     /// `threads == 0` uses every available core.
     pub fn new(threads: usize) -> Result<CpuBackend> {
@@ -639,9 +643,15 @@ impl Backend for CpuBackend {
         let out = f32s_mut(out, "swiglu out")?;
         check_len("swiglu in", gu.len(), m * 2 * ffn)?;
         check_len("swiglu out", out.len(), m * ffn)?;
-        self.run(elementwise::parallel(m * ffn), || {
-            elementwise::swiglu(gu, m, ffn, out)
-        });
+        match &self.team {
+            // A decode step's row: on the team (see swiglu_row_on_team).
+            Some(team) if m == 1 && ffn >= TEAM_SWIGLU_MIN => {
+                elementwise::swiglu_row_on_team(team, gu, ffn, out)
+            }
+            _ => self.run(elementwise::parallel(m * ffn), || {
+                elementwise::swiglu(gu, m, ffn, out)
+            }),
+        }
         Ok(())
     }
 
@@ -700,6 +710,12 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let l = f32s(logits, "sample logits")?;
         check_len("sample logits", l.len(), (row + 1) * vocab)?;
+        let logits = &l[row * vocab..(row + 1) * vocab];
+        if let Some(tok) = s.sampler.sample_unpenalized(logits) {
+            let tok = tok?;
+            s.sampler.accept(tok);
+            return self.write_i32(ids, 0, &[tok as i32]);
+        }
         let mut scratch = self
             .sample_scratch
             .lock()
@@ -708,7 +724,7 @@ impl Backend for CpuBackend {
         scratch.try_reserve(vocab).map_err(|_| {
             Error::backend("cpu", format!("sampling: no memory for {vocab} logits"))
         })?;
-        scratch.extend_from_slice(&l[row * vocab..(row + 1) * vocab]);
+        scratch.extend_from_slice(logits);
         let tok = s.sampler.sample(&mut scratch)?;
         drop(scratch);
         s.sampler.accept(tok);
