@@ -128,10 +128,22 @@ fn quantize_block_scalar(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut f
 #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 #[inline(always)]
 fn quantize_block_portable(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut f32) {
-    let mut amax = 0.0f32;
-    for &v in x {
-        amax = amax.max(v.abs());
+    // The largest magnitude in eight independent lanes: one running `max`
+    // (a dependent chain with its NaN checks) did not vectorise and was
+    // ~13% of a Qwen2.5-0.5B prefill on the development machine. A maximum
+    // does not depend on the order it is taken in: the same `amax`.
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v.abs());
+        }
     }
+    let amax = lanes
+        .iter()
+        .chain(tail)
+        .fold(0.0f32, |a, &v| a.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut sum = 0i32;
