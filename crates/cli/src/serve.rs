@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// CPU path is always so).
     #[arg(long)]
     pub deterministic: bool,
+    /// Queue each decode step before the previous step's tokens are read,
+    /// so the host's work overlaps the device's (auto: on CUDA, off on the
+    /// CPU, where ops finish before they return).
+    #[arg(long, value_enum, default_value_t = LookAhead::Auto)]
+    pub look_ahead: LookAhead,
     /// CPU threads (0: all cores).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
@@ -114,6 +119,13 @@ async fn serve<B: Backend + 'static>(
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LookAhead {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum KvType {
     F32,
     F16,
@@ -152,6 +164,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             KvType::F16 => DType::F16,
         },
         deterministic: args.deterministic,
+        look_ahead: match args.look_ahead {
+            LookAhead::Auto => None,
+            LookAhead::On => Some(true),
+            LookAhead::Off => Some(false),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

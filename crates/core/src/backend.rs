@@ -555,6 +555,32 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// Whether [`paged_rope_kv_store`](Self::paged_rope_kv_store) is one
+    /// fused pass for this cache (else `Exec` records rope and
+    /// paged_kv_store apart). Default: never.
+    fn fuses_paged_rope_kv_store(&self, cache: &KvLayer<Self::Tensor>) -> bool {
+        let _ = cache;
+        false
+    }
+
+    /// [`rope`](Self::rope) then [`paged_kv_store`](Self::paged_kv_store).
+    /// The default runs the two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn paged_rope_kv_store(
+        &self,
+        qkv: &mut Self::Tensor,
+        pos: &Self::Tensor,
+        m: usize,
+        layout: &QkvLayout,
+        rope: &Rope<'_, Self::Tensor>,
+        cache: &mut KvLayer<Self::Tensor>,
+        paged: &PagedLayout,
+        tables: &Self::Tensor,
+    ) -> Result<()> {
+        self.rope(qkv, pos, m, layout, rope)?;
+        self.paged_kv_store(qkv, cache, paged, tables, pos, m, layout)
+    }
+
     /// Paged [`attention`](Self::attention): row `i` attends to positions
     /// `0..=pos[i]` of its own sequence, read through row `i` of `tables`.
     /// `max_kv_len` is the host's bound on `pos[i] + 1` over the rows.
@@ -584,6 +610,14 @@ pub trait Backend: Send + Sync {
     /// batch-invariant. `None` where the backend has none.
     fn batch_invariant_matmul(&self) -> Option<&'static str> {
         None
+    }
+
+    /// Whether ops only queue work that runs while the host goes on (a
+    /// CUDA stream), so that queueing the next step before reading this
+    /// one's results overlaps host and device work. False where every op
+    /// has finished when it returns (the CPU).
+    fn queues_work(&self) -> bool {
+        false
     }
 
     /// Read `t[..len]` (an i32 tensor) once, as fast as the device can

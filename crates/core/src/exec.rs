@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use crate::autotune::{self, Entry, Mode, TuneCache};
 use crate::backend::{
-    Backend, Epilogue, FusedScratch, KvLayer, MatmulOp, MatmulShape, NormPrologue, QkvLayout, Rope,
+    Backend, Epilogue, FusedScratch, KvLayer, MatmulOp, MatmulShape, NormPrologue, PagedLayout,
+    QkvLayout, Rope,
 };
 use crate::dispatch::MatmulDispatch;
 use crate::error::{Error, Result};
@@ -339,6 +340,35 @@ impl<'b, B: Backend> Exec<'b, B> {
         })?;
         self.op(OpKind::KvCacheWrite, b_name, None, |b| {
             b.kv_store(qkv, cache, capacity, pos, m, layout)
+        })
+    }
+
+    /// The paged cache's [`rope_kv_store`](Self::rope_kv_store): one op
+    /// where the backend fuses it, else rope and paged_kv_store recorded
+    /// apart.
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_rope_kv_store(
+        &mut self,
+        qkv: &mut B::Tensor,
+        pos: &B::Tensor,
+        m: usize,
+        layout: &QkvLayout,
+        rope: &Rope<'_, B::Tensor>,
+        cache: &mut KvLayer<B::Tensor>,
+        paged: &PagedLayout,
+        tables: &B::Tensor,
+    ) -> Result<()> {
+        let b_name = self.backend.name();
+        if self.backend.fuses_paged_rope_kv_store(cache) {
+            return self.op(OpKind::Rope, b_name, None, |b| {
+                b.paged_rope_kv_store(qkv, pos, m, layout, rope, cache, paged, tables)
+            });
+        }
+        self.op(OpKind::Rope, b_name, None, |b| {
+            b.rope(qkv, pos, m, layout, rope)
+        })?;
+        self.op(OpKind::KvCacheWrite, b_name, None, |b| {
+            b.paged_kv_store(qkv, cache, paged, tables, pos, m, layout)
         })
     }
 

@@ -50,6 +50,50 @@ __device__ __forceinline__ float pa_dot(const float* q, const u16* k, int hd) {
     return s;
 }
 
+// q . k over HD dimensions known at compile time: every load of the key row
+// is issued before the first sum (HD 0: the run-time `hd`, pa_dot).
+template <int HD>
+__device__ __forceinline__ float pa_dot_n(const float* q, const float* k, int hd) {
+    if constexpr (HD == 0) {
+        return pa_dot(q, k, hd);
+    } else {
+        float4 b[HD / 4];
+#pragma unroll
+        for (int i = 0; i < HD / 4; i++) b[i] = __ldg(reinterpret_cast<const float4*>(k) + i);
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < HD / 4; i += 2) {
+            float4 a = *reinterpret_cast<const float4*>(q + 4 * i);
+            s0 += a.x * b[i].x + a.y * b[i].y + a.z * b[i].z + a.w * b[i].w;
+            float4 c = *reinterpret_cast<const float4*>(q + 4 * i + 4);
+            s1 += c.x * b[i + 1].x + c.y * b[i + 1].y + c.z * b[i + 1].z + c.w * b[i + 1].w;
+        }
+        return s0 + s1;
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ float pa_dot_n(const float* q, const u16* k, int hd) {
+    if constexpr (HD == 0) {
+        return pa_dot(q, k, hd);
+    } else {
+        uint4 b[HD / 8];
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) b[i] = __ldg(reinterpret_cast<const uint4*>(k) + i);
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) {
+            float4 a = *reinterpret_cast<const float4*>(q + 8 * i);
+            float4 c = *reinterpret_cast<const float4*>(q + 8 * i + 4);
+            s0 += a.x * h2f((u16)(b[i].x & 0xffff)) + a.y * h2f((u16)(b[i].x >> 16)) +
+                  a.z * h2f((u16)(b[i].y & 0xffff)) + a.w * h2f((u16)(b[i].y >> 16));
+            s1 += c.x * h2f((u16)(b[i].z & 0xffff)) + c.y * h2f((u16)(b[i].z >> 16)) +
+                  c.z * h2f((u16)(b[i].w & 0xffff)) + c.w * h2f((u16)(b[i].w >> 16));
+        }
+        return s0 + s1;
+    }
+}
+
 // One thread per cached value of K (and of V): row i's K and V heads to
 // (block tables[i][pos[i] / bs], slot pos[i] % bs). Rows whose position or
 // block is outside the cache are skipped (the host checks them first).
@@ -93,12 +137,15 @@ extern "C" __global__ void paged_kv_store_f16(const float* qkv, u16* kc, u16* vc
 // Grid (m, n_heads), PA_WARPS * 32 threads. out[i, h * hd ..] = softmax(q K^T
 // scale) V over positions 0..=pos[i] of row i's sequence. A key whose block
 // is outside the cache weighs nothing (the host rejects such tables first).
-template <typename T>
+// HD: head_dim known at compile time (64, 128), 0 for any other (run time).
+template <int HD, typename T>
 __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, const T* vc,
                                                 const int* tables, const int* pos, int width,
-                                                int n_heads, int n_kv, int hd, int bs,
+                                                int n_heads, int n_kv, int hd_rt, int bs,
                                                 int n_blocks, int stride, float scale,
                                                 float* out) {
+    constexpr int DPL = HD ? (HD + 31) / 32 : PA_MAX_DPL;
+    const int hd = HD ? HD : hd_rt;
     __shared__ __align__(16) float q[256];
     __shared__ float wm[PA_WARPS], wl[PA_WARPS];
     __shared__ float wacc[PA_WARPS][256];
@@ -111,9 +158,9 @@ __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, c
         q[d] = qkv[(long long)i * width + (long long)h * hd + d];
     __syncthreads();
 
-    float mw = -INFINITY, lw = 0.0f, acc[PA_MAX_DPL];
+    float mw = -INFINITY, lw = 0.0f, acc[DPL];
 #pragma unroll
-    for (int c = 0; c < PA_MAX_DPL; c++) acc[c] = 0.0f;
+    for (int c = 0; c < DPL; c++) acc[c] = 0.0f;
     for (int base = warp * 32; base < L; base += PA_WARPS * 32) {
         const int t = base + lane;
         float s = -INFINITY;
@@ -122,7 +169,7 @@ __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, c
             int b = table[t / bs];
             if (b >= 0 && b < n_blocks) {
                 off = (((long long)b * n_kv + kvh) * bs + t % bs) * hd;
-                s = pa_dot(q, kc + off, hd) * scale;
+                s = pa_dot_n<HD>(q, kc + off, hd) * scale;
             }
         }
         const float nm = fmaxf(mw, warp_max(s));
@@ -131,17 +178,34 @@ __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, c
         const float corr = mw == -INFINITY ? 0.0f : expf(mw - nm);
         lw = lw * corr + warp_sum(p);
 #pragma unroll
-        for (int c = 0; c < PA_MAX_DPL; c++) acc[c] *= corr;
+        for (int c = 0; c < DPL; c++) acc[c] *= corr;
         const int n = min(32, L - base);
-        for (int j = 0; j < n; j++) {
-            const float pj = __shfl_sync(FULL_MASK, p, j);
-            const long long oj = __shfl_sync(FULL_MASK, off, j);
-            if (oj < 0) continue;
-            const T* vr = vc + oj;
+        if (n == 32) {
+            // A full tile unrolled: the 32 value rows' loads are in flight
+            // together rather than one dependent latency per key.
 #pragma unroll
-            for (int c = 0; c < PA_MAX_DPL; c++) {
-                const int d = lane + 32 * c;
-                if (d < hd) acc[c] += pj * pa_load(vr + d);
+            for (int j = 0; j < 32; j++) {
+                const float pj = __shfl_sync(FULL_MASK, p, j);
+                const long long oj = __shfl_sync(FULL_MASK, off, j);
+                if (oj < 0) continue;
+                const T* vr = vc + oj;
+#pragma unroll
+                for (int c = 0; c < DPL; c++) {
+                    const int d = lane + 32 * c;
+                    if (d < hd) acc[c] += pj * pa_load(vr + d);
+                }
+            }
+        } else {
+            for (int j = 0; j < n; j++) {
+                const float pj = __shfl_sync(FULL_MASK, p, j);
+                const long long oj = __shfl_sync(FULL_MASK, off, j);
+                if (oj < 0) continue;
+                const T* vr = vc + oj;
+#pragma unroll
+                for (int c = 0; c < DPL; c++) {
+                    const int d = lane + 32 * c;
+                    if (d < hd) acc[c] += pj * pa_load(vr + d);
+                }
             }
         }
         if (nm != -INFINITY) mw = nm;
@@ -151,7 +215,7 @@ __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, c
         wl[warp] = lw;
     }
 #pragma unroll
-    for (int c = 0; c < PA_MAX_DPL; c++) {
+    for (int c = 0; c < DPL; c++) {
         const int d = lane + 32 * c;
         if (d < hd) wacc[warp][d] = acc[c];
     }
@@ -181,8 +245,15 @@ extern "C" __global__ void paged_attn_f32(const float* qkv, const float* kc, con
                                           int n_heads, int n_kv, int hd, int bs, int n_blocks,
                                           int stride, float scale, float* out) {
     pdl_enter();
-    paged_attn_body(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks, stride, scale,
-                    out);
+    if (hd == 64)
+        paged_attn_body<64>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
+                            stride, scale, out);
+    else if (hd == 128)
+        paged_attn_body<128>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
+                             stride, scale, out);
+    else
+        paged_attn_body<0>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
+                           stride, scale, out);
 }
 
 extern "C" __global__ void paged_attn_f16(const float* qkv, const u16* kc, const u16* vc,
@@ -190,6 +261,13 @@ extern "C" __global__ void paged_attn_f16(const float* qkv, const u16* kc, const
                                           int n_heads, int n_kv, int hd, int bs, int n_blocks,
                                           int stride, float scale, float* out) {
     pdl_enter();
-    paged_attn_body(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks, stride, scale,
-                    out);
+    if (hd == 64)
+        paged_attn_body<64>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
+                            stride, scale, out);
+    else if (hd == 128)
+        paged_attn_body<128>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
+                             stride, scale, out);
+    else
+        paged_attn_body<0>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
+                           stride, scale, out);
 }

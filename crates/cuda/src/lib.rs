@@ -647,6 +647,37 @@ impl Backend for CudaBackend {
         Ok(self.k.paged.store(&self.dev, qp, &c, paged, &r, layout)?)
     }
 
+    fn fuses_paged_rope_kv_store(&self, cache: &KvLayer<CudaTensor>) -> bool {
+        self.fusion() && cache.k.dtype != DType::I32
+    }
+
+    fn paged_rope_kv_store(
+        &self,
+        qkv: &mut CudaTensor,
+        pos: &CudaTensor,
+        m: usize,
+        layout: &QkvLayout,
+        rope: &Rope<'_, CudaTensor>,
+        cache: &mut KvLayer<CudaTensor>,
+        paged: &PagedLayout,
+        tables: &CudaTensor,
+    ) -> Result<()> {
+        if !self.fuses_paged_rope_kv_store(cache) || !ops::rope_kv_store::supports(layout) {
+            self.rope(qkv, pos, m, layout, rope)?;
+            return self.paged_kv_store(qkv, cache, paged, tables, pos, m, layout);
+        }
+        let p = rope_params(rope, layout)?;
+        let qp = qkv.ptr_of(
+            DType::F32,
+            m * layout.row_width(),
+            "paged rope_kv_store qkv",
+        )?;
+        let (c, r) = Self::paged_inputs(cache, paged, tables, pos, m, layout)?;
+        self.dev.bind()?;
+        let f = &self.k.rope_kv_store;
+        Ok(f.launch_paged(&self.dev, qp, &c, paged, &r, layout, &p)?)
+    }
+
     fn paged_attention(
         &self,
         qkv: &CudaTensor,
@@ -755,6 +786,10 @@ impl Backend for CudaBackend {
         let pp = pos.ptr_of(DType::I32, m, "advance positions")?;
         self.dev.bind()?;
         Ok(self.k.advance.launch(&self.dev, pp, m)?)
+    }
+
+    fn queues_work(&self) -> bool {
+        true
     }
 
     fn replayable(&self, key: u64, step: &mut dyn FnMut() -> Result<()>) -> Result<()> {

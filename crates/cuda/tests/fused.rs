@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use metallic::backend::{
-    Backend, DType, Epilogue, FusedScratch, KvLayer, NormPrologue, QkvLayout, Rope,
+    Backend, DType, Epilogue, FusedScratch, KvLayer, NormPrologue, PagedLayout, QkvLayout, Rope,
 };
 use metallic::config::{Arch, RopeStyle};
 use metallic::dispatch::{DispatchConfig, MatmulDispatch};
@@ -255,6 +255,76 @@ fn rope_kv_store_matches_rope_then_kv_store() {
             assert_eq!(a.0, b.0, "{what}: qkv differs");
             assert_eq!(a.1, b.1, "{what}: K cache differs");
             assert_eq!(a.2, b.2, "{what}: V cache differs");
+        }
+    }
+}
+
+/// The paged cache's rope + store in one kernel equals rope then
+/// paged_kv_store, for f32 and f16 caches: q, k, v and both caches, both
+/// styles, rows of several sequences through scattered block tables
+/// (blocks of 5 positions), a row whose position lies past its table
+/// (rotated, not stored).
+#[test]
+fn paged_rope_kv_store_matches_rope_then_paged_kv_store() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let layout = QkvLayout {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+    };
+    let paged = PagedLayout {
+        block_size: 5,
+        n_blocks: 13,
+        table_stride: 4,
+    };
+    // Rows: (position, block table); the last position is past 4 * 5.
+    let rows: [(i32, [i32; 4]); 4] = [
+        (7, [3, 9, 0, 12]),
+        (0, [5, 1, 2, 4]),
+        (19, [6, 7, 8, 10]),
+        (20, [11, 0, 1, 2]),
+    ];
+    let pos: Vec<i32> = rows.iter().map(|r| r.0).collect();
+    let tables: Vec<i32> = rows.iter().flat_map(|r| r.1).collect();
+    for kv in [DType::F32, DType::F16] {
+        for style in [RopeStyle::Normal, RopeStyle::Neox] {
+            let run = |fused: bool| {
+                gpu.set_fusion(fused);
+                let (m, w) = (rows.len(), layout.row_width());
+                let mut qkv = activations(&gpu, &randn(m * w, 21), m, w);
+                let p = positions(&gpu, &pos);
+                let t = positions(&gpu, &tables);
+                let need = paged.layer_len(&layout);
+                let mut cache = KvLayer {
+                    k: gpu.alloc(kv, need, "k").unwrap(),
+                    v: gpu.alloc(kv, need, "v").unwrap(),
+                };
+                assert_eq!(gpu.fuses_paged_rope_kv_store(&cache), fused);
+                let rope = Rope {
+                    style,
+                    theta: 10000.0,
+                    dim: 64,
+                    pos_scale: 1.0,
+                    freq_factors: None,
+                };
+                gpu.paged_rope_kv_store(&mut qkv, &p, m, &layout, &rope, &mut cache, &paged, &t)
+                    .unwrap();
+                gpu.set_fusion(true);
+                // An f16 cache is compared through what attention reads
+                // from it (every row's keys and values up to its position).
+                let n = m * layout.n_heads * layout.head_dim;
+                let mut out = gpu.alloc(DType::F32, n, "out").unwrap();
+                gpu.paged_attention(&qkv, &cache, &paged, &t, &p, m, 21, &layout, &mut out)
+                    .unwrap();
+                let caches = (kv == DType::F32)
+                    .then(|| (read(&gpu, &cache.k, need), read(&gpu, &cache.v, need)));
+                (read(&gpu, &qkv, m * w), read(&gpu, &out, n), caches)
+            };
+            let (a, b) = (run(true), run(false));
+            let what = format!("{kv:?} cache, {style:?}");
+            assert_eq!(a.0, b.0, "{what}: qkv differs");
+            assert_eq!(a.1, b.1, "{what}: attention over the caches differs");
+            assert_eq!(a.2, b.2, "{what}: caches differ");
         }
     }
 }

@@ -42,6 +42,14 @@ use crate::metrics::Shared;
 /// Graph keys of a step's sampling launches: this plus the row count.
 const SAMPLE_GRAPH_KEY_BASE: u64 = 0x5a3d_1e00_0000_0000;
 
+/// A decode step queued before the tokens of the step before it were read.
+struct Ahead {
+    /// The sequences of its rows, in row order.
+    ids: Vec<u64>,
+    /// Rows whose sampling failed, with the error.
+    failed: Vec<Option<String>>,
+}
+
 /// Sizes of the engine, fixed at start.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -57,6 +65,11 @@ pub struct EngineConfig {
     pub kv_type: DType,
     /// Force the backend's batch-invariant matmul.
     pub deterministic: bool,
+    /// Queue the next decode step before reading this one's tokens (see
+    /// [`Engine::collect`]): pays on a backend that runs queued work while
+    /// the host goes on (CUDA); on one that does not it only adds a wasted
+    /// row when a sequence ends.
+    pub look_ahead: bool,
 }
 
 /// What a request asks to generate.
@@ -253,6 +266,7 @@ pub fn run<B: Backend>(
         running: Vec::new(),
         waiting: VecDeque::new(),
         logits: Vec::new(),
+        ahead: None,
     };
     eng.shared
         .kv_blocks_total
@@ -313,6 +327,8 @@ struct Engine<'m, B: Backend> {
     waiting: VecDeque<Seq<B::Sampler>>,
     /// Host copy of the logits rows that asked for log-probabilities.
     logits: Vec<f32>,
+    /// A decode step queued ahead (look-ahead) whose ids are not read yet.
+    ahead: Option<Ahead>,
 }
 
 impl<B: Backend> Engine<'_, B> {
@@ -480,6 +496,12 @@ impl<B: Backend> Engine<'_, B> {
     }
 
     fn step(&mut self, ex: &mut Exec<'_, B>) -> metallic::error::Result<()> {
+        // A decode step queued ahead by the last call: its tokens first,
+        // before any sequence is admitted, dropped or preempted (their
+        // blocks must not change under rows already queued).
+        if let Some(ahead) = self.ahead.take() {
+            return self.take_ahead(ex, ahead);
+        }
         self.drop_cancelled();
         self.admit();
         if self.running.is_empty() {
@@ -543,23 +565,37 @@ impl<B: Backend> Engine<'_, B> {
             .forward_batch(ex, &mut self.bs, &rows, &logit_rows)?;
         drop(rows);
         self.shared.steps.fetch_add(1, Relaxed);
-        let bsz = self.cfg.block_size;
         for &(i, take) in &plan {
-            let s = &mut self.running[i];
-            s.n_computed += take;
-            // Register the blocks whose tokens are now all computed.
-            while (s.keys.len() + 1) * bsz <= s.n_computed {
-                let j = s.keys.len();
-                let parent = s.keys.last().copied().unwrap_or(0);
-                let key =
-                    self.pool
-                        .register(s.blocks[j], parent, &s.tokens[j * bsz..(j + 1) * bsz]);
-                s.keys.push(key);
-            }
+            self.computed(i, take);
         }
-        let finished = self.sample_step(&sampled)?;
-        // Remove finished and preempted sequences, highest index first so
-        // the others keep their places.
+        let failed = self.queue_sampling(&sampled)?;
+        let sampled: Vec<Option<usize>> = sampled.into_iter().map(Some).collect();
+        let finished = self.collect(ex, &sampled, failed)?;
+        self.remove(finished, &preempted);
+        Ok(())
+    }
+
+    /// `take` more positions of running sequence `i` are in the cache:
+    /// register the blocks whose tokens are now all computed.
+    fn computed(&mut self, i: usize, take: usize) {
+        let bsz = self.cfg.block_size;
+        let s = &mut self.running[i];
+        s.n_computed += take;
+        while (s.keys.len() + 1) * bsz <= s.n_computed {
+            let j = s.keys.len();
+            let parent = s.keys.last().copied().unwrap_or(0);
+            let key = self
+                .pool
+                .register(s.blocks[j], parent, &s.tokens[j * bsz..(j + 1) * bsz]);
+            s.keys.push(key);
+        }
+    }
+
+    /// Remove finished and preempted sequences (`preempted` indexed as
+    /// `running` was when the step was planned), highest index first so the
+    /// others keep their places until they go.
+    fn remove(&mut self, finished: Vec<(usize, FinishReason)>, preempted: &[bool]) {
+        let n = self.running.len();
         let mut done: Vec<Option<FinishReason>> = vec![None; n];
         for (i, r) in finished {
             done[i] = Some(r);
@@ -569,7 +605,7 @@ impl<B: Backend> Engine<'_, B> {
             if let Some(r) = done[i] {
                 let s = self.running.remove(i);
                 self.finish(s, r);
-            } else if preempted[i] {
+            } else if preempted.get(i).copied().unwrap_or(false) {
                 back.push(self.running.remove(i));
             }
         }
@@ -578,6 +614,27 @@ impl<B: Backend> Engine<'_, B> {
             self.shared.queued.fetch_add(1, Relaxed);
             self.waiting.push_front(s);
         }
+    }
+
+    /// The tokens of the step queued ahead (its rows' sequences that are
+    /// gone since, finished or cancelled, had their row computed for
+    /// nothing: its cache write went to a block they no longer hold, and the
+    /// queue orders it before any later use of that block).
+    fn take_ahead(&mut self, ex: &mut Exec<'_, B>, ahead: Ahead) -> metallic::error::Result<()> {
+        let rows: Vec<Option<usize>> = ahead
+            .ids
+            .iter()
+            .map(|id| self.running.iter().position(|s| s.id == *id))
+            .collect();
+        if rows.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        self.shared.steps.fetch_add(1, Relaxed);
+        for &i in rows.iter().flatten() {
+            self.computed(i, 1);
+        }
+        let finished = self.collect(ex, &rows, ahead.failed)?;
+        self.remove(finished, &[]);
         Ok(())
     }
 
@@ -592,19 +649,16 @@ impl<B: Backend> Engine<'_, B> {
         }
     }
 
-    /// Sample the next token of every sequence in `sampled` (logits row `j`
-    /// for `sampled[j]`) on the backend, read the ids back together (one
-    /// read; logits only for rows that want log-probabilities, in one read
-    /// too) and hand each token to its sequence. Returns the sequences that
-    /// are finished and why.
-    fn sample_step(
+    /// Queue the sampling of the next token of every sequence in `sampled`
+    /// (logits row `j` for `sampled[j]`, its id into `sampled_ids[j]`) on
+    /// the backend. A row whose sampling cannot be queued fails its
+    /// sequence alone: its error is at its index in the result.
+    fn queue_sampling(
         &mut self,
         sampled: &[usize],
-    ) -> metallic::error::Result<Vec<(usize, FinishReason)>> {
+    ) -> metallic::error::Result<Vec<Option<String>>> {
         let b = self.backend;
         let vocab = self.model.config.vocab;
-        // A row whose sampling fails (no finite logit) fails its sequence
-        // alone.
         let mut failed: Vec<Option<String>> = vec![None; sampled.len()];
         let key: Vec<u64> = sampled.iter().map(|&i| self.running[i].id).collect();
         let (running, bs) = (&mut self.running, &self.bs);
@@ -632,24 +686,59 @@ impl<B: Backend> Engine<'_, B> {
             sample_rows()?;
         }
         self.last_sampled = key;
+        Ok(failed)
+    }
+
+    /// Read back the ids sampled for `rows` (row `j` for running sequence
+    /// `rows[j]`, None for a row whose sequence is gone) in one read, the
+    /// logits too for rows that want log-probabilities, and hand each token
+    /// to its sequence; `failed[j]` fails row `j`'s sequence instead.
+    /// Returns the sequences that are finished and why.
+    ///
+    /// Look-ahead: when the next step is sure to be this one again (every
+    /// running sequence decoding its next token, none at its length limit,
+    /// none waiting to be admitted), it is queued before this step's ids are
+    /// read, its tokens taken from the device (the ids just sampled) and its
+    /// rows' positions and blocks from the host, which knows them. The host's
+    /// work (the read's wait, streaming the tokens, the next step's
+    /// bookkeeping) then overlaps the device's, as `generate` does. A
+    /// sequence that this step ends had a row in the step queued ahead: it is
+    /// dropped when that step's ids are read ([`Engine::take_ahead`]).
+    fn collect(
+        &mut self,
+        ex: &mut Exec<'_, B>,
+        rows: &[Option<usize>],
+        mut failed: Vec<Option<String>>,
+    ) -> metallic::error::Result<Vec<(usize, FinishReason)>> {
+        let b = self.backend;
+        let vocab = self.model.config.vocab;
         // The span of logits rows from the first to the last that wants
         // log-probabilities (the raw logits: sampling does not change them).
-        let wants_lp = |&(_, &i): &(usize, &usize)| self.running[i].params.logprobs.is_some();
-        let first = sampled.iter().enumerate().find(wants_lp).map(|(j, _)| j);
-        let last = sampled
-            .iter()
-            .enumerate()
-            .rev()
-            .find(wants_lp)
-            .map(|(j, _)| j);
+        let wants_lp =
+            |i: &Option<usize>| i.is_some_and(|i| self.running[i].params.logprobs.is_some());
+        let first = rows.iter().position(wants_lp);
+        let last = rows.iter().rposition(wants_lp);
         if let (Some(first), Some(last)) = (first, last) {
             self.logits.resize((last + 1 - first) * vocab, 0.0);
             b.read_f32(&self.bs.logits, first * vocab, &mut self.logits)?;
         }
-        self.host_ids.resize(sampled.len(), 0);
-        b.read_i32(&self.sampled_ids, 0, &mut self.host_ids)?;
+        self.host_ids.resize(rows.len(), 0);
+        let rb = b.read_i32_start(&self.sampled_ids, 0, rows.len())?;
+        // (The logits were read above, before a step queued ahead can
+        // overwrite them.)
+        let queued = if failed.iter().all(Option::is_none) {
+            self.queue_ahead(ex, rows)
+        } else {
+            Ok(None)
+        };
+        // The read is finished whatever became of the queueing (it holds a
+        // staging slot until then).
+        let read = b.read_i32_finish(rb, &mut self.host_ids);
+        self.ahead = queued?;
+        read?;
         let mut finished = Vec::new();
-        for (j, &i) in sampled.iter().enumerate() {
+        for (j, &i) in rows.iter().enumerate() {
+            let Some(i) = i else { continue };
             let tok = self.host_ids[j];
             let valid = u32::try_from(tok).ok().filter(|&t| (t as usize) < vocab);
             let r = match (failed[j].take(), valid) {
@@ -676,6 +765,80 @@ impl<B: Backend> Engine<'_, B> {
             }
         }
         Ok(finished)
+    }
+
+    /// Queue the step after the one whose ids `rows` are about to be read,
+    /// if look-ahead is on and that step is sure to be the same rows one
+    /// position further (see [`Engine::collect`]). Returns its sequences.
+    fn queue_ahead(
+        &mut self,
+        ex: &mut Exec<'_, B>,
+        rows: &[Option<usize>],
+    ) -> metallic::error::Result<Option<Ahead>> {
+        let bsz = self.cfg.block_size;
+        let max_context = self.cfg.max_context;
+        let every_running = rows.len() == self.running.len();
+        let eligible = self.cfg.look_ahead
+            && every_running
+            && self.waiting.is_empty()
+            && rows.iter().all(|i| {
+                i.is_some_and(|i| {
+                    let s = &self.running[i];
+                    // Decoding (all its tokens computed, the next one on the
+                    // device), and not ended by length by the coming token.
+                    s.n_computed == s.tokens.len()
+                        && s.generated() + 1 < s.params.max_tokens
+                        && s.tokens.len() + 1 < max_context
+                        && !s.events.is_closed()
+                })
+            });
+        if !eligible {
+            return Ok(None);
+        }
+        let rows: Vec<usize> = rows.iter().flatten().copied().collect();
+        // Blocks for the next position, without preempting anyone.
+        let need: usize = rows
+            .iter()
+            .map(|&i| {
+                let s = &self.running[i];
+                (s.n_computed + 1)
+                    .div_ceil(bsz)
+                    .saturating_sub(s.blocks.len())
+            })
+            .sum();
+        if need > self.pool.available() {
+            return Ok(None);
+        }
+        for &i in &rows {
+            while self.running[i].blocks.len() * bsz < self.running[i].n_computed + 1 {
+                let Some(b) = self.pool.alloc() else {
+                    return Ok(None);
+                };
+                self.running[i].blocks.push(b);
+            }
+        }
+        let batch: Vec<BatchRow> = rows
+            .iter()
+            .map(|&i| {
+                let s = &self.running[i];
+                BatchRow {
+                    // The token is the id sampled on the device.
+                    token: 0,
+                    pos: s.n_computed,
+                    table: &s.blocks,
+                }
+            })
+            .collect();
+        let logit_rows: Vec<usize> = (0..batch.len()).collect();
+        self.model
+            .forward_batch_after(ex, &mut self.bs, &batch, &logit_rows, &self.sampled_ids)?;
+        drop(batch);
+        let failed = self.queue_sampling(&rows)?;
+        self.shared.steps_ahead.fetch_add(1, Relaxed);
+        Ok(Some(Ahead {
+            ids: rows.iter().map(|&i| self.running[i].id).collect(),
+            failed,
+        }))
     }
 
     /// Append the sampled token `tok` to running sequence `i` (its sampler

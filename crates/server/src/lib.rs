@@ -78,6 +78,10 @@ pub struct ServeConfig {
     /// [`Backend::batch_invariant_matmul`]): a request's tokens are the same
     /// alone and inside any batch. Always so on the CPU.
     pub deterministic: bool,
+    /// Queue each decode step before the previous one's tokens are read
+    /// (`Some(false)`: never; `None`: where the backend queues work
+    /// asynchronously, [`Backend::queues_work`]).
+    pub look_ahead: Option<bool>,
 }
 
 impl Default for ServeConfig {
@@ -97,6 +101,7 @@ impl Default for ServeConfig {
             shutdown_grace: Duration::from_secs(30),
             kv_type: DType::F32,
             deterministic: false,
+            look_ahead: None,
         }
     }
 }
@@ -255,6 +260,7 @@ pub async fn start<B: Backend + 'static>(
         max_context,
         kv_type: cfg.kv_type,
         deterministic: cfg.deterministic,
+        look_ahead: cfg.look_ahead.unwrap_or_else(|| backend.queues_work()),
     };
     let engine = {
         let (shared, tokenizer) = (shared.clone(), tokenizer.clone());

@@ -68,6 +68,8 @@ pub struct Shared {
     pub cached_prompt_tokens: AtomicU64,
     pub preemptions: AtomicU64,
     pub steps: AtomicU64,
+    /// Steps queued before the previous step's tokens were read.
+    pub steps_ahead: AtomicU64,
     pub ttft: Histogram,
     pub itl: Histogram,
 }
@@ -160,6 +162,11 @@ impl Shared {
             "metallic_engine_steps_total",
             "Batched forward steps run.",
             self.steps.load(Relaxed),
+        );
+        one(
+            "metallic_engine_steps_queued_ahead_total",
+            "Decode steps queued before the previous step's tokens were read (look-ahead).",
+            self.steps_ahead.load(Relaxed),
         );
         self.ttft.write(
             &mut out,

@@ -131,11 +131,25 @@ fn rss_kib() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_streams_match_requests_served_alone() {
+    load_test(Some(false), 256).await;
+}
+
+/// The same with every decode step queued before the previous step's
+/// tokens are read (CUDA's default): sequences that end or are cancelled
+/// while a step ahead holds their row must neither lose nor gain a token,
+/// nor leave a block behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_streams_with_look_ahead_match_requests_served_alone() {
+    load_test(Some(true), 128).await;
+}
+
+async fn load_test(look_ahead: Option<bool>, n_requests: u64) {
     let mut cfg = config();
     cfg.kv_memory = 24 << 20;
     cfg.max_seqs = 32;
     cfg.step_tokens = 128;
     cfg.max_queue = 256;
+    cfg.look_ahead = look_ahead;
     let Some(s) = start(cfg).await else { return };
     let t0 = Instant::now();
 
@@ -161,7 +175,7 @@ async fn concurrent_streams_match_requests_served_alone() {
         full[..full.len().min(r.max_tokens as usize)].to_vec()
     };
 
-    let reqs: Vec<Req> = (0..256u64)
+    let reqs: Vec<Req> = (0..n_requests)
         .map(|i| Req {
             prompt: (i * 5 % 8) as usize,
             seed: if i % 3 == 0 {
@@ -220,8 +234,13 @@ async fn concurrent_streams_match_requests_served_alone() {
         "resident memory grew by {grown} KiB after the first wave"
     );
     assert!(s.metric("metallic_kv_blocks_used").await == 0.0);
+    let ahead = s.metric("metallic_engine_steps_queued_ahead_total").await;
+    match look_ahead {
+        Some(true) => assert!(ahead > 0.0, "no step was queued ahead"),
+        _ => assert_eq!(ahead, 0.0, "steps queued ahead with look-ahead off"),
+    }
     eprintln!(
-        "load test: 256 requests in {:.1} s, {} preemptions",
+        "load test (look-ahead {look_ahead:?}): {n_requests} requests in {:.1} s, {} preemptions, {ahead} steps queued ahead",
         t0.elapsed().as_secs_f64(),
         s.metric("metallic_preemptions_total").await
     );

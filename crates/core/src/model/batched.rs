@@ -162,6 +162,32 @@ impl<B: Backend> Model<B> {
         rows: &[BatchRow<'_>],
         logit_rows: &[usize],
     ) -> Result<()> {
+        self.forward_rows(ex, bs, rows, logit_rows, None)
+    }
+
+    /// [`Model::forward_batch`] for a step queued before the host knows its
+    /// tokens: row `i`'s token is `ids[i]` on the device (the ids the step
+    /// before sampled; `rows[i].token` is ignored), its position and block
+    /// table from `rows` as usual. The serve engine's look-ahead.
+    pub fn forward_batch_after(
+        &self,
+        ex: &mut Exec<'_, B>,
+        bs: &mut BatchState<B>,
+        rows: &[BatchRow<'_>],
+        logit_rows: &[usize],
+        ids: &B::Tensor,
+    ) -> Result<()> {
+        self.forward_rows(ex, bs, rows, logit_rows, Some(ids))
+    }
+
+    fn forward_rows(
+        &self,
+        ex: &mut Exec<'_, B>,
+        bs: &mut BatchState<B>,
+        rows: &[BatchRow<'_>],
+        logit_rows: &[usize],
+        device_ids: Option<&B::Tensor>,
+    ) -> Result<()> {
         let c = &self.config;
         let m = rows.len();
         let n_out = logit_rows.len();
@@ -184,7 +210,7 @@ impl<B: Backend> Model<B> {
         bs.host_tables.clear();
         let mut max_kv_len = 0;
         for (i, r) in rows.iter().enumerate() {
-            if r.token as usize >= c.vocab {
+            if device_ids.is_none() && r.token as usize >= c.vocab {
                 return Err(Error::InvalidArgument(format!(
                     "token id {} outside the vocabulary of {}",
                     r.token, c.vocab
@@ -213,7 +239,13 @@ impl<B: Backend> Model<B> {
             max_kv_len = max_kv_len.max(r.pos + 1);
         }
         let b = ex.backend;
-        b.write_i32(&mut bs.ids, 0, &bs.host_ids)?;
+        match device_ids {
+            // Sampled ids are inside the vocabulary (and an embedding never
+            // reads past its table: the CPU rejects such an id, CUDA gives
+            // it a zero row).
+            Some(ids) => b.copy(ids, 0, &mut bs.ids, 0, m)?,
+            None => b.write_i32(&mut bs.ids, 0, &bs.host_ids)?,
+        }
         b.write_i32(&mut bs.pos, 0, &bs.host_pos)?;
         b.write_i32(&mut bs.tables, 0, &bs.host_tables)?;
 
@@ -285,14 +317,19 @@ impl<B: Backend> Model<B> {
                 &mut bs.qkv,
                 FusedScratch::normed(&mut bs.h),
             )?;
-            // No paged rope_kv_store exists: rope, then the paged store.
-            ex.op(OpKind::Rope, b_name, None, |b| {
-                b.rope(&mut bs.qkv, &bs.pos, m, &layout, &rope)
-            })?;
+            // Q and K heads rotated in place; K and V heads into the cache
+            // through each row's block table.
             let cache = &mut bs.kv[l];
-            ex.op(OpKind::KvCacheWrite, b_name, None, |b| {
-                b.paged_kv_store(&bs.qkv, cache, &paged, &bs.tables, &bs.pos, m, &layout)
-            })?;
+            ex.paged_rope_kv_store(
+                &mut bs.qkv,
+                &bs.pos,
+                m,
+                &layout,
+                &rope,
+                cache,
+                &paged,
+                &bs.tables,
+            )?;
             // attn[m, heads * head_dim]
             ex.op(OpKind::Attention, b_name, None, |b| {
                 b.paged_attention(

@@ -44,7 +44,7 @@ pub(crate) struct Rows {
     pub m: usize,
 }
 
-fn check(paged: &PagedLayout, layout: &QkvLayout) -> CudaResult<()> {
+pub(crate) fn check(paged: &PagedLayout, layout: &QkvLayout) -> CudaResult<()> {
     let (nh, nkv, hd) = (layout.n_heads, layout.n_kv_heads, layout.head_dim);
     if hd == 0 || hd > MAX_HEAD_DIM || nkv == 0 || nh % nkv != 0 {
         return Err(CudaError::Invalid(format!(
