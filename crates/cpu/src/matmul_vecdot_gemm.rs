@@ -297,6 +297,21 @@ impl Tile {
         self.d.resize(nb * sc, 0.0);
         self.b.clear();
         self.b.resize(nb * sc, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if self.layout == Layout::Nibbles && rows == NR {
+            let (part, pr) = w.locate(r0).expect("row within n");
+            if pr + NR <= part.rows
+                && matches!(part.ty, GgmlType::Q4_0 | GgmlType::Q4_1)
+                && SimdLevel::Avx512.available()
+            {
+                let bytes = &part.w.bytes()[pr * part.row_bytes..(pr + NR) * part.row_bytes];
+                // SAFETY: the CPU has the AVX-512 level; `bytes` holds NR
+                // rows of `row_bytes` = nb blocks each, and the tile's
+                // buffers were sized for nb blocks above.
+                unsafe { x86::put_q4_x16(self, part.ty, bytes, part.row_bytes) };
+                return;
+            }
+        }
         for j in 0..rows {
             let (part, pr) = w.locate(r0 + j).expect("row within n");
             let row = part.row(pr);
@@ -481,6 +496,70 @@ mod x86 {
 
     use super::{ARow, Layout, Tile, MR, NR};
     use crate::q8_act::QK;
+    use metallic_gguf::GgmlType;
+
+    /// Sixteen consecutive Q4_0 or Q4_1 rows (`rb` bytes apart in `w`) into
+    /// the [`Layout::Nibbles`] tile `t` (sized for them): per block, the
+    /// rows' 16 level bytes as a 16 x 4 transpose of 32-bit groups (four
+    /// rows a register, two permutes), the scales converted 16 at a time.
+    /// Exactly what [`Tile::put_q4`] stores row by row (for finite scales:
+    /// the hardware conversion quiets a signalling NaN), in a fraction of
+    /// its stores.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl")]
+    pub unsafe fn put_q4_x16(t: &mut Tile, ty: GgmlType, w: &[u8], rb: usize) {
+        let (size, qs) = if ty == GgmlType::Q4_0 {
+            (18, 2)
+        } else {
+            (20, 4)
+        };
+        let nb = t.nb;
+        assert!(w.len() >= NR * rb && rb >= nb * size);
+        assert!(t.q.len() >= nb * NR * QK / 2 && t.d.len() >= nb * NR && t.b.len() >= nb * NR);
+        // Stage 1: rows 4a..4a + 4 of `x` (a = 0, 1) and `y`: groups 0 and 1
+        // (`lo`) or 2 and 3 (`hi`) of rows 0..8 of the pair.
+        let idx = |g0: i32| {
+            let v: [i32; 16] = std::array::from_fn(|k| {
+                let (g, r) = (g0 + (k / 8) as i32, (k % 8) as i32);
+                (r / 4) * 16 + 4 * (r % 4) + g
+            });
+            _mm512_loadu_si512(v.as_ptr() as *const _)
+        };
+        let (lo, hi) = (idx(0), idx(2));
+        let wp = w.as_ptr();
+        let mut d16 = [0u16; NR];
+        let mut m16 = [0u16; NR];
+        for blk in 0..nb {
+            let src = |j: usize| wp.add(j * rb + blk * size);
+            let four = |a: usize| {
+                let mut z = _mm512_castsi128_si512(_mm_loadu_si128(src(4 * a).add(qs) as *const _));
+                z = _mm512_inserti32x4(z, _mm_loadu_si128(src(4 * a + 1).add(qs) as *const _), 1);
+                z = _mm512_inserti32x4(z, _mm_loadu_si128(src(4 * a + 2).add(qs) as *const _), 2);
+                _mm512_inserti32x4(z, _mm_loadu_si128(src(4 * a + 3).add(qs) as *const _), 3)
+            };
+            let (z0, z1, z2, z3) = (four(0), four(1), four(2), four(3));
+            let a = _mm512_permutex2var_epi32(z0, lo, z1);
+            let b = _mm512_permutex2var_epi32(z0, hi, z1);
+            let c = _mm512_permutex2var_epi32(z2, lo, z3);
+            let d = _mm512_permutex2var_epi32(z2, hi, z3);
+            let dst = t.q.as_mut_ptr().add(blk * NR * QK / 2);
+            _mm512_storeu_si512(dst as *mut _, _mm512_shuffle_i64x2(a, c, 0x44));
+            _mm512_storeu_si512(dst.add(64) as *mut _, _mm512_shuffle_i64x2(a, c, 0xEE));
+            _mm512_storeu_si512(dst.add(128) as *mut _, _mm512_shuffle_i64x2(b, d, 0x44));
+            _mm512_storeu_si512(dst.add(192) as *mut _, _mm512_shuffle_i64x2(b, d, 0xEE));
+            for j in 0..NR {
+                d16[j] = std::ptr::read_unaligned(src(j) as *const u16);
+                m16[j] = std::ptr::read_unaligned(src(j).add(2) as *const u16);
+            }
+            let dv = _mm512_cvtph_ps(_mm256_loadu_si256(d16.as_ptr() as *const _));
+            let bv = if ty == GgmlType::Q4_0 {
+                _mm512_mul_ps(_mm512_set1_ps(-8.0), dv)
+            } else {
+                _mm512_cvtph_ps(_mm256_loadu_si256(m16.as_ptr() as *const _))
+            };
+            _mm512_storeu_ps(t.d.as_mut_ptr().add(blk * NR), dv);
+            _mm512_storeu_ps(t.b.as_mut_ptr().add(blk * NR), bv);
+        }
+    }
 
     /// Every activation row of `a` times the tile, plus `bias`, stored to
     /// columns `c0..c0 + cols` of the rows of `out` (row stride `n`).
@@ -665,6 +744,32 @@ mod tests {
                     let row = quant::quantize(ty, &x).unwrap();
                     fast.put_q4(ty, &row, j);
                     general.put_row(ty, &row, j);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if SimdLevel::Avx512.available() {
+                    let rows: Vec<u8> = (0..NR)
+                        .flat_map(|j| {
+                            let x = metallic_test_support::spiky_values(
+                                (nb * 7 + j) as u64,
+                                k,
+                                37,
+                                5.0,
+                            );
+                            quant::quantize(ty, &x).unwrap()
+                        })
+                        .collect();
+                    let (mut wide, mut one) = (fresh(), fresh());
+                    let rb = rows.len() / NR;
+                    // SAFETY: the CPU has the AVX-512 level; 16 rows of nb blocks.
+                    unsafe { x86::put_q4_x16(&mut wide, ty, &rows, rb) };
+                    for j in 0..NR {
+                        one.put_q4(ty, &rows[j * rb..(j + 1) * rb], j);
+                    }
+                    let what = format!("16 rows {} nb={nb}", ty.name());
+                    assert_eq!(wide.q, one.q, "{what}");
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&wide.d), bits(&one.d), "{what}");
+                    assert_eq!(bits(&wide.b), bits(&one.b), "{what}");
                 }
                 let what = format!("{} nb={nb}", ty.name());
                 assert_eq!(fast.q, general.q, "{what}");

@@ -157,7 +157,11 @@ fn quantize_block_portable(x: &[f32], q: &mut [i8], d_out: &mut f32, s_out: &mut
         // most of the quantiser's time).
         for (q, &v) in q.iter_mut().zip(x) {
             let r = (v * id).round();
-            let r = if r.is_nan() { 0.0 } else { r.clamp(-127.0, 127.0) };
+            let r = if r.is_nan() {
+                0.0
+            } else {
+                r.clamp(-127.0, 127.0)
+            };
             // SAFETY: `r` is finite and within [-127, 127].
             let l: i32 = unsafe { r.to_int_unchecked() };
             *q = l as i8;
