@@ -266,3 +266,42 @@ __device__ __forceinline__ int matvec_rows(int n, int epi) { return epi == EPI_S
     MATVEC_M(NAME, IMPL, T, 6)      \
     MATVEC_M(NAME, IMPL, T, 7)      \
     MATVEC_M(NAME, IMPL, T, 8)
+
+// ---------------------------------------------------------------- attention
+
+// q . k over hd f32 values (attention.cu, paged_attention.cu).
+__device__ __forceinline__ float dot_q_k(const float* q, const float* kr, int hd) {
+    float s = 0.0f;
+    if ((hd & 3) == 0) {
+        for (int d = 0; d < hd; d += 4) {
+            float4 a = *reinterpret_cast<const float4*>(q + d);
+            float4 b = *reinterpret_cast<const float4*>(kr + d);
+            s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        }
+    } else {
+        for (int d = 0; d < hd; d++) s += q[d] * kr[d];
+    }
+    return s;
+}
+
+// q . k over HD dimensions known at compile time: every load of the row is
+// issued before the first sum (0: the run-time `hd`).
+template <int HD>
+__device__ __forceinline__ float dot_q_k_n(const float* q, const float* kr, int hd) {
+    if constexpr (HD == 0) {
+        return dot_q_k(q, kr, hd);
+    } else {
+        float4 b[HD / 4];
+#pragma unroll
+        for (int i = 0; i < HD / 4; i++) b[i] = __ldg(reinterpret_cast<const float4*>(kr) + i);
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < HD / 4; i += 2) {
+            float4 a = *reinterpret_cast<const float4*>(q + 4 * i);
+            s0 += a.x * b[i].x + a.y * b[i].y + a.z * b[i].z + a.w * b[i].w;
+            float4 c = *reinterpret_cast<const float4*>(q + 4 * i + 4);
+            s1 += c.x * b[i + 1].x + c.y * b[i + 1].y + c.z * b[i + 1].z + c.w * b[i + 1].w;
+        }
+        return s0 + s1;
+    }
+}

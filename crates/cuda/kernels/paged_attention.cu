@@ -19,22 +19,8 @@ __device__ __forceinline__ float pa_load(const u16* p) { return h2f(__ldg(p)); }
 __device__ __forceinline__ void pa_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void pa_store(u16* p, float v) { *p = f2h(v); }
 
-// q . k over hd dimensions, four at a time where hd allows (rows start at a
-// multiple of hd elements, so 4 | hd keeps the vector loads aligned).
-__device__ __forceinline__ float pa_dot(const float* q, const float* k, int hd) {
-    float s = 0.0f;
-    if ((hd & 3) == 0) {
-        for (int d = 0; d < hd; d += 4) {
-            float4 a = *reinterpret_cast<const float4*>(q + d);
-            float4 b = __ldg(reinterpret_cast<const float4*>(k + d));
-            s += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-        }
-    } else {
-        for (int d = 0; d < hd; d++) s += q[d] * __ldg(k + d);
-    }
-    return s;
-}
-
+// q . k over hd dimensions of an f16 key, four at a time where hd allows (rows
+// start at a multiple of hd elements, so 4 | hd keeps the vector loads aligned).
 __device__ __forceinline__ float pa_dot(const float* q, const u16* k, int hd) {
     float s = 0.0f;
     if ((hd & 3) == 0) {
@@ -51,25 +37,11 @@ __device__ __forceinline__ float pa_dot(const float* q, const u16* k, int hd) {
 }
 
 // q . k over HD dimensions known at compile time: every load of the key row
-// is issued before the first sum (HD 0: the run-time `hd`, pa_dot).
+// is issued before the first sum (HD 0: the run-time `hd`). f32 keys take
+// common.cuh's dot_q_k_n, f16 keys the same scheme converting each half.
 template <int HD>
 __device__ __forceinline__ float pa_dot_n(const float* q, const float* k, int hd) {
-    if constexpr (HD == 0) {
-        return pa_dot(q, k, hd);
-    } else {
-        float4 b[HD / 4];
-#pragma unroll
-        for (int i = 0; i < HD / 4; i++) b[i] = __ldg(reinterpret_cast<const float4*>(k) + i);
-        float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-        for (int i = 0; i < HD / 4; i += 2) {
-            float4 a = *reinterpret_cast<const float4*>(q + 4 * i);
-            s0 += a.x * b[i].x + a.y * b[i].y + a.z * b[i].z + a.w * b[i].w;
-            float4 c = *reinterpret_cast<const float4*>(q + 4 * i + 4);
-            s1 += c.x * b[i + 1].x + c.y * b[i + 1].y + c.z * b[i + 1].z + c.w * b[i + 1].w;
-        }
-        return s0 + s1;
-    }
+    return dot_q_k_n<HD>(q, k, hd);
 }
 
 template <int HD>

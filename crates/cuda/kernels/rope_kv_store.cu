@@ -11,92 +11,21 @@
 // slots above copy the unrotated tail (and V) two values at a time. The same
 // operations as rope.cu's, so the values equal the two separate kernels'.
 
-extern "C" __global__ void rope_kv_store(float* qkv, const int* pos, int m, int width, int n_heads,
-                                         int n_kv, int hd, int dim, float theta, float pos_scale,
-                                         const float* factors, int style, float* kc, float* vc,
-                                         int capacity) {
-    pdl_enter();
-    const int slots = hd / 2, half = dim / 2;
-    const int heads = n_heads + 2 * n_kv;
-    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= (long long)m * heads * slots) return;
-    const int j = (int)(t % slots);
-    const long long rh = t / slots;
-    const int h = (int)(rh % heads), i = (int)(rh / heads);
-    const int p = pos[i];
-    float* head = qkv + (long long)i * width + (long long)h * hd;
-    // The cache of this head (null for Q heads and positions outside it).
-    float* cache = nullptr;
-    if (h >= n_heads && p >= 0 && p < capacity) {
-        const bool is_v = h >= n_heads + n_kv;
-        const int kvh = h - n_heads - (is_v ? n_kv : 0);
-        cache = (is_v ? vc : kc) + ((long long)kvh * capacity + p) * hd;
-    }
-    int i0, i1;
-    if (h < n_heads + n_kv && j < half) {
-        float pf = __fmul_rn((float)p, pos_scale);
-        float f = (float)(1.0 / pow((double)theta, (double)(2 * j) / (double)dim));
-        if (factors) f = __fdiv_rn(f, factors[j]);
-        float a = __fmul_rn(pf, f);
-        float c = cosf(a), s = sinf(a);
-        i0 = style == 1 ? j : 2 * j;
-        i1 = style == 1 ? j + half : 2 * j + 1;
-        float x0 = head[i0], x1 = head[i1];
-        float y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-        float y1 = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
-        head[i0] = y0;
-        head[i1] = y1;
-        if (cache) {
-            cache[i0] = y0;
-            cache[i1] = y1;
-        }
-        return;
-    }
-    // V heads entirely, and the unrotated tail [dim, hd) of Q and K heads.
-    if (h < n_heads + n_kv) {
-        i0 = dim + 2 * (j - half);
-    } else {
-        i0 = 2 * j;
-    }
-    i1 = i0 + 1;
-    if (cache) {
-        cache[i0] = head[i0];
-        cache[i1] = head[i1];
-    }
-}
-
-// The same for the paged cache of `metallic serve` (see paged_attention.cu):
-// row i's K and V heads go to (block tables[i][pos[i] / bs], slot pos[i] % bs)
-// of the layer's [n_blocks, n_kv, bs, hd] cache of f32 or f16 (suffix); rows
-// whose position or block is outside the cache are rotated but not stored
-// (the host checks them first). The values equal rope then paged_kv_store.
 __device__ __forceinline__ void rk_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void rk_store(u16* p, float v) { *p = f2h(v); }
 
+// Slot j (values 2 j, 2 j + 1 of hd / 2 slots) of head h of one row at
+// position p, shared by both kernels: a slot below dim / 2 of a Q or K head
+// rotates its pair, (2j, 2j + 1) in style 0 (normal), (j, j + dim/2) in style
+// 1 (neox), as rope.cu does; the slots above copy the unrotated tail (and V)
+// two values at a time. `cache` is the head's cache row, or null (Q heads,
+// positions outside the cache): then nothing is stored.
 template <typename T>
-__device__ __forceinline__ void paged_rope_kv_store_body(
-    float* qkv, const int* pos, int m, int width, int n_heads, int n_kv, int hd, int dim,
-    float theta, float pos_scale, const float* factors, int style, T* kc, T* vc,
-    const int* tables, int bs, int n_blocks, int stride) {
-    const int slots = hd / 2, half = dim / 2;
-    const int heads = n_heads + 2 * n_kv;
-    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= (long long)m * heads * slots) return;
-    const int j = (int)(t % slots);
-    const long long rh = t / slots;
-    const int h = (int)(rh % heads), i = (int)(rh / heads);
-    const int p = pos[i];
-    float* head = qkv + (long long)i * width + (long long)h * hd;
-    // The cache row of this head (null for Q heads and rows outside the cache).
-    T* cache = nullptr;
-    if (h >= n_heads && p >= 0 && p < stride * bs) {
-        const int b = tables[(long long)i * stride + p / bs];
-        if (b >= 0 && b < n_blocks) {
-            const bool is_v = h >= n_heads + n_kv;
-            const int kvh = h - n_heads - (is_v ? n_kv : 0);
-            cache = (is_v ? vc : kc) + (((long long)b * n_kv + kvh) * bs + p % bs) * hd;
-        }
-    }
+__device__ __forceinline__ void rope_store_slot(float* head, T* cache, int h, int j, int p,
+                                                int n_heads, int n_kv, int dim, float theta,
+                                                float pos_scale, const float* factors,
+                                                int style) {
+    const int half = dim / 2;
     int i0, i1;
     if (h < n_heads + n_kv && j < half) {
         float pf = __fmul_rn((float)p, pos_scale);
@@ -117,6 +46,7 @@ __device__ __forceinline__ void paged_rope_kv_store_body(
         }
         return;
     }
+    // V heads entirely, and the unrotated tail [dim, hd) of Q and K heads.
     if (h < n_heads + n_kv) {
         i0 = dim + 2 * (j - half);
     } else {
@@ -127,6 +57,61 @@ __device__ __forceinline__ void paged_rope_kv_store_body(
         rk_store(cache + i0, head[i0]);
         rk_store(cache + i1, head[i1]);
     }
+}
+
+extern "C" __global__ void rope_kv_store(float* qkv, const int* pos, int m, int width, int n_heads,
+                                         int n_kv, int hd, int dim, float theta, float pos_scale,
+                                         const float* factors, int style, float* kc, float* vc,
+                                         int capacity) {
+    pdl_enter();
+    const int slots = hd / 2;
+    const int heads = n_heads + 2 * n_kv;
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (long long)m * heads * slots) return;
+    const int j = (int)(t % slots);
+    const long long rh = t / slots;
+    const int h = (int)(rh % heads), i = (int)(rh / heads);
+    const int p = pos[i];
+    float* head = qkv + (long long)i * width + (long long)h * hd;
+    // The cache of this head (null for Q heads and positions outside it).
+    float* cache = nullptr;
+    if (h >= n_heads && p >= 0 && p < capacity) {
+        const bool is_v = h >= n_heads + n_kv;
+        const int kvh = h - n_heads - (is_v ? n_kv : 0);
+        cache = (is_v ? vc : kc) + ((long long)kvh * capacity + p) * hd;
+    }
+    rope_store_slot(head, cache, h, j, p, n_heads, n_kv, dim, theta, pos_scale, factors, style);
+}
+
+// The same for the paged cache of `metallic serve` (see paged_attention.cu):
+// row i's K and V heads go to (block tables[i][pos[i] / bs], slot pos[i] % bs)
+// of the layer's [n_blocks, n_kv, bs, hd] cache of f32 or f16 (suffix); rows
+// whose position or block is outside the cache are rotated but not stored
+// (the host checks them first). The values equal rope then paged_kv_store.
+template <typename T>
+__device__ __forceinline__ void paged_rope_kv_store_body(
+    float* qkv, const int* pos, int m, int width, int n_heads, int n_kv, int hd, int dim,
+    float theta, float pos_scale, const float* factors, int style, T* kc, T* vc,
+    const int* tables, int bs, int n_blocks, int stride) {
+    const int slots = hd / 2;
+    const int heads = n_heads + 2 * n_kv;
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= (long long)m * heads * slots) return;
+    const int j = (int)(t % slots);
+    const long long rh = t / slots;
+    const int h = (int)(rh % heads), i = (int)(rh / heads);
+    const int p = pos[i];
+    float* head = qkv + (long long)i * width + (long long)h * hd;
+    T* cache = nullptr;
+    if (h >= n_heads && p >= 0 && p < stride * bs) {
+        const int b = tables[(long long)i * stride + p / bs];
+        if (b >= 0 && b < n_blocks) {
+            const bool is_v = h >= n_heads + n_kv;
+            const int kvh = h - n_heads - (is_v ? n_kv : 0);
+            cache = (is_v ? vc : kc) + (((long long)b * n_kv + kvh) * bs + p % bs) * hd;
+        }
+    }
+    rope_store_slot(head, cache, h, j, p, n_heads, n_kv, dim, theta, pos_scale, factors, style);
 }
 
 extern "C" __global__ void paged_rope_kv_store_f32(float* qkv, const int* pos, int m, int width,
