@@ -291,12 +291,19 @@ impl Tile {
         };
         self.nb = nb;
         let (bb, sc) = (self.block_bytes(), self.scales());
-        self.q.clear();
+        if rows < NR {
+            // The missing rows' slots must be zero; a whole tile overwrites
+            // every byte below, so it skips the memset (~1.5% of a prefill).
+            self.q.clear();
+            self.d.clear();
+            self.b.clear();
+        }
         self.q.resize(nb * bb, 0);
-        self.d.clear();
+        self.q.truncate(nb * bb);
         self.d.resize(nb * sc, 0.0);
-        self.b.clear();
+        self.d.truncate(nb * sc);
         self.b.resize(nb * sc, 0.0);
+        self.b.truncate(nb * sc);
         #[cfg(target_arch = "x86_64")]
         if self.layout == Layout::Nibbles && rows == NR {
             let (part, pr) = w.locate(r0).expect("row within n");
