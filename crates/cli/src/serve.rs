@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// CPU, where ops finish before they return).
     #[arg(long, value_enum, default_value_t = LookAhead::Auto)]
     pub look_ahead: LookAhead,
+    /// Skip the throwaway prompt and decode step run before the server
+    /// reports ready (the first request then pays first-use costs).
+    #[arg(long)]
+    pub no_warmup: bool,
     /// CPU threads (0: all cores).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
@@ -169,6 +173,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             LookAhead::On => Some(true),
             LookAhead::Off => Some(false),
         },
+        warm_up: !args.no_warmup,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -6,6 +6,8 @@ mod attention_simd;
 mod elementwise;
 mod linear;
 pub mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod matmul_f16;
 mod matmul_fdot;
 mod matmul_gemm;
 pub mod matmul_vecdot;

@@ -4,12 +4,17 @@
 //! |-------|----------|----------------------------------------|-----------------------------------|
 //! | 0     | `gemv`   | dequantise a row, f32 dot (reference)  | every type the CPU loads          |
 //! | 1     | `vecdot` | Q8 activations x quantised rows, SIMD  | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K, F16, F32 |
-//! | 2     | `gemm`   | dequantised tiles through `gemm`       | every type the CPU loads          |
+//! | 2     | `gemm`   | dequantised tiles through `gemm`; F16 in register tiles (AVX2/AVX-512) | every type the CPU loads |
 //! | 3     | `fdot`   | rows dequantised in registers, f32 dot | Q4_0/1, Q5_0/1, Q8_0, Q2_K..Q6_K, F16, F32 |
 //! | 4     | `decode` | the decode rule at any row count: `vecdot`, `fdot` or `gemv` by type | every type the CPU loads |
 //! | 5     | `vecdot_gemm` | Q8 activations x 16-row repacked weight tiles, AVX-512 VNNI (else `vecdot`'s kernels) | Q4_0/1, Q5_0/1, Q8_0, Q4_K, Q5_K, Q6_K |
 //!
 //! All take `batch = 1, tA = 0, tB = 1` (activations times transposed weights).
+//! `gemm` on F16 weights runs matmul_f16.rs's register tiles where the CPU
+//! has AVX2 or AVX-512 (F16 converted in registers, f32 activations): the
+//! same arithmetic as its dequantise-then-`gemm`-crate path (an f32 FMA of
+//! each converted weight with each activation), in another summation order,
+//! so it keeps the name.
 //! Default rule ([`default_impl_for`]): `m >= GEMM_MIN_M` rows (prefill:
 //! enough rows to reuse each repacked or dequantised tile) go to
 //! `vecdot_gemm` where the CPU has AVX-512 VNNI for every type it runs, but

@@ -70,6 +70,9 @@ pub struct EngineConfig {
     /// the host goes on (CUDA); on one that does not it only adds a wasted
     /// row when a sequence ends.
     pub look_ahead: bool,
+    /// Run a throwaway prompt step and decode step before reporting ready
+    /// ([`Engine::warm_up`]).
+    pub warm_up: bool,
 }
 
 /// What a request asks to generate.
@@ -271,6 +274,14 @@ pub fn run<B: Backend>(
     eng.shared
         .kv_blocks_total
         .store(eng.pool.total() as u64, Relaxed);
+    if eng.cfg.warm_up {
+        if let Err(e) = eng.warm_up(&mut ex) {
+            let _ = on_load.send(Err(format!(
+                "warming up (a throwaway step before the first request; --no-warmup skips it): {e}"
+            )));
+            return;
+        }
+    }
     eng.shared.ready.store(true, Relaxed);
     let _ = on_load.send(Ok(()));
     let mut open = true;
@@ -381,6 +392,43 @@ impl<B: Backend> Engine<'_, B> {
                 }
             }
         }
+    }
+
+    /// Before the first request, as llama-server does: a prompt-shaped
+    /// step of up to 16 rows, then a one-row decode step after it, on
+    /// throwaway tokens in blocks that go back to the pool unregistered (no
+    /// sampler runs; nothing is counted). The first request then does not
+    /// pay for first-use work: on CUDA the capture of the one-row decode
+    /// graph and the set-up of the prompt's matrix products, on the CPU
+    /// faulting in the mapped weights and waking the threads.
+    fn warm_up(&mut self, ex: &mut Exec<'_, B>) -> metallic::error::Result<()> {
+        let bsz = self.cfg.block_size;
+        let p = 16.min(self.cfg.step_tokens).min(self.cfg.max_context - 1);
+        let need = (p + 1).div_ceil(bsz);
+        if p == 0 || self.pool.available() < need {
+            return Ok(());
+        }
+        let blocks: Vec<u32> = (0..need).filter_map(|_| self.pool.alloc()).collect();
+        let result = (|| {
+            if blocks.len() < need {
+                return Ok(());
+            }
+            let row = |pos| BatchRow {
+                token: 0,
+                pos,
+                table: &blocks,
+            };
+            let prompt: Vec<BatchRow> = (0..p).map(row).collect();
+            self.model
+                .forward_batch(ex, &mut self.bs, &prompt, &[p - 1])?;
+            self.model
+                .forward_batch(ex, &mut self.bs, &[row(p)], &[0])?;
+            self.backend.synchronize()
+        })();
+        for b in blocks {
+            self.pool.release(b);
+        }
+        result
     }
 
     fn free(&mut self, s: Seq<B::Sampler>) {

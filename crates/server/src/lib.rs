@@ -82,6 +82,10 @@ pub struct ServeConfig {
     /// (`Some(false)`: never; `None`: where the backend queues work
     /// asynchronously, [`Backend::queues_work`]).
     pub look_ahead: Option<bool>,
+    /// A throwaway prompt step and decode step before the server reports
+    /// ready, so the first request pays no first-use costs (on by default,
+    /// as in llama-server).
+    pub warm_up: bool,
 }
 
 impl Default for ServeConfig {
@@ -102,6 +106,7 @@ impl Default for ServeConfig {
             kv_type: DType::F32,
             deterministic: false,
             look_ahead: None,
+            warm_up: true,
         }
     }
 }
@@ -261,6 +266,7 @@ pub async fn start<B: Backend + 'static>(
         kv_type: cfg.kv_type,
         deterministic: cfg.deterministic,
         look_ahead: cfg.look_ahead.unwrap_or_else(|| backend.queues_work()),
+        warm_up: cfg.warm_up,
     };
     let engine = {
         let (shared, tokenizer) = (shared.clone(), tokenizer.clone());

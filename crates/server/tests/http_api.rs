@@ -683,3 +683,38 @@ async fn logprobs_in_a_batch_equal_a_host_log_softmax_of_the_logits() {
     }
     s.server.shutdown().await.unwrap();
 }
+
+/// The warm-up before ready leaves nothing behind: no step, token or block
+/// counted, and the first request's answer (prompt and decode, with its
+/// log-probabilities) is the one a server without warm-up gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_leaves_no_trace() {
+    let body = json!({
+        "prompt": "The capital of France is",
+        "max_tokens": 8,
+        "temperature": 0,
+        "logprobs": 2,
+    });
+    let mut answers = Vec::new();
+    for warm_up in [true, false] {
+        let mut cfg = config();
+        cfg.warm_up = warm_up;
+        let Some(s) = start(cfg).await else { return };
+        for m in [
+            "metallic_engine_steps_total",
+            "metallic_generation_tokens_total",
+            "metallic_prompt_tokens_total",
+            "metallic_kv_blocks_used",
+        ] {
+            assert_eq!(s.metric(m).await, 0.0, "{m} after warm-up {warm_up}");
+        }
+        let (status, v) = s.post("/v1/completions", &body).await;
+        assert_eq!(status, 200, "{v}");
+        answers.push((
+            v["choices"][0]["text"].clone(),
+            v["choices"][0]["logprobs"].clone(),
+        ));
+        s.server.shutdown().await.unwrap();
+    }
+    assert_eq!(answers[0], answers[1], "warm-up changed the first answer");
+}
