@@ -184,7 +184,7 @@ fn task_shape(parallel: bool, m: usize, group: usize, n_kv_heads: usize) -> (usi
     if !parallel {
         return (by_reuse, group, 1);
     }
-    let threads = rayon::current_num_threads();
+    let threads = crate::matmul::threads();
     let rows = by_reuse.min((m * n_kv_heads).div_ceil(4 * threads)).max(1);
     let tasks = m.div_ceil(rows) * n_kv_heads;
     let heads = group.div_ceil(threads.div_ceil(tasks).min(group));
@@ -231,9 +231,14 @@ pub(crate) fn attend<S: Keys>(
     };
     let tasks = blocks * per_block;
     if parallel {
-        (0..tasks)
-            .into_par_iter()
-            .for_each(|t| SCRATCH.with(|cell| task(&mut cell.borrow_mut(), t)));
+        let one = |t: usize| SCRATCH.with(|cell| task(&mut cell.borrow_mut(), t));
+        // On the decode team where the caller set one (a decode step's
+        // attention is tens of microseconds: waking the rayon pool for it
+        // cost about as much, and its threads then competed for the cores
+        // with the team's spinning workers), else in the current pool.
+        if crate::team::current(|team| team.run(tasks, &one)).is_none() {
+            (0..tasks).into_par_iter().for_each(one);
+        }
     } else {
         SCRATCH.with(|cell| {
             let s = &mut cell.borrow_mut();
@@ -640,6 +645,33 @@ mod tests {
             for parallel in [false, true] {
                 let got = at_level(&kern, parallel, &l, cap, &qkv, &k, &v, &pos);
                 assert_close(&got, &want, &l, level.name(), 1e-5);
+            }
+        }
+    }
+
+    /// Decode attention on the decode team (heads split over its threads)
+    /// writes what the serial call does, bit for bit, for every team size.
+    #[test]
+    fn decode_on_the_team_matches_the_serial_call_bit_for_bit() {
+        let mut r = Xoshiro256::new(60);
+        let kern = kernels();
+        for l in LAYOUTS {
+            let cap = 150;
+            let (k, v) = cache(&mut r, &l, cap, 140);
+            for pos in [vec![139], vec![5, 139, 77]] {
+                let qkv = values(&mut r, pos.len() * l.row_width());
+                let serial = at_level(kern, false, &l, cap, &qkv, &k, &v, &pos);
+                for threads in [2, 3, 8] {
+                    let team = crate::team::Team::new(threads);
+                    let teamed = crate::team::with(&team, || {
+                        at_level(kern, true, &l, cap, &qkv, &k, &v, &pos)
+                    });
+                    let same = serial
+                        .iter()
+                        .zip(&teamed)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{l:?} pos={pos:?} threads={threads}");
+                }
             }
         }
     }

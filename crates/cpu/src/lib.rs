@@ -119,6 +119,10 @@ fn check_positions(pos: &[i32], m: usize, capacity: usize) -> Result<()> {
     Ok(())
 }
 
+/// Shortest decode SwiGLU row split over the team: below it a task's
+/// `exp`s take less than the hand-off (~1 us).
+const TEAM_SWIGLU_MIN: usize = 1024;
+
 impl CpuBackend {
     /// `threads == 0` uses every available core.
     pub fn new(threads: usize) -> Result<CpuBackend> {
@@ -179,6 +183,17 @@ impl CpuBackend {
             self.pool.install(f)
         } else {
             f()
+        }
+    }
+
+    /// Run attention of `m` query rows: decode-sized calls (fewer than
+    /// `GEMM_MIN_M` rows) on the decode team, where the backend has one,
+    /// as the decode products are; prefill in the pool (see [`Self::run`]).
+    /// The split never changes the result (attention.rs).
+    fn run_attention<R: Send>(&self, parallel: bool, m: usize, f: impl FnOnce() -> R + Send) -> R {
+        match &self.team {
+            Some(team) if parallel && m < matmul::GEMM_MIN_M => team::with(team, f),
+            _ => self.run(parallel, f),
         }
     }
 }
@@ -540,7 +555,7 @@ impl Backend for CpuBackend {
         check_len("k cache", k.len(), need)?;
         check_len("v cache", v.len(), need)?;
         let parallel = elementwise::parallel(attention::work(pos, m, layout));
-        self.run(parallel, || {
+        self.run_attention(parallel, m, || {
             attention::attention(parallel, qkv, k, v, capacity, pos, m, layout, out)
         });
         Ok(())
@@ -615,10 +630,10 @@ impl Backend for CpuBackend {
         check_len("paged v cache", cache.v.len(), need)?;
         let parallel = elementwise::parallel(attention::work(pos, m, layout));
         match (&cache.k, &cache.v) {
-            (CpuTensor::F32(k), CpuTensor::F32(v)) => self.run(parallel, || {
+            (CpuTensor::F32(k), CpuTensor::F32(v)) => self.run_attention(parallel, m, || {
                 paged_attention::attention(parallel, qkv, k, v, paged, tables, pos, m, layout, out)
             }),
-            (CpuTensor::F16(k), CpuTensor::F16(v)) => self.run(parallel, || {
+            (CpuTensor::F16(k), CpuTensor::F16(v)) => self.run_attention(parallel, m, || {
                 paged_attention::attention(parallel, qkv, k, v, paged, tables, pos, m, layout, out)
             }),
             _ => return Err(paged_cache_type()),
@@ -631,9 +646,15 @@ impl Backend for CpuBackend {
         let out = f32s_mut(out, "swiglu out")?;
         check_len("swiglu in", gu.len(), m * 2 * ffn)?;
         check_len("swiglu out", out.len(), m * ffn)?;
-        self.run(elementwise::parallel(m * ffn), || {
-            elementwise::swiglu(gu, m, ffn, out)
-        });
+        match &self.team {
+            // A decode step's row: on the team (see swiglu_row_on_team).
+            Some(team) if m == 1 && ffn >= TEAM_SWIGLU_MIN => {
+                elementwise::swiglu_row_on_team(team, gu, ffn, out)
+            }
+            _ => self.run(elementwise::parallel(m * ffn), || {
+                elementwise::swiglu(gu, m, ffn, out)
+            }),
+        }
         Ok(())
     }
 
@@ -692,6 +713,12 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let l = f32s(logits, "sample logits")?;
         check_len("sample logits", l.len(), (row + 1) * vocab)?;
+        let logits = &l[row * vocab..(row + 1) * vocab];
+        if let Some(tok) = s.sampler.sample_unpenalized(logits) {
+            let tok = tok?;
+            s.sampler.accept(tok);
+            return self.write_i32(ids, 0, &[tok as i32]);
+        }
         let mut scratch = self
             .sample_scratch
             .lock()
@@ -700,7 +727,7 @@ impl Backend for CpuBackend {
         scratch.try_reserve(vocab).map_err(|_| {
             Error::backend("cpu", format!("sampling: no memory for {vocab} logits"))
         })?;
-        scratch.extend_from_slice(&l[row * vocab..(row + 1) * vocab]);
+        scratch.extend_from_slice(logits);
         let tok = s.sampler.sample(&mut scratch)?;
         drop(scratch);
         s.sampler.accept(tok);
