@@ -5,7 +5,7 @@
 //! where the portable code calls `mul_add`, IEEE division, exact integer
 //! exponent arithmetic, so every level gives the portable level's bits (NaN
 //! payloads aside): results do not depend on the CPU, nor on where a row
-//! starts relative to the vector width (the tail runs the portable code).
+//! starts relative to the vector width.
 //!
 //! The arithmetic, for `g` the gate and `u` the up value: `out = s * u` with
 //! `s = silu(g) = g / (1 + e^-g)` to a few ulp (as llama.cpp, silu is rounded
@@ -91,9 +91,14 @@ unsafe fn silu_mul<L: Lanes>(g: L::V, u: L::V) -> L::V {
     L::mul(L::mul(L::div(L::mul(g, t), d), f), u)
 }
 
-/// The row in vectors of `L::W`, the rest one value at a time (portable).
+/// Widest level's lanes (AVX-512).
+const MAX_W: usize = 16;
+
+/// The row in vectors of `L::W`; the last part vector through a zero-padded
+/// copy (the same lane arithmetic, so the same bits).
 #[inline(always)]
 unsafe fn row<L: Lanes>(out: &mut [f32], g: &[f32], u: &[f32]) {
+    debug_assert!(L::W <= MAX_W);
     let n = out.len();
     let (o, gp, up) = (out.as_mut_ptr(), g.as_ptr(), u.as_ptr());
     let mut i = 0;
@@ -104,9 +109,16 @@ unsafe fn row<L: Lanes>(out: &mut [f32], g: &[f32], u: &[f32]) {
         );
         i += L::W;
     }
-    while i < n {
-        *o.add(i) = silu_mul::<Portable>(*gp.add(i), *up.add(i));
-        i += 1;
+    if i < n {
+        let k = n - i;
+        let (mut gb, mut ub, mut ob) = ([0.0f32; MAX_W], [0.0f32; MAX_W], [0.0f32; MAX_W]);
+        gb[..k].copy_from_slice(&g[i..]);
+        ub[..k].copy_from_slice(&u[i..]);
+        L::store(
+            ob.as_mut_ptr(),
+            silu_mul::<L>(L::load(gb.as_ptr()), L::load(ub.as_ptr())),
+        );
+        out[i..].copy_from_slice(&ob[..k]);
     }
 }
 
