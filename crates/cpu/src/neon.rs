@@ -224,11 +224,13 @@ pub unsafe fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     debug_assert!(x.len() >= QK && q.len() >= QK);
     let xp = x.as_ptr();
     let v: [float32x4_t; 8] = std::array::from_fn(|j| vld1q_f32(xp.add(4 * j)));
+    // maxNum (vmaxnm): a NaN value is passed over as `f32::max` does in the
+    // portable quantiser, so a NaN in the block quantises to 0 in both.
     let mut amax = vabsq_f32(v[0]);
     for vj in &v[1..] {
-        amax = vmaxq_f32(amax, vabsq_f32(*vj));
+        amax = vmaxnmq_f32(amax, vabsq_f32(*vj));
     }
-    let amax = vmaxvq_f32(amax);
+    let amax = vmaxnmvq_f32(amax);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut sum = vdupq_n_s32(0);
