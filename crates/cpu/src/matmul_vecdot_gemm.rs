@@ -53,19 +53,10 @@ thread_local! {
     static TILE: RefCell<Tile> = RefCell::new(Tile::default());
 }
 
-/// Weight types with a tile kernel.
+/// Weight types with a tile kernel: every type `vecdot` takes 8-bit
+/// activations for.
 pub fn supported(ty: GgmlType) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_0
-            | GgmlType::Q4_1
-            | GgmlType::Q8_0
-            | GgmlType::Q5_0
-            | GgmlType::Q5_1
-            | GgmlType::Q4_K
-            | GgmlType::Q5_K
-            | GgmlType::Q6_K
-    )
+    crate::vec_dot::needs_q8(ty)
 }
 
 /// Types whose levels fit a nibble: their tiles keep ggml's nibble pairs.
