@@ -25,7 +25,7 @@ use metallic::tokenizer::Tokenizer;
 use metallic_gguf::GgufFile;
 use serde_json::json;
 
-use crate::common::{count_in, open_gguf, resolve_model, Device};
+use crate::common::{count_in, open_model, resolve_model, Device};
 use crate::device::{on_device, OnBackend};
 
 #[derive(Args, Debug, Clone)]
@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// CPU: read the weights from the file's memory map (4 KiB page-cache
+    /// pages) instead of copying them into 2 MiB transparent huge pages at load.
+    #[arg(long)]
+    pub no_huge_pages: bool,
 }
 
 /// One test's result: tokens per second of every repetition.
@@ -231,7 +235,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("nothing to run: every -p and -n is 0");
     }
     let path = resolve_model(args.model.as_deref())?;
-    let file = open_gguf(&path)?;
+    let file = open_model(&path, args.device, args.no_huge_pages)?;
     let threads = args.threads;
     on_device(args.device, threads, Job { args, path, file })
 }

@@ -17,7 +17,7 @@ use metallic_gguf::GgufFile;
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 use rustyline::error::ReadlineError;
 
-use crate::common::{open_gguf, resolve_model, stderr_is_terminal, use_color};
+use crate::common::{open_model, resolve_model, stderr_is_terminal, use_color};
 use crate::device::{on_device, OnBackend};
 use crate::generate::{
     load, positive_usize, profiling_requested, read_messages, sampling_line, Loaded, ModelArgs,
@@ -389,7 +389,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
         bail!("--output-format json is for generate; chat shows text or tui");
     }
     let path = resolve_model(args.model.model.as_deref())?;
-    let file = open_gguf(&path)?;
+    let file = open_model(&path, args.model.device, args.model.no_huge_pages)?;
     // Ctrl-C is installed by the loop: after rustyline's editor (plain), or
     // not at all (tui: raw mode delivers it as a key).
     on_device(args.model.device, args.model.threads, Job { args, file })

@@ -21,7 +21,7 @@ use metallic_gguf::GgufFile;
 use serde_json::json;
 
 use crate::common::{
-    env_flag, open_gguf, random_seed, read_text_input, resolve_model, Device, ModelSummary,
+    env_flag, open_model, random_seed, read_text_input, resolve_model, Device, ModelSummary,
     TEXT_INPUT_LIMIT,
 };
 use crate::device::{on_device, OnBackend};
@@ -201,6 +201,10 @@ pub struct ModelArgs {
     /// Run decode steps one op at a time instead of replaying a device graph.
     #[arg(long)]
     pub no_graphs: bool,
+    /// CPU: read the weights from the file's memory map (4 KiB page-cache
+    /// pages) instead of copying them into 2 MiB transparent huge pages at load.
+    #[arg(long)]
+    pub no_huge_pages: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -481,7 +485,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         bail!("give a PROMPT, -p TEXT, -f FILE (`-f -` for stdin) or --chat --messages FILE");
     }
     report::check_outputs(args.trace.as_deref(), &path)?;
-    let file = open_gguf(&path)?;
+    let file = open_model(&path, args.model.device, args.model.no_huge_pages)?;
     interrupt::install()?;
     on_device(
         args.model.device,

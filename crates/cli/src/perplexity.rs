@@ -21,7 +21,7 @@ use metallic::tokenizer::Tokenizer;
 use metallic_gguf::GgufFile;
 use serde_json::json;
 
-use crate::common::{open_gguf, resolve_model, Device};
+use crate::common::{open_model, resolve_model, Device};
 use crate::device::{on_device, OnBackend};
 
 const SCORING: &str = "\
@@ -57,6 +57,10 @@ pub struct PerplexityArgs {
     /// CPU threads (0: all cores).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// CPU: read the weights from the file's memory map (4 KiB page-cache
+    /// pages) instead of copying them into 2 MiB transparent huge pages at load.
+    #[arg(long)]
+    pub no_huge_pages: bool,
     /// Save every scored position's full next-token log-probabilities to BASE
     /// (the reference for a later --kld run; see docs/quality.md for the format).
     #[arg(long, value_name = "BASE", conflicts_with = "kld")]
@@ -278,7 +282,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         .with_context(|| format!("reading the text {}", args.file.display()))?;
     let text = String::from_utf8(text)
         .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text: {e}", args.file.display()))?;
-    let file = open_gguf(&model_path)?;
+    let file = open_model(&model_path, args.device, args.no_huge_pages)?;
     let cfg = ModelConfig::from_gguf(&file).context("reading the model's configuration")?;
     if args.ctx_size > cfg.context_length {
         bail!(

@@ -11,7 +11,7 @@ use metallic::backend::{Backend, DType};
 use metallic_gguf::GgufFile;
 use metallic_server::ServeConfig;
 
-use crate::common::{open_gguf, resolve_model, Device};
+use crate::common::{open_model, resolve_model, Device};
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// CPU threads (0: all cores).
     #[arg(short, long, default_value_t = 0)]
     pub threads: usize,
+    /// CPU: read the weights from the file's memory map (4 KiB page-cache
+    /// pages) instead of copying them into 2 MiB transparent huge pages at load.
+    #[arg(long)]
+    pub no_huge_pages: bool,
     /// Model id reported by /v1/models (default: the file's name).
     #[arg(long)]
     pub model_name: Option<String>,
@@ -137,7 +141,7 @@ pub enum KvType {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let path = resolve_model(args.model.as_deref())?;
-    let file = open_gguf(&path)?;
+    let file = open_model(&path, args.device, args.no_huge_pages)?;
     let model_name = args.model_name.clone().unwrap_or_else(|| {
         path.file_stem()
             .map_or("metallic".into(), |s| s.to_string_lossy().into_owned())

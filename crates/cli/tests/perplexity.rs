@@ -166,6 +166,32 @@ fn kld_of_a_model_against_itself_is_zero_and_against_another_is_positive() {
 }
 
 #[test]
+fn weights_in_huge_pages_give_the_logits_of_the_file_map() {
+    // The CPU default copies the weights into transparent huge pages where the
+    // kernel has them (this machine: /sys/kernel/mm/transparent_hugepage);
+    // --no-huge-pages reads them from the file's map. The same bytes, so the
+    // same logits, bit for bit: a KL divergence of exactly 0.
+    let Some(model) = tiny("q8_0") else { return };
+    let text = golden_path(TEXT);
+    let base = dir().join("file-map.base");
+    let run = |extra: &[&str]| {
+        let mut a = vec!["perplexity", "-m", s(&model), "-f", s(&text)];
+        a.extend_from_slice(&["-c", "16", "--chunks", "3", "--json"]);
+        a.extend_from_slice(extra);
+        json(&metallic(&a))
+    };
+    let mapped = run(&["--no-huge-pages", "--save-logits", s(&base)]);
+    // (A --kld run's own perplexity comes from the stored form of its logits:
+    // compare plain runs for it.)
+    assert_eq!(run(&[])["ppl"], mapped["ppl"]);
+    let k = &run(&["--kld", s(&base)])["kld"];
+    assert_eq!(k["mean_kld"], 0.0);
+    assert_eq!(k["kld_max"], 0.0);
+    assert_eq!(k["rms_dp_pct"], 0.0);
+    assert_eq!(k["same_top_pct"], 100.0);
+}
+
+#[test]
 fn bad_text_chunking_and_base_files_are_clear_errors() {
     let Some(model) = tiny("f32") else { return };
     let m = s(&model);

@@ -21,6 +21,14 @@ pub enum GgufError {
         error: std::io::Error,
     },
 
+    /// The file could not be copied into huge pages ([`crate::GgufFile::open_in_huge_pages`]).
+    #[error("{path}: cannot copy its {mib} MiB into huge pages: {reason}; read it from the file map instead", mib = bytes.div_ceil(1 << 20))]
+    HugePages {
+        path: PathBuf,
+        bytes: u64,
+        reason: String,
+    },
+
     /// Writing to a stream failed.
     #[error("write failed: {0}")]
     Write(std::io::Error),

@@ -1,7 +1,8 @@
 //! GGUF: reading by mmap with full validation, writing, and the ggml block formats.
 //!
 //! * [`GgufFile`] opens a GGUF v2/v3 file by mmap (or from memory), checks every field against
-//!   the file, and hands out zero-copy views of tensor data.
+//!   the file, and hands out zero-copy views of tensor data; or copies it into transparent
+//!   huge pages first ([`GgufFile::open_in_huge_pages`], [`huge_pages`]).
 //! * [`GgufWriter`] writes GGUF; rebuilding a writer from a file reproduces it byte for byte.
 //! * [`quant`] has the ggml block layouts with reference dequantisation and quantisation,
 //!   bit-exact with ggml's C reference (checked against the `gguf` Python package).
@@ -12,6 +13,7 @@
 
 mod cursor;
 pub mod error;
+pub mod huge_pages;
 pub mod quant;
 pub mod reader;
 pub mod types;
@@ -19,6 +21,7 @@ pub mod value;
 pub mod writer;
 
 pub use error::GgufError;
+pub use huge_pages::ThpMode;
 pub use reader::{GgufFile, TensorInfo};
 pub use types::{GgmlType, QK_K};
 pub use value::{Value, ValueType};

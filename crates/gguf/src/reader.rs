@@ -1,4 +1,5 @@
-//! Reading and validating a GGUF file (v2 and v3), by mmap or from memory.
+//! Reading and validating a GGUF file (v2 and v3), by mmap, copied into huge pages, or from
+//! memory.
 //!
 //! Layout: magic `GGUF`, version u32, tensor count u64, metadata count u64, the metadata
 //! entries (key string, value type u32, value), the tensor infos (name string, n_dims u32,
@@ -61,6 +62,7 @@ impl TensorInfo {
 
 enum Bytes {
     Mmap(memmap2::Mmap),
+    Huge(crate::huge_pages::HugeCopy),
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
 }
@@ -69,6 +71,7 @@ impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Mmap(m) => m,
+            Bytes::Huge(h) => h.as_slice(),
             Bytes::Owned(v) => v,
             Bytes::Shared(s) => s,
         }
@@ -122,6 +125,34 @@ impl GgufFile {
             Bytes::Mmap(map)
         };
         Self::from_source(bytes)
+    }
+
+    /// Reads the whole file into anonymous memory in transparent huge pages (Linux; see
+    /// `huge_pages.rs` for why) and validates it as [`GgufFile::open`] does. Fails with
+    /// [`GgufError::HugePages`] where the copy cannot be made (too little free memory, the
+    /// mapping refused, not Linux): [`GgufFile::open`] still reads the same file then.
+    pub fn open_in_huge_pages(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
+        let path = path.as_ref();
+        let io = |error| GgufError::Io {
+            path: path.to_owned(),
+            error,
+        };
+        let mut file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len == 0 {
+            return Self::from_source(Bytes::Owned(Vec::new()));
+        }
+        // Parse the header from a plain map first: a file that is not a valid GGUF fails
+        // as `open` says, before a copy of all of it is made.
+        Self::open(path)?;
+        let available = crate::huge_pages::mem_available();
+        let copy = crate::huge_pages::HugeCopy::read(path, &mut file, len, available)?;
+        Self::from_source(Bytes::Huge(copy))
+    }
+
+    /// Whether the tensor data lives in a huge-page copy ([`GgufFile::open_in_huge_pages`]).
+    pub fn in_huge_pages(&self) -> bool {
+        matches!(self.bytes, Bytes::Huge(_))
     }
 
     /// Validates a GGUF held in memory (same checks as [`GgufFile::open`]).

@@ -201,6 +201,41 @@ fn write_file_then_open_by_mmap() {
     assert_eq!(values.len(), 6);
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn huge_page_open_holds_the_same_bytes_and_tensors_as_the_file_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.gguf");
+    let w = synthetic_writer(32);
+    w.write_file(&path).unwrap();
+    let mapped = GgufFile::open(&path).unwrap();
+    let copied = GgufFile::open_in_huge_pages(&path).unwrap();
+    assert!(copied.in_huge_pages() && !mapped.in_huge_pages());
+    assert_eq!(copied.as_bytes(), mapped.as_bytes());
+    assert_eq!(copied.tensors(), mapped.tensors());
+    for t in mapped.tensors() {
+        assert_eq!(copied.tensor_data(t), mapped.tensor_data(t), "{}", t.name);
+    }
+    // The real model too, where the assets are fetched: every tensor byte for byte.
+    let model = asset_path("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if model.is_file() {
+        let (a, b) = (
+            GgufFile::open(&model).unwrap(),
+            GgufFile::open_in_huge_pages(&model).unwrap(),
+        );
+        assert!(a.as_bytes() == b.as_bytes());
+    }
+}
+
+#[test]
+fn huge_page_open_of_a_bad_file_reports_the_parse_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.gguf");
+    std::fs::write(&path, b"GGUX\x03\0\0\0").unwrap();
+    let err = GgufFile::open_in_huge_pages(&path).unwrap_err();
+    assert!(matches!(err, GgufError::BadMagic { .. }), "{err}");
+}
+
 #[test]
 fn alignment_setting_and_key_stay_in_step() {
     let mut w = GgufWriter::new();
