@@ -93,6 +93,15 @@ const Q3_K_BYTES: usize = 110;
 #[cfg(target_arch = "x86_64")]
 const PREFETCH: usize = 1024;
 
+/// Bytes ahead that the F16 and F32 row kernels prefetch. Further than the
+/// block kernels' [`PREFETCH`]: a float row streams 2-4 bytes a value, and
+/// on the development machine (Qwen2.5-0.5B F16 decode, `metallic bench -p
+/// 0 -n 128 -t 2`, weights in huge pages, alternating) 4-8 KiB ran 5-8%
+/// faster than 1 KiB, 16 KiB no faster than 8; the block kernels (Q4_K,
+/// Q4_K_M files' output projections) ran ~2% slower at 8 KiB than at 1.
+#[cfg(target_arch = "x86_64")]
+const FLOAT_PREFETCH: usize = 8192;
+
 /// Weight types with an `fdot` kernel.
 pub fn supported(ty: GgmlType) -> bool {
     matches!(
@@ -210,7 +219,28 @@ struct Kernels {
 }
 
 impl Kernels {
+    /// What this CPU runs, capped by `METALLIC_CPU_SIMD` where it is set (as
+    /// `vecdot`'s kernels are: to test or measure a lower level).
     fn detect() -> Kernels {
+        #[allow(unused_mut)]
+        let mut k = Kernels::detect_cpu();
+        if std::env::var_os("METALLIC_CPU_SIMD").is_some() {
+            #[allow(unused_variables)]
+            let level = crate::vec_dot::kernels().level();
+            #[cfg(target_arch = "x86_64")]
+            {
+                k.avx512 &= level >= crate::vec_dot::SimdLevel::Avx512;
+                k.avx2 &= level >= crate::vec_dot::SimdLevel::Avx2;
+            }
+            #[cfg(target_arch = "aarch64")]
+            {
+                k.neon &= level >= crate::vec_dot::SimdLevel::Neon;
+            }
+        }
+        k
+    }
+
+    fn detect_cpu() -> Kernels {
         Kernels {
             #[cfg(target_arch = "x86_64")]
             avx2: std::arch::is_x86_feature_detected!("avx2")
@@ -724,7 +754,14 @@ mod avx2 {
                 let k = x.len();
                 let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
                 let mut j = 0;
+                let esz = if ty == GgmlType::F32 { 4 } else { 2 };
                 while j + 16 <= k {
+                    // A line a step: the F32 step's one line, the F16 step's
+                    // half line (every line twice: a second prefetch of a line
+                    // costs next to nothing). Past the row's end it reaches
+                    // the next rows, as the AVX-512 kernel's does.
+                    let at = w.as_ptr().wrapping_add(j * esz + FLOAT_PREFETCH);
+                    _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
                     let (w0, w1) = if ty == GgmlType::F32 {
                         let p = w.as_ptr().add(j * 4) as *const f32;
                         (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
@@ -740,7 +777,6 @@ mod avx2 {
                     j += 16;
                 }
                 let mut s = hsum(_mm256_add_ps(a0, a1));
-                let esz = if ty == GgmlType::F32 { 4 } else { 2 };
                 s += scalar::dot(ty, &w[j * esz..], &x[j..], &[]);
                 s
             }
@@ -862,7 +898,7 @@ mod avx512 {
 
     /// F16 and F32 rows: 64 values a step into four accumulators (the FMA
     /// latency of one chain would cap a core below its memory bandwidth),
-    /// prefetching [`PREFETCH`] bytes ahead across row ends as the block
+    /// prefetching [`FLOAT_PREFETCH`] bytes ahead across row ends as the block
     /// kernels do; the tail of fewer than 64 values in 16s, then scalar.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -879,7 +915,7 @@ mod avx512 {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut j = 0;
         while j + 64 <= k {
-            let at = wp.wrapping_add(j * esz + PREFETCH);
+            let at = wp.wrapping_add(j * esz + FLOAT_PREFETCH);
             _mm_prefetch::<_MM_HINT_T0>(at as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64) as *const i8);
             if !f16 {

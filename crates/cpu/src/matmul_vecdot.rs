@@ -63,6 +63,9 @@ pub fn vecdot_with(
 /// decode (vecdot, 2 threads) from ~70 to ~90 tok/s on the development
 /// machine. (`metallic probe` with 1 GiB of rotated copies showed it slowing
 /// the 145 MB lm_head instead: the probe's worst case is not the model's.)
+/// Still the best distance with the weights in huge pages (Qwen2.5-0.5B
+/// Q4_0 decode, `metallic bench -p 0 -n 128 -t 2`: 8 KiB ahead ran 5-15%
+/// faster than 4 KiB or 16 KiB, 2026-11-29, noisy shared machine).
 const PREFETCH_BYTES: usize = 8192;
 
 #[inline(always)]
