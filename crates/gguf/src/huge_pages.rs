@@ -17,9 +17,20 @@ use std::path::Path;
 use crate::error::GgufError;
 
 /// The transparent huge page size on x86-64 and on aarch64 with 4 KiB base
-/// pages: the mapping is aligned to it so every whole 2 MiB of the file can
-/// be one huge page.
+/// pages, where the kernel does not say (see [`huge_page_size`]).
 pub const HUGE_PAGE: usize = 2 << 20;
+
+/// The transparent huge page size (`hpage_pmd_size`: 2 MiB on x86-64, 512 MiB
+/// on aarch64 kernels with 64 KiB base pages): the copy is aligned to it, so
+/// every whole huge page of the file can be one. Sizes outside 4 KiB..1 GiB
+/// or not a power of two are not believed.
+pub fn huge_page_size() -> usize {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .filter(|&s| s.is_power_of_two() && (4 << 10..=1 << 30).contains(&s))
+        .unwrap_or(HUGE_PAGE)
+}
 
 /// Memory left to everything else after the copy: below this much
 /// `MemAvailable` the copy is refused instead of pushing the machine into
@@ -126,10 +137,11 @@ impl HugeCopy {
         let too_large = || fail("the file is larger than this machine's address space".into());
         let n = usize::try_from(len).map_err(|_| too_large())?;
         // Whole huge pages, plus one for aligning the start: mmap aligns to
-        // 4 KiB only. The slack is address space, never touched, never backed.
+        // base pages only. The slack is address space, never touched, never backed.
+        let page = huge_page_size();
         let map_len = n
-            .checked_next_multiple_of(HUGE_PAGE)
-            .and_then(|l| l.checked_add(HUGE_PAGE))
+            .checked_next_multiple_of(page)
+            .and_then(|l| l.checked_add(page))
             .ok_or_else(too_large)?;
         let mut map = memmap2::MmapOptions::new()
             .len(map_len)
@@ -141,7 +153,7 @@ impl HugeCopy {
                 ))
             })?;
         advise_huge(&map).map_err(|e| fail(format!("the kernel refused MADV_HUGEPAGE: {e}")))?;
-        let start = map.as_ptr().align_offset(HUGE_PAGE);
+        let start = map.as_ptr().align_offset(page);
         // Advised before the first touch: each 2 MiB is faulted in as one
         // huge page as the read fills it (not 4 KiB pages merged later).
         file.read_exact(&mut map[start..start + n])
@@ -231,7 +243,7 @@ mod tests {
         std::io::Write::write_all(&mut f, &bytes).unwrap();
         std::io::Seek::rewind(&mut f).unwrap();
         let copy = HugeCopy::read(Path::new("x"), &mut f, bytes.len() as u64, None).unwrap();
-        assert_eq!(copy.as_slice().as_ptr() as usize % HUGE_PAGE, 0);
+        assert_eq!(copy.as_slice().as_ptr() as usize % huge_page_size(), 0);
         assert!(copy.as_slice() == &bytes[..]);
     }
 }
