@@ -11,7 +11,7 @@
 # worktree): pack into an ignored folder of that checkout and name it in
 # `carry`, e.g. `pack <main checkout>/.device-cuda`, then `run` there.
 # `pack` builds the release `metallic` binary, the metallic-cuda test binaries
-# and the profile example, strips them and copies them with this script and
+# and the profile examples (decode, batched step), strips them and copies them with this script and
 # the Qwen2 tokenizer, gzipped (for `metallic synth`), into DEST. `run` then, on the GPU
 # machine: every metallic-cuda test binary with --include-ignored (the GPU
 # must be there: METALLIC_REQUIRE_GPU=1), compute-sanitizer memcheck on a
@@ -32,8 +32,8 @@ pack() {
   cargo build --release -p metallic-cli --bin metallic
   # The workspace takes the core crate without default features; the profile
   # needs its recorder.
-  cargo build --release -p metallic-cuda --example profile_decode --features metallic/profiling
-  cp target/release/metallic target/release/examples/profile_decode "$dest/bin/"
+  cargo build --release -p metallic-cuda --example profile_decode --example profile_batch --features metallic/profiling
+  cp target/release/metallic target/release/examples/profile_decode target/release/examples/profile_batch "$dest/bin/"
   cargo test --release -p metallic-cuda --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys, shutil, os
 for line in sys.stdin:

@@ -194,6 +194,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Device::Cuda => {
             let backend =
                 metallic_cuda::CudaBackend::new(0).context("starting the CUDA backend")?;
+            if cfg.deterministic {
+                // Every product runs `vecdot_chunked`, never cuBLAS: dense
+                // f16 copies of the weights would only take memory.
+                backend.set_dense_weight_budget(0);
+            }
             rt.block_on(serve(backend, file, cfg))
         }
     }

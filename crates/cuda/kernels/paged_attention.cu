@@ -5,13 +5,12 @@
 // the scheduler each step, so a step's launches take no host values that vary).
 // The cache holds f32 or f16 (suffix _f32 / _f16); arithmetic is f32 either way.
 //
-// Attention is one block per (row, head): 4 warps, warp w scores keys
-// w*32 + 128 j + lane with an online softmax, then the 4 warps merge in a
-// fixed order. The order of every sum depends only on the row's own length, so
+// Attention is one block per (row, head) of NW warps (8, or 4 for comparison;
+// fixed per process: METALLIC_CUDA_PAGED_WARPS): warp w scores keys w*32 + 32 NW j +
+// lane with an online softmax, then the warps merge in a fixed order. The order of every sum depends only on the row's own length, so
 // a row's output is the same whatever else shares the step (batch invariance;
 // `--deterministic` relies on it) and whatever chunk of a prompt it came in.
 
-#define PA_WARPS 4
 #define PA_MAX_DPL 8  // output dimensions per lane: head_dim <= 256
 
 __device__ __forceinline__ float pa_load(const float* p) { return __ldg(p); }
@@ -106,11 +105,11 @@ extern "C" __global__ void paged_kv_store_f16(const float* qkv, u16* kc, u16* vc
     paged_kv_store_body(qkv, kc, vc, tables, pos, m, width, n_heads, n_kv, hd, bs, n_blocks, stride);
 }
 
-// Grid (m, n_heads), PA_WARPS * 32 threads. out[i, h * hd ..] = softmax(q K^T
+// Grid (m, n_heads), NW * 32 threads. out[i, h * hd ..] = softmax(q K^T
 // scale) V over positions 0..=pos[i] of row i's sequence. A key whose block
 // is outside the cache weighs nothing (the host rejects such tables first).
 // HD: head_dim known at compile time (64, 128), 0 for any other (run time).
-template <int HD, typename T>
+template <int NW, int HD, typename T>
 __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, const T* vc,
                                                 const int* tables, const int* pos, int width,
                                                 int n_heads, int n_kv, int hd_rt, int bs,
@@ -119,8 +118,8 @@ __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, c
     constexpr int DPL = HD ? (HD + 31) / 32 : PA_MAX_DPL;
     const int hd = HD ? HD : hd_rt;
     __shared__ __align__(16) float q[256];
-    __shared__ float wm[PA_WARPS], wl[PA_WARPS];
-    __shared__ float wacc[PA_WARPS][256];
+    __shared__ float wm[NW], wl[NW];
+    __shared__ float wacc[NW][256];
     const int i = blockIdx.x, h = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int kvh = h / (n_heads / n_kv);
@@ -133,7 +132,7 @@ __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, c
     float mw = -INFINITY, lw = 0.0f, acc[DPL];
 #pragma unroll
     for (int c = 0; c < DPL; c++) acc[c] = 0.0f;
-    for (int base = warp * 32; base < L; base += PA_WARPS * 32) {
+    for (int base = warp * 32; base < L; base += NW * 32) {
         const int t = base + lane;
         float s = -INFINITY;
         long long off = -1;
@@ -195,10 +194,10 @@ __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, c
     // Merge the warps in a fixed order; a warp that saw no key weighs 0.
     float bm = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < PA_WARPS; w++) bm = fmaxf(bm, wm[w]);
-    float e[PA_WARPS], bl = 0.0f;
+    for (int w = 0; w < NW; w++) bm = fmaxf(bm, wm[w]);
+    float e[NW], bl = 0.0f;
 #pragma unroll
-    for (int w = 0; w < PA_WARPS; w++) {
+    for (int w = 0; w < NW; w++) {
         e[w] = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - bm);
         bl += e[w] * wl[w];
     }
@@ -207,39 +206,29 @@ __device__ __forceinline__ void paged_attn_body(const float* qkv, const T* kc, c
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.0f;
 #pragma unroll
-        for (int w = 0; w < PA_WARPS; w++) a += e[w] * wacc[w][d];
+        for (int w = 0; w < NW; w++) a += e[w] * wacc[w][d];
         o[d] = a * inv;
     }
 }
 
-extern "C" __global__ void paged_attn_f32(const float* qkv, const float* kc, const float* vc,
-                                          const int* tables, const int* pos, int width,
-                                          int n_heads, int n_kv, int hd, int bs, int n_blocks,
-                                          int stride, float scale, float* out) {
-    pdl_enter();
-    if (hd == 64)
-        paged_attn_body<64>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
-                            stride, scale, out);
-    else if (hd == 128)
-        paged_attn_body<128>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
-                             stride, scale, out);
-    else
-        paged_attn_body<0>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
-                           stride, scale, out);
-}
+// The entry points: cache of f32 or f16 (suffix), NW warps a block (w4, w8).
+#define PAGED_ATTN(NAME, T, NW)                                                                    \
+    extern "C" __global__ void NAME(const float* qkv, const T* kc, const T* vc, const int* tables, \
+                                    const int* pos, int width, int n_heads, int n_kv, int hd,      \
+                                    int bs, int n_blocks, int stride, float scale, float* out) {   \
+        pdl_enter();                                                                               \
+        if (hd == 64)                                                                              \
+            paged_attn_body<NW, 64>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs,        \
+                                    n_blocks, stride, scale, out);                                 \
+        else if (hd == 128)                                                                        \
+            paged_attn_body<NW, 128>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs,       \
+                                     n_blocks, stride, scale, out);                                \
+        else                                                                                       \
+            paged_attn_body<NW, 0>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs,         \
+                                   n_blocks, stride, scale, out);                                  \
+    }
 
-extern "C" __global__ void paged_attn_f16(const float* qkv, const u16* kc, const u16* vc,
-                                          const int* tables, const int* pos, int width,
-                                          int n_heads, int n_kv, int hd, int bs, int n_blocks,
-                                          int stride, float scale, float* out) {
-    pdl_enter();
-    if (hd == 64)
-        paged_attn_body<64>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
-                            stride, scale, out);
-    else if (hd == 128)
-        paged_attn_body<128>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
-                             stride, scale, out);
-    else
-        paged_attn_body<0>(qkv, kc, vc, tables, pos, width, n_heads, n_kv, hd, bs, n_blocks,
-                           stride, scale, out);
-}
+PAGED_ATTN(paged_attn_f32_w4, float, 4)
+PAGED_ATTN(paged_attn_f16_w4, u16, 4)
+PAGED_ATTN(paged_attn_f32_w8, float, 8)
+PAGED_ATTN(paged_attn_f16_w8, u16, 8)

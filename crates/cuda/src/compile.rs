@@ -111,8 +111,15 @@ mod tests {
             eprintln!("skipped: {e}");
             return;
         }
+        // METALLIC_KERNELS=a,b limits the check to those files (a quicker
+        // loop while editing one kernel).
+        let only = std::env::var("METALLIC_KERNELS").ok();
+        let wanted = |name: &str| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|n| n == name))
+        };
         for (major, minor) in [(9, 0), (7, 5)] {
-            for src in crate::ops::SOURCES {
+            for src in crate::ops::SOURCES.iter().filter(|s| wanted(s.name)) {
                 let c = compile(src, major, minor, true).unwrap_or_else(|e| {
                     panic!("kernels/{}.cu for sm_{major}{minor}: {e}", src.name)
                 });

@@ -70,6 +70,9 @@ pub struct CudaBackend {
     /// rope + kv_store): METALLIC_CUDA_FUSE=0 turns them off when the
     /// backend opens.
     fuse: AtomicBool,
+    /// Bytes left for dense f16 copies of quantised weights (see
+    /// `matmul_cublas::dense_copies`).
+    dense_budget: std::sync::atomic::AtomicUsize,
 }
 
 /// METALLIC_CUDA_FUSE=0 (or `off`, `false`, `no`) runs the fused ops of the
@@ -92,6 +95,11 @@ impl CudaBackend {
         let dev = Device::open(ordinal)?;
         let k = Kernels::load(&dev)?;
         let blas = Blas::new(&dev);
+        // No cuBLAS, no product reads a dense copy.
+        let dense = match &blas {
+            Ok(_) => ops::matmul_cublas::dense_budget(dev.mem_info().0),
+            Err(_) => 0,
+        };
         Ok(CudaBackend {
             dev,
             k,
@@ -99,6 +107,7 @@ impl CudaBackend {
             graphs: Graphs::default(),
             events: EventPool::new(),
             fuse: AtomicBool::new(fuse_enabled()),
+            dense_budget: std::sync::atomic::AtomicUsize::new(dense),
         })
     }
 
@@ -110,6 +119,14 @@ impl CudaBackend {
     /// Why no CUDA device can be used, if none can.
     pub fn unavailable_reason() -> Option<String> {
         driver::discover().err().map(|e| e.to_string())
+    }
+
+    /// Bytes that dense f16 copies of quantised weights uploaded from now on
+    /// may take (see `matmul_cublas::dense_copies`; METALLIC_CUDA_DENSE_WEIGHTS
+    /// sets it when the backend opens). 0: none, each cuBLAS product
+    /// dequantises its weight tile by tile.
+    pub fn set_dense_weight_budget(&self, bytes: usize) {
+        self.dense_budget.store(bytes, Ordering::Relaxed);
     }
 
     /// Whether kernels launch with programmatic dependent launch (sm_90+;
@@ -336,7 +353,10 @@ impl Backend for CudaBackend {
         parts: &[WeightView],
         biases: Option<&[WeightView]>,
     ) -> Result<CudaLinear> {
-        Ok(linear::upload(&self.dev, parts, biases)?)
+        let mut w = linear::upload(&self.dev, parts, biases)?;
+        self.dev.bind()?;
+        ops::matmul_cublas::dense_copies(&self.dev, &self.k.cublas, &mut w, &self.dense_budget)?;
+        Ok(w)
     }
 
     fn linear_info(&self, w: &CudaLinear) -> LinearInfo {

@@ -21,6 +21,9 @@ pub(crate) struct Segment {
     /// Device addresses of the planes p0..p3 (0 when unused).
     pub planes: [u64; 4],
     _buf: DeviceBuffer,
+    /// A quantised segment dequantised once to f16 `[rows, k]` for cuBLAS
+    /// (see `matmul_cublas::dense_copies`); None: dequantised per product.
+    pub dense: Option<DeviceBuffer>,
 }
 
 pub struct CudaLinear {
@@ -36,7 +39,10 @@ impl CudaLinear {
 
     /// Device bytes held by the weights and bias.
     pub fn device_bytes(&self) -> usize {
-        self.segs.iter().map(|s| s._buf.bytes).sum::<usize>()
+        self.segs
+            .iter()
+            .map(|s| s._buf.bytes + s.dense.as_ref().map_or(0, |d| d.bytes))
+            .sum::<usize>()
             + self.bias.as_ref().map_or(0, |b| b.bytes)
     }
 }
@@ -66,6 +72,7 @@ fn upload_segment(
         rows,
         planes: addrs,
         _buf: buf,
+        dense: None,
     })
 }
 

@@ -112,6 +112,45 @@ fn every_impl_matches_cpu_for_every_weight_type() {
     );
 }
 
+/// A quantised weight dequantised once at upload (the dense f16 copy cuBLAS
+/// reads) gives the same products, bit for bit, as the same weight
+/// dequantised before each product, for every quantised type; the copy is
+/// counted in the weight's device bytes, and none is made without budget.
+#[test]
+fn dense_f16_copies_give_the_products_of_per_product_dequantisation() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let cublas = gpu
+        .matmul_impls()
+        .iter()
+        .position(|i| i.name == "cublas")
+        .expect("a cublas implementation");
+    let (n, k, m) = (300, 512, 33);
+    for (ti, &ty) in TYPES.iter().enumerate().filter(|(_, t)| t.is_quantized()) {
+        let w = randn(n * k, 700 + ti as u64);
+        let f = tensor_file(&[("w", ty, k, n, w)]);
+        gpu.set_dense_weight_budget(0);
+        let tiled = gpu.upload_linear(&[view(&f, "w")], None).unwrap();
+        gpu.set_dense_weight_budget(usize::MAX);
+        let dense = gpu.upload_linear(&[view(&f, "w")], None).unwrap();
+        assert_eq!(
+            dense.device_bytes(),
+            tiled.device_bytes() + n * k * 2,
+            "{}: the dense copy is counted",
+            ty.name()
+        );
+        let x = randn(m * k, 800 + ti as u64);
+        let xg = activations(&gpu, &x, m, k);
+        let mut a = gpu.alloc(DType::F32, m * n, "out").unwrap();
+        let mut b = gpu.alloc(DType::F32, m * n, "out").unwrap();
+        gpu.matmul(cublas, &xg, &tiled, m, &mut a).unwrap();
+        gpu.matmul(cublas, &xg, &dense, m, &mut b).unwrap();
+        let (a, b) = (read(&gpu, &a, m * n), read(&gpu, &b, m * n));
+        assert!(a.iter().all(|v| v.is_finite()), "{}", ty.name());
+        let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{}: dense copy changed the product", ty.name());
+    }
+}
+
 /// Row lengths that are an odd number of blocks and row counts that do not
 /// fill the last warp group (Qwen2.5-0.5B's 896 = 28 blocks of 32 is the case
 /// that makes llama.cpp fall back to Q5_0/Q5_1/Q8_0), for every type.

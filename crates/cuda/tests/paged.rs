@@ -164,6 +164,43 @@ fn paged_store_and_attention_match_cpu() {
     }
 }
 
+/// Other head layouts and long rows: 16 query heads per KV head, one
+/// (multi-head attention), six; rows of 1 to 2,503 keys (every warp walks
+/// many tiles), decode and prefill rows mixed: within 3e-5 of the CPU.
+#[test]
+fn paged_attention_of_other_head_layouts_and_long_rows_matches_cpu() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let cpu = CpuBackend::new(2).unwrap();
+    let prior: &[usize] = &[0, 1000, 2500, 95];
+    let new: &[usize] = &[1, 1, 3, 40];
+    let block_size = 16;
+    let stride = (2500 + 3usize).div_ceil(block_size);
+    for (n_heads, n_kv_heads, head_dim) in [(16, 1, 64), (4, 4, 128), (12, 2, 64)] {
+        let c = Case {
+            layout: QkvLayout {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+            },
+            paged: PagedLayout {
+                block_size,
+                n_blocks: stride * prior.len() + 1,
+                table_stride: stride,
+            },
+            prior: prior.to_vec(),
+            new: new.to_vec(),
+        };
+        for kv in [DType::F32, DType::F16] {
+            let what = format!("paged attention {n_heads}/{n_kv_heads} heads hd={head_dim} {kv:?}");
+            let (want, _) = paged_rows(&cpu, &c, kv);
+            let (got, _) = paged_rows(&gpu, &c, kv);
+            let err = rel_l2(&got, &want);
+            eprintln!("{what}: rel_l2={err:.2e}");
+            assert!(err <= 3e-5, "{what}: rel_l2 {err:.3e}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- the batched forward
 
 fn exec<'a, B: Backend>(b: &'a B, forced: Option<&str>) -> Exec<'a, B> {

@@ -1,8 +1,9 @@
 //! `cublas`: matrix products through cuBLAS GemmEx (`kernels/matmul_cublas.cu`
 //! holds the kernels around it). F32 weights multiply f32 activations (no
 //! TF32); F16/BF16 weights multiply activations rounded to their 16-bit type;
-//! a quantised weight is dequantised tile by tile into an f16 scratch buffer
-//! and multiplies activations rounded to f16. Sums are f32.
+//! a quantised weight is dequantised to f16 (once at load where memory allows,
+//! see `dense_copies`; else tile by tile into a scratch buffer before each
+//! product) and multiplies activations rounded to f16. Sums are f32.
 
 use std::sync::{Arc, Mutex};
 
@@ -256,6 +257,15 @@ impl Blas {
                         n,
                     )?;
                 }
+                // A quantised segment dequantised once at load.
+                _ if seg.dense.is_some() => {
+                    if x16[0] == 0 {
+                        x16[0] = convert_x(dev, &mut scratch, kern.f32_to_f16, 0, x, m * k)?;
+                    }
+                    let wbuf = seg.dense.as_ref().map_or(0, |d| d.ptr);
+                    let ty = cb::cudaDataType::CUDA_R_16F;
+                    self.gemm(dev, ty, wbuf, x16[0], out_seg, seg.rows, m, k, n)?;
+                }
                 t => {
                     if x16[0] == 0 {
                         x16[0] = convert_x(dev, &mut scratch, kern.f32_to_f16, 0, x, m * k)?;
@@ -292,6 +302,50 @@ impl Blas {
         }
         Ok(())
     }
+}
+
+/// Budget of the dense copies below: METALLIC_CUDA_DENSE_WEIGHTS=off makes
+/// none, `on` makes them while memory lasts, `auto` (the default) while they
+/// take at most a quarter of the device memory free when the backend opened.
+pub(crate) fn dense_budget(free: u64) -> usize {
+    match std::env::var("METALLIC_CUDA_DENSE_WEIGHTS").as_deref() {
+        Ok("0" | "off" | "false" | "no") => 0,
+        Ok("1" | "on" | "true" | "yes") => usize::MAX,
+        _ => (free / 4) as usize,
+    }
+}
+
+/// Dequantise every quantised segment of `w` once to f16 for the products
+/// cuBLAS runs (more than 8 rows: prefill chunks, batched decode steps of
+/// `metallic serve`), while `budget` (bytes, taken from) lasts. The values are
+/// the ones the tile-by-tile path dequantises before each product, so the
+/// arithmetic is the same; the copy saves that pass (a read of the blocks
+/// and a write of twice as many f16 bytes) on every product. A copy that
+/// cannot be allocated is skipped: the segment keeps the per-product path.
+pub(crate) fn dense_copies(
+    dev: &Arc<Device>,
+    kern: &CublasKernels,
+    w: &mut CudaLinear,
+    budget: &std::sync::atomic::AtomicUsize,
+) -> CudaResult<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let k = w.info.k;
+    for seg in w.segs.iter_mut().filter(|s| s.ty.is_quantized()) {
+        let Some(bytes) = seg.rows.checked_mul(k).and_then(|v| v.checked_mul(2)) else {
+            continue;
+        };
+        let took = budget.fetch_update(Relaxed, Relaxed, |left| left.checked_sub(bytes));
+        if took.is_err() {
+            continue;
+        }
+        let Ok(buf) = DeviceBuffer::new(dev, bytes, "dense f16 copy of a quantised weight") else {
+            budget.fetch_add(bytes, Relaxed);
+            continue;
+        };
+        kern.dequant(dev, seg.ty, seg.planes, 0, seg.rows, k, buf.ptr)?;
+        seg.dense = Some(buf);
+    }
+    Ok(())
 }
 
 /// The activations converted to a 16-bit type in a scratch buffer (slot 0: f16,

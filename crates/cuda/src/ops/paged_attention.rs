@@ -15,8 +15,17 @@ use crate::kernels::Loader;
 
 pub(crate) const SOURCE: KernelSource = kernel_source!("paged_attention");
 
-/// Threads of one attention block (`PA_WARPS` warps in the kernel).
-const ATTN_THREADS: u32 = 128;
+/// Warps of one attention block: 8, or 4 with METALLIC_CUDA_PAGED_WARPS=4
+/// when the backend opens (for comparison). Eight measured faster at one
+/// row a step (fewer tiles in each warp's serial walk) and level at 64 rows
+/// (BENCHMARKS.md). Fixed per process: the warp count sets the order of a
+/// row's sums, so changing it between steps would break batch invariance.
+fn warps_from_env() -> usize {
+    match std::env::var("METALLIC_CUDA_PAGED_WARPS").as_deref() {
+        Ok("4") => 4,
+        _ => 8,
+    }
+}
 
 /// Element type of the paged cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +37,7 @@ pub(crate) enum KvType {
 pub(crate) struct PagedAttention {
     store: [Func; 2],
     attn: [Func; 2],
+    warps: usize,
 }
 
 /// One layer's paged K and V (device addresses) and their element type.
@@ -76,12 +86,17 @@ fn geometry(paged: &PagedLayout, layout: &QkvLayout) -> [Arg; 6] {
 impl PagedAttention {
     pub fn load(l: &mut Loader) -> CudaResult<PagedAttention> {
         let m = l.module(&SOURCE)?;
+        let warps = warps_from_env();
         Ok(PagedAttention {
             store: [
                 m.function("paged_kv_store_f32")?,
                 m.function("paged_kv_store_f16")?,
             ],
-            attn: [m.function("paged_attn_f32")?, m.function("paged_attn_f16")?],
+            attn: [
+                m.function(&format!("paged_attn_f32_w{warps}"))?,
+                m.function(&format!("paged_attn_f16_w{warps}"))?,
+            ],
+            warps,
         })
     }
 
@@ -147,7 +162,7 @@ impl PagedAttention {
         dev.launch(
             self.attn[cache.ty as usize],
             (rows.m as u32, layout.n_heads as u32, 1),
-            ATTN_THREADS,
+            (self.warps * 32) as u32,
             0,
             &[
                 Arg(qkv),
