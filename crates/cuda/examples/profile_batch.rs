@@ -10,7 +10,6 @@
 //! profiling mode), summed per op, implementation and shape. Sampling is not
 //! included: the logits of every row are the step's output.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +20,9 @@ use metallic::model::{BatchRow, BatchState, Model};
 use metallic::profiler::Phase;
 use metallic_cuda::CudaBackend;
 use metallic_gguf::GgufFile;
+
+#[path = "common/op_table.rs"]
+mod op_table;
 
 const BLOCK: usize = 16;
 const CHUNK: usize = 256;
@@ -115,18 +117,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("built without the profiling feature (--features metallic/profiling)")?;
     let n_steps = rec.steps.len().max(1) as f64;
     let step_dev: f64 = rec.steps.iter().map(|s| s.device_ms).sum::<f64>() / n_steps;
-    let mut groups: BTreeMap<String, (usize, f64)> = BTreeMap::new();
-    let mut ops_dev = 0.0;
-    for e in rec.ops.iter().filter(|e| e.imp != "host") {
-        let key = match &e.shape {
-            Some(s) => format!("{:<16} {:<9} {}", e.op.name(), e.imp, s),
-            None => format!("{:<16} {:<9}", e.op.name(), e.imp),
-        };
-        let g = groups.entry(key).or_insert((0, 0.0));
-        g.0 += 1;
-        g.1 += e.device_ms;
-        ops_dev += e.device_ms;
-    }
+    let ops_dev: f64 = rec
+        .ops
+        .iter()
+        .filter(|e| e.imp != "host")
+        .map(|e| e.device_ms)
+        .sum();
     println!("device: {}", b.device_description());
     println!(
         "model: {path} ({} layers, hidden {}); {rows} rows a step at positions {ctx}.., KV {kv_type:?}",
@@ -142,18 +138,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ops_dev / n_steps
     );
     println!();
-    println!(
-        "{:>8} {:>10} {:>9} {:>6}  op / impl / shape",
-        "calls", "total ms", "mean us", "%"
-    );
-    let mut out: Vec<_> = groups.into_iter().collect();
-    out.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-    for (k, (c, ms)) in out {
-        println!(
-            "{c:>8} {ms:>10.3} {:>9.2} {:>6.2}  {k}",
-            ms * 1e3 / c as f64,
-            100.0 * ms / ops_dev
-        );
-    }
+    op_table::print(rec.ops.iter());
     Ok(())
 }

@@ -8,7 +8,6 @@
 //! A second, unrecorded run replays the decode as a CUDA graph and gives the
 //! tokens per second without event overhead.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use metallic::backend::Backend;
@@ -21,6 +20,9 @@ use metallic::sampler::SamplerParams;
 use metallic::tokenizer::Tokenizer;
 use metallic_cuda::CudaBackend;
 use metallic_gguf::GgufFile;
+
+#[path = "common/op_table.rs"]
+mod op_table;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -66,22 +68,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let step_dev: f64 = steps.iter().map(|s| s.device_ms).sum();
     let step_host: f64 = steps.iter().map(|s| s.host_ns as f64 / 1e6).sum();
-    let mut groups: BTreeMap<String, (usize, f64)> = BTreeMap::new();
-    let mut ops_dev = 0.0;
-    for e in rec
+    // Device time of the ops alone (the table below prints them).
+    let ops_dev: f64 = rec
         .ops
         .iter()
         .filter(|e| e.phase == Phase::Decode && e.imp != "host")
-    {
-        let key = match &e.shape {
-            Some(s) => format!("{:<16} {:<9} {}", e.op.name(), e.imp, s),
-            None => format!("{:<16} {:<9}", e.op.name(), e.imp),
-        };
-        let g = groups.entry(key).or_insert((0, 0.0));
-        g.0 += 1;
-        g.1 += e.device_ms;
-        ops_dev += e.device_ms;
-    }
+        .map(|e| e.device_ms)
+        .sum();
     println!("device: {}", b.device_description());
     println!(
         "model: {path} ({} layers, hidden {})",
@@ -107,18 +100,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
     println!("per-op device time over all decode steps (CUDA events):");
-    println!(
-        "{:>8} {:>10} {:>9} {:>6}  op / impl / shape",
-        "calls", "total ms", "mean us", "%"
-    );
-    let mut rows: Vec<_> = groups.into_iter().collect();
-    rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-    for (k, (c, ms)) in rows {
-        println!(
-            "{c:>8} {ms:>10.3} {:>9.2} {:>6.2}  {k}",
-            ms * 1e3 / c as f64,
-            100.0 * ms / ops_dev
-        );
-    }
+    op_table::print(rec.ops.iter().filter(|e| e.phase == Phase::Decode));
     Ok(())
 }
