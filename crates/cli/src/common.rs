@@ -256,15 +256,7 @@ pub fn count_in(
 /// (an allocation that succeeds under overcommit can still get the process killed when its
 /// pages are touched). `what` names the buffers and the option to lower.
 pub fn check_host_memory(bytes: u128, what: &str) -> Result<()> {
-    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
-        return Ok(());
-    };
-    let available = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u128>().ok())
-        .map(|kib| kib * 1024);
-    if let Some(avail) = available {
+    if let Some(avail) = metallic_gguf::huge_pages::mem_available().map(u128::from) {
         if bytes > avail {
             bail!(
                 "{what} need {:.1} GiB but {:.1} GiB of memory are available",
