@@ -257,18 +257,15 @@ impl Blas {
                         n,
                     )?;
                 }
-                // A quantised segment dequantised once at load.
-                _ if seg.dense.is_some() => {
-                    if x16[0] == 0 {
-                        x16[0] = convert_x(dev, &mut scratch, kern.f32_to_f16, 0, x, m * k)?;
-                    }
-                    let wbuf = seg.dense.as_ref().map_or(0, |d| d.ptr);
-                    let ty = cb::cudaDataType::CUDA_R_16F;
-                    self.gemm(dev, ty, wbuf, x16[0], out_seg, seg.rows, m, k, n)?;
-                }
                 t => {
                     if x16[0] == 0 {
                         x16[0] = convert_x(dev, &mut scratch, kern.f32_to_f16, 0, x, m * k)?;
+                    }
+                    if let Some(dense) = &seg.dense {
+                        // Dequantised once at load (`dense_copies`).
+                        let ty = cb::cudaDataType::CUDA_R_16F;
+                        self.gemm(dev, ty, dense.ptr, x16[0], out_seg, seg.rows, m, k, n)?;
+                        continue;
                     }
                     let tile_rows = (TILE_VALUES / k).clamp(1, seg.rows);
                     let wbuf = grow(
