@@ -11,7 +11,7 @@ use std::sync::Arc;
 use metallic_gguf::{GgmlType, GgufFile, TensorInfo};
 
 use crate::config::RopeStyle;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sampler::SamplerParams;
 
 /// Element type of activation, cache and index tensors (weights keep their
@@ -475,6 +475,46 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         self.rope(qkv, pos, m, layout, rope)?;
         self.kv_store(qkv, cache, capacity, pos, m, layout)
+    }
+    /// Whether [`matmul_rope_kv_store`](Self::matmul_rope_kv_store) is one
+    /// fused pass for this QKV product (implementation `imp`, `m` rows) and
+    /// cache (else `Exec` runs the normed product, then
+    /// [`rope_kv_store`](Self::rope_kv_store)). Default: never.
+    fn fuses_matmul_rope_kv_store(
+        &self,
+        imp: usize,
+        w: &Self::Linear,
+        m: usize,
+        layout: &QkvLayout,
+        cache: &KvLayer<Self::Tensor>,
+    ) -> bool {
+        let _ = (imp, w, m, layout, cache);
+        false
+    }
+    /// `qkv = rms_norm(x) W^T (+ bias)`, then [`rope_kv_store`](Self::rope_kv_store),
+    /// in one pass, where [`fuses_matmul_rope_kv_store`](Self::fuses_matmul_rope_kv_store)
+    /// says so: the values of the two. The default refuses (no backend is
+    /// asked without saying it fuses).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_rope_kv_store(
+        &self,
+        imp: usize,
+        x: &Self::Tensor,
+        norm: &NormPrologue<'_, Self::Tensor>,
+        w: &Self::Linear,
+        m: usize,
+        qkv: &mut Self::Tensor,
+        pos: &Self::Tensor,
+        layout: &QkvLayout,
+        rope: &Rope<'_, Self::Tensor>,
+        cache: &mut KvLayer<Self::Tensor>,
+        capacity: usize,
+    ) -> Result<()> {
+        let _ = (imp, x, norm, w, m, qkv, pos, layout, rope, cache, capacity);
+        Err(Error::InvalidArgument(format!(
+            "the {} backend has no fused QKV product with rope and the KV-cache write",
+            self.name()
+        )))
     }
     /// Causal attention of the Q heads of `qkv` over the cache: row `i` sees
     /// positions `0..=pos[i]`. `kv_len` is the host's knowledge of the longest

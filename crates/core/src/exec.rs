@@ -343,6 +343,40 @@ impl<'b, B: Backend> Exec<'b, B> {
         })
     }
 
+    /// The QKV product with its norm, then rotary embedding and the
+    /// KV-cache write ([`Backend::matmul_rope_kv_store`]): one op (recorded
+    /// as the matmul: rope and the store are in its time) where the backend
+    /// fuses the three, else [`matmul_fused`](Self::matmul_fused) then
+    /// [`rope_kv_store`](Self::rope_kv_store), through `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_rope_kv_store(
+        &mut self,
+        x: &B::Tensor,
+        norm: NormPrologue<'_, B::Tensor>,
+        w: &B::Linear,
+        m: usize,
+        qkv: &mut B::Tensor,
+        scratch: FusedScratch<'_, B::Tensor>,
+        pos: &B::Tensor,
+        layout: &QkvLayout,
+        rope: &Rope<'_, B::Tensor>,
+        cache: &mut KvLayer<B::Tensor>,
+        capacity: usize,
+    ) -> Result<()> {
+        let (shape, imp) = self.resolve(x, w, m, qkv)?;
+        if self
+            .backend
+            .fuses_matmul_rope_kv_store(imp, w, m, layout, cache)
+        {
+            let name = self.dispatch.impl_name(imp);
+            return self.op(OpKind::Matmul(shape.op), name, Some(shape), |b| {
+                b.matmul_rope_kv_store(imp, x, &norm, w, m, qkv, pos, layout, rope, cache, capacity)
+            });
+        }
+        self.matmul_fused(x, Some(norm), w, m, Epilogue::Store, qkv, scratch)?;
+        self.rope_kv_store(qkv, pos, m, layout, rope, cache, capacity)
+    }
+
     /// The paged cache's [`rope_kv_store`](Self::rope_kv_store): one op
     /// where the backend fuses it, else rope and paged_kv_store recorded
     /// apart.

@@ -1,13 +1,14 @@
 //! The transformer forward pass shared by Qwen2 and Llama.
 //!
-//! One token: embedding -> per layer [rms_norm + fused QKV (+bias) -> rope +
+//! One token: embedding -> per layer [rms_norm + fused QKV (+bias) + rope +
 //! kv-cache write -> attention -> o_proj + residual add -> rms_norm + fused
 //! gate|up + SwiGLU -> down + residual add] -> final rms_norm + lm_head.
 //! Prefill runs the same path over `m` rows with causal attention.
 //!
 //! Each `+` is one fused op where the backend fuses it (`Exec::matmul_fused`,
-//! `Exec::rope_kv_store`); elsewhere the parts run one after the other
-//! through the scratch buffers named at each call, with the same results.
+//! `Exec::matmul_rope_kv_store`, `Exec::rope_kv_store`); elsewhere the parts
+//! run one after the other through the scratch buffers named at each call,
+//! with the same results.
 
 mod batched;
 
@@ -210,19 +211,22 @@ impl<B: Backend> Model<B> {
                 weight: &layer.attn_norm,
                 eps: c.rms_eps,
             };
-            // qkv[m, (heads + 2 kv_heads) hd] = rms_norm(x) Wqkv^T + b
-            ex.matmul_fused(
+            // qkv[m, (heads + 2 kv_heads) hd] = rms_norm(x) Wqkv^T + b, then
+            // the Q and K heads rotated in place and the K and V heads
+            // written into the cache [kv_heads, capacity, hd] at pos.
+            ex.matmul_rope_kv_store(
                 &st.x,
-                Some(attn_norm),
+                attn_norm,
                 &layer.qkv,
                 m,
-                Epilogue::Store,
                 &mut st.qkv,
                 FusedScratch::normed(&mut st.h),
+                &st.pos,
+                &layout,
+                &rope,
+                &mut st.kv[l],
+                st.capacity,
             )?;
-            // Q and K heads rotated in place; K and V heads into the cache.
-            let cache = &mut st.kv[l];
-            ex.rope_kv_store(&mut st.qkv, &st.pos, m, &layout, &rope, cache, st.capacity)?;
             // attn[m, heads hd]
             ex.op(OpKind::Attention, b_name, None, |b| {
                 b.attention(

@@ -121,6 +121,10 @@ __device__ __forceinline__ float4 ldg_f4(const float* p) {
 #define EPI_STORE 0
 #define EPI_ADD 1
 #define EPI_SWIGLU 2
+// EPI_ROPE (vecdot only, the fused QKV product of decode): rows in the pairs
+// that rotary embedding moves together (rope_slot), one warp a pair; the pair
+// is rotated, written, and its K or V values stored in the cache (RopeKv).
+#define EPI_ROPE 3
 
 #define MATVEC_ARGS                                                                      \
     const u8 *p0, const u8 *p1, const u8 *p2, const u8 *p3, int n, int k, const float *x, \
@@ -278,8 +282,11 @@ __device__ __forceinline__ void split_reduce(float (&g)[M], float (&u)[M], bool 
     __syncthreads();
 }
 
-// Rows a matrix-vector kernel loops over: n, or the n/2 gate rows for EPI_SWIGLU.
-__device__ __forceinline__ int matvec_rows(int n, int epi) { return epi == EPI_SWIGLU ? n / 2 : n; }
+// Rows a matrix-vector kernel loops over: n, or the n/2 gate rows for
+// EPI_SWIGLU, or the n/2 pairs for EPI_ROPE.
+__device__ __forceinline__ int matvec_rows(int n, int epi) {
+    return epi == EPI_SWIGLU || epi == EPI_ROPE ? n / 2 : n;
+}
 
 
 #define MATVEC_M(NAME, IMPL, T, M) \
@@ -294,6 +301,42 @@ __device__ __forceinline__ int matvec_rows(int n, int epi) { return epi == EPI_S
     MATVEC_M(NAME, IMPL, T, 6)      \
     MATVEC_M(NAME, IMPL, T, 7)      \
     MATVEC_M(NAME, IMPL, T, 8)
+
+// ---------------------------------------------------------------- rotary embedding
+
+// Slot j (of hd / 2) of head h of a fused QKV row: the pair of values (i0, i1)
+// it moves. A slot below dim / 2 of a Q or K head is a rotated pair, (2j,
+// 2j + 1) in style 0 (normal), (j, j + dim/2) in style 1 (neox): true. The
+// other slots (the unrotated tail [dim, hd) of Q and K heads, and V heads)
+// are two neighbours: false. Shared by rope_kv_store.cu and the fused QKV
+// product of matmul_vecdot.cu, so that both move the same values.
+__device__ __forceinline__ bool rope_slot(int h, int j, int n_heads, int n_kv, int dim, int style,
+                                          int& i0, int& i1) {
+    const int half = dim / 2;
+    if (h < n_heads + n_kv && j < half) {
+        i0 = style == 1 ? j : 2 * j;
+        i1 = style == 1 ? j + half : 2 * j + 1;
+        return true;
+    }
+    i0 = h < n_heads + n_kv ? dim + 2 * (j - half) : 2 * j;
+    i1 = i0 + 1;
+    return false;
+}
+
+// Rotate the pair (x0, x1) of slot j at position p with rope.cu's operations
+// (inverse frequency in f64, rounded, divided by the optional factor).
+__device__ __forceinline__ void rope_rotate(float& x0, float& x1, int j, int p, int dim,
+                                            float theta, float pos_scale, const float* factors) {
+    float pf = __fmul_rn((float)p, pos_scale);
+    float f = (float)(1.0 / pow((double)theta, (double)(2 * j) / (double)dim));
+    if (factors) f = __fdiv_rn(f, factors[j]);
+    float a = __fmul_rn(pf, f);
+    float c = cosf(a), s = sinf(a);
+    float y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    float y1 = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+    x0 = y0;
+    x1 = y1;
+}
 
 // ---------------------------------------------------------------- attention
 

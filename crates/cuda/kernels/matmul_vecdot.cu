@@ -325,6 +325,67 @@ __device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XG
     }
 }
 
+// EPI_ROPE's arguments: positions [m], the layer's f32 caches [n_kv,
+// capacity, hd], the rotary parameters (rope_kv_store.cu's).
+struct RopeKv {
+    const int* pos;
+    float* kc;
+    float* vc;
+    const float* factors;
+    int capacity, n_heads, n_kv, hd, dim, style;
+    float theta, pos_scale;
+};
+
+// The two weight rows of a warp's pair p: SwiGLU's gate row p and up row
+// p + nr; EPI_ROPE's pair of slot j of head h (rope_slot); else row p alone.
+__device__ __forceinline__ void pair_rows(int p, int epi, int nr, const RopeKv& rk, int& ra,
+                                          int& rb) {
+    ra = p;
+    rb = p + nr;
+    if (epi == EPI_ROPE) {
+        const int slots = rk.hd / 2, h = p / slots, j = p % slots;
+        int i0, i1;
+        rope_slot(h, j, rk.n_heads, rk.n_kv, rk.dim, rk.style, i0, i1);
+        ra = h * rk.hd + i0;
+        rb = h * rk.hd + i1;
+    }
+}
+
+// EPI_ROPE's store (lane 0 after the reductions): the pair's product plus
+// bias, as matvec_store writes it, rotated where the slot rotates (the
+// values rope_kv_store.cu makes of it), written to out and, for K and V
+// heads at positions inside the cache, to the cache.
+template <int M>
+__device__ __forceinline__ void rope_store_pair(float (&a)[M], float (&b)[M], int lane, int p,
+                                                int ra, int rb, float* out, int ldo,
+                                                const float* bias, const RopeKv& rk) {
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        a[m] = warp_sum(a[m]);
+        b[m] = warp_sum(b[m]);
+    }
+    if (lane != 0) return;
+    const int slots = rk.hd / 2, h = p / slots, j = p % slots;
+    int i0, i1;
+    const bool rot = rope_slot(h, j, rk.n_heads, rk.n_kv, rk.dim, rk.style, i0, i1);
+    const float ba = bias ? bias[ra] : 0.0f, bb = bias ? bias[rb] : 0.0f;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float x0 = a[m] + ba, x1 = b[m] + bb;
+        const int pos = rk.pos[m];
+        if (rot) rope_rotate(x0, x1, j, pos, rk.dim, rk.theta, rk.pos_scale, rk.factors);
+        out[(long long)m * ldo + ra] = x0;
+        out[(long long)m * ldo + rb] = x1;
+        if (h >= rk.n_heads && pos >= 0 && pos < rk.capacity) {
+            const bool is_v = h >= rk.n_heads + rk.n_kv;
+            const int kvh = h - rk.n_heads - (is_v ? rk.n_kv : 0);
+            float* c = (is_v ? rk.vc : rk.kc) + ((long long)kvh * rk.capacity + pos) * rk.hd;
+            c[i0] = x0;
+            c[i1] = x1;
+        }
+    }
+}
+
 // PRE: `x` holds the activations already quantised by quantize_act (copied
 // to shared memory); else `x` is f32 and each block quantises it itself,
 // normed first when nw is set (PRE takes no norm: the launcher never asks).
@@ -342,7 +403,7 @@ __device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XG
 // fewest that hold the lane's share, as registers limit the blocks an SM
 // keeps); 0 for none.
 template <int T, int M, bool PRE, int RAW>
-__device__ void vecdot_quant(MATVEC_ARGS) {
+__device__ void vecdot_quant(MATVEC_ARGS, const RopeKv rk = RopeKv{}) {
     extern __shared__ __align__(16) u8 smem[];
     i8* xq = reinterpret_cast<i8*>(smem);
     XGroup* xg = reinterpret_cast<XGroup*>(smem + M * k);
@@ -354,8 +415,10 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
     // taking every split-th run of 32 units. The loop bound is uniform over
     // the block (split_reduce synchronises).
     const int S = split, rpb = warps / S, sub = warp % S;
-    const bool two = epi == EPI_SWIGLU;
+    const bool two = epi == EPI_SWIGLU || epi == EPI_ROPE;
     const int row0 = blockIdx.x * rpb + warp / S;
+    int ra0, rb0;  // the weight rows of the first row (pair)
+    pair_rows(row0, epi, nr, rk, ra0, rb0);
     const int u0 = lane + 32 * sub;  // the lane's first unit; then every 32 S-th
     constexpr bool raw = unit_is_raw<T>() && RAW > 0;
     constexpr int per_row = RAW > 1 ? RAW / 2 : 1;  // SwiGLU: of the gate row, then the up row
@@ -374,7 +437,7 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
                     // units; SwiGLU: per_row of the gate row, then of the up row.
                     const int j = two ? i % per_row : i;
                     const int u = u0 + 32 * S * j;
-                    const long long r = two && i >= per_row ? row0 + nr : row0;
+                    const long long r = two && i >= per_row ? rb0 : ra0;
                     if ((!two || RAW > 1) && u < nu) pre[i] = q_raw<T>(w, r, k, u);
                 }
             }
@@ -382,8 +445,8 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
             const int done = raw ? (two ? (RAW > 1 ? per_row : 0) : RAW) : 0;  // preloaded a row
             if (nu > 32 * S * done)
                 for (long long o = (lane + 32LL * sub) * 128; o < rb; o += 32LL * S * 128) {
-                    prefetch_l2(p0 + row0 * rb + o);
-                    if (two) prefetch_l2(p0 + (row0 + nr) * rb + o);
+                    prefetch_l2(p0 + ra0 * rb + o);
+                    if (two) prefetch_l2(p0 + rb0 * rb + o);
                 }
             if (!two && lane == 0 && sub == 0 && bias) b0 = __ldg(bias + row0);
         }
@@ -417,6 +480,8 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
     for (int r0 = blockIdx.x * rpb; r0 < nr; r0 += gridDim.x * rpb) {
         const int row = r0 + warp / S;
         const bool first = r0 == blockIdx.x * rpb;
+        int ra, rb;
+        pair_rows(row, epi, nr, rk, ra, rb);
         float acc[M], up[M];
 #pragma unroll
         for (int m = 0; m < M; m++) acc[m] = up[m] = 0.0f;
@@ -439,8 +504,8 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
             if (two) {
 #pragma unroll 2
                 for (int u = start; u < nu; u += 32 * S) {
-                    q_unit<T, M>(acc, w, row, k, u, xq, xg);
-                    q_unit<T, M>(up, w, row + nr, k, u, xq, xg);
+                    q_unit<T, M>(acc, w, ra, k, u, xq, xg);
+                    q_unit<T, M>(up, w, rb, k, u, xq, xg);
                 }
             } else {
 #pragma unroll 4
@@ -449,7 +514,9 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
         }
         if (S > 1) split_reduce<M>(acc, up, two, S);
         if (sub != 0 || row >= nr) continue;
-        if (two)
+        if (epi == EPI_ROPE)
+            rope_store_pair<M>(acc, up, lane, row, ra, rb, out, ldo, bias, rk);
+        else if (two)
             matvec_store_swiglu<M>(acc, up, lane, row, nr, out, ldo, bias);
         else if (first)
             matvec_store_first<M>(acc, lane, row, out, ldo, b0, res0, epi);
@@ -502,3 +569,23 @@ VECDOT_PRELOAD(vecdot_q4_0, T_Q4_0, )
 VECDOT_PRELOAD(vecdot_q4_1, T_Q4_1, )
 VECDOT_PRELOAD(vecdot_q5_0, T_Q5_0, )
 VECDOT_PRELOAD(vecdot_q5_1, T_Q5_1, )
+
+// The fused QKV product of decode (EPI_ROPE): one row, quantised in the
+// block; the one-block types preload a unit of each row of the pair.
+#define VECDOT_ROPE(NAME, T, R)                                                                   \
+    extern "C" __global__ void NAME##_rope_m1(MATVEC_ARGS, const int* pos, float* kc, float* vc, \
+                                              const float* factors, int capacity, int n_heads,   \
+                                              int n_kv, int hd, int dim, int style, float theta,  \
+                                              float pos_scale) {                                  \
+        const RopeKv r{pos, kc, vc, factors, capacity, n_heads, n_kv, hd, dim, style, theta,     \
+                       pos_scale};                                                                \
+        vecdot_quant<T, 1, false, R>(MATVEC_PASS, r);                                            \
+    }
+VECDOT_ROPE(vecdot_q8_0, T_Q8_0, 2)
+VECDOT_ROPE(vecdot_q4_0, T_Q4_0, 2)
+VECDOT_ROPE(vecdot_q4_1, T_Q4_1, 2)
+VECDOT_ROPE(vecdot_q5_0, T_Q5_0, 2)
+VECDOT_ROPE(vecdot_q5_1, T_Q5_1, 2)
+VECDOT_ROPE(vecdot_q4_k, T_Q4_K, 0)
+VECDOT_ROPE(vecdot_q6_k, T_Q6_K, 0)
+VECDOT_ROPE(vecdot_q5_k, T_Q5_K, 0)

@@ -14,45 +14,27 @@
 __device__ __forceinline__ void rk_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void rk_store(u16* p, float v) { *p = f2h(v); }
 
-// Slot j (values 2 j, 2 j + 1 of hd / 2 slots) of head h of one row at
-// position p, shared by both kernels: a slot below dim / 2 of a Q or K head
-// rotates its pair, (2j, 2j + 1) in style 0 (normal), (j, j + dim/2) in style
-// 1 (neox), as rope.cu does; the slots above copy the unrotated tail (and V)
-// two values at a time. `cache` is the head's cache row, or null (Q heads,
-// positions outside the cache): then nothing is stored.
+// Slot j of head h of one row at position p (common.cuh's rope_slot and
+// rope_rotate), shared by both kernels: a rotated pair is rotated in place;
+// then the pair goes to `cache` (the head's cache row, or null for Q heads
+// and positions outside the cache: nothing is stored).
 template <typename T>
 __device__ __forceinline__ void rope_store_slot(float* head, T* cache, int h, int j, int p,
                                                 int n_heads, int n_kv, int dim, float theta,
                                                 float pos_scale, const float* factors,
                                                 int style) {
-    const int half = dim / 2;
     int i0, i1;
-    if (h < n_heads + n_kv && j < half) {
-        float pf = __fmul_rn((float)p, pos_scale);
-        float f = (float)(1.0 / pow((double)theta, (double)(2 * j) / (double)dim));
-        if (factors) f = __fdiv_rn(f, factors[j]);
-        float a = __fmul_rn(pf, f);
-        float c = cosf(a), s = sinf(a);
-        i0 = style == 1 ? j : 2 * j;
-        i1 = style == 1 ? j + half : 2 * j + 1;
+    if (rope_slot(h, j, n_heads, n_kv, dim, style, i0, i1)) {
         float x0 = head[i0], x1 = head[i1];
-        float y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
-        float y1 = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
-        head[i0] = y0;
-        head[i1] = y1;
+        rope_rotate(x0, x1, j, p, dim, theta, pos_scale, factors);
+        head[i0] = x0;
+        head[i1] = x1;
         if (cache) {
-            rk_store(cache + i0, y0);
-            rk_store(cache + i1, y1);
+            rk_store(cache + i0, x0);
+            rk_store(cache + i1, x1);
         }
         return;
     }
-    // V heads entirely, and the unrotated tail [dim, hd) of Q and K heads.
-    if (h < n_heads + n_kv) {
-        i0 = dim + 2 * (j - half);
-    } else {
-        i0 = 2 * j;
-    }
-    i1 = i0 + 1;
     if (cache) {
         rk_store(cache + i0, head[i0]);
         rk_store(cache + i1, head[i1]);

@@ -48,6 +48,10 @@ pub(crate) fn check(r: CUresult, what: &'static str) -> CudaResult<()> {
     }
 }
 
+/// The most arguments a launch takes (the fused QKV product with rope and
+/// the KV-cache write has 26).
+const MAX_ARGS: usize = 32;
+
 /// A kernel argument: every parameter is passed through an 8-byte slot; the
 /// kernel reads as many bytes as its parameter has (little-endian).
 #[derive(Clone, Copy, Debug)]
@@ -283,7 +287,12 @@ impl Device {
         smem: u32,
         args: &[Arg],
     ) -> CudaResult<()> {
-        debug_assert!(args.len() <= 24);
+        if args.len() > MAX_ARGS {
+            return Err(CudaError::Invalid(format!(
+                "a kernel launch with {} arguments (at most {MAX_ARGS})",
+                args.len()
+            )));
+        }
         let pdl = self.pdl();
         if self.mode() != Mode::Normal {
             let head = [
@@ -293,7 +302,7 @@ impl Device {
                 smem as u64,
             ];
             self.note(&head);
-            let mut words = [0u64; 24];
+            let mut words = [0u64; MAX_ARGS];
             for (w, a) in words.iter_mut().zip(args) {
                 *w = a.0;
             }
@@ -304,8 +313,8 @@ impl Device {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
-        let mut slots = [0u64; 24];
-        let mut ptrs = [std::ptr::null_mut::<c_void>(); 24];
+        let mut slots = [0u64; MAX_ARGS];
+        let mut ptrs = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
         for (i, a) in args.iter().enumerate() {
             slots[i] = a.0;
         }

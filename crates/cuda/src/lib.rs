@@ -70,6 +70,11 @@ pub struct CudaBackend {
     /// rope + kv_store): METALLIC_CUDA_FUSE=0 turns them off when the
     /// backend opens.
     fuse: AtomicBool,
+    /// The QKV product with rope and the KV-cache write in its epilogue
+    /// (decode, one row, `vecdot`): off unless METALLIC_CUDA_FUSE_ROPE=1
+    /// (then rope + kv_store is not its own kernel). Off by default until
+    /// it has passed its GPU tests and been timed (see BENCHMARKS.md).
+    fuse_rope: AtomicBool,
     /// Bytes left for dense f16 copies of quantised weights (see
     /// `matmul_cublas::dense_copies`).
     dense_budget: std::sync::atomic::AtomicUsize,
@@ -81,6 +86,16 @@ fn fuse_enabled() -> bool {
     !matches!(
         std::env::var("METALLIC_CUDA_FUSE").as_deref(),
         Ok("0" | "off" | "false" | "no")
+    )
+}
+
+/// METALLIC_CUDA_FUSE_ROPE=1 (or `on`, `true`, `yes`): rope and the
+/// KV-cache write go into the decode QKV product (opt-in: not yet validated
+/// on a GPU, see `fuse_rope`).
+fn fuse_rope_enabled() -> bool {
+    matches!(
+        std::env::var("METALLIC_CUDA_FUSE_ROPE").as_deref(),
+        Ok("1" | "on" | "true" | "yes")
     )
 }
 
@@ -107,6 +122,7 @@ impl CudaBackend {
             graphs: Graphs::default(),
             events: EventPool::new(),
             fuse: AtomicBool::new(fuse_enabled()),
+            fuse_rope: AtomicBool::new(fuse_rope_enabled()),
             dense_budget: std::sync::atomic::AtomicUsize::new(dense),
         })
     }
@@ -145,6 +161,18 @@ impl CudaBackend {
     /// product, residual add and SwiGLU in its epilogue, rope + kv_store).
     pub fn fusion(&self) -> bool {
         self.fuse.load(Ordering::Relaxed)
+    }
+
+    /// Whether the decode QKV product takes rope and the KV-cache write
+    /// into its epilogue (where [`fusion`](Self::fusion) is on too).
+    pub fn rope_fusion(&self) -> bool {
+        self.fuse_rope.load(Ordering::Relaxed)
+    }
+
+    /// Turn the QKV + rope + KV-cache-write fusion on or off (graphs are
+    /// captured again, as for [`set_fusion`](Self::set_fusion)).
+    pub fn set_rope_fusion(&self, on: bool) {
+        self.fuse_rope.store(on, Ordering::Relaxed);
     }
 
     /// Turn the fused kernels on or off. Graphs captured the other way are
@@ -617,6 +645,58 @@ impl Backend for CudaBackend {
         self.dev.bind()?;
         let f = &self.k.rope_kv_store;
         Ok(f.launch(&self.dev, qp, pp, m, layout, &p, kp, vp, capacity)?)
+    }
+
+    fn fuses_matmul_rope_kv_store(
+        &self,
+        imp: usize,
+        w: &CudaLinear,
+        m: usize,
+        layout: &QkvLayout,
+        cache: &KvLayer<CudaTensor>,
+    ) -> bool {
+        self.rope_fusion()
+            && self.fuses_rope_kv_store(cache)
+            && imp == matmul::VECDOT
+            && m == 1
+            && ops::matmul_vecdot::Vecdot::supports_rope(w, layout)
+    }
+
+    fn matmul_rope_kv_store(
+        &self,
+        imp: usize,
+        x: &CudaTensor,
+        norm: &NormPrologue<'_, CudaTensor>,
+        w: &CudaLinear,
+        m: usize,
+        qkv: &mut CudaTensor,
+        pos: &CudaTensor,
+        layout: &QkvLayout,
+        rope: &Rope<'_, CudaTensor>,
+        cache: &mut KvLayer<CudaTensor>,
+        capacity: usize,
+    ) -> Result<()> {
+        if !self.fuses_matmul_rope_kv_store(imp, w, m, layout, cache) {
+            return Err(invalid(
+                "matmul_rope_kv_store: this product and cache take the separate ops \
+                 (ask fuses_matmul_rope_kv_store first)",
+            ));
+        }
+        let p = rope_params(rope, layout)?;
+        let k = w.info.k;
+        let need = layout.n_kv_heads * capacity * layout.head_dim;
+        let xp = x.ptr_of(DType::F32, k, "matmul_rope_kv_store x")?;
+        let nw = norm
+            .weight
+            .ptr_of(DType::F32, k, "matmul_rope_kv_store norm weight")?;
+        let op = qkv.ptr_of(DType::F32, layout.row_width(), "matmul_rope_kv_store qkv")?;
+        let pp = pos.ptr_of(DType::I32, 1, "matmul_rope_kv_store positions")?;
+        let kp = cache.k.ptr_of(DType::F32, need, "k cache")?;
+        let vp = cache.v.ptr_of(DType::F32, need, "v cache")?;
+        self.dev.bind()?;
+        Ok(self.k.vecdot.launch_rope(
+            &self.dev, xp, w, op, nw, norm.eps, pp, layout, &p, kp, vp, capacity,
+        )?)
     }
 
     fn attention(

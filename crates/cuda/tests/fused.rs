@@ -259,6 +259,117 @@ fn rope_kv_store_matches_rope_then_kv_store() {
     }
 }
 
+/// The decode QKV product with rope and the KV-cache write in its epilogue
+/// (`matmul_rope_kv_store`, one kernel) equals the normed product then
+/// rope_kv_store bit for bit: qkv and both caches, both rope styles, a
+/// partial rotary dimension, frequency factors, a position outside the
+/// cache (rotated, not stored), weight types with and without preloaded
+/// units, with and without a bias.
+#[test]
+fn qkv_product_with_rope_and_store_matches_product_then_rope_kv_store() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let layout = QkvLayout {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+    };
+    let (k, capacity) = (256, 16);
+    let n = layout.row_width();
+    let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 * 0.25).collect();
+    let vecdot = imp(&gpu, "vecdot");
+    let default = gpu.rope_fusion();
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+    ] {
+        for bias in [true, false] {
+            let mut tensors = vec![("w", ty, k, n, randn(n * k, 21))];
+            if bias {
+                tensors.push(("b", GgmlType::F32, n, 1, randn(n, 22)));
+            }
+            let f = tensor_file(&tensors);
+            let biases = bias.then(|| vec![view(&f, "b")]);
+            let w = gpu
+                .upload_linear(&[view(&f, "w")], biases.as_deref())
+                .unwrap();
+            let xs: Vec<f32> = randn(k, 23).iter().map(|v| v * 40.0).collect();
+            let x = activations(&gpu, &xs, 1, k);
+            let nw_vals: Vec<f32> = randn(k, 24).iter().map(|v| 1.0 + 0.3 * v).collect();
+            let nw = vector(&gpu, &nw_vals);
+            let norm = NormPrologue {
+                weight: &nw,
+                eps: 1e-6,
+            };
+            for style in [RopeStyle::Normal, RopeStyle::Neox] {
+                for (dim, with_factors, at) in [(64, false, 5), (32, false, 15), (64, true, 40)] {
+                    let run = |fused: bool| {
+                        gpu.set_rope_fusion(fused);
+                        let mut qkv = activations(&gpu, &randn(n, 25), 1, n);
+                        let p = positions(&gpu, &[at]);
+                        let fac = with_factors.then(|| vector(&gpu, &factors[..dim / 2]));
+                        let need = layout.n_kv_heads * capacity * layout.head_dim;
+                        let mut cache = KvLayer {
+                            k: activations(&gpu, &randn(need, 26), 1, need),
+                            v: activations(&gpu, &randn(need, 27), 1, need),
+                        };
+                        let rope = Rope {
+                            style,
+                            theta: 10000.0,
+                            dim,
+                            pos_scale: 0.5,
+                            freq_factors: fac.as_ref(),
+                        };
+                        assert_eq!(
+                            gpu.fuses_matmul_rope_kv_store(vecdot, &w, 1, &layout, &cache),
+                            fused,
+                            "{ty:?}: the fused QKV product should be used exactly when on"
+                        );
+                        if fused {
+                            gpu.matmul_rope_kv_store(
+                                vecdot, &x, &norm, &w, 1, &mut qkv, &p, &layout, &rope, &mut cache,
+                                capacity,
+                            )
+                            .unwrap();
+                        } else {
+                            let mut normed = gpu.alloc(DType::F32, k, "normed").unwrap();
+                            gpu.matmul_fused(
+                                vecdot,
+                                &x,
+                                Some(&norm),
+                                &w,
+                                1,
+                                Epilogue::Store,
+                                &mut qkv,
+                                FusedScratch::normed(&mut normed),
+                            )
+                            .unwrap();
+                            gpu.rope_kv_store(
+                                &mut qkv, &p, 1, &layout, &rope, &mut cache, capacity,
+                            )
+                            .unwrap();
+                        }
+                        gpu.set_rope_fusion(default);
+                        (
+                            read(&gpu, &qkv, n),
+                            read(&gpu, &cache.k, need),
+                            read(&gpu, &cache.v, need),
+                        )
+                    };
+                    let (a, b) = (run(true), run(false));
+                    let what = format!(
+                        "{ty:?} bias {bias} {style:?} dim {dim} factors {with_factors} pos {at}"
+                    );
+                    assert_eq!(a.0, b.0, "{what}: qkv differs");
+                    assert_eq!(a.1, b.1, "{what}: K cache differs");
+                    assert_eq!(a.2, b.2, "{what}: V cache differs");
+                }
+            }
+        }
+    }
+}
+
 /// The paged cache's rope + store in one kernel equals rope then
 /// paged_kv_store, for f32 and f16 caches: q, k, v and both caches, both
 /// styles, rows of several sequences through scattered block tables
@@ -448,11 +559,13 @@ fn decode_graph_nodes(gpu: &CudaBackend, ty: GgmlType, layers: usize, fused: boo
     gpu.last_graph_nodes()
 }
 
-/// The fused decode step runs six kernels a layer (norm+QKV, rope+kv_store,
-/// attention, O+add, norm+gate|up+SwiGLU, down+add: no separate quantise,
-/// norm, add or SwiGLU kernel), on 8-bit and 4-bit weights; twelve unfused.
+/// The fused decode step runs six kernels a layer (norm+QKV, rope+KV
+/// write, attention, O+add, norm+gate|up+SwiGLU, down+add: no separate
+/// quantise, norm, add or SwiGLU kernel), five with the rope fusion on
+/// (norm+QKV+rope+KV write), on 8-bit and 4-bit weights; twelve or more
+/// unfused.
 #[test]
-fn fused_decode_runs_six_kernels_a_layer() {
+fn fused_decode_runs_six_kernels_a_layer_five_with_the_rope_fusion() {
     let Some(gpu) = cuda_or_skip() else { return };
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
         let per_layer = |fused: bool| {
@@ -466,8 +579,17 @@ fn fused_decode_runs_six_kernels_a_layer() {
             );
             ((b - a) / 2, a - 2 * (b - a) / 2)
         };
+        let default = gpu.rope_fusion();
+        gpu.set_rope_fusion(true);
+        let (with_rope, _) = per_layer(true);
+        gpu.set_rope_fusion(false);
         let (fused, fixed) = per_layer(true);
         let (separate, fixed_separate) = per_layer(false);
+        gpu.set_rope_fusion(default);
+        assert_eq!(
+            with_rope, 5,
+            "{ty:?}: kernels a layer with the rope fusion on"
+        );
         eprintln!(
             "{ty:?}: kernels a decoded token: fused {fused} a layer + {fixed}, \
              separate {separate} a layer + {fixed_separate}"

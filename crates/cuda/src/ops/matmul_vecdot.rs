@@ -19,7 +19,10 @@
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use metallic::backend::{Epilogue, QkvLayout};
+
 use super::matmul_fdot::{check_fusion, check_m, matvec_args, matvec_grid, Fdot, Fusion, MAX_M};
+use super::rope::RopeParams;
 use super::{ew_grid, kernel_source, EW_BLOCK};
 use crate::compile::KernelSource;
 use crate::device::{Arg, Device, DeviceBuffer, Func};
@@ -132,6 +135,9 @@ pub(crate) struct Vecdot {
     /// `vecdot_<type>_p<R>_m1` for R = 1, 2, 4: one row, quantised in the
     /// block, R units a lane loaded before the wait; with their thread limits.
     preload: [[(Func, u32); 3]; WType::COUNT],
+    /// `vecdot_<type>_rope_m1`: the fused QKV product of decode (rope and
+    /// the KV-cache write in its epilogue), with its thread limit.
+    rope: [(Func, u32); WType::COUNT],
     preload_on: bool,
     warps_per_sm: usize,
     quantize: Func,
@@ -170,11 +176,18 @@ impl Vecdot {
                 preload[t as usize][i] = (f, l.max_threads(f)?);
             }
         }
+        let mut rope = [(Func::null(), 0u32); WType::COUNT];
+        for t in WType::ALL.into_iter().filter(|t| t.has_vecdot()) {
+            let f = module.function(&format!("vecdot_{}_rope_m1", t.suffix()))?;
+            l.allow_smem(f)?;
+            rope[t as usize] = (f, l.max_threads(f)?);
+        }
         Ok(Vecdot {
             fused,
             pre,
             max_threads,
             preload,
+            rope,
             preload_on: preload_from_env(),
             warps_per_sm: warps_per_sm_from_env(),
             quantize: module.function("quantize_act")?,
@@ -328,4 +341,91 @@ impl Vecdot {
         }
         Ok(())
     }
+
+    /// Whether [`launch_rope`](Self::launch_rope) runs the product of `w`
+    /// for one row of `k` values: one segment of a type with a `vecdot`
+    /// kernel, rows in whole heads of an even size.
+    pub fn supports_rope(w: &CudaLinear, layout: &QkvLayout) -> bool {
+        let (n, k) = (w.info.n, w.info.k);
+        w.segs.len() == 1
+            && w.segs[0].ty.has_vecdot()
+            && supports(w.segs[0].ty, k, 1)
+            && n == layout.row_width()
+            && layout.head_dim.is_multiple_of(2)
+    }
+
+    /// The fused QKV product of one decode row: `qkv = norm(x) W^T (+
+    /// bias)` with the Q and K heads rotated and the K and V heads written
+    /// into the f32 caches `[kv_heads, capacity, head_dim]` at `pos[0]` (not
+    /// stored outside it): the values of the product then `rope_kv_store`.
+    /// One warp a pair of rows that rope moves together
+    /// (`EPI_ROPE` in the kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_rope(
+        &self,
+        dev: &Arc<Device>,
+        x: u64,
+        w: &CudaLinear,
+        out: u64,
+        norm: u64,
+        eps: f32,
+        pos: u64,
+        layout: &QkvLayout,
+        p: &RopeParams,
+        k_cache: u64,
+        v_cache: u64,
+        capacity: usize,
+    ) -> CudaResult<()> {
+        if !Self::supports_rope(w, layout) {
+            return Err(CudaError::Invalid(format!(
+                "vecdot: no fused QKV product for {} rows of {} values in {} parts",
+                w.info.n,
+                w.info.k,
+                w.segs.len()
+            )));
+        }
+        let (n, k) = (w.info.n, w.info.k);
+        let seg = &w.segs[0];
+        let bias = w.bias.as_ref().map_or(0, |b| b.ptr);
+        let (f, limit) = self.rope[seg.ty as usize];
+        let sm = dev.sm_count as usize;
+        let (warps, blocks) = matvec_grid(dev, n / 2);
+        let blocks = blocks.min(sm * self.warps_per_sm / warps);
+        let mut split = if warps == 4 { self.split() } else { 1 };
+        while split > 1 && warps * split * 32 > limit as usize {
+            split /= 2;
+        }
+        let fu = Fusion {
+            norm,
+            eps,
+            epilogue: Epilogue::Store,
+        };
+        let mut args = matvec_args(seg, k, x, out, n, bias, &fu, split).to_vec();
+        args[12] = Arg::from(EPI_ROPE);
+        let r = p.args(); // dim, theta, pos_scale, factors, style
+        args.extend([
+            Arg(pos),
+            Arg(k_cache),
+            Arg(v_cache),
+            r[3],
+            Arg::from(capacity as i32),
+            Arg::from(layout.n_heads as i32),
+            Arg::from(layout.n_kv_heads as i32),
+            Arg::from(layout.head_dim as i32),
+            r[0],
+            r[4],
+            r[1],
+            r[2],
+        ]);
+        dev.launch(
+            f,
+            (blocks as u32, 1, 1),
+            (warps * split * 32) as u32,
+            xq_bytes(1, k) as u32,
+            &args,
+        )
+    }
 }
+
+/// `EPI_ROPE` in common.cuh.
+const EPI_ROPE: i32 = 3;
