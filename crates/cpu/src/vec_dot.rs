@@ -5,7 +5,10 @@
 //! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K, Q5_K and Q6_K with
 //! SIMD kernels on AVX-512 only, scalar ones at the other levels) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
-//! block; float weights (F32, F16) with f32 activations. The CUDA backend's
+//! block; float weights (F32, F16) with f32 activations. Q4_0 with AVX-512
+//! has a tile kernel ([`Kernels::quant_tile`], 16 weight rows a call) that
+//! the decode drivers use; the level's other Q4_0 entry points run it too
+//! (one row in every lane: 16 times the work, for bit-identical results). The CUDA backend's
 //! `vecdot` does the same arithmetic for these types. The level is detected at run
 //! time; `METALLIC_CPU_SIMD=scalar|avx2|avx512|neon|neon-dot` forces a lower
 //! one (for measurements and tests).
