@@ -140,10 +140,22 @@ __device__ __forceinline__ void rms_scales(const float* x, int k, float eps, flo
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
 #pragma unroll
     for (int m = 0; m < M; m++) {
+        // Four loads in flight before the first sum (the same order of sums).
         double ss = 0.0;
-        for (int j = threadIdx.x; j < k; j += blockDim.x) {
-            double v = (double)x[(long long)m * k + j];
-            ss += v * v;
+        for (int j0 = threadIdx.x; j0 < k; j0 += 4 * blockDim.x) {
+            float f[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int j = j0 + i * blockDim.x;
+                f[i] = j < k ? x[(long long)m * k + j] : 0.0f;
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                if (j0 + i * blockDim.x < k) {
+                    double v = (double)f[i];
+                    ss += v * v;
+                }
+            }
         }
         ss = warp_sum_d(ss);
         if (lane == 0) part[m][warp] = ss;
@@ -190,6 +202,22 @@ __device__ __forceinline__ void matvec_store(float (&acc)[M], int lane, int row,
             float* o = out + (long long)m * ldo + row;
             float v = acc[m] + b;
             *o = epi == EPI_ADD ? *o + v : v;
+        }
+    }
+}
+
+// matvec_store with the bias b and (EPI_ADD) the value of out the product is
+// added to already loaded: the same operations.
+template <int M>
+__device__ __forceinline__ void matvec_store_first(float (&acc)[M], int lane, int row, float* out,
+                                                 int ldo, float b, const float (&res)[M], int epi) {
+#pragma unroll
+    for (int m = 0; m < M; m++) acc[m] = warp_sum(acc[m]);
+    if (lane == 0) {
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            float v = acc[m] + b;
+            out[(long long)m * ldo + row] = epi == EPI_ADD ? res[m] + v : v;
         }
     }
 }

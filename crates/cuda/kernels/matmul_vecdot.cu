@@ -95,29 +95,55 @@ __device__ __forceinline__ int units_per_row(int k) {
     return T == T_Q8_0 ? k / 16 : T == T_Q6_K ? k / 64 : k / 32;
 }
 
+// The one-block types (Q8_0's 16-byte chunks, Q4_0/Q4_1/Q5_0/Q5_1 blocks):
+// a unit's weight bits, loaded apart from their use so that a warp can hold
+// its first units in registers before it waits for its activations.
+template <int T>
+__device__ __forceinline__ constexpr bool unit_is_raw() {
+    return T == T_Q8_0 || T == T_Q4_0 || T == T_Q4_1 || T == T_Q5_0 || T == T_Q5_1;
+}
+
+// v: 16 bytes of quants; a: the block's f16 scale (or Q4_1/Q5_1's scale and
+// minimum); b: Q5's fifth bits.
+struct Raw {
+    uint4 v;
+    u32 a;
+    u32 b;
+};
+
+template <int T>
+__device__ __forceinline__ Raw q_raw(const W& w, long long row, int k, int u) {
+    const int kg = k / 32;
+    Raw r;
+    r.b = 0;
+    if (T == T_Q8_0) {
+        r.v = ldg_stream(w.p0 + row * k + 16 * u);
+        r.a = __ldg(reinterpret_cast<const u16*>(w.p1) + row * kg + u / 2);
+    } else {
+        r.v = ldg_stream(w.p0 + row * (k / 2) + 16 * u);
+        if (T == T_Q4_0 || T == T_Q5_0)
+            r.a = __ldg(reinterpret_cast<const u16*>(w.p1) + row * kg + u);
+        else
+            r.a = __ldg(reinterpret_cast<const u32*>(w.p1) + row * kg + u);
+        if (T == T_Q5_0 || T == T_Q5_1) r.b = __ldg(reinterpret_cast<const u32*>(w.p2) + row * kg + u);
+    }
+    return r;
+}
+
 template <int T, int M>
-__device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long row, int k, int u,
-                                       const i8* xq, const XGroup* xg) {
+__device__ __forceinline__ void q_dot(float (&acc)[M], const Raw& r, int k, int u, const i8* xq,
+                                      const XGroup* xg) {
     const int kg = k / 32;
     if (T == T_Q8_0) {
-        uint4 v = ldg_stream(w.p0 + row * k + 16 * u);
-        float dw = h2f(__ldg(reinterpret_cast<const u16*>(w.p1) + row * kg + u / 2));
+        float dw = h2f((u16)r.a);
 #pragma unroll
         for (int m = 0; m < M; m++) {
-            int s = dot16(v, lds16(xq + m * k + 16 * u));
+            int s = dot16(r.v, lds16(xq + m * k + 16 * u));
             acc[m] += dw * xg[m * kg + u / 2].d * (float)s;
         }
     } else if (T == T_Q4_0 || T == T_Q4_1) {
-        uint4 v = ldg_stream(w.p0 + row * (k / 2) + 16 * u);
-        uint4 lo = nib_lo(v), hi = nib_hi(v);
-        float dw, mw = 0.0f;
-        if (T == T_Q4_0) {
-            dw = h2f(__ldg(reinterpret_cast<const u16*>(w.p1) + row * kg + u));
-        } else {
-            u32 dm = __ldg(reinterpret_cast<const u32*>(w.p1) + row * kg + u);
-            dw = h2f((u16)(dm & 0xffff));
-            mw = h2f((u16)(dm >> 16));
-        }
+        uint4 lo = nib_lo(r.v), hi = nib_hi(r.v);
+        float dw = h2f((u16)(r.a & 0xffff)), mw = T == T_Q4_1 ? h2f((u16)(r.a >> 16)) : 0.0f;
 #pragma unroll
         for (int m = 0; m < M; m++) {
             const i8* a = xq + m * k + 32 * u;
@@ -128,6 +154,30 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
             else
                 acc[m] += dw * g.d * (float)s + mw * g.s;
         }
+    } else if (T == T_Q5_0 || T == T_Q5_1) {
+        // Q4_0/Q4_1's nibbles with the fifth bit of element j at bit j of the
+        // block's qh word; x = d (q - 16) or d q + m.
+        uint4 lo = with_fifth(nib_lo(r.v), r.b & 0xffff), hi = with_fifth(nib_hi(r.v), r.b >> 16);
+        float dw = h2f((u16)(r.a & 0xffff)), mw = T == T_Q5_1 ? h2f((u16)(r.a >> 16)) : 0.0f;
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            const i8* a = xq + m * k + 32 * u;
+            int s = dot16(hi, lds16(a + 16), dot16(lo, lds16(a)));
+            XGroup g = xg[m * kg + u];
+            if (T == T_Q5_0)
+                acc[m] += dw * g.d * (float)(s - 16 * (g.s0 + g.s1));
+            else
+                acc[m] += dw * g.d * (float)s + mw * g.s;
+        }
+    }
+}
+
+template <int T, int M>
+__device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long row, int k, int u,
+                                       const i8* xq, const XGroup* xg) {
+    const int kg = k / 32;
+    if constexpr (unit_is_raw<T>()) {
+        q_dot<T, M>(acc, q_raw<T>(w, row, k, u), k, u, xq, xg);
     } else if (T == T_Q4_K) {
         long long sb = row * (k / 256) + u / 8;
         int j64 = (u % 8) / 2, h = u % 2;
@@ -188,30 +238,6 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
             }
             acc[m] += d * a;
         }
-    } else if (T == T_Q5_0 || T == T_Q5_1) {
-        // One block: Q4_0/Q4_1's nibbles with the fifth bit of element j at
-        // bit j of the block's qh word (p2); x = d (q - 16) or d q + m.
-        uint4 v = ldg_stream(w.p0 + row * (k / 2) + 16 * u);
-        u32 qh = __ldg(reinterpret_cast<const u32*>(w.p2) + row * kg + u);
-        uint4 lo = with_fifth(nib_lo(v), qh & 0xffff), hi = with_fifth(nib_hi(v), qh >> 16);
-        float dw, mw = 0.0f;
-        if (T == T_Q5_0) {
-            dw = h2f(__ldg(reinterpret_cast<const u16*>(w.p1) + row * kg + u));
-        } else {
-            u32 dm = __ldg(reinterpret_cast<const u32*>(w.p1) + row * kg + u);
-            dw = h2f((u16)(dm & 0xffff));
-            mw = h2f((u16)(dm >> 16));
-        }
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            const i8* a = xq + m * k + 32 * u;
-            int s = dot16(hi, lds16(a + 16), dot16(lo, lds16(a)));
-            XGroup g = xg[m * kg + u];
-            if (T == T_Q5_0)
-                acc[m] += dw * g.d * (float)(s - 16 * (g.s0 + g.s1));
-            else
-                acc[m] += dw * g.d * (float)s + mw * g.s;
-        }
     } else if (T == T_Q5_K) {
         // Q4_K's unit with the fifth bits: qh[l] (p2) holds bit j for value l
         // of 32-value group j of the super-block.
@@ -243,9 +269,11 @@ __device__ __forceinline__ void q_unit(float (&acc)[M], const W& w, long long ro
 // quantize_act: each thread takes 8 values, 4 lanes make a 32-value group.
 // With nw set, the values are first normed as rms_norm.cu does (scale per
 // row from rms_scales), so the quants equal those of the separate norm's output.
+// nw0: the norm weights of the thread's first chunk, loaded before the wait.
 template <int M>
 __device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XGroup* xg,
-                                               const float* nw, const float (&sc)[M]) {
+                                               const float* nw, const float (&sc)[M],
+                                               const float4 (&nw0)[2]) {
     const int chunks = M * k / 8;  // a multiple of 4: k % 32 == 0
     for (int base = 0; base < chunks; base += blockDim.x) {
         const int c = base + threadIdx.x;
@@ -260,7 +288,8 @@ __device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XG
                 float s = sc[0];
 #pragma unroll
                 for (int m = 1; m < M; m++) s = row == m ? sc[m] : s;
-                float4 wa = ldg_f4(nw + j), wb = ldg_f4(nw + j + 4);
+                float4 wa = base == 0 ? nw0[0] : ldg_f4(nw + j);
+                float4 wb = base == 0 ? nw0[1] : ldg_f4(nw + j + 4);
                 v[0] = normed(v[0], s, wa.x); v[1] = normed(v[1], s, wa.y);
                 v[2] = normed(v[2], s, wa.z); v[3] = normed(v[3], s, wa.w);
                 v[4] = normed(v[4], s, wb.x); v[5] = normed(v[5], s, wb.y);
@@ -300,25 +329,80 @@ __device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XG
 // to shared memory); else `x` is f32 and each block quantises it itself,
 // normed first when nw is set (PRE takes no norm: the launcher never asks).
 // EPI_SWIGLU: each warp walks its gate row and its up row together.
-template <int T, int M, bool PRE>
+//
+// Before the wait for the kernel that writes x (programmatic dependent
+// launch), everything that does not depend on it is loaded: for the one-block
+// types the first RAW units of the warp's first row (RAW / 2 each of the gate
+// and up rows) go to registers, the rest of the row is asked of L2; the
+// thread's first chunk of the norm weights and the first row's bias too. What
+// is left after the wait is the activations' round trip, two barriers and
+// the arithmetic, the same arithmetic in the same order as without the
+// preload (a lane's units in ascending order), so the results do not change.
+// RAW (0, 1, 2 or 4): the units a lane preloads (the launcher picks the
+// fewest that hold the lane's share, as registers limit the blocks an SM
+// keeps); 0 for none.
+template <int T, int M, bool PRE, int RAW>
 __device__ void vecdot_quant(MATVEC_ARGS) {
     extern __shared__ __align__(16) u8 smem[];
     i8* xq = reinterpret_cast<i8*>(smem);
     XGroup* xg = reinterpret_cast<XGroup*>(smem + M * k);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int nr = matvec_rows(n, epi);
+    const W w{p0, p1, p2, p3};
+    const int nu = units_per_row<T>(k);
+    // `split` warps share a row: a row group per `split` warps, each warp
+    // taking every split-th run of 32 units. The loop bound is uniform over
+    // the block (split_reduce synchronises).
+    const int S = split, rpb = warps / S, sub = warp % S;
+    const bool two = epi == EPI_SWIGLU;
+    const int row0 = blockIdx.x * rpb + warp / S;
+    const int u0 = lane + 32 * sub;  // the lane's first unit; then every 32 S-th
+    constexpr bool raw = unit_is_raw<T>() && RAW > 0;
+    constexpr int per_row = RAW > 1 ? RAW / 2 : 1;  // SwiGLU: of the gate row, then the up row
+    Raw pre[RAW > 0 ? RAW : 1];
+    float4 nw0[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
+    float b0 = 0.0f;  // the first row's bias (lane 0 of its first warp)
     {
-        // Weights are never written: safe to touch before the wait. Each
-        // warp asks for the lines of its own share of its row.
-        const int row0 = blockIdx.x * (warps / split) + warp / split;
+        // Weights, norm weights and bias are never written: safe to read
+        // before the wait.
         const long long rb = T == T_Q8_0 ? k : k / 2;  // bytes of plane 0 per row
-        if (row0 < nr)
-            for (long long o = (lane + 32LL * (warp % split)) * 128; o < rb; o += 32LL * split * 128) {
-                prefetch_l2(p0 + row0 * rb + o);
-                if (epi == EPI_SWIGLU) prefetch_l2(p0 + (row0 + nr) * rb + o);
+        if (row0 < nr) {
+            if (raw) {
+#pragma unroll
+                for (int i = 0; i < RAW; i++) {
+                    // Single rows: slots 0..RAW-1 are the lane's first RAW
+                    // units; SwiGLU: per_row of the gate row, then of the up row.
+                    const int j = two ? i % per_row : i;
+                    const int u = u0 + 32 * S * j;
+                    const long long r = two && i >= per_row ? row0 + nr : row0;
+                    if ((!two || RAW > 1) && u < nu) pre[i] = q_raw<T>(w, r, k, u);
+                }
             }
+            // The rest of the row to L2 (none where the preload holds all of it).
+            const int done = raw ? (two ? (RAW > 1 ? per_row : 0) : RAW) : 0;  // preloaded a row
+            if (nu > 32 * S * done)
+                for (long long o = (lane + 32LL * sub) * 128; o < rb; o += 32LL * S * 128) {
+                    prefetch_l2(p0 + row0 * rb + o);
+                    if (two) prefetch_l2(p0 + (row0 + nr) * rb + o);
+                }
+            if (!two && lane == 0 && sub == 0 && bias) b0 = __ldg(bias + row0);
+        }
+        if (nw && !PRE && (int)threadIdx.x < M * k / 8) {
+            const int j = (int)(8LL * threadIdx.x % k);
+            nw0[0] = ldg_f4(nw + j);
+            nw0[1] = ldg_f4(nw + j + 4);
+        }
     }
     pdl_enter();
+    // The residual the first row adds to (EPI_ADD), read now so that it is
+    // here when the dot product is.
+    float res0[M];
+#pragma unroll
+    for (int m = 0; m < M; m++) res0[m] = 0.0f;
+    if (epi == EPI_ADD && lane == 0 && sub == 0 && row0 < nr) {
+#pragma unroll
+        for (int m = 0; m < M; m++) res0[m] = out[(long long)m * ldo + row0];
+    }
     if (PRE) {
         const uint4* src = reinterpret_cast<const uint4*>(x);
         uint4* dst = reinterpret_cast<uint4*>(smem);
@@ -327,47 +411,75 @@ __device__ void vecdot_quant(MATVEC_ARGS) {
     } else {
         float sc[M];
         if (nw) rms_scales<M>(x, k, eps, sc);
-        quantize_block<M>(x, k, xq, xg, nw, sc);
+        quantize_block<M>(x, k, xq, xg, nw, sc, nw0);
     }
     __syncthreads();
-    const W w{p0, p1, p2, p3};
-    const int nu = units_per_row<T>(k);
-    // `split` warps share a row: a row group per `split` warps, each warp
-    // taking every split-th run of 32 units. The loop bound is uniform over
-    // the block (split_reduce synchronises).
-    const int S = split, rpb = warps / S, sub = warp % S;
-    const bool two = epi == EPI_SWIGLU;
     for (int r0 = blockIdx.x * rpb; r0 < nr; r0 += gridDim.x * rpb) {
         const int row = r0 + warp / S;
+        const bool first = r0 == blockIdx.x * rpb;
         float acc[M], up[M];
 #pragma unroll
         for (int m = 0; m < M; m++) acc[m] = up[m] = 0.0f;
         if (row < nr) {
+            int start = u0;
+            if (raw && first && (!two || RAW > 1)) {
+                // The preloaded units, then the rest of the row as below.
+#pragma unroll
+                for (int i = 0; i < RAW; i++) {
+                    const int j = two ? i % per_row : i;
+                    const int u = u0 + 32 * S * j;
+                    if (two) {
+                        if (u < nu) q_dot<T, M>(i < per_row ? acc : up, pre[i], k, u, xq, xg);
+                    } else if (u < nu) {
+                        q_dot<T, M>(acc, pre[i], k, u, xq, xg);
+                    }
+                }
+                start = u0 + 32 * S * (two ? per_row : RAW);
+            }
             if (two) {
 #pragma unroll 2
-                for (int u = lane + 32 * sub; u < nu; u += 32 * S) {
+                for (int u = start; u < nu; u += 32 * S) {
                     q_unit<T, M>(acc, w, row, k, u, xq, xg);
                     q_unit<T, M>(up, w, row + nr, k, u, xq, xg);
                 }
             } else {
 #pragma unroll 4
-                for (int u = lane + 32 * sub; u < nu; u += 32 * S) q_unit<T, M>(acc, w, row, k, u, xq, xg);
+                for (int u = start; u < nu; u += 32 * S) q_unit<T, M>(acc, w, row, k, u, xq, xg);
             }
         }
         if (S > 1) split_reduce<M>(acc, up, two, S);
         if (sub != 0 || row >= nr) continue;
         if (two)
             matvec_store_swiglu<M>(acc, up, lane, row, nr, out, ldo, bias);
+        else if (first)
+            matvec_store_first<M>(acc, lane, row, out, ldo, b0, res0, epi);
         else
             matvec_store<M>(acc, lane, row, out, ldo, bias, epi);
     }
 }
 
+template <int T, int M>
+__device__ void vecdot_fused(MATVEC_ARGS) { vecdot_quant<T, M, false, 0>(MATVEC_PASS); }
+template <int T, int M>
+__device__ void vecdot_pre(MATVEC_ARGS) { vecdot_quant<T, M, true, 0>(MATVEC_PASS); }
 
-template <int T, int M>
-__device__ void vecdot_fused(MATVEC_ARGS) { vecdot_quant<T, M, false>(MATVEC_PASS); }
-template <int T, int M>
-__device__ void vecdot_pre(MATVEC_ARGS) { vecdot_quant<T, M, true>(MATVEC_PASS); }
+// One activation row, quantised in the block, with 1, 2 or 4 units a lane
+// preloaded: vecdot_<t>_p<RAW>_m1 (the decode step's products). Q8_0's and
+// every p1 are bounded to 64 registers, so that four blocks of 8 warps (the
+// grid of products of many rows) fit an SM at once: a block that is not
+// resident cannot preload while its producer runs. The 4- and 5-bit p2 and
+// p4 would spill there (before the wait, which defeats the preload): they
+// keep their registers and fewer blocks an SM. The launcher falls back to
+// vecdot_<t>_m1 where a variant cannot take the block.
+#define VECDOT_PRELOAD_R(NAME, T, R, BOUNDS)                        \
+    extern "C" __global__ void BOUNDS NAME##_p##R##_m1(MATVEC_ARGS) { \
+        vecdot_quant<T, 1, false, R>(MATVEC_PASS);                  \
+    }
+#define BOUND64 __launch_bounds__(256, 4)
+#define VECDOT_PRELOAD(NAME, T, B24)  \
+    VECDOT_PRELOAD_R(NAME, T, 1, BOUND64) \
+    VECDOT_PRELOAD_R(NAME, T, 2, B24)     \
+    VECDOT_PRELOAD_R(NAME, T, 4, B24)
 
 MATVEC_ALL_M(vecdot_q8_0, vecdot_fused, T_Q8_0)
 MATVEC_ALL_M(vecdot_q4_0, vecdot_fused, T_Q4_0)
@@ -385,3 +497,8 @@ MATVEC_ALL_M(vecdotpre_q6_k, vecdot_pre, T_Q6_K)
 MATVEC_ALL_M(vecdotpre_q5_0, vecdot_pre, T_Q5_0)
 MATVEC_ALL_M(vecdotpre_q5_1, vecdot_pre, T_Q5_1)
 MATVEC_ALL_M(vecdotpre_q5_k, vecdot_pre, T_Q5_K)
+VECDOT_PRELOAD(vecdot_q8_0, T_Q8_0, BOUND64)
+VECDOT_PRELOAD(vecdot_q4_0, T_Q4_0, )
+VECDOT_PRELOAD(vecdot_q4_1, T_Q4_1, )
+VECDOT_PRELOAD(vecdot_q5_0, T_Q5_0, )
+VECDOT_PRELOAD(vecdot_q5_1, T_Q5_1, )

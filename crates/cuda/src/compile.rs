@@ -22,11 +22,34 @@ const FORMATS: &str = include_str!("../kernels/formats.cuh");
 
 /// The text NVRTC compiles: the shared headers, then the file, with a `#line`
 /// marker so that diagnostics point into the file itself.
+///
+/// `METALLIC_CUDA_KERNEL_DIR=dir` (kernel development) reads `common.cuh`,
+/// `formats.cuh` and `<name>.cu` from `dir` instead of the embedded copies,
+/// each file that is there: a kernel can then be changed and timed on a GPU
+/// machine that has no Rust toolchain, without rebuilding the binary. The
+/// launchers stay the binary's, so a changed kernel must keep its signature.
 pub fn program_text(src: &KernelSource) -> String {
-    format!(
-        "{COMMON}\n{FORMATS}\n#line 1 \"{}.cu\"\n{}",
-        src.name, src.text
-    )
+    let dir = std::env::var_os("METALLIC_CUDA_KERNEL_DIR");
+    let read = |file: &str, embedded: &'static str| -> std::borrow::Cow<'static, str> {
+        match dir.as_ref().map(|d| std::path::Path::new(d).join(file)) {
+            Some(path) => match std::fs::read_to_string(&path) {
+                Ok(text) => text.into(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => embedded.into(),
+                Err(e) => {
+                    eprintln!(
+                        "warning: METALLIC_CUDA_KERNEL_DIR: {} unreadable ({e}); using the built-in copy",
+                        path.display()
+                    );
+                    embedded.into()
+                }
+            },
+            None => embedded.into(),
+        }
+    };
+    let common = read("common.cuh", COMMON);
+    let formats = read("formats.cuh", FORMATS);
+    let text = read(&format!("{}.cu", src.name), src.text);
+    format!("{common}\n{formats}\n#line 1 \"{}.cu\"\n{text}", src.name)
 }
 
 /// NVRTC's (major, minor) version.

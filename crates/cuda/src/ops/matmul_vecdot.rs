@@ -82,6 +82,45 @@ fn split_from_env() -> usize {
     }
 }
 
+/// METALLIC_CUDA_VECDOT_PRELOAD=0|off: one-row products do not load their
+/// first weight units into registers before the wait for their activations
+/// (for comparison; the results are the same either way).
+fn preload_from_env() -> bool {
+    !matches!(
+        std::env::var("METALLIC_CUDA_VECDOT_PRELOAD").as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
+}
+
+/// METALLIC_CUDA_VECDOT_WARPS_PER_SM: the warps a product's grid may put on
+/// each SM before a warp takes a second row (default 32).
+fn warps_per_sm_from_env() -> usize {
+    std::env::var("METALLIC_CUDA_VECDOT_WARPS_PER_SM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&w: &usize| (4..=64).contains(&w))
+        .unwrap_or(32)
+}
+
+/// Weight units (16 bytes of quants with their block's scale) a row holds:
+/// Q8_0's 16-byte chunks, the 4- and 5-bit types' blocks (`units_per_row`
+/// in the kernel).
+fn units_per_row(t: WType, k: usize) -> usize {
+    if t == WType::Q8_0 {
+        k / 16
+    } else {
+        k / 32
+    }
+}
+
+/// The types whose one-row kernels can preload units (`unit_is_raw`).
+fn has_preload(t: WType) -> bool {
+    matches!(
+        t,
+        WType::Q8_0 | WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1
+    )
+}
+
 pub(crate) struct Vecdot {
     /// `vecdot_<type>_m<M>` (quantising in the block) for the types with a
     /// dp4a kernel (null for the others).
@@ -90,6 +129,11 @@ pub(crate) struct Vecdot {
     pre: [[Func; MAX_M]; WType::COUNT],
     /// The most threads a block of `fused` / `pre` may have (by their registers).
     max_threads: [[[u32; MAX_M]; WType::COUNT]; 2],
+    /// `vecdot_<type>_p<R>_m1` for R = 1, 2, 4: one row, quantised in the
+    /// block, R units a lane loaded before the wait; with their thread limits.
+    preload: [[(Func, u32); 3]; WType::COUNT],
+    preload_on: bool,
+    warps_per_sm: usize,
     quantize: Func,
     /// AUTO, FUSED or SEPARATE.
     mode: AtomicU8,
@@ -118,10 +162,21 @@ impl Vecdot {
                 }
             }
         }
+        let mut preload = [[(Func::null(), 0u32); 3]; WType::COUNT];
+        for t in WType::ALL.into_iter().filter(|&t| has_preload(t)) {
+            for (i, r) in [1, 2, 4].into_iter().enumerate() {
+                let f = module.function(&format!("vecdot_{}_p{r}_m1", t.suffix()))?;
+                l.allow_smem(f)?;
+                preload[t as usize][i] = (f, l.max_threads(f)?);
+            }
+        }
         Ok(Vecdot {
             fused,
             pre,
             max_threads,
+            preload,
+            preload_on: preload_from_env(),
+            warps_per_sm: warps_per_sm_from_env(),
             quantize: module.function("quantize_act")?,
             mode: AtomicU8::new(mode_from_env()),
             split: AtomicUsize::new(split_from_env()),
@@ -235,7 +290,7 @@ impl Vecdot {
             // Each block quantises (or copies) the activations into shared
             // memory once; cap the blocks so that this is amortised over many
             // rows while every SM is still filled several times.
-            let blocks = blocks.min(sm * 32 / warps);
+            let blocks = blocks.min(sm * self.warps_per_sm / warps);
             // Split-K where the rows alone leave the SMs short of warps (the
             // 4-warp grid) and the per-warp registers are few (m <= 2).
             let mut split = if may_split && warps == 4 && m <= 2 {
@@ -246,6 +301,22 @@ impl Vecdot {
             let limit = self.max_threads[!fused as usize][seg.ty as usize][m - 1] as usize;
             while split > 1 && warps * split * 32 > limit {
                 split /= 2;
+            }
+            // One row quantised in the block: the variant that preloads the
+            // fewest units holding a lane's share of its row (both rows for
+            // SwiGLU), at most 4, where its registers allow the block.
+            let mut f = f;
+            if fused && m == 1 && self.preload_on && has_preload(seg.ty) {
+                let per_lane = units_per_row(seg.ty, k).div_ceil(32 * split) * fu.rows_per_column();
+                let i = match per_lane {
+                    1 => 0,
+                    2 => 1,
+                    _ => 2,
+                };
+                let (pf, pl) = self.preload[seg.ty as usize][i];
+                if warps * split * 32 <= pl as usize {
+                    f = pf;
+                }
             }
             dev.launch(
                 f,
