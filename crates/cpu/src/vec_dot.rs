@@ -468,8 +468,6 @@ impl Kernels {
             assert!(r.d.len() == nb && r.qs.len() == nb * QK && r.s.len() == nb);
         }
         assert!(stride >= nb * bytes && w.len() >= (rows - 1) * stride + nb * bytes);
-        // The kernel gathers the rows' scales through 32-bit offsets.
-        assert!((TILE_ROWS - 1) * stride + nb * bytes <= i32::MAX as usize);
         // SAFETY: `for_level` checked the CPU features; lengths are checked above.
         unsafe { f(w, stride, rows, a, out, next) }
     }
