@@ -888,8 +888,8 @@ pub unsafe fn f16_avx512(w: &[u8], x: &[f32]) -> f32 {
 /// repeats one row in every lane) against `R` activation rows, in the rows'
 /// GGUF layout: the decode kernel of Q4_0 (issue 10: the pair-of-blocks
 /// kernel spent ~7 instructions a block and row, ~0.46 ns on the
-/// development machine with the rows in L2; this one ~6, ~0.33 ns, its
-/// block scales a third of that: `vecdot_kernel_bench`).
+/// development machine with the rows in L2; this one ~6, ~0.31 ns, its
+/// block scales a quarter of that: `vecdot_kernel_bench`).
 ///
 /// Per block, the 16 rows' 16 nibble bytes load as four registers of four
 /// rows each (`Y_j`: 128-bit lane `i` holds row `4j + i`); against the
@@ -899,7 +899,8 @@ pub unsafe fn f16_avx512(w: &[u8], x: &[f32]) -> f32 {
 /// block dot in lane `4i + j`. The nibbles are `q + 8`: each lane's dot starts
 /// from `-8` times the sum of its eight activation bytes, so the block dot
 /// is exact in the integers. The rows' block scales are read one by one
-/// (lane `4i + j`'s from row `4j + i`); then per block and row
+/// into general registers (lane `4i + j`'s from row `4j + i`); then per
+/// block and row
 ///
 /// `acc = fma(d_w * d_a, float(dot), acc)`, blocks in order,
 ///
@@ -944,16 +945,18 @@ unsafe fn q4_0_tile<const R: usize>(
         }
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
-        // The 16 rows' block scales in lane order (a gather of them took
-        // as long as the rest of the block).
-        let mut dbuf = [0u16; TILE_ROWS];
-        for j in 0..4 {
-            let q = p[j].sub(2);
-            dbuf[j] = std::ptr::read_unaligned(q as *const u16);
-            dbuf[4 + j] = std::ptr::read_unaligned(q.add(stride) as *const u16);
-            dbuf[8 + j] = std::ptr::read_unaligned(q.add(2 * stride) as *const u16);
-            dbuf[12 + j] = std::ptr::read_unaligned(q.add(s3) as *const u16);
-        }
+        // The 16 rows' block scales in lane order (lane 4i + j's from row
+        // 4j + i): four rows' to a 64-bit word in general registers, four
+        // words to a vector (a gather of them took as long as the rest of
+        // the block, 16-bit inserts a third of it).
+        let word = |at: usize| {
+            let h = |j: usize| std::ptr::read_unaligned(p[j].add(at).sub(2) as *const u16) as u64;
+            (h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48) as i64
+        };
+        let dbits = _mm256_set_m128i(
+            _mm_set_epi64x(word(s3), word(2 * stride)),
+            _mm_set_epi64x(word(stride), word(0)),
+        );
         for j in 0..4 {
             let q = p[j];
             let y = _mm512_castsi128_si512(_mm_loadu_si128(q as *const __m128i));
@@ -964,8 +967,7 @@ unsafe fn q4_0_tile<const R: usize>(
             lo[j] = _mm512_and_si512(y, nib);
             hi[j] = _mm512_and_si512(_mm512_srli_epi16(y, 4), nib);
         }
-        // The 16 rows' [d, first two levels] words, in lane order.
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(dbuf.as_ptr() as *const __m256i));
+        let dw = _mm512_cvtph_ps(dbits);
         for r in 0..R {
             let q = a[r].qs.as_ptr().add(b * QK);
             let alo = _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i));
