@@ -152,6 +152,24 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
                                        const int* pos, int n_heads, int n_kv, int hd,
                                        int capacity, float scale, float* part,
                                        unsigned* counters, float* out) {
+    {
+        // Ask L2 for this block's chunk of K and V rows before the wait for
+        // the kernel that writes q and the newest row (PDL). Only a hint:
+        // the length read here may be an older step's where launches
+        // overlap, so the range is clamped to the cache and nothing read
+        // here is used.
+        const int L = min(max(pos[0] + 1, 0), capacity), splits = gridDim.y;
+        const int chunk = max((L + splits - 1) / splits, DECODE_CHUNK_MIN);
+        const int t0 = min(blockIdx.y * chunk, L), t1 = min(L, t0 + chunk);
+        const long long kvh = blockIdx.x / max(n_heads / max(n_kv, 1), 1);
+        const char* kb = reinterpret_cast<const char*>(kc + (kvh * capacity + t0) * hd);
+        const char* vb = reinterpret_cast<const char*>(vc + (kvh * capacity + t0) * hd);
+        const long long bytes = (long long)(t1 - t0) * hd * 4;
+        for (long long o = 128LL * threadIdx.x; o < bytes; o += 128LL * blockDim.x) {
+            prefetch_l2(kb + o);
+            prefetch_l2(vb + o);
+        }
+    }
     pdl_enter();
     if (hd == 64)
         attn_decode_body<64>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out);
