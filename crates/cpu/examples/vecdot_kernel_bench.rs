@@ -1,12 +1,14 @@
 //! Single-thread speed of the vecdot kernels on cache-resident rows:
-//! ns per 32-value block for each weight type and SIMD level.
+//! ns per 32-value block for each weight type and SIMD level, quantised
+//! rows as the decode driver runs them (tiles of 16 rows where the level
+//! has a tile kernel for the type, else groups of up to four rows).
 //!
 //!     cargo run --release -p metallic-cpu --example vecdot_kernel_bench
 
 use std::time::Instant;
 
 use metallic_cpu::q8_act::Q8Acts;
-use metallic_cpu::vec_dot::{Kernels, SimdLevel};
+use metallic_cpu::vec_dot::{Kernels, SimdLevel, GROUP_ROWS, TILE_ROWS};
 use metallic_gguf::{quant, GgmlType};
 
 fn main() {
@@ -35,15 +37,27 @@ fn main() {
             };
             let mut s = 0.0f32;
             let reps = 200;
+            let a = acts.row(0);
             let t = Instant::now();
             for _ in 0..reps {
-                for r in 0..rows {
-                    let row = &bytes[r * rb..(r + 1) * rb];
-                    s += if ty.is_quantized() {
-                        kern.quant(ty, row, acts.row(0))
-                    } else {
-                        kern.float(ty, row, &x)
-                    };
+                if !ty.is_quantized() {
+                    for r in 0..rows {
+                        s += kern.float(ty, &bytes[r * rb..(r + 1) * rb], &x);
+                    }
+                } else if kern.has_tile(ty) {
+                    let mut out = [0.0f32; TILE_ROWS];
+                    for r in (0..rows).step_by(TILE_ROWS) {
+                        let tile = &bytes[r * rb..(r + TILE_ROWS) * rb];
+                        kern.quant_tile(ty, tile, rb, TILE_ROWS, &[a], &mut out, &[]);
+                        s += out.iter().sum::<f32>();
+                    }
+                } else {
+                    let mut out = [0.0f32; GROUP_ROWS];
+                    for r in (0..rows).step_by(GROUP_ROWS) {
+                        let group = &bytes[r * rb..(r + GROUP_ROWS) * rb];
+                        kern.quant_group(ty, group, rb, a, &mut out);
+                        s += out.iter().sum::<f32>();
+                    }
                 }
             }
             let ns = t.elapsed().as_nanos() as f64 / (reps * rows * k / 32) as f64;

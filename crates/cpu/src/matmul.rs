@@ -611,8 +611,9 @@ mod tests {
 
     /// Every implementation and every SIMD level of `vecdot` on every shape
     /// of a small ragged grid: row lengths that are not a multiple of the
-    /// kernels' unroll width (odd block counts, odd float lengths), 1..17
-    /// output rows (the row chunks' edges), stacked parts split mid-chunk, one
+    /// kernels' unroll width (odd block counts, odd float lengths), 1..17,
+    /// 33 and 50 output rows (the row chunks' and tiles' edges), stacked
+    /// parts split mid-chunk, one
     /// and three activation rows. An exhaustive sweep of the grid rather than
     /// random draws: the space is small, and a failure names its shape.
     #[test]
@@ -635,7 +636,9 @@ mod tests {
                 _ => &[32, 96, 160, 288],
             };
             for &k in ks {
-                for n in 1..=17 {
+                // 1..=17, and stacks with whole 16-row tiles of Q4_0's tile
+                // kernel next to partial ones.
+                for n in (1..=17).chain([33, 50]) {
                     let parts = if n >= 3 {
                         vec![n / 3, n - n / 3]
                     } else {
@@ -654,8 +657,8 @@ mod tests {
     /// Batch invariance: each row of an m-row product is bit for bit the
     /// one-row product of that row alone, for the decode kernels at every
     /// SIMD level (`vecdot`'s multi-row kernels share each weight block's
-    /// decode between rows), on ragged shapes: odd block counts, 1..13
-    /// output rows in stacked parts, 1..9 activation rows (partial groups of
+    /// decode between rows), on ragged shapes: odd block counts, 1..13 and
+    /// 50 output rows in stacked parts (whole and partial 16-row tiles), 1..9 activation rows (partial groups of
     /// the kernels' four) and 31 (the most a decode-sized product has).
     #[test]
     fn every_row_of_a_multi_row_product_is_the_single_row_product() {
@@ -672,7 +675,7 @@ mod tests {
                 _ => &[32, 96, 160, 896],
             };
             for &k in ks {
-                for n in [1, 5, 13] {
+                for n in [1, 5, 13, 50] {
                     let parts = if n >= 3 {
                         vec![n / 3, n - n / 3]
                     } else {

@@ -1,6 +1,8 @@
 //! `vecdot`: the decode kernel. Activations are quantised to Q8 once per
 //! call, then every weight row is dotted with them in its own block format
-//! (no dequantised copy), rows spread over the pool in chunks.
+//! (no dequantised copy), rows spread over the pool in chunks. Types with a
+//! tile kernel at the detected level (Q4_0 with AVX-512: 16 weight rows a
+//! call, see vec_dot_x86.rs) run in tiles, tasks rounded to whole tiles.
 
 use std::cell::RefCell;
 
@@ -129,7 +131,13 @@ fn run_rows(
         &heap
     };
     let optr = SharedOut::new(out);
-    let split = crate::matmul::split(w, m, crate::matmul::threads());
+    let tiles = w.parts.iter().any(|p| kern.has_tile(p.ty));
+    let mut split = crate::matmul::split(w, m, crate::matmul::threads());
+    if tiles && split.parallel {
+        // Tasks of whole tiles: a task's last, partial tile computes all
+        // of a tile's lanes for fewer rows.
+        split.rows = split.rows.next_multiple_of(vec_dot::TILE_ROWS);
+    }
     let ahead = (PREFETCH_BYTES / w.parts[0].row_bytes.max(1)).max(1);
     crate::matmul::try_for_each_task(split, n, |rows| -> Result<()> {
         let (mut r, end) = (rows.start, rows.end);
@@ -146,6 +154,10 @@ fn run_rows(
                 }
             }
             let (part, pr) = w.locate(r).expect("row within n");
+            if kern.has_tile(part.ty) {
+                r += tile_rows(kern, w, part, pr, r, end, arows, optr);
+                continue;
+            }
             let wrow = part.row(pr);
             let b = w.bias.as_ref().map_or(0.0, |b| b[r]);
             if vec_dot::needs_q8(part.ty) {
@@ -174,6 +186,43 @@ fn run_rows(
     })
 }
 
+/// Rows from `r` (row `pr` of `part`) to the end of the tile, the part or
+/// `end`, whichever comes first, against every activation row, through the
+/// tile kernel (`kern.has_tile(part.ty)`); the next tile's bytes (within
+/// the part and `end`) are prefetched meanwhile. Returns the rows done.
+#[allow(clippy::too_many_arguments)]
+fn tile_rows(
+    kern: &Kernels,
+    w: &CpuLinear,
+    part: &crate::linear::Part,
+    pr: usize,
+    r: usize,
+    end: usize,
+    arows: &[Q8Row<'_>],
+    out: SharedOut,
+) -> usize {
+    let (n, rb) = (w.info.n, part.row_bytes);
+    let left = (part.rows - pr).min(end - r);
+    let g = vec_dot::TILE_ROWS.min(left);
+    let bytes = part.w.bytes();
+    let next = &bytes[(pr + g) * rb..(pr + g + vec_dot::TILE_ROWS.min(left - g)) * rb];
+    let tile = &bytes[pr * rb..(pr + g) * rb];
+    let mut v = [0.0f32; vec_dot::TILE_ACTS * vec_dot::TILE_ROWS];
+    for (c, chunk) in arows.chunks(vec_dot::TILE_ACTS).enumerate() {
+        kern.quant_tile(part.ty, tile, rb, g, chunk, &mut v, next);
+        for j in 0..chunk.len() {
+            let i = c * vec_dot::TILE_ACTS + j;
+            for (t, v) in v[j * vec_dot::TILE_ROWS..][..g].iter().enumerate() {
+                let b = w.bias.as_ref().map_or(0.0, |b| b[r + t]);
+                // SAFETY: columns r..r + g of every row are written by this
+                // task only, and i * n + r + t < m * n <= out.len().
+                unsafe { *out.ptr().add(i * n + r + t) = v + b };
+            }
+        }
+    }
+    g
+}
+
 /// One activation row (plain decode) against rows `rows` of `w`, every part
 /// of which takes Q8 activations: up to [`vec_dot::GROUP_ROWS`] weight rows
 /// of a part per kernel call, sharing the activation blocks' loads (bit for
@@ -191,7 +240,12 @@ fn one_row(
     let mut base = 0;
     for part in &w.parts {
         let (lo, hi) = (rows.start.max(base), rows.end.min(base + part.rows));
-        if lo < hi {
+        if lo < hi && kern.has_tile(part.ty) {
+            let mut r = lo;
+            while r < hi {
+                r += tile_rows(kern, w, part, r - base, r, hi, &[a], out);
+            }
+        } else if lo < hi {
             let rb = part.row_bytes;
             let bytes = part.w.bytes();
             let g_max = group_rows(rb);

@@ -5,7 +5,10 @@
 //! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K, Q5_K and Q6_K with
 //! SIMD kernels on AVX-512 only, scalar ones at the other levels) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
-//! block; float weights (F32, F16) with f32 activations. The CUDA backend's
+//! block; float weights (F32, F16) with f32 activations. Q4_0 with AVX-512
+//! has a tile kernel ([`Kernels::quant_tile`], 16 weight rows a call) that
+//! the decode drivers use; the level's other Q4_0 entry points run it too
+//! (one row in every lane: 16 times the work, for bit-identical results). The CUDA backend's
 //! `vecdot` does the same arithmetic for these types. The level is detected at run
 //! time; `METALLIC_CPU_SIMD=scalar|avx2|avx512|neon|neon-dot` forces a lower
 //! one (for measurements and tests).
@@ -160,6 +163,16 @@ struct Q5Kernels {
 /// Most weight rows a group kernel takes at once.
 pub const GROUP_ROWS: usize = 4;
 
+/// Weight rows of a tile kernel call: one per 32-bit lane of a 512-bit register.
+pub const TILE_ROWS: usize = 16;
+/// Most activation rows a tile kernel call takes.
+pub const TILE_ACTS: usize = 4;
+
+/// Up to [`TILE_ROWS`] consecutive weight rows (`stride` bytes apart) against
+/// up to [`TILE_ACTS`] activation rows: `out[r * TILE_ROWS + i]` for weight
+/// row `i` and activation row `r`; the last slice is prefetched meanwhile.
+type QDotTile = unsafe fn(&[u8], usize, usize, &[Q8Row<'_>], &mut [f32], &[u8]);
+
 /// One level's kernels. Built only through [`Kernels::for_level`], which
 /// checks that the CPU has the instructions, so calling them is sound.
 #[derive(Clone, Copy)]
@@ -179,6 +192,10 @@ pub struct Kernels {
     /// weight rows) where the level has them (AVX-512); else the scalar
     /// one-row kernels.
     q5: Option<Q5Kernels>,
+    /// The Q4_0 tile kernel where the level has one (AVX-512): the decode
+    /// drivers then run Q4_0 through it, and the level's other Q4_0 entry
+    /// points are that kernel too (the same bits for a row however it runs).
+    q4_0_tile: Option<QDotTile>,
     /// Q4_K where the level has a SIMD kernel (AVX-512); else the scalar one.
     q4_k: Option<QDot>,
     /// Q6_K where the level has a SIMD kernel (AVX-512); else the scalar one.
@@ -203,6 +220,7 @@ impl Kernels {
                 rows: None,
                 group: None,
                 q5: None,
+                q4_0_tile: None,
                 q4_k: None,
                 q6_k: None,
                 q5_k: None,
@@ -222,6 +240,7 @@ impl Kernels {
                 ]),
                 group: None,
                 q5: None,
+                q4_0_tile: None,
                 q4_k: None,
                 q6_k: None,
                 q5_k: None,
@@ -244,6 +263,7 @@ impl Kernels {
                     crate::vec_dot_x86::q4_1_avx512_group,
                     crate::vec_dot_x86::q8_0_avx512_group,
                 ]),
+                q4_0_tile: Some(crate::vec_dot_x86::q4_0_avx512_tile),
                 q4_k: Some(crate::vec_dot_x86::q4_k_avx512),
                 q6_k: Some(crate::vec_dot_x86::q6_k_avx512),
                 q5_k: Some(crate::vec_dot_x86::q5_k_avx512),
@@ -273,6 +293,7 @@ impl Kernels {
                 rows: None,
                 group: None,
                 q5: None,
+                q4_0_tile: None,
                 q4_k: None,
                 q6_k: None,
                 q5_k: None,
@@ -288,6 +309,7 @@ impl Kernels {
                 rows: None,
                 group: None,
                 q5: None,
+                q4_0_tile: None,
                 q4_k: None,
                 q6_k: None,
                 q5_k: None,
@@ -408,6 +430,46 @@ impl Kernels {
         assert!(stride >= nb * bytes && w.len() >= (rows - 1) * stride + nb * bytes);
         // SAFETY: `for_level` checked the CPU features; lengths are checked above.
         unsafe { f(w, stride, rows, a, out) }
+    }
+
+    /// Whether [`Kernels::quant_tile`] takes `ty` at this level.
+    pub fn has_tile(&self, ty: GgmlType) -> bool {
+        ty == GgmlType::Q4_0 && self.q4_0_tile.is_some()
+    }
+
+    /// Dots of `rows` (1..=[`TILE_ROWS`]) consecutive weight rows of `ty`,
+    /// `stride` bytes apart from the start of `w`, with `a` (1..=[`TILE_ACTS`]
+    /// Q8 rows of their length): `out[r * TILE_ROWS + i]` is bit for bit
+    /// [`Kernels::quant`] of row `i` with `a[r]`. `next` (any bytes: the
+    /// driver's next tile) is prefetched while the tile runs. Panics unless
+    /// [`Kernels::has_tile`] of `ty`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn quant_tile(
+        &self,
+        ty: GgmlType,
+        w: &[u8],
+        stride: usize,
+        rows: usize,
+        a: &[Q8Row<'_>],
+        out: &mut [f32],
+        next: &[u8],
+    ) {
+        let f = match (ty, self.q4_0_tile) {
+            (GgmlType::Q4_0, Some(f)) => f,
+            _ => panic!("no tile kernel for {} at {}", ty.name(), self.level.name()),
+        };
+        let bytes = 18;
+        let Some(first) = a.first() else { return };
+        let nb = first.d.len();
+        assert!((1..=TILE_ROWS).contains(&rows) && a.len() <= TILE_ACTS);
+        assert!(out.len() >= a.len() * TILE_ROWS);
+        for r in a {
+            assert!(r.d.len() == nb && r.qs.len() == nb * QK && r.s.len() == nb);
+        }
+        assert!(stride >= nb * bytes && w.len() >= (rows - 1) * stride + nb * bytes);
+        // SAFETY: `for_level` checked the CPU features; lengths are checked above.
+        unsafe { f(w, stride, rows, a, out, next) }
     }
 
     /// Dot of a float weight row with `x` (of the row's length).
@@ -628,6 +690,75 @@ mod tests {
     /// Deterministic values in about [-1, 1] with a few larger ones.
     fn values(seed: u64, len: usize) -> Vec<f32> {
         metallic_test_support::spiky_values(seed, len, 37, 5.0)
+    }
+
+    /// The Q4_0 tile kernel (16 weight rows in lanes, up to four activation
+    /// rows) gives every (weight row, activation row) pair bit for bit what
+    /// the one-row kernel gives it, for full and partial tiles (1..=16 rows),
+    /// 1..=4 activation rows, odd and even block counts, rows more than a
+    /// row apart, with or without a next tile to prefetch; and it agrees
+    /// with the scalar kernel to float32 summation order (1e-5 of sum |w x|).
+    #[test]
+    fn tile_kernel_gives_each_pair_its_one_row_result_bit_for_bit() {
+        let ty = GgmlType::Q4_0;
+        let scalar = Kernels::for_level(SimdLevel::Scalar).unwrap();
+        let levels: Vec<Kernels> = SimdLevel::ALL
+            .into_iter()
+            .filter_map(Kernels::for_level)
+            .filter(|k| k.has_tile(ty))
+            .collect();
+        if levels.is_empty() {
+            eprintln!("skipped: no SIMD level of this CPU has a Q4_0 tile kernel");
+            return;
+        }
+        for kern in levels {
+            for nb in [1usize, 2, 3, 7, 28, 29] {
+                let k = nb * QK;
+                let row_bytes = nb * 18;
+                for (gap, rows) in [(0usize, 16usize), (18, 16), (0, 1), (0, 5), (36, 15)] {
+                    let stride = row_bytes + gap;
+                    // The tile's rows, then a second tile's (the prefetched `next`).
+                    let mut w = vec![0u8; stride * 2 * TILE_ROWS];
+                    for r in 0..2 * TILE_ROWS {
+                        let q = quant::quantize(ty, &values(r as u64 * 11 + nb as u64, k)).unwrap();
+                        w[r * stride..r * stride + row_bytes].copy_from_slice(&q);
+                    }
+                    let (tile, next) = w.split_at(TILE_ROWS * stride);
+                    for m in 1..=TILE_ACTS {
+                        let x = values(nb as u64 * 5 + m as u64, m * k);
+                        let mut acts = Q8Acts::default();
+                        acts.quantize(&x, m, k);
+                        let a: Vec<Q8Row<'_>> = (0..m).map(|i| acts.row(i)).collect();
+                        for next in [next, &[][..]] {
+                            let mut out = vec![f32::NAN; TILE_ACTS * TILE_ROWS];
+                            kern.quant_tile(ty, tile, stride, rows, &a, &mut out, next);
+                            for (j, row) in a.iter().enumerate() {
+                                for i in 0..rows {
+                                    let got = out[j * TILE_ROWS + i];
+                                    let wr = &tile[i * stride..i * stride + row_bytes];
+                                    let what = format!(
+                                        "{} nb={nb} rows={rows} gap={gap} m={m} row {i} act {j}",
+                                        kern.level().name()
+                                    );
+                                    let one = kern.quant(ty, wr, *row);
+                                    assert_eq!(got.to_bits(), one.to_bits(), "{what}");
+                                    let want = scalar.quant(ty, wr, *row);
+                                    let mut d = vec![0.0f32; k];
+                                    quant::dequantize(ty, wr, &mut d).unwrap();
+                                    let xr = &x[j * k..(j + 1) * k];
+                                    let abs: f32 =
+                                        d.iter().zip(xr).map(|(w, x)| (w * x).abs()).sum();
+                                    assert!(
+                                        (got - want).abs() <= 1e-5 * abs + 1e-6,
+                                        "{what}: {got} vs scalar {want}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The group kernels (several weight rows per activation load) give

@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use crate::q8_act::{Q8Row, QK};
+use crate::vec_dot::{TILE_ACTS, TILE_ROWS};
 
 #[inline(always)]
 unsafe fn f16_load(p: *const u8) -> f32 {
@@ -299,7 +300,6 @@ unsafe fn quant_avx512<const W: usize, const R: usize>(
 ) -> [[f32; R]; W] {
     let (bytes, qs_at, qh_at) = kind.layout();
     let offs = match kind {
-        QuantKind::Q4_0 => _mm512_set1_epi8(8),
         QuantKind::Q5_0 => _mm512_set1_epi8(16),
         QuantKind::Q8_0 => _mm512_set1_epi8(-128),
         QuantKind::Q4_1 | QuantKind::Q5_1 => _mm512_setzero_si512(),
@@ -458,7 +458,6 @@ const ROWS: usize = 4;
 
 #[derive(Clone, Copy)]
 enum QuantKind {
-    Q4_0,
     Q4_1,
     Q8_0,
     Q5_0,
@@ -470,7 +469,6 @@ impl QuantKind {
     #[inline(always)]
     fn layout(self) -> (usize, usize, usize) {
         match self {
-            QuantKind::Q4_0 => (18, 2, 0),
             QuantKind::Q4_1 => (20, 4, 0),
             QuantKind::Q8_0 => (34, 2, 0),
             QuantKind::Q5_0 => (22, 6, 2),
@@ -487,12 +485,21 @@ impl QuantKind {
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
-    quant_avx512_rows::<1>(w, &[a], QuantKind::Q4_0)[0]
+    // The tile kernel's arithmetic (every lane the same row): the decode
+    // drivers run Q4_0 in tiles, and a row must get the same bits either way.
+    q4_0_tile::<1>(w.as_ptr(), 0, &[a], &[])[0][0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
-    rows_avx512(w, a, out, QuantKind::Q4_0)
+    // As `q4_0_avx512`: the tile kernel, one weight row in every lane.
+    let mut v = [0.0f32; TILE_ACTS * TILE_ROWS];
+    for (a, out) in a.chunks(TILE_ACTS).zip(out.chunks_mut(TILE_ACTS)) {
+        q4_0_avx512_tile(w, 0, TILE_ROWS, a, &mut v, &[]);
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = v[r * TILE_ROWS];
+        }
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -564,7 +571,12 @@ pub unsafe fn q4_0_avx512_group(
     a: Q8Row<'_>,
     out: &mut [f32],
 ) {
-    group_avx512(w, stride, rows, a, out, QuantKind::Q4_0)
+    // As `q4_0_avx512`: the tile kernel, `rows` of its lanes.
+    let mut v = [0.0f32; TILE_ROWS];
+    if rows > 0 {
+        q4_0_avx512_tile(w, stride, rows, &[a], &mut v, &[]);
+    }
+    out[..rows].copy_from_slice(&v[..rows]);
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -870,4 +882,169 @@ pub unsafe fn f16_avx512(w: &[u8], x: &[f32]) -> f32 {
         i += 1;
     }
     s
+}
+
+/// [`TILE_ROWS`] Q4_0 weight rows (from `w` on, `stride` bytes apart; 0
+/// repeats one row in every lane) against `R` activation rows, in the rows'
+/// GGUF layout: the decode kernel of Q4_0 (issue 10: the pair-of-blocks
+/// kernel spent ~7 instructions a block and row, ~0.46 ns on the
+/// development machine with the rows in L2; this one ~6, ~0.31 ns, its
+/// block scales a quarter of that: `vecdot_kernel_bench`).
+///
+/// Per block, the 16 rows' 16 nibble bytes load as four registers of four
+/// rows each (`Y_j`: 128-bit lane `i` holds row `4j + i`); against the
+/// activation block's low and high 16 bytes broadcast to every lane, two
+/// `vpdpbusd` give each 32-bit lane a partial dot of one row, and a
+/// transposing add of the four `Y_j`'s results leaves row `4j + i`'s whole
+/// block dot in lane `4i + j`. The nibbles are `q + 8`: each lane's dot starts
+/// from `-8` times the sum of its eight activation bytes, so the block dot
+/// is exact in the integers. The rows' block scales are read one by one
+/// into general registers (lane `4i + j`'s from row `4j + i`); then per
+/// block and row
+///
+/// `acc = fma(d_w * d_a, float(dot), acc)`, blocks in order,
+///
+/// which every lane does alone: a row's result does not depend on which
+/// rows or how many activation rows share the tile (batch invariance), and
+/// the one-row entry points below run this same kernel so that they give
+/// the same bits.
+///
+/// `next` is prefetched (non-temporal) over the tile's blocks, five lines a
+/// block: the driver passes the next tile's bytes.
+#[inline(always)]
+unsafe fn q4_0_tile<const R: usize>(
+    w: *const u8,
+    stride: usize,
+    a: &[Q8Row<'_>; R],
+    next: &[u8],
+) -> [[f32; TILE_ROWS]; R] {
+    // Rows 4j, 4j + 1, 4j + 2, 4j + 3 at p[j], + stride, + 2 stride, + s3.
+    let s3 = 3 * stride;
+    let mut p: [*const u8; 4] = std::array::from_fn(|j| w.add(4 * j * stride + 2));
+    let nib = _mm512_set1_epi8(0x0f);
+    let eight = _mm512_set1_epi8(8);
+    let nb = a[0].d.len();
+    let pf = next.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nb {
+        // The next tile, five lines a block (a tile's block is 4.5 lines):
+        // one contiguous stream a tile ahead. Prefetching each row 28
+        // blocks ahead instead (the same ~8 KiB in flight) made the short
+        // rows' products ~30% slower (`metallic probe -t 2`).
+        let at = 320 * b;
+        if at + 320 <= next.len() {
+            for l in 0..5 {
+                _mm_prefetch::<_MM_HINT_NTA>(pf.add(at + 64 * l) as *const i8);
+            }
+        } else {
+            let mut l = at;
+            while l < next.len() {
+                _mm_prefetch::<_MM_HINT_NTA>(pf.add(l) as *const i8);
+                l += 64;
+            }
+        }
+        let mut lo = [_mm512_setzero_si512(); 4];
+        let mut hi = [_mm512_setzero_si512(); 4];
+        // The 16 rows' block scales in lane order (lane 4i + j's from row
+        // 4j + i): four rows' to a 64-bit word in general registers, four
+        // words to a vector (a gather of them took as long as the rest of
+        // the block, 16-bit inserts a third of it).
+        let word = |at: usize| {
+            let h = |j: usize| std::ptr::read_unaligned(p[j].add(at).sub(2) as *const u16) as u64;
+            (h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48) as i64
+        };
+        let dbits = _mm256_set_m128i(
+            _mm_set_epi64x(word(s3), word(2 * stride)),
+            _mm_set_epi64x(word(stride), word(0)),
+        );
+        for j in 0..4 {
+            let q = p[j];
+            let y = _mm512_castsi128_si512(_mm_loadu_si128(q as *const __m128i));
+            let y = _mm512_inserti32x4(y, _mm_loadu_si128(q.add(stride) as *const _), 1);
+            let y = _mm512_inserti32x4(y, _mm_loadu_si128(q.add(2 * stride) as *const _), 2);
+            let y = _mm512_inserti32x4(y, _mm_loadu_si128(q.add(s3) as *const _), 3);
+            p[j] = q.add(18);
+            lo[j] = _mm512_and_si512(y, nib);
+            hi[j] = _mm512_and_si512(_mm512_srli_epi16(y, 4), nib);
+        }
+        let dw = _mm512_cvtph_ps(dbits);
+        for r in 0..R {
+            let q = a[r].qs.as_ptr().add(b * QK);
+            let alo = _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i));
+            let ahi = _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16) as *const __m128i));
+            let zero = _mm512_setzero_si512();
+            let c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, eight, alo), eight, ahi);
+            let c = _mm512_sub_epi32(zero, c);
+            let mut part = [zero; 4];
+            for j in 0..4 {
+                part[j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, lo[j], alo), hi[j], ahi);
+            }
+            let t0 = _mm512_add_epi32(
+                _mm512_unpacklo_epi32(part[0], part[1]),
+                _mm512_unpackhi_epi32(part[0], part[1]),
+            );
+            let t1 = _mm512_add_epi32(
+                _mm512_unpacklo_epi32(part[2], part[3]),
+                _mm512_unpackhi_epi32(part[2], part[3]),
+            );
+            let dot =
+                _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*a[r].d.as_ptr().add(b)));
+            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+        }
+    }
+    let mut out = [[0.0f32; TILE_ROWS]; R];
+    for r in 0..R {
+        let mut lanes = [0.0f32; TILE_ROWS];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r]);
+        for (lane, v) in lanes.iter().enumerate() {
+            out[r][4 * (lane % 4) + lane / 4] = *v;
+        }
+    }
+    out
+}
+
+/// [`q4_0_tile`] for 1..=4 activation rows: `out[r * TILE_ROWS + i]` is
+/// row `i`'s dot with `a[r]` for `i < rows` (the rest of `out` is left
+/// alone). Fewer than [`TILE_ROWS`] rows (a part's or a task's last tile)
+/// run one at a time in every lane, as the one-row entry points do.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q4_0_avx512_tile(
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: &[Q8Row<'_>],
+    out: &mut [f32],
+    next: &[u8],
+) {
+    let p = w.as_ptr();
+    if rows < TILE_ROWS {
+        for i in 0..rows {
+            let mut one = [0.0f32; TILE_ACTS * TILE_ROWS];
+            q4_0_avx512_tile(&w[i * stride..], 0, TILE_ROWS, a, &mut one, &[]);
+            for r in 0..a.len() {
+                out[r * TILE_ROWS + i] = one[r * TILE_ROWS];
+            }
+        }
+        return;
+    }
+    let mut put = |r: usize, v: &[f32; TILE_ROWS]| {
+        out[r * TILE_ROWS..(r + 1) * TILE_ROWS].copy_from_slice(v);
+    };
+    match a.len() {
+        4 => {
+            let o = q4_0_tile::<4>(p, stride, a.try_into().unwrap(), next);
+            o.iter().enumerate().for_each(|(r, v)| put(r, v));
+        }
+        3 => {
+            let o = q4_0_tile::<3>(p, stride, a.try_into().unwrap(), next);
+            o.iter().enumerate().for_each(|(r, v)| put(r, v));
+        }
+        2 => {
+            let o = q4_0_tile::<2>(p, stride, a.try_into().unwrap(), next);
+            o.iter().enumerate().for_each(|(r, v)| put(r, v));
+        }
+        1 => put(0, &q4_0_tile::<1>(p, stride, &[a[0]], next)[0]),
+        _ => {}
+    }
 }
