@@ -505,6 +505,16 @@ fn synthetic_decode_fused_matches_unfused() {
         let e = rel_l2(&a, &b);
         eprintln!("{ty:?} vecdot logits fused vs separate: rel_l2 {e:.2e}");
         assert!(e < 1e-4, "{ty:?}: vecdot logits differ (rel_l2 {e:.2e})");
+        // The QKV product with rope and the cache write (single-token steps)
+        // moves the same values as the product then rope_kv_store.
+        let default = gpu.rope_fusion();
+        gpu.set_rope_fusion(!default);
+        let c = logits(&gpu, &file, "vecdot", true);
+        gpu.set_rope_fusion(default);
+        assert_eq!(
+            a, c,
+            "{ty:?}: vecdot logits differ with the QKV + rope + store fusion on and off"
+        );
     }
     // A Llama layout too: normal-style rope, no QKV bias, Llama 3 frequency
     // divisors, an untied lm_head.
