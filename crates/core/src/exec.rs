@@ -273,6 +273,35 @@ impl<'b, B: Backend> Exec<'b, B> {
                 ))
             }
         };
+        self.matmul_fused_as(
+            shape,
+            imp,
+            x,
+            norm,
+            w,
+            m,
+            epilogue,
+            out,
+            FusedScratch { normed, product },
+        )
+    }
+
+    /// [`matmul_fused`](Self::matmul_fused) with the shape and
+    /// implementation already resolved.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_fused_as(
+        &mut self,
+        shape: MatmulShape,
+        imp: usize,
+        x: &B::Tensor,
+        norm: Option<NormPrologue<'_, B::Tensor>>,
+        w: &B::Linear,
+        m: usize,
+        epilogue: Epilogue,
+        out: &mut B::Tensor,
+        scratch: FusedScratch<'_, B::Tensor>,
+    ) -> Result<()> {
+        let FusedScratch { normed, product } = scratch;
         let name = self.dispatch.impl_name(imp);
         let b_name = self.backend.name();
         let kind = OpKind::Matmul(shape.op);
@@ -373,7 +402,17 @@ impl<'b, B: Backend> Exec<'b, B> {
                 b.matmul_rope_kv_store(imp, x, &norm, w, m, qkv, pos, layout, rope, cache, capacity)
             });
         }
-        self.matmul_fused(x, Some(norm), w, m, Epilogue::Store, qkv, scratch)?;
+        self.matmul_fused_as(
+            shape,
+            imp,
+            x,
+            Some(norm),
+            w,
+            m,
+            Epilogue::Store,
+            qkv,
+            scratch,
+        )?;
         self.rope_kv_store(qkv, pos, m, layout, rope, cache, capacity)
     }
 
