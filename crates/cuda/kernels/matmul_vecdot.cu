@@ -141,31 +141,25 @@ __device__ __forceinline__ void q_dot(float (&acc)[M], const Raw& r, int k, int 
             int s = dot16(r.v, lds16(xq + m * k + 16 * u));
             acc[m] += dw * xg[m * kg + u / 2].d * (float)s;
         }
-    } else if (T == T_Q4_0 || T == T_Q4_1) {
+    } else if (unit_is_raw<T>()) {
+        // Q4_0/Q4_1 blocks: x = d (q - 8) or d q + m. Q5_0/Q5_1: the same
+        // nibbles with the fifth bit of element j at bit j of the block's qh
+        // word; x = d (q - 16) or d q + m.
         uint4 lo = nib_lo(r.v), hi = nib_hi(r.v);
-        float dw = h2f((u16)(r.a & 0xffff)), mw = T == T_Q4_1 ? h2f((u16)(r.a >> 16)) : 0.0f;
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            const i8* a = xq + m * k + 32 * u;
-            int s = dot16(hi, lds16(a + 16), dot16(lo, lds16(a)));
-            XGroup g = xg[m * kg + u];
-            if (T == T_Q4_0)
-                acc[m] += dw * g.d * (float)(s - 8 * (g.s0 + g.s1));
-            else
-                acc[m] += dw * g.d * (float)s + mw * g.s;
+        if (T == T_Q5_0 || T == T_Q5_1) {
+            lo = with_fifth(lo, r.b & 0xffff);
+            hi = with_fifth(hi, r.b >> 16);
         }
-    } else if (T == T_Q5_0 || T == T_Q5_1) {
-        // Q4_0/Q4_1's nibbles with the fifth bit of element j at bit j of the
-        // block's qh word; x = d (q - 16) or d q + m.
-        uint4 lo = with_fifth(nib_lo(r.v), r.b & 0xffff), hi = with_fifth(nib_hi(r.v), r.b >> 16);
-        float dw = h2f((u16)(r.a & 0xffff)), mw = T == T_Q5_1 ? h2f((u16)(r.a >> 16)) : 0.0f;
+        constexpr bool has_min = T == T_Q4_1 || T == T_Q5_1;
+        constexpr int offset = T == T_Q5_0 ? 16 : 8;
+        float dw = h2f((u16)(r.a & 0xffff)), mw = has_min ? h2f((u16)(r.a >> 16)) : 0.0f;
 #pragma unroll
         for (int m = 0; m < M; m++) {
             const i8* a = xq + m * k + 32 * u;
             int s = dot16(hi, lds16(a + 16), dot16(lo, lds16(a)));
             XGroup g = xg[m * kg + u];
-            if (T == T_Q5_0)
-                acc[m] += dw * g.d * (float)(s - 16 * (g.s0 + g.s1));
+            if (!has_min)
+                acc[m] += dw * g.d * (float)(s - offset * (g.s0 + g.s1));
             else
                 acc[m] += dw * g.d * (float)s + mw * g.s;
         }
@@ -420,8 +414,10 @@ __device__ void vecdot_quant(MATVEC_ARGS, const RopeKv rk = RopeKv{}) {
     int ra0, rb0;  // the weight rows of the first row (pair)
     pair_rows(row0, epi, nr, rk, ra0, rb0);
     const int u0 = lane + 32 * sub;  // the lane's first unit; then every 32 S-th
-    constexpr bool raw = unit_is_raw<T>() && RAW > 0;
     constexpr int per_row = RAW > 1 ? RAW / 2 : 1;  // SwiGLU: of the gate row, then the up row
+    // Whether this kernel preloads: a one-block type, RAW units, and for a
+    // pair of rows at least one of each (the launcher never asks for RAW 1 there).
+    const bool raw = unit_is_raw<T>() && RAW > 0 && (!two || RAW > 1);
     Raw pre[RAW > 0 ? RAW : 1];
     float4 nw0[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
     float b0 = 0.0f;  // the first row's bias (lane 0 of its first warp)
@@ -438,11 +434,11 @@ __device__ void vecdot_quant(MATVEC_ARGS, const RopeKv rk = RopeKv{}) {
                     const int j = two ? i % per_row : i;
                     const int u = u0 + 32 * S * j;
                     const long long r = two && i >= per_row ? rb0 : ra0;
-                    if ((!two || RAW > 1) && u < nu) pre[i] = q_raw<T>(w, r, k, u);
+                    if (u < nu) pre[i] = q_raw<T>(w, r, k, u);
                 }
             }
             // The rest of the row to L2 (none where the preload holds all of it).
-            const int done = raw ? (two ? (RAW > 1 ? per_row : 0) : RAW) : 0;  // preloaded a row
+            const int done = raw ? (two ? per_row : RAW) : 0;  // units preloaded a row
             if (nu > 32 * S * done)
                 for (long long o = (lane + 32LL * sub) * 128; o < rb; o += 32LL * S * 128) {
                     prefetch_l2(p0 + ra0 * rb + o);
@@ -487,7 +483,7 @@ __device__ void vecdot_quant(MATVEC_ARGS, const RopeKv rk = RopeKv{}) {
         for (int m = 0; m < M; m++) acc[m] = up[m] = 0.0f;
         if (row < nr) {
             int start = u0;
-            if (raw && first && (!two || RAW > 1)) {
+            if (raw && first) {
                 // The preloaded units, then the rest of the row as below.
 #pragma unroll
                 for (int i = 0; i < RAW; i++) {
@@ -571,15 +567,17 @@ VECDOT_PRELOAD(vecdot_q5_0, T_Q5_0, )
 VECDOT_PRELOAD(vecdot_q5_1, T_Q5_1, )
 
 // The fused QKV product of decode (EPI_ROPE): one row, quantised in the
-// block; the one-block types preload a unit of each row of the pair.
-#define VECDOT_ROPE(NAME, T, R)                                                                   \
-    extern "C" __global__ void NAME##_rope_m1(MATVEC_ARGS, const int* pos, float* kc, float* vc, \
-                                              const float* factors, int capacity, int n_heads,   \
-                                              int n_kv, int hd, int dim, int style, float theta,  \
-                                              float pos_scale) {                                  \
-        const RopeKv r{pos, kc, vc, factors, capacity, n_heads, n_kv, hd, dim, style, theta,     \
+// block; the one-block types preload a unit of each row of the pair. After
+// MATVEC_ARGS the positions, then rope_kv_store.cu's arguments from n_heads
+// on, in its order.
+#define VECDOT_ROPE(NAME, T, R)                                                                \
+    extern "C" __global__ void NAME##_rope_m1(MATVEC_ARGS, const int* pos, int n_heads, int n_kv, \
+                                              int hd, int dim, float theta, float pos_scale,      \
+                                              const float* factors, int style, float* kc,         \
+                                              float* vc, int capacity) {                          \
+        const RopeKv r{pos, kc, vc, factors, capacity, n_heads, n_kv, hd, dim, style, theta,      \
                        pos_scale};                                                                \
-        vecdot_quant<T, 1, false, R>(MATVEC_PASS, r);                                            \
+        vecdot_quant<T, 1, false, R>(MATVEC_PASS, r);                                             \
     }
 VECDOT_ROPE(vecdot_q8_0, T_Q8_0, 2)
 VECDOT_ROPE(vecdot_q4_0, T_Q4_0, 2)

@@ -23,6 +23,7 @@ use metallic::backend::{Epilogue, QkvLayout};
 
 use super::matmul_fdot::{check_fusion, check_m, matvec_args, matvec_grid, Fdot, Fusion, MAX_M};
 use super::rope::RopeParams;
+use super::rope_kv_store::rotation_args;
 use super::{ew_grid, kernel_source, EW_BLOCK};
 use crate::compile::KernelSource;
 use crate::device::{Arg, Device, DeviceBuffer, Func};
@@ -400,23 +401,14 @@ impl Vecdot {
             eps,
             epilogue: Epilogue::Store,
         };
-        let mut args = matvec_args(seg, k, x, out, n, bias, &fu, split).to_vec();
+        // MATVEC_ARGS (with EPI_ROPE for the epilogue), the positions, then
+        // rope_kv_store's arguments from the head counts on.
+        let mut args = [Arg(0); 26];
+        args[..14].copy_from_slice(&matvec_args(seg, k, x, out, n, bias, &fu, split));
         args[12] = Arg::from(EPI_ROPE);
-        let r = p.args(); // dim, theta, pos_scale, factors, style
-        args.extend([
-            Arg(pos),
-            Arg(k_cache),
-            Arg(v_cache),
-            r[3],
-            Arg::from(capacity as i32),
-            Arg::from(layout.n_heads as i32),
-            Arg::from(layout.n_kv_heads as i32),
-            Arg::from(layout.head_dim as i32),
-            r[0],
-            r[4],
-            r[1],
-            r[2],
-        ]);
+        args[14] = Arg(pos);
+        args[15..23].copy_from_slice(&rotation_args(layout, p));
+        args[23..].copy_from_slice(&[Arg(k_cache), Arg(v_cache), Arg::from(capacity as i32)]);
         dev.launch(
             f,
             (blocks as u32, 1, 1),

@@ -28,6 +28,24 @@ pub(crate) fn supports(layout: &QkvLayout) -> bool {
     layout.head_dim.is_multiple_of(2)
 }
 
+/// The arguments that say which values rotate and how, in the order every
+/// kernel that rotates a fused QKV row takes them (rope_kv_store.cu's two
+/// kernels, matmul_vecdot.cu's `EPI_ROPE`): the head counts and size, then
+/// [`RopeParams::args`].
+pub(crate) fn rotation_args(layout: &QkvLayout, p: &RopeParams) -> [Arg; 8] {
+    let r = p.args();
+    [
+        Arg::from(layout.n_heads as i32),
+        Arg::from(layout.n_kv_heads as i32),
+        Arg::from(layout.head_dim as i32),
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+    ]
+}
+
 impl RopeKvStore {
     pub fn load(l: &mut Loader) -> CudaResult<RopeKvStore> {
         let m = l.module(&SOURCE)?;
@@ -62,7 +80,7 @@ impl RopeKvStore {
             )));
         }
         let heads = layout.n_heads + 2 * layout.n_kv_heads;
-        let r = p.args();
+        let r = rotation_args(layout, p);
         // One thread per pair of values of every head.
         dev.launch(
             self.f,
@@ -74,14 +92,14 @@ impl RopeKvStore {
                 Arg(pos),
                 Arg::from(m as i32),
                 Arg::from(layout.row_width() as i32),
-                Arg::from(layout.n_heads as i32),
-                Arg::from(layout.n_kv_heads as i32),
-                Arg::from(layout.head_dim as i32),
                 r[0],
                 r[1],
                 r[2],
                 r[3],
                 r[4],
+                r[5],
+                r[6],
+                r[7],
                 Arg(k_cache),
                 Arg(v_cache),
                 Arg::from(capacity as i32),
@@ -111,7 +129,7 @@ impl RopeKvStore {
             )));
         }
         let heads = layout.n_heads + 2 * layout.n_kv_heads;
-        let r = p.args();
+        let r = rotation_args(layout, p);
         dev.launch(
             self.paged[cache.ty as usize],
             ew_grid(rows.m * heads * (layout.head_dim / 2)),
@@ -122,14 +140,14 @@ impl RopeKvStore {
                 Arg(rows.pos),
                 Arg::from(rows.m as i32),
                 Arg::from(layout.row_width() as i32),
-                Arg::from(layout.n_heads as i32),
-                Arg::from(layout.n_kv_heads as i32),
-                Arg::from(layout.head_dim as i32),
                 r[0],
                 r[1],
                 r[2],
                 r[3],
                 r[4],
+                r[5],
+                r[6],
+                r[7],
                 Arg(cache.k),
                 Arg(cache.v),
                 Arg(rows.tables),
