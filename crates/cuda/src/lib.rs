@@ -71,9 +71,9 @@ pub struct CudaBackend {
     /// backend opens.
     fuse: AtomicBool,
     /// The QKV product with rope and the KV-cache write in its epilogue
-    /// (decode, one row, `vecdot`): off unless METALLIC_CUDA_FUSE_ROPE=1
-    /// (then rope + kv_store is not its own kernel). Off by default until
-    /// it has passed its GPU tests and been timed (see BENCHMARKS.md).
+    /// (decode, one row, `vecdot`; then rope + kv_store is not its own
+    /// kernel): on with the other fusions, METALLIC_CUDA_FUSE_ROPE=0 turns
+    /// it off alone (same results; measured in BENCHMARKS.md).
     fuse_rope: AtomicBool,
     /// Bytes left for dense f16 copies of quantised weights (see
     /// `matmul_cublas::dense_copies`).
@@ -89,13 +89,13 @@ fn fuse_enabled() -> bool {
     )
 }
 
-/// METALLIC_CUDA_FUSE_ROPE=1 (or `on`, `true`, `yes`): rope and the
-/// KV-cache write go into the decode QKV product (opt-in: not yet validated
-/// on a GPU, see `fuse_rope`).
+/// METALLIC_CUDA_FUSE_ROPE=0 (or `off`, `false`, `no`) keeps rope and the
+/// KV-cache write out of the decode QKV product (see `fuse_rope`); on by
+/// default.
 fn fuse_rope_enabled() -> bool {
-    matches!(
+    !matches!(
         std::env::var("METALLIC_CUDA_FUSE_ROPE").as_deref(),
-        Ok("1" | "on" | "true" | "yes")
+        Ok("0" | "off" | "false" | "no")
     )
 }
 
