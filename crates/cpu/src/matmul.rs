@@ -636,8 +636,8 @@ mod tests {
                 _ => &[32, 96, 160, 288],
             };
             for &k in ks {
-                // 1..=17, and stacks with whole 16-row tiles of Q4_0's tile
-                // kernel next to partial ones.
+                // 1..=17, and stacks with whole 16-row tiles of the Q4_0 and Q8_0 tile
+                // kernels next to partial ones.
                 for n in (1..=17).chain([33, 50]) {
                     let parts = if n >= 3 {
                         vec![n / 3, n - n / 3]

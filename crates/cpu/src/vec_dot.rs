@@ -5,10 +5,11 @@
 //! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K, Q5_K and Q6_K with
 //! SIMD kernels on AVX-512 only, scalar ones at the other levels) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
-//! block; float weights (F32, F16) with f32 activations. Q4_0 with AVX-512
-//! has a tile kernel ([`Kernels::quant_tile`], 16 weight rows a call) that
-//! the decode drivers use; the level's other Q4_0 entry points run it too
-//! (one row in every lane: 16 times the work, for bit-identical results). The CUDA backend's
+//! block; float weights (F32, F16) with f32 activations. Q4_0 and Q8_0 with
+//! AVX-512 have tile kernels ([`Kernels::quant_tile`], 16 weight rows a call)
+//! that the decode drivers use; the level's other entry points of those
+//! types run them too (one row in every lane: 16 times the work, for
+//! bit-identical results). The CUDA backend's
 //! `vecdot` does the same arithmetic for these types. The level is detected at run
 //! time; `METALLIC_CPU_SIMD=scalar|avx2|avx512|neon|neon-dot` forces a lower
 //! one (for measurements and tests).
@@ -192,10 +193,11 @@ pub struct Kernels {
     /// weight rows) where the level has them (AVX-512); else the scalar
     /// one-row kernels.
     q5: Option<Q5Kernels>,
-    /// The Q4_0 tile kernel where the level has one (AVX-512): the decode
-    /// drivers then run Q4_0 through it, and the level's other Q4_0 entry
-    /// points are that kernel too (the same bits for a row however it runs).
-    q4_0_tile: Option<QDotTile>,
+    /// The Q4_0 and Q8_0 tile kernels where the level has them (AVX-512):
+    /// the decode drivers then run those types through them, and the
+    /// level's other entry points of those types are the tile kernels too
+    /// (the same bits for a row however it runs).
+    tiles: Option<[QDotTile; 2]>,
     /// Q4_K where the level has a SIMD kernel (AVX-512); else the scalar one.
     q4_k: Option<QDot>,
     /// Q6_K where the level has a SIMD kernel (AVX-512); else the scalar one.
@@ -220,7 +222,7 @@ impl Kernels {
                 rows: None,
                 group: None,
                 q5: None,
-                q4_0_tile: None,
+                tiles: None,
                 q4_k: None,
                 q6_k: None,
                 q5_k: None,
@@ -240,7 +242,7 @@ impl Kernels {
                 ]),
                 group: None,
                 q5: None,
-                q4_0_tile: None,
+                tiles: None,
                 q4_k: None,
                 q6_k: None,
                 q5_k: None,
@@ -263,7 +265,10 @@ impl Kernels {
                     crate::vec_dot_x86::q4_1_avx512_group,
                     crate::vec_dot_x86::q8_0_avx512_group,
                 ]),
-                q4_0_tile: Some(crate::vec_dot_x86::q4_0_avx512_tile),
+                tiles: Some([
+                    crate::vec_dot_x86::q4_0_avx512_tile,
+                    crate::vec_dot_x86::q8_0_avx512_tile,
+                ]),
                 q4_k: Some(crate::vec_dot_x86::q4_k_avx512),
                 q6_k: Some(crate::vec_dot_x86::q6_k_avx512),
                 q5_k: Some(crate::vec_dot_x86::q5_k_avx512),
@@ -293,7 +298,7 @@ impl Kernels {
                 rows: None,
                 group: None,
                 q5: None,
-                q4_0_tile: None,
+                tiles: None,
                 q4_k: None,
                 q6_k: None,
                 q5_k: None,
@@ -309,7 +314,7 @@ impl Kernels {
                 rows: None,
                 group: None,
                 q5: None,
-                q4_0_tile: None,
+                tiles: None,
                 q4_k: None,
                 q6_k: None,
                 q5_k: None,
@@ -434,7 +439,7 @@ impl Kernels {
 
     /// Whether [`Kernels::quant_tile`] takes `ty` at this level.
     pub fn has_tile(&self, ty: GgmlType) -> bool {
-        ty == GgmlType::Q4_0 && self.q4_0_tile.is_some()
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) && self.tiles.is_some()
     }
 
     /// Dots of `rows` (1..=[`TILE_ROWS`]) consecutive weight rows of `ty`,
@@ -455,11 +460,11 @@ impl Kernels {
         out: &mut [f32],
         next: &[u8],
     ) {
-        let f = match (ty, self.q4_0_tile) {
-            (GgmlType::Q4_0, Some(f)) => f,
+        let (f, bytes) = match (ty, self.tiles) {
+            (GgmlType::Q4_0, Some(k)) => (k[0], 18),
+            (GgmlType::Q8_0, Some(k)) => (k[1], 34),
             _ => panic!("no tile kernel for {} at {}", ty.name(), self.level.name()),
         };
-        let bytes = 18;
         let Some(first) = a.first() else { return };
         let nb = first.d.len();
         assert!((1..=TILE_ROWS).contains(&rows) && a.len() <= TILE_ACTS);
@@ -692,15 +697,21 @@ mod tests {
         metallic_test_support::spiky_values(seed, len, 37, 5.0)
     }
 
-    /// The Q4_0 tile kernel (16 weight rows in lanes, up to four activation
-    /// rows) gives every (weight row, activation row) pair bit for bit what
-    /// the one-row kernel gives it, for full and partial tiles (1..=16 rows),
+    /// The Q4_0 and Q8_0 tile kernels (16 weight rows in lanes, up to four
+    /// activation rows) give every (weight row, activation row) pair bit for
+    /// bit what the one-row kernel gives it, and what the multi-row and
+    /// group entry points give it, for full and partial tiles (1..=16 rows),
     /// 1..=4 activation rows, odd and even block counts, rows more than a
     /// row apart, with or without a next tile to prefetch; and it agrees
     /// with the scalar kernel to float32 summation order (1e-5 of sum |w x|).
     #[test]
     fn tile_kernel_gives_each_pair_its_one_row_result_bit_for_bit() {
-        let ty = GgmlType::Q4_0;
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            tile_kernel_matches_one_row_kernel(ty);
+        }
+    }
+
+    fn tile_kernel_matches_one_row_kernel(ty: GgmlType) {
         let scalar = Kernels::for_level(SimdLevel::Scalar).unwrap();
         let levels: Vec<Kernels> = SimdLevel::ALL
             .into_iter()
@@ -708,14 +719,24 @@ mod tests {
             .filter(|k| k.has_tile(ty))
             .collect();
         if levels.is_empty() {
-            eprintln!("skipped: no SIMD level of this CPU has a Q4_0 tile kernel");
+            eprintln!(
+                "skipped: no SIMD level of this CPU has a {} tile kernel",
+                ty.name()
+            );
             return;
         }
+        let (bytes, _) = block_bytes(ty).unwrap();
         for kern in levels {
             for nb in [1usize, 2, 3, 7, 28, 29] {
                 let k = nb * QK;
-                let row_bytes = nb * 18;
-                for (gap, rows) in [(0usize, 16usize), (18, 16), (0, 1), (0, 5), (36, 15)] {
+                let row_bytes = nb * bytes;
+                for (gap, rows) in [
+                    (0usize, 16usize),
+                    (bytes, 16),
+                    (0, 1),
+                    (0, 5),
+                    (2 * bytes, 15),
+                ] {
                     let stride = row_bytes + gap;
                     // The tile's rows, then a second tile's (the prefetched `next`).
                     let mut w = vec![0u8; stride * 2 * TILE_ROWS];
@@ -737,11 +758,15 @@ mod tests {
                                     let got = out[j * TILE_ROWS + i];
                                     let wr = &tile[i * stride..i * stride + row_bytes];
                                     let what = format!(
-                                        "{} nb={nb} rows={rows} gap={gap} m={m} row {i} act {j}",
+                                        "{} {} nb={nb} rows={rows} gap={gap} m={m} row {i} act {j}",
+                                        ty.name(),
                                         kern.level().name()
                                     );
                                     let one = kern.quant(ty, wr, *row);
                                     assert_eq!(got.to_bits(), one.to_bits(), "{what}");
+                                    let mut many = vec![f32::NAN; m];
+                                    kern.quant_rows(ty, wr, &a, &mut many);
+                                    assert_eq!(got.to_bits(), many[j].to_bits(), "{what} rows");
                                     let want = scalar.quant(ty, wr, *row);
                                     let mut d = vec![0.0f32; k];
                                     quant::dequantize(ty, wr, &mut d).unwrap();

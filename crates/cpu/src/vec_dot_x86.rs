@@ -277,9 +277,10 @@ unsafe fn unpack_nibbles2_bcast(p0: *const u8, p1: *const u8) -> __m512i {
     _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
 }
 
-/// Q4_0, Q4_1 and Q8_0 share one loop: `vpdpbusd` needs unsigned weights,
-/// so each block's weight levels are read as `u = q + off` (Q4_0's nibbles
-/// are `q + 8`, Q8_0's levels are XORed to `q + 128`) and the offset is taken
+/// Q4_1, Q5_0 and Q5_1 share one loop (Q4_0 and Q8_0 have tile kernels:
+/// [`q4_0_tile`], [`q8_0_tile`]): `vpdpbusd` needs unsigned weights,
+/// so each block's weight levels are read as `u = q + off` (Q5_0's levels
+/// are `q + 16`) and the offset is taken
 /// out in the integers: each 32-bit lane's dot starts from `-off` times the
 /// sum of its four activation bytes (itself a `vpdpbusd`), so the lane holds
 /// the exact integer dot of the levels. Per pair of blocks and lane the
@@ -301,7 +302,6 @@ unsafe fn quant_avx512<const W: usize, const R: usize>(
     let (bytes, qs_at, qh_at) = kind.layout();
     let offs = match kind {
         QuantKind::Q5_0 => _mm512_set1_epi8(16),
-        QuantKind::Q8_0 => _mm512_set1_epi8(-128),
         QuantKind::Q4_1 | QuantKind::Q5_1 => _mm512_setzero_si512(),
     };
     let sixteen = _mm512_set1_epi8(16);
@@ -336,12 +336,6 @@ unsafe fn quant_avx512<const W: usize, const R: usize>(
         for i in 0..W {
             let (b0, b1) = (w[i].add(b * bytes), w[i].add((b + 1) * bytes));
             let u = match kind {
-                QuantKind::Q8_0 => {
-                    let v0 = _mm256_loadu_si256(b0.add(qs_at) as *const __m256i);
-                    let v1 = _mm256_loadu_si256(b1.add(qs_at) as *const __m256i);
-                    let v = _mm512_inserti64x4(_mm512_castsi256_si512(v0), v1, 1);
-                    _mm512_xor_si512(v, _mm512_set1_epi8(-128))
-                }
                 QuantKind::Q5_0 | QuantKind::Q5_1 => {
                     // Bit j of a block's qh is its level j's fifth bit: one
                     // mask bit per byte lane of the unpacked pair.
@@ -395,10 +389,6 @@ unsafe fn quant_avx512<const W: usize, const R: usize>(
             for i in 0..W {
                 let blk = w[i].add(b * bytes);
                 let u = match kind {
-                    QuantKind::Q8_0 => _mm256_xor_si256(
-                        _mm256_loadu_si256(blk.add(qs_at) as *const __m256i),
-                        _mm256_set1_epi8(-128),
-                    ),
                     QuantKind::Q5_0 | QuantKind::Q5_1 => {
                         let u = unpack_nibbles(blk.add(qs_at));
                         let h = std::ptr::read_unaligned(blk.add(qh_at) as *const u32);
@@ -459,7 +449,6 @@ const ROWS: usize = 4;
 #[derive(Clone, Copy)]
 enum QuantKind {
     Q4_1,
-    Q8_0,
     Q5_0,
     Q5_1,
 }
@@ -470,7 +459,6 @@ impl QuantKind {
     fn layout(self) -> (usize, usize, usize) {
         match self {
             QuantKind::Q4_1 => (20, 4, 0),
-            QuantKind::Q8_0 => (34, 2, 0),
             QuantKind::Q5_0 => (22, 6, 2),
             QuantKind::Q5_1 => (24, 8, 4),
         }
@@ -493,13 +481,7 @@ pub unsafe fn q4_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
     // As `q4_0_avx512`: the tile kernel, one weight row in every lane.
-    let mut v = [0.0f32; TILE_ACTS * TILE_ROWS];
-    for (a, out) in a.chunks(TILE_ACTS).zip(out.chunks_mut(TILE_ACTS)) {
-        q4_0_avx512_tile(w, 0, TILE_ROWS, a, &mut v, &[]);
-        for (r, o) in out.iter_mut().enumerate() {
-            *o = v[r * TILE_ROWS];
-        }
-    }
+    tile_rows_avx512(TileKind::Q4_0, w, a, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -514,12 +496,13 @@ pub unsafe fn q4_1_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q8_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
-    quant_avx512_rows::<1>(w, &[a], QuantKind::Q8_0)[0]
+    // As `q4_0_avx512`: Q8_0's tile kernel, every lane the same row.
+    q8_0_tile::<1>(w.as_ptr(), 0, &[a], &[])[0][0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q8_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
-    rows_avx512(w, a, out, QuantKind::Q8_0)
+    tile_rows_avx512(TileKind::Q8_0, w, a, out)
 }
 
 /// `rows` (1..=4) consecutive weight rows, `stride` bytes apart from `w`'s
@@ -572,11 +555,7 @@ pub unsafe fn q4_0_avx512_group(
     out: &mut [f32],
 ) {
     // As `q4_0_avx512`: the tile kernel, `rows` of its lanes.
-    let mut v = [0.0f32; TILE_ROWS];
-    if rows > 0 {
-        q4_0_avx512_tile(w, stride, rows, &[a], &mut v, &[]);
-    }
-    out[..rows].copy_from_slice(&v[..rows]);
+    tile_group_avx512(TileKind::Q4_0, w, stride, rows, a, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -598,7 +577,7 @@ pub unsafe fn q8_0_avx512_group(
     a: Q8Row<'_>,
     out: &mut [f32],
 ) {
-    group_avx512(w, stride, rows, a, out, QuantKind::Q8_0)
+    tile_group_avx512(TileKind::Q8_0, w, stride, rows, a, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -1004,10 +983,228 @@ unsafe fn q4_0_tile<const R: usize>(
     out
 }
 
-/// [`q4_0_tile`] for 1..=4 activation rows: `out[r * TILE_ROWS + i]` is
+/// [`TILE_ROWS`] Q8_0 weight rows (from `w` on, `stride` bytes apart; 0
+/// repeats one row in every lane) against `R` activation rows, in the rows'
+/// GGUF layout (34-byte blocks, no repack): the decode kernel of Q8_0
+/// (issue 10: the pair-of-blocks kernel it replaces read ~5 GB/s a core on
+/// a 16-core Xeon against llama.cpp's ~6.9).
+///
+/// Per block, each of eight registers holds two rows' 32 levels (row `i`
+/// in its low 256 bits, row `i + 4` in its high; rows 0..8 in the first
+/// four registers, 8..16 in the last four), XORed with `0x80` to `q + 128`
+/// for `vpdpbusd`'s unsigned operand; the activation block, broadcast to
+/// both halves, is the signed one. One `vpdpbusd` a register leaves eight
+/// partial dots a row; each lane starts from `-128` times the sum of its
+/// four activation bytes (itself a `vpdpbusd`), so a row's partials add up
+/// to its exact integer block dot. A transposing add (32-, 64-, then
+/// 128-bit: seven adds for eight registers) leaves row `i`'s block dot in
+/// lane `i`. The rows' block scales are read one by one into general
+/// registers, four to a 64-bit word; then per block and row
+///
+/// `acc = fma(d_w * d_a, float(dot), acc)`, blocks in order,
+///
+/// as [`q4_0_tile`]: every lane alone, so a row's result does not depend on
+/// which rows or how many activation rows share the tile (the one-row
+/// entry points below run this kernel too, for the same bits). The block
+/// dot is exact in the integers (|dot| <= 32 * 127 * 128 < 2^24, so its
+/// float conversion is exact too).
+///
+/// `next` is prefetched (non-temporal) over the tile's blocks, nine lines a
+/// block (a tile's block is 8.5 lines): the driver passes the next tile's
+/// bytes.
+#[inline(always)]
+unsafe fn q8_0_tile<const R: usize>(
+    w: *const u8,
+    stride: usize,
+    a: &[Q8Row<'_>; R],
+    next: &[u8],
+) -> [[f32; TILE_ROWS]; R] {
+    // Rows 0..8 from q[0], rows 8..16 from q[1] (each at + i * stride).
+    let mut q: [*const u8; 2] = [w, w.add(8 * stride)];
+    let flip = _mm512_set1_epi8(-128);
+    let nb = a[0].d.len();
+    let pf = next.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nb {
+        // The next tile, nine lines a block: one stream a tile ahead.
+        let at = 576 * b;
+        if at + 576 <= next.len() {
+            for l in 0..9 {
+                _mm_prefetch::<_MM_HINT_NTA>(pf.add(at + 64 * l) as *const i8);
+            }
+        } else {
+            let mut l = at;
+            while l < next.len() {
+                _mm_prefetch::<_MM_HINT_NTA>(pf.add(l) as *const i8);
+                l += 64;
+            }
+        }
+        // The 16 rows' block scales in row order, four rows' to a 64-bit
+        // word in general registers (as in `q4_0_tile`).
+        let word = |h: usize, i: usize| {
+            let d = |j: usize| std::ptr::read_unaligned(q[h].add((i + j) * stride) as *const u16);
+            (d(0) as u64 | (d(1) as u64) << 16 | (d(2) as u64) << 32 | (d(3) as u64) << 48) as i64
+        };
+        let dbits = _mm256_set_m128i(
+            _mm_set_epi64x(word(1, 4), word(1, 0)),
+            _mm_set_epi64x(word(0, 4), word(0, 0)),
+        );
+        // Register k: rows (k, k + 4) for k < 4, (k + 4, k + 8) after.
+        let mut y = [_mm512_setzero_si512(); 8];
+        for (k, y) in y.iter_mut().enumerate() {
+            let base = q[k / 4].add(2 + (k % 4) * stride);
+            let lo = _mm256_loadu_si256(base as *const __m256i);
+            let hi = _mm256_loadu_si256(base.add(4 * stride) as *const __m256i);
+            let v = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            *y = _mm512_xor_si512(v, flip);
+        }
+        q = [q[0].add(34), q[1].add(34)];
+        let dw = _mm512_cvtph_ps(dbits);
+        for r in 0..R {
+            let aq = a[r].qs.as_ptr().add(b * QK);
+            let av = _mm512_broadcast_i64x4(_mm256_loadu_si256(aq as *const __m256i));
+            let zero = _mm512_setzero_si512();
+            let c = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, av));
+            let mut part = [zero; 8];
+            for k in 0..8 {
+                part[k] = _mm512_dpbusd_epi32(c, y[k], av);
+            }
+            // Within each 128-bit lane: [x0 + x2, y0 + y2, x1 + x3, y1 + y3].
+            let t =
+                |x, y| _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y));
+            let (t0, t1) = (t(part[0], part[1]), t(part[2], part[3]));
+            let (t2, t3) = (t(part[4], part[5]), t(part[6], part[7]));
+            // Within each 128-bit lane: the four registers' sums over it.
+            let u =
+                |x, y| _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+            let (u0, u1) = (u(t0, t1), u(t2, t3));
+            // A row's two 128-bit lanes added: lanes 0..4 rows 0..4 (u0's
+            // low rows), 4..8 rows 4..8 (u0's high), then u1's: row order.
+            let dot = _mm512_add_epi32(
+                _mm512_shuffle_i64x2::<0b10_00_10_00>(u0, u1),
+                _mm512_shuffle_i64x2::<0b11_01_11_01>(u0, u1),
+            );
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*a[r].d.as_ptr().add(b)));
+            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+        }
+    }
+    let mut out = [[0.0f32; TILE_ROWS]; R];
+    for r in 0..R {
+        _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+    out
+}
+
+/// The tile kernels at this level (one home for the drivers' entry points).
+#[derive(Clone, Copy)]
+enum TileKind {
+    Q4_0,
+    Q8_0,
+}
+
+/// A whole tile ([`TILE_ROWS`] rows from `w`, `stride` apart) against the
+/// 1..=4 activation rows `a`: `out[r * TILE_ROWS + i]` for row `i`, `a[r]`.
+#[inline(always)]
+unsafe fn full_tile(
+    kind: TileKind,
+    w: *const u8,
+    stride: usize,
+    a: &[Q8Row<'_>],
+    out: &mut [f32],
+    next: &[u8],
+) {
+    #[inline(always)]
+    unsafe fn one<const R: usize>(
+        kind: TileKind,
+        w: *const u8,
+        stride: usize,
+        a: &[Q8Row<'_>; R],
+        next: &[u8],
+    ) -> [[f32; TILE_ROWS]; R] {
+        match kind {
+            TileKind::Q4_0 => q4_0_tile::<R>(w, stride, a, next),
+            TileKind::Q8_0 => q8_0_tile::<R>(w, stride, a, next),
+        }
+    }
+    let mut put = |r: usize, v: &[f32; TILE_ROWS]| {
+        out[r * TILE_ROWS..(r + 1) * TILE_ROWS].copy_from_slice(v);
+    };
+    match a.len() {
+        4 => {
+            let o = one::<4>(kind, w, stride, a.try_into().unwrap(), next);
+            o.iter().enumerate().for_each(|(r, v)| put(r, v));
+        }
+        3 => {
+            let o = one::<3>(kind, w, stride, a.try_into().unwrap(), next);
+            o.iter().enumerate().for_each(|(r, v)| put(r, v));
+        }
+        2 => {
+            let o = one::<2>(kind, w, stride, a.try_into().unwrap(), next);
+            o.iter().enumerate().for_each(|(r, v)| put(r, v));
+        }
+        1 => put(0, &one::<1>(kind, w, stride, &[a[0]], next)[0]),
+        _ => {}
+    }
+}
+
+/// A tile kernel for 1..=4 activation rows: `out[r * TILE_ROWS + i]` is
 /// row `i`'s dot with `a[r]` for `i < rows` (the rest of `out` is left
 /// alone). Fewer than [`TILE_ROWS`] rows (a part's or a task's last tile)
 /// run one at a time in every lane, as the one-row entry points do.
+#[inline(always)]
+unsafe fn tile_avx512(
+    kind: TileKind,
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: &[Q8Row<'_>],
+    out: &mut [f32],
+    next: &[u8],
+) {
+    if rows < TILE_ROWS {
+        for i in 0..rows {
+            let mut one = [0.0f32; TILE_ACTS * TILE_ROWS];
+            full_tile(kind, w[i * stride..].as_ptr(), 0, a, &mut one, &[]);
+            for r in 0..a.len() {
+                out[r * TILE_ROWS + i] = one[r * TILE_ROWS];
+            }
+        }
+        return;
+    }
+    full_tile(kind, w.as_ptr(), stride, a, out, next)
+}
+
+/// One weight row against several activation rows through a tile kernel
+/// (the row in every lane): the bits the decode drivers' tiles give it.
+#[inline(always)]
+unsafe fn tile_rows_avx512(kind: TileKind, w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
+    let mut v = [0.0f32; TILE_ACTS * TILE_ROWS];
+    for (a, out) in a.chunks(TILE_ACTS).zip(out.chunks_mut(TILE_ACTS)) {
+        full_tile(kind, w.as_ptr(), 0, a, &mut v, &[]);
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = v[r * TILE_ROWS];
+        }
+    }
+}
+
+/// `rows` (0..=[`TILE_ROWS`]) weight rows against one activation row
+/// through a tile kernel: `rows` of its lanes.
+#[inline(always)]
+unsafe fn tile_group_avx512(
+    kind: TileKind,
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: Q8Row<'_>,
+    out: &mut [f32],
+) {
+    let mut v = [0.0f32; TILE_ROWS];
+    if rows > 0 {
+        tile_avx512(kind, w, stride, rows, &[a], &mut v, &[]);
+    }
+    out[..rows].copy_from_slice(&v[..rows]);
+}
+
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_0_avx512_tile(
     w: &[u8],
@@ -1017,34 +1214,17 @@ pub unsafe fn q4_0_avx512_tile(
     out: &mut [f32],
     next: &[u8],
 ) {
-    let p = w.as_ptr();
-    if rows < TILE_ROWS {
-        for i in 0..rows {
-            let mut one = [0.0f32; TILE_ACTS * TILE_ROWS];
-            q4_0_avx512_tile(&w[i * stride..], 0, TILE_ROWS, a, &mut one, &[]);
-            for r in 0..a.len() {
-                out[r * TILE_ROWS + i] = one[r * TILE_ROWS];
-            }
-        }
-        return;
-    }
-    let mut put = |r: usize, v: &[f32; TILE_ROWS]| {
-        out[r * TILE_ROWS..(r + 1) * TILE_ROWS].copy_from_slice(v);
-    };
-    match a.len() {
-        4 => {
-            let o = q4_0_tile::<4>(p, stride, a.try_into().unwrap(), next);
-            o.iter().enumerate().for_each(|(r, v)| put(r, v));
-        }
-        3 => {
-            let o = q4_0_tile::<3>(p, stride, a.try_into().unwrap(), next);
-            o.iter().enumerate().for_each(|(r, v)| put(r, v));
-        }
-        2 => {
-            let o = q4_0_tile::<2>(p, stride, a.try_into().unwrap(), next);
-            o.iter().enumerate().for_each(|(r, v)| put(r, v));
-        }
-        1 => put(0, &q4_0_tile::<1>(p, stride, &[a[0]], next)[0]),
-        _ => {}
-    }
+    tile_avx512(TileKind::Q4_0, w, stride, rows, a, out, next)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q8_0_avx512_tile(
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: &[Q8Row<'_>],
+    out: &mut [f32],
+    next: &[u8],
+) {
+    tile_avx512(TileKind::Q8_0, w, stride, rows, a, out, next)
 }
