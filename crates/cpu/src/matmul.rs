@@ -636,7 +636,7 @@ mod tests {
                 _ => &[32, 96, 160, 288],
             };
             for &k in ks {
-                // 1..=17, and stacks with whole 16-row tiles of the Q4_0 and Q8_0 tile
+                // 1..=17, and stacks with whole 16-row tiles of the Q4_0, Q4_1 and Q8_0 tile
                 // kernels next to partial ones.
                 for n in (1..=17).chain([33, 50]) {
                     let parts = if n >= 3 {

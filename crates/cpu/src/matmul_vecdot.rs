@@ -1,7 +1,7 @@
 //! `vecdot`: the decode kernel. Activations are quantised to Q8 once per
 //! call, then every weight row is dotted with them in its own block format
 //! (no dequantised copy), rows spread over the pool in chunks. Types with a
-//! tile kernel at the detected level (Q4_0 and Q8_0 with AVX-512: 16 weight
+//! tile kernel at the detected level (Q4_0, Q4_1 and Q8_0 with AVX-512: 16 weight
 //! rows a call, see vec_dot_x86.rs) run in tiles, tasks rounded to whole tiles.
 
 use std::cell::RefCell;

@@ -5,8 +5,8 @@
 //! Quantised weights (Q4_0, Q4_1, Q8_0; Q5_0, Q5_1, Q4_K, Q5_K and Q6_K with
 //! SIMD kernels on AVX-512 only, scalar ones at the other levels) are multiplied with Q8 activations
 //! ([`crate::q8_act`]) in integer arithmetic, one float multiply-add per
-//! block; float weights (F32, F16) with f32 activations. Q4_0 and Q8_0 with
-//! AVX-512 have tile kernels ([`Kernels::quant_tile`], 16 weight rows a call)
+//! block; float weights (F32, F16) with f32 activations. Q4_0, Q4_1 and Q8_0
+//! with AVX-512 have tile kernels ([`Kernels::quant_tile`], 16 weight rows a call)
 //! that the decode drivers use; the level's other entry points of those
 //! types run them too (one row in every lane: 16 times the work, for
 //! bit-identical results). The CUDA backend's
@@ -193,11 +193,11 @@ pub struct Kernels {
     /// weight rows) where the level has them (AVX-512); else the scalar
     /// one-row kernels.
     q5: Option<Q5Kernels>,
-    /// The Q4_0 and Q8_0 tile kernels where the level has them (AVX-512):
+    /// The Q4_0, Q4_1 and Q8_0 tile kernels where the level has them (AVX-512):
     /// the decode drivers then run those types through them, and the
     /// level's other entry points of those types are the tile kernels too
     /// (the same bits for a row however it runs).
-    tiles: Option<[QDotTile; 2]>,
+    tiles: Option<[QDotTile; 3]>,
     /// Q4_K where the level has a SIMD kernel (AVX-512); else the scalar one.
     q4_k: Option<QDot>,
     /// Q6_K where the level has a SIMD kernel (AVX-512); else the scalar one.
@@ -267,6 +267,7 @@ impl Kernels {
                 ]),
                 tiles: Some([
                     crate::vec_dot_x86::q4_0_avx512_tile,
+                    crate::vec_dot_x86::q4_1_avx512_tile,
                     crate::vec_dot_x86::q8_0_avx512_tile,
                 ]),
                 q4_k: Some(crate::vec_dot_x86::q4_k_avx512),
@@ -439,7 +440,7 @@ impl Kernels {
 
     /// Whether [`Kernels::quant_tile`] takes `ty` at this level.
     pub fn has_tile(&self, ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4_0 | GgmlType::Q8_0) && self.tiles.is_some()
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) && self.tiles.is_some()
     }
 
     /// Dots of `rows` (1..=[`TILE_ROWS`]) consecutive weight rows of `ty`,
@@ -462,7 +463,8 @@ impl Kernels {
     ) {
         let (f, bytes) = match (ty, self.tiles) {
             (GgmlType::Q4_0, Some(k)) => (k[0], 18),
-            (GgmlType::Q8_0, Some(k)) => (k[1], 34),
+            (GgmlType::Q4_1, Some(k)) => (k[1], 20),
+            (GgmlType::Q8_0, Some(k)) => (k[2], 34),
             _ => panic!("no tile kernel for {} at {}", ty.name(), self.level.name()),
         };
         let Some(first) = a.first() else { return };
@@ -697,7 +699,7 @@ mod tests {
         metallic_test_support::spiky_values(seed, len, 37, 5.0)
     }
 
-    /// The Q4_0 and Q8_0 tile kernels (16 weight rows in lanes, up to four
+    /// The Q4_0, Q4_1 and Q8_0 tile kernels (16 weight rows in lanes, up to four
     /// activation rows) give every (weight row, activation row) pair bit for
     /// bit what the one-row kernel gives it, and what the multi-row and
     /// group entry points give it, for full and partial tiles (1..=16 rows),
@@ -706,7 +708,7 @@ mod tests {
     /// with the scalar kernel to float32 summation order (1e-5 of sum |w x|).
     #[test]
     fn tile_kernel_gives_each_pair_its_one_row_result_bit_for_bit() {
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             tile_kernel_matches_one_row_kernel(ty);
         }
     }

@@ -277,14 +277,14 @@ unsafe fn unpack_nibbles2_bcast(p0: *const u8, p1: *const u8) -> __m512i {
     _mm512_and_si512(v, _mm512_set1_epi8(0x0f))
 }
 
-/// Q4_1, Q5_0 and Q5_1 share one loop (Q4_0 and Q8_0 have tile kernels:
-/// [`q4_0_tile`], [`q8_0_tile`]): `vpdpbusd` needs unsigned weights,
+/// Q5_0 and Q5_1 share one loop (Q4_0, Q4_1 and Q8_0 have tile kernels:
+/// [`q4_tile`], [`q8_0_tile`]): `vpdpbusd` needs unsigned weights,
 /// so each block's weight levels are read as `u = q + off` (Q5_0's levels
 /// are `q + 16`) and the offset is taken
 /// out in the integers: each 32-bit lane's dot starts from `-off` times the
 /// sum of its four activation bytes (itself a `vpdpbusd`), so the lane holds
 /// the exact integer dot of the levels. Per pair of blocks and lane the
-/// float work is then one `d_w * d_a` scale and one multiply-add; Q4_1's
+/// float work is then one `d_w * d_a` scale and one multiply-add; Q5_1's
 /// minimum adds `m * s` per block in a separate accumulator.
 ///
 /// `W` weight rows (at `w[i]`) share each activation block's loads and
@@ -302,7 +302,7 @@ unsafe fn quant_avx512<const W: usize, const R: usize>(
     let (bytes, qs_at, qh_at) = kind.layout();
     let offs = match kind {
         QuantKind::Q5_0 => _mm512_set1_epi8(16),
-        QuantKind::Q4_1 | QuantKind::Q5_1 => _mm512_setzero_si512(),
+        QuantKind::Q5_1 => _mm512_setzero_si512(),
     };
     let sixteen = _mm512_set1_epi8(16);
     let nb = a[0].d.len();
@@ -335,18 +335,13 @@ unsafe fn quant_avx512<const W: usize, const R: usize>(
         }
         for i in 0..W {
             let (b0, b1) = (w[i].add(b * bytes), w[i].add((b + 1) * bytes));
-            let u = match kind {
-                QuantKind::Q5_0 | QuantKind::Q5_1 => {
-                    // Bit j of a block's qh is its level j's fifth bit: one
-                    // mask bit per byte lane of the unpacked pair.
-                    let u = unpack_nibbles2_bcast(b0.add(qs_at), b1.add(qs_at));
-                    let h0 = std::ptr::read_unaligned(b0.add(qh_at) as *const u32) as u64;
-                    let h1 = std::ptr::read_unaligned(b1.add(qh_at) as *const u32) as u64;
-                    _mm512_mask_add_epi8(u, h0 | (h1 << 32), u, sixteen)
-                }
-                _ => unpack_nibbles2_bcast(b0.add(qs_at), b1.add(qs_at)),
-            };
-            // [d0, m0, d1, m1] (m only meaningful for Q4_1 and Q5_1).
+            // Bit j of a block's qh is its level j's fifth bit: one mask
+            // bit per byte lane of the unpacked pair.
+            let u = unpack_nibbles2_bcast(b0.add(qs_at), b1.add(qs_at));
+            let h0 = std::ptr::read_unaligned(b0.add(qh_at) as *const u32) as u64;
+            let h1 = std::ptr::read_unaligned(b1.add(qh_at) as *const u32) as u64;
+            let u = _mm512_mask_add_epi8(u, h0 | (h1 << 32), u, sixteen);
+            // [d0, m0, d1, m1] (m only meaningful for Q5_1).
             let pair = _mm_insert_epi32(
                 _mm_cvtsi32_si128(std::ptr::read_unaligned(b0 as *const i32)),
                 std::ptr::read_unaligned(b1 as *const i32),
@@ -388,14 +383,9 @@ unsafe fn quant_avx512<const W: usize, const R: usize>(
             let ad = *row.d.as_ptr().add(b);
             for i in 0..W {
                 let blk = w[i].add(b * bytes);
-                let u = match kind {
-                    QuantKind::Q5_0 | QuantKind::Q5_1 => {
-                        let u = unpack_nibbles(blk.add(qs_at));
-                        let h = std::ptr::read_unaligned(blk.add(qh_at) as *const u32);
-                        _mm256_mask_add_epi8(u, h, u, _mm256_set1_epi8(16))
-                    }
-                    _ => unpack_nibbles(blk.add(qs_at)),
-                };
+                let u = unpack_nibbles(blk.add(qs_at));
+                let h = std::ptr::read_unaligned(blk.add(qh_at) as *const u32);
+                let u = _mm256_mask_add_epi8(u, h, u, _mm256_set1_epi8(16));
                 let dot = _mm256_dpbusd_epi32(corr, u, av);
                 let dot = hsum256(_mm256_cvtepi32_ps(dot));
                 out[i][r] += f16_load(blk) * ad * dot;
@@ -448,7 +438,6 @@ const ROWS: usize = 4;
 
 #[derive(Clone, Copy)]
 enum QuantKind {
-    Q4_1,
     Q5_0,
     Q5_1,
 }
@@ -458,7 +447,6 @@ impl QuantKind {
     #[inline(always)]
     fn layout(self) -> (usize, usize, usize) {
         match self {
-            QuantKind::Q4_1 => (20, 4, 0),
             QuantKind::Q5_0 => (22, 6, 2),
             QuantKind::Q5_1 => (24, 8, 4),
         }
@@ -467,7 +455,7 @@ impl QuantKind {
     /// Whether the block has a minimum `m` (`x = d q + m`).
     #[inline(always)]
     fn has_min(self) -> bool {
-        matches!(self, QuantKind::Q4_1 | QuantKind::Q5_1)
+        matches!(self, QuantKind::Q5_1)
     }
 }
 
@@ -475,7 +463,7 @@ impl QuantKind {
 pub unsafe fn q4_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
     // The tile kernel's arithmetic (every lane the same row): the decode
     // drivers run Q4_0 in tiles, and a row must get the same bits either way.
-    q4_0_tile::<1>(w.as_ptr(), 0, &[a], &[])[0][0]
+    q4_tile::<1, false>(w.as_ptr(), 0, &[a], &[])[0][0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -486,12 +474,13 @@ pub unsafe fn q4_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_1_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
-    quant_avx512_rows::<1>(w, &[a], QuantKind::Q4_1)[0]
+    // As `q4_0_avx512`: Q4_1's tile kernel, every lane the same row.
+    q4_tile::<1, true>(w.as_ptr(), 0, &[a], &[])[0][0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_1_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
-    rows_avx512(w, a, out, QuantKind::Q4_1)
+    tile_rows_avx512(TileKind::Q4_1, w, a, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -566,7 +555,7 @@ pub unsafe fn q4_1_avx512_group(
     a: Q8Row<'_>,
     out: &mut [f32],
 ) {
-    group_avx512(w, stride, rows, a, out, QuantKind::Q4_1)
+    tile_group_avx512(TileKind::Q4_1, w, stride, rows, a, out)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -863,9 +852,10 @@ pub unsafe fn f16_avx512(w: &[u8], x: &[f32]) -> f32 {
     s
 }
 
-/// [`TILE_ROWS`] Q4_0 weight rows (from `w` on, `stride` bytes apart; 0
-/// repeats one row in every lane) against `R` activation rows, in the rows'
-/// GGUF layout: the decode kernel of Q4_0 (issue 10: the pair-of-blocks
+/// [`TILE_ROWS`] Q4_0 weight rows (Q4_1 with `MIN`; from `w` on, `stride`
+/// bytes apart; 0 repeats one row in every lane) against `R` activation
+/// rows, in the rows' GGUF layout: the decode kernel of Q4_0 and Q4_1
+/// (issue 10: for Q4_0 the pair-of-blocks
 /// kernel spent ~7 instructions a block and row, ~0.46 ns on the
 /// development machine with the rows in L2; this one ~6, ~0.31 ns, its
 /// block scales a quarter of that: `vecdot_kernel_bench`).
@@ -888,25 +878,34 @@ pub unsafe fn f16_avx512(w: &[u8], x: &[f32]) -> f32 {
 /// the one-row entry points below run this same kernel so that they give
 /// the same bits.
 ///
+/// Q4_1 (`x = d q + m`): the nibbles are the levels (no offset), and each
+/// block's minimum term goes to a second accumulator, per block and row
+/// `acc_m = fma(m_w, s_a, acc_m)` (`s_a` the activation block's sum), the
+/// row's result `acc + acc_m`: every lane alone as well.
+///
 /// `next` is prefetched (non-temporal) over the tile's blocks, five lines a
 /// block: the driver passes the next tile's bytes.
 #[inline(always)]
-unsafe fn q4_0_tile<const R: usize>(
+unsafe fn q4_tile<const R: usize, const MIN: bool>(
     w: *const u8,
     stride: usize,
     a: &[Q8Row<'_>; R],
     next: &[u8],
 ) -> [[f32; TILE_ROWS]; R] {
+    // Block bytes; offset of the nibbles (after d, and m for Q4_1).
+    let (bytes, qs_at) = if MIN { (20, 4) } else { (18, 2) };
     // Rows 4j, 4j + 1, 4j + 2, 4j + 3 at p[j], + stride, + 2 stride, + s3.
     let s3 = 3 * stride;
-    let mut p: [*const u8; 4] = std::array::from_fn(|j| w.add(4 * j * stride + 2));
+    let mut p: [*const u8; 4] = std::array::from_fn(|j| w.add(4 * j * stride + qs_at));
     let nib = _mm512_set1_epi8(0x0f);
     let eight = _mm512_set1_epi8(8);
     let nb = a[0].d.len();
     let pf = next.as_ptr();
     let mut acc = [_mm512_setzero_ps(); R];
+    let mut acc_m = [_mm512_setzero_ps(); R];
     for b in 0..nb {
-        // The next tile, five lines a block (a tile's block is 4.5 lines):
+        // The next tile, five lines a block (a tile's block is 4.5 lines,
+        // Q4_1's 5):
         // one contiguous stream a tile ahead. Prefetching each row 28
         // blocks ahead instead (the same ~8 KiB in flight) made the short
         // rows' products ~30% slower (`metallic probe -t 2`).
@@ -928,32 +927,51 @@ unsafe fn q4_0_tile<const R: usize>(
         // 4j + i): four rows' to a 64-bit word in general registers, four
         // words to a vector (a gather of them took as long as the rest of
         // the block, 16-bit inserts a third of it).
-        let word = |at: usize| {
-            let h = |j: usize| std::ptr::read_unaligned(p[j].add(at).sub(2) as *const u16) as u64;
+        // Q4_1's minimums the same way, from 2 bytes before the nibbles.
+        let word = |at: usize, back: usize| {
+            let h =
+                |j: usize| std::ptr::read_unaligned(p[j].add(at).sub(back) as *const u16) as u64;
             (h(0) | h(1) << 16 | h(2) << 32 | h(3) << 48) as i64
         };
-        let dbits = _mm256_set_m128i(
-            _mm_set_epi64x(word(s3), word(2 * stride)),
-            _mm_set_epi64x(word(stride), word(0)),
-        );
+        let words = |back: usize| {
+            _mm256_set_m128i(
+                _mm_set_epi64x(word(s3, back), word(2 * stride, back)),
+                _mm_set_epi64x(word(stride, back), word(0, back)),
+            )
+        };
+        let dbits = words(qs_at);
+        let mbits = if MIN {
+            words(2)
+        } else {
+            _mm256_setzero_si256()
+        };
         for j in 0..4 {
             let q = p[j];
             let y = _mm512_castsi128_si512(_mm_loadu_si128(q as *const __m128i));
             let y = _mm512_inserti32x4(y, _mm_loadu_si128(q.add(stride) as *const _), 1);
             let y = _mm512_inserti32x4(y, _mm_loadu_si128(q.add(2 * stride) as *const _), 2);
             let y = _mm512_inserti32x4(y, _mm_loadu_si128(q.add(s3) as *const _), 3);
-            p[j] = q.add(18);
+            p[j] = q.add(bytes);
             lo[j] = _mm512_and_si512(y, nib);
             hi[j] = _mm512_and_si512(_mm512_srli_epi16(y, 4), nib);
         }
         let dw = _mm512_cvtph_ps(dbits);
+        let mw = if MIN {
+            _mm512_cvtph_ps(mbits)
+        } else {
+            _mm512_setzero_ps()
+        };
         for r in 0..R {
             let q = a[r].qs.as_ptr().add(b * QK);
             let alo = _mm512_broadcast_i32x4(_mm_loadu_si128(q as *const __m128i));
             let ahi = _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16) as *const __m128i));
             let zero = _mm512_setzero_si512();
-            let c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, eight, alo), eight, ahi);
-            let c = _mm512_sub_epi32(zero, c);
+            let c = if MIN {
+                zero
+            } else {
+                let c = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, eight, alo), eight, ahi);
+                _mm512_sub_epi32(zero, c)
+            };
             let mut part = [zero; 4];
             for j in 0..4 {
                 part[j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, lo[j], alo), hi[j], ahi);
@@ -970,12 +988,21 @@ unsafe fn q4_0_tile<const R: usize>(
                 _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*a[r].d.as_ptr().add(b)));
             acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(dot), acc[r]);
+            if MIN {
+                let sa = _mm512_set1_ps(*a[r].s.as_ptr().add(b));
+                acc_m[r] = _mm512_fmadd_ps(mw, sa, acc_m[r]);
+            }
         }
     }
     let mut out = [[0.0f32; TILE_ROWS]; R];
     for r in 0..R {
         let mut lanes = [0.0f32; TILE_ROWS];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), acc[r]);
+        let v = if MIN {
+            _mm512_add_ps(acc[r], acc_m[r])
+        } else {
+            acc[r]
+        };
+        _mm512_storeu_ps(lanes.as_mut_ptr(), v);
         for (lane, v) in lanes.iter().enumerate() {
             out[r][4 * (lane % 4) + lane / 4] = *v;
         }
@@ -1003,7 +1030,7 @@ unsafe fn q4_0_tile<const R: usize>(
 ///
 /// `acc = fma(d_w * d_a, float(dot), acc)`, blocks in order,
 ///
-/// as [`q4_0_tile`]: every lane alone, so a row's result does not depend on
+/// as [`q4_tile`]: every lane alone, so a row's result does not depend on
 /// which rows or how many activation rows share the tile (the one-row
 /// entry points below run this kernel too, for the same bits). The block
 /// dot is exact in the integers (|dot| <= 32 * 127 * 128 < 2^24, so its
@@ -1040,7 +1067,7 @@ unsafe fn q8_0_tile<const R: usize>(
             }
         }
         // The 16 rows' block scales in row order, four rows' to a 64-bit
-        // word in general registers (as in `q4_0_tile`).
+        // word in general registers (as in `q4_tile`).
         let word = |h: usize, i: usize| {
             let d = |j: usize| std::ptr::read_unaligned(q[h].add((i + j) * stride) as *const u16);
             (d(0) as u64 | (d(1) as u64) << 16 | (d(2) as u64) << 32 | (d(3) as u64) << 48) as i64
@@ -1099,6 +1126,7 @@ unsafe fn q8_0_tile<const R: usize>(
 #[derive(Clone, Copy)]
 enum TileKind {
     Q4_0,
+    Q4_1,
     Q8_0,
 }
 
@@ -1122,7 +1150,8 @@ unsafe fn full_tile(
         next: &[u8],
     ) -> [[f32; TILE_ROWS]; R] {
         match kind {
-            TileKind::Q4_0 => q4_0_tile::<R>(w, stride, a, next),
+            TileKind::Q4_0 => q4_tile::<R, false>(w, stride, a, next),
+            TileKind::Q4_1 => q4_tile::<R, true>(w, stride, a, next),
             TileKind::Q8_0 => q8_0_tile::<R>(w, stride, a, next),
         }
     }
@@ -1215,6 +1244,18 @@ pub unsafe fn q4_0_avx512_tile(
     next: &[u8],
 ) {
     tile_avx512(TileKind::Q4_0, w, stride, rows, a, out, next)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub unsafe fn q4_1_avx512_tile(
+    w: &[u8],
+    stride: usize,
+    rows: usize,
+    a: &[Q8Row<'_>],
+    out: &mut [f32],
+    next: &[u8],
+) {
+    tile_avx512(TileKind::Q4_1, w, stride, rows, a, out, next)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
