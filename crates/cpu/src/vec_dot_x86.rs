@@ -939,11 +939,33 @@ unsafe fn q4_tile<const R: usize, const MIN: bool>(
                 _mm_set_epi64x(word(stride, back), word(0, back)),
             )
         };
-        let dbits = words(qs_at);
-        let mbits = if MIN {
-            words(2)
+        let (dbits, mbits) = if MIN {
+            // Q4_1: each row's (d, m) as one 32-bit load, two rows (lanes
+            // 2t, 2t + 1) to a 64-bit word, then d and m split by a
+            // narrowing move each.
+            let dm = |at: usize, j: usize| {
+                std::ptr::read_unaligned(p[j].add(at).sub(4) as *const u32) as u64
+            };
+            let pair = |t: usize| {
+                let (at, j) = ((t / 2) * stride, 2 * (t % 2));
+                (dm(at, j) | dm(at, j + 1) << 32) as i64
+            };
+            let v = _mm512_set_epi64(
+                pair(7),
+                pair(6),
+                pair(5),
+                pair(4),
+                pair(3),
+                pair(2),
+                pair(1),
+                pair(0),
+            );
+            (
+                _mm512_cvtepi32_epi16(v),
+                _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)),
+            )
         } else {
-            _mm256_setzero_si256()
+            (words(qs_at), _mm256_setzero_si256())
         };
         for j in 0..4 {
             let q = p[j];
