@@ -732,9 +732,9 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
 
 // Every filtered setting sample_topk does not take (top_k off or above
 // TOPK_MAX, small vocabularies): one block of SAMPLE_THREADS threads.
-extern "C" __global__ void sample_filter(const float* w, int V, int top_k, float top_p,
-                                         float min_p, float temperature, SamplerState* st,
-                                         unsigned* counts, int* hist, int window, int* out_id) {
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+    sample_filter(const float* w, int V, int top_k, float top_p, float min_p, float temperature,
+                  SamplerState* st, unsigned* counts, int* hist, int window, int* out_id) {
     pdl_enter();
     __shared__ Shared s;
     __shared__ double u_shared;
