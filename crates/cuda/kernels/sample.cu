@@ -161,8 +161,11 @@ extern "C" __global__ void sample_argmax(const float* x, int V, float* part_v, i
 
 // ---------------------------------------------------------------- filtered draw
 
+// The order-preserving key of a logit. -0.0 takes +0.0's key: the host's
+// comparison holds them equal (their ids then decide).
 __device__ __forceinline__ u32 fkey(float f) {
     u32 u = __float_as_uint(f);
+    if (u == 0x80000000u) u = 0u;
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
@@ -457,19 +460,14 @@ __device__ int pick_infinite(Shared& s, const float* w, int V, double u) {
 #define TOPK_LIST 4096
 
 // A logit and its id as one unique rank: larger is better in the host's order
-// (logit descending, then id ascending). -0.0 takes +0.0's key, as the host's
-// comparison holds them equal (their ids then decide). Only finite and +inf
-// logits get a rank; every rank is >= 2^55, and 0 marks an empty slot.
-__device__ __forceinline__ u64 rank_of(float l, int id) {
-    u32 u = __float_as_uint(l);
-    if (u == 0x80000000u) u = 0u;
-    const u32 key = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-    return ((u64)key << 32) | (u64)(~(u32)id);
-}
+// (logit descending, then id ascending; fkey puts -0.0 with +0.0). Only
+// finite and +inf logits get a rank; every rank is >= 2^55, and 0 marks an
+// empty slot.
+__device__ __forceinline__ u64 rank_of(float l, int id) { return ((u64)fkey(l) << 32) | (u64)(~(u32)id); }
 
-// The logit of a rank (-0.0 comes back as +0.0: the same value in every
-// operation below, where it is only compared, or subtracted from or has
-// subtracted from it a nonzero maximum or another zero, then exponentiated).
+// The logit of a rank. -0.0 comes back as +0.0, which changes nothing below:
+// a zero logit is only compared (equal either way) or has the maximum
+// subtracted from it before an exp (exp(+-0) = 1, and x - +-0 = x).
 __device__ __forceinline__ float rank_logit(u64 r) {
     const u32 key = (u32)(r >> 32);
     return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
@@ -675,15 +673,20 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
             s.weight[threadIdx.x] = expf(__fmul_rn(__fsub_rn(l, mx), inv_t));
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
+        if (threadIdx.x < 32) {
             // Then the host's sums, in its order (crates/core/src/sampler.rs:
-            // filter, top_p_prefix, draw).
+            // filter, top_p_prefix, draw): chains of f64 additions in lane 0.
             const bool top_p_on = top_p < 1.0f;
-            double z = 1.0;
             if (top_p_on) {
-                z = 0.0;
-                for (int i = 0; i < nt; i++) z += s.prob[i];
+                double z = 0.0;
+                if (lane == 0)
+                    for (int i = 0; i < nt; i++) z += s.prob[i];
+                z = __shfl_sync(FULL_MASK, z, 0);
+                // Each probability over z, the host's quotients, in parallel.
+                for (int i = lane; i < nt; i += 32) s.prob[i] = s.prob[i] / z;
+                __syncwarp();
             }
+            if (lane != 0) return;
             int m = nt;
             if (min_p > 0.0f) {
                 // Sorted, so min-p keeps a prefix (and at least the maximum).
@@ -694,7 +697,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
             if (top_p_on) {
                 double cum = 0.0;
                 for (int i = 0; i < m; i++) {
-                    cum += s.prob[i] / z;
+                    cum += s.prob[i];
                     if (cum >= (double)top_p) {
                         m = i + 1;
                         break;
