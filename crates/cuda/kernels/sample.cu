@@ -573,15 +573,26 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     const int lane = threadIdx.x & 31;
     const int k = max(1, min(top_k, TOPK_MAX));  // the launcher passes 1 ..= TOPK_MAX
     const int chunk = (V + gridDim.x - 1) / gridDim.x;
-    const int lo = min(V, (int)blockIdx.x * chunk), hi = min(V, lo + chunk);
+    const int lo = min(V, (int)blockIdx.x * chunk);
+    const int hi = (int)min((long long)V, (long long)lo + chunk);
 
     // Phase 1: this block's top k. NaN counts as -inf; -inf never enters.
+    // Four loads in flight before the first is used (a block's chunk is
+    // about 1,200 logits: one round at Qwen's vocabulary).
     auto chunk_items = [&](auto f) {
-        for (int t0 = lo + (threadIdx.x & ~31); t0 < hi; t0 += blockDim.x) {
-            const int t = t0 + lane;
-            const float l = t < hi ? w[t] : NEG_INF;
-            const bool valid = l == l && l != NEG_INF;
-            f(valid ? rank_of(l, t) : 0ull, valid);
+        // 64-bit positions: no overflow for a vocabulary near 2^31.
+        for (long long t0 = lo + (threadIdx.x & ~31); t0 < hi; t0 += 4 * blockDim.x) {
+            float l[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const long long t = t0 + j * blockDim.x + lane;
+                l[j] = t < hi ? w[t] : NEG_INF;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const bool valid = l[j] == l[j] && l[j] != NEG_INF;
+                f(valid ? rank_of(l[j], (int)(t0 + j * blockDim.x + lane)) : 0ull, valid);
+            }
         }
     };
     topk_collect(s, k, chunk_items);
@@ -619,17 +630,25 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     __syncthreads();
     const u64 L = s.bound;
     const int total = gridDim.x * k;
-    // The candidates at or above L into shared memory, a warp's in one atomic.
-    for (int i0 = threadIdx.x & ~31; i0 < total; i0 += blockDim.x) {
-        const int i = i0 + lane;
-        const u64 r = i < total ? __ldcg(cand + i) : 0ull;
-        const bool keep = r >= L;
-        const unsigned m = __ballot_sync(FULL_MASK, keep);
-        int base = 0;
-        if (lane == 0 && m) base = atomicAdd(&s.n_list, __popc(m));
-        base = __shfl_sync(FULL_MASK, base, 0);
-        const int at = base + __popc(m & ((1u << lane) - 1u));
-        if (keep && at < TOPK_LIST) s.list[at] = r;
+    // The candidates at or above L into shared memory, a warp's in one
+    // atomic, four loads in flight.
+    for (int i0 = threadIdx.x & ~31; i0 < total; i0 += 4 * blockDim.x) {
+        u64 r[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int i = i0 + j * blockDim.x + lane;
+            r[j] = i < total ? __ldcg(cand + i) : 0ull;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const bool keep = r[j] >= L;
+            const unsigned m = __ballot_sync(FULL_MASK, keep);
+            int base = 0;
+            if (lane == 0 && m) base = atomicAdd(&s.n_list, __popc(m));
+            base = __shfl_sync(FULL_MASK, base, 0);
+            const int at = base + __popc(m & ((1u << lane) - 1u));
+            if (keep && at < TOPK_LIST) s.list[at] = r[j];
+        }
     }
     __syncthreads();
     const int n_list = s.n_list;
