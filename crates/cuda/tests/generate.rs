@@ -330,7 +330,10 @@ fn device_top_k_sampler_matches_host_on_ties_signed_zeros_and_infinities() {
         .collect();
     tied_ids.sort_unstable();
     tied_ids.dedup();
-    assert!(50_000 / chunk == 50_059 / chunk, "the cluster lies in one block");
+    assert!(
+        50_000 / chunk == 50_059 / chunk,
+        "the cluster lies in one block"
+    );
     for &i in &tied_ids {
         ties[i] = 3.5;
     }
@@ -367,7 +370,13 @@ fn device_top_k_sampler_matches_host_on_ties_signed_zeros_and_infinities() {
 
     // Every logit -inf or NaN but one.
     let mut one: Vec<f32> = (0..vocab)
-        .map(|i| if i % 3 == 0 { f32::NAN } else { f32::NEG_INFINITY })
+        .map(|i| {
+            if i % 3 == 0 {
+                f32::NAN
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
         .collect();
     one[123_456] = -5.0;
 
@@ -434,7 +443,8 @@ fn device_top_k_sampler_matches_host_on_ties_signed_zeros_and_infinities() {
         match name {
             "ties" => assert!(hit(&|l| l == 3.5), "no tied token drawn"),
             "signed zeros" => assert!(
-                hit(&|l| l == 0.0 && l.is_sign_negative()) && hit(&|l| l == 0.0 && l.is_sign_positive()),
+                hit(&|l| l == 0.0 && l.is_sign_negative())
+                    && hit(&|l| l == 0.0 && l.is_sign_positive()),
                 "no -0.0 and +0.0 drawn"
             ),
             "infinities" => {

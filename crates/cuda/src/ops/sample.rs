@@ -193,3 +193,27 @@ impl Sample {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sample.cu sizes its shared arrays by TOPK_MAX and declares its launch
+    /// bounds by TOPK_THREADS: its copies must be the launcher's, or a top-k
+    /// of 128 would write past the arrays and a launch would fail.
+    #[test]
+    fn kernel_and_launcher_agree_on_the_top_k_limits() {
+        let define = |name: &str| -> usize {
+            let line = SOURCE
+                .text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("kernels/sample.cu defines no {name}"));
+            line.trim().parse().expect("a number")
+        };
+        assert_eq!(define("TOPK_MAX"), TOPK_MAX);
+        assert_eq!(define("TOPK_THREADS"), TOPK_THREADS as usize);
+        // The last block ranks and scores its survivors one a thread.
+        assert!(TOPK_THREADS as usize >= TOPK_MAX);
+    }
+}
