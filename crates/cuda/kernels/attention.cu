@@ -259,3 +259,216 @@ extern "C" __global__ void attn_prefill(const float* qkv, const float* kc, const
         if (d < hd) o[d] = acc[c] * inv;
     }
 }
+
+// ---------------------------------------------------------------- prefill on tensor cores
+
+// Prefill attention with f16 tensor-core products (mma.sync m16n8k16, f32
+// accumulators), for head dimensions 64 and 128 on sm_80 and newer: grid
+// (ceil(m / 64), n_heads), 4 warps, 16 query rows a warp. The block walks the
+// keys in tiles of 64 staged in shared memory as f16 (K as [key][d], V
+// transposed as [d][key], each row padded by 8 halves so that the fragment
+// loads hit 32 different banks), and keeps flash attention's online softmax
+// in f32: S = Q K^T (Q, K rounded to f16), p = exp(S * scale - max) rounded to
+// f16 for P V. Same scheme and rounding as llama.cpp's f16 flash attention;
+// the f32 kernel above stays for other head dimensions, older GPUs and the
+// exact path (CudaBackend::set_attention_f16).
+#define MMA_ROWS 64
+#define MMA_KEYS 64
+
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// d += a * b: a 16x16 f16 (row), b 16x8 f16 (col), d 16x8 f32.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+template <int HD>
+__device__ __forceinline__ void attn_prefill_mma_body(const float* qkv, const float* kc,
+                                                      const float* vc, const int* pos, int m,
+                                                      int width, int n_heads, int n_kv,
+                                                      int capacity, float scale, float* out,
+                                                      u16* smem) {
+    constexpr int KLD = HD + 8;        // halves per K row in shared memory
+    constexpr int VLD = MMA_KEYS + 8;  // halves per transposed V row
+    constexpr int KS = HD / 16;        // k-steps of S = Q K^T
+    constexpr int DT = HD / 8;         // 8-wide output tiles
+    u16* ks = smem;                    // [MMA_KEYS][KLD]
+    u16* vt = smem + MMA_KEYS * KLD;   // [HD][VLD]
+    __shared__ int lmax_w[4];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;  // fragment row group, thread in group
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv);
+    const int r0 = blockIdx.x * MMA_ROWS + warp * 16;  // the warp's first query row
+    const int ra = r0 + g, rb = r0 + g + 8;              // the thread's two rows
+    const int la = ra < m ? min(pos[ra] + 1, capacity) : 0;
+    const int lb = rb < m ? min(pos[rb] + 1, capacity) : 0;
+    {
+        int l = max(la, lb);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) l = max(l, __shfl_xor_sync(FULL_MASK, l, o));
+        if (lane == 0) lmax_w[warp] = l;
+    }
+    // Q fragments (rows ra, rb; d = 16 s + 2 t (+1), + 8), f16.
+    u32 qa[KS][4];
+    {
+        const float* qra = qkv + (long long)ra * width + (long long)h * HD;
+        const float* qrb = qkv + (long long)rb * width + (long long)h * HD;
+#pragma unroll
+        for (int s = 0; s < KS; s++) {
+            const int d = 16 * s + 2 * t;
+            float2 a0 = ra < m ? *reinterpret_cast<const float2*>(qra + d) : make_float2(0.f, 0.f);
+            float2 b0 = rb < m ? *reinterpret_cast<const float2*>(qrb + d) : make_float2(0.f, 0.f);
+            float2 a1 = ra < m ? *reinterpret_cast<const float2*>(qra + d + 8) : make_float2(0.f, 0.f);
+            float2 b1 = rb < m ? *reinterpret_cast<const float2*>(qrb + d + 8) : make_float2(0.f, 0.f);
+            qa[s][0] = pack_h2(a0.x, a0.y);
+            qa[s][1] = pack_h2(b0.x, b0.y);
+            qa[s][2] = pack_h2(a1.x, a1.y);
+            qa[s][3] = pack_h2(b1.x, b1.y);
+        }
+    }
+    __syncthreads();
+    const int lmax = max(max(lmax_w[0], lmax_w[1]), max(lmax_w[2], lmax_w[3]));
+    const float* kb = kc + (long long)kvh * capacity * HD;
+    const float* vb = vc + (long long)kvh * capacity * HD;
+    float o[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float ma = -INFINITY, mb = -INFINITY, sa = 0.0f, sb = 0.0f;  // running max and sum, rows ra, rb
+    for (int k0 = 0; k0 < lmax; k0 += MMA_KEYS) {
+        __syncthreads();  // the previous tile is no longer read
+        // Stage keys k0..k0+63 (zeros past lmax: their p is 0, and 0 * V must not meet garbage).
+        for (int e = threadIdx.x; e < MMA_KEYS * HD / 4; e += blockDim.x) {
+            const int key = e / (HD / 4), d = 4 * (e % (HD / 4));
+            float4 kv = make_float4(0.f, 0.f, 0.f, 0.f), vv = kv;
+            if (k0 + key < lmax) {
+                kv = *reinterpret_cast<const float4*>(kb + (long long)(k0 + key) * HD + d);
+                vv = *reinterpret_cast<const float4*>(vb + (long long)(k0 + key) * HD + d);
+            }
+            *reinterpret_cast<uint2*>(ks + key * KLD + d) = make_uint2(pack_h2(kv.x, kv.y), pack_h2(kv.z, kv.w));
+            vt[(d + 0) * VLD + key] = f2h(vv.x);
+            vt[(d + 1) * VLD + key] = f2h(vv.y);
+            vt[(d + 2) * VLD + key] = f2h(vv.z);
+            vt[(d + 3) * VLD + key] = f2h(vv.w);
+        }
+        __syncthreads();
+        if (k0 >= lmax_w[warp]) continue;  // no row of this warp sees these keys (warp-uniform)
+        // S = Q K^T: 8 tiles of 8 keys.
+        float sc[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+            const u16* kr = ks + (8 * j + g) * KLD + 2 * t;
+#pragma unroll
+            for (int s = 0; s < KS; s++) {
+                u32 b0 = *reinterpret_cast<const u32*>(kr + 16 * s);
+                u32 b1 = *reinterpret_cast<const u32*>(kr + 16 * s + 8);
+                mma_16816(sc[j], qa[s], b0, b1);
+            }
+        }
+        // Causal mask, scale, online softmax (a row's four threads share its max).
+        float xa = -INFINITY, xb = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const int key = k0 + 8 * j + 2 * t + c;
+                sc[j][c] = key < la ? sc[j][c] * scale : -INFINITY;
+                sc[j][2 + c] = key < lb ? sc[j][2 + c] * scale : -INFINITY;
+                xa = fmaxf(xa, sc[j][c]);
+                xb = fmaxf(xb, sc[j][2 + c]);
+            }
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            xa = fmaxf(xa, __shfl_xor_sync(FULL_MASK, xa, off));
+            xb = fmaxf(xb, __shfl_xor_sync(FULL_MASK, xb, off));
+        }
+        const float na = fmaxf(ma, xa), nb = fmaxf(mb, xb);
+        // A row with no key yet keeps max -inf: its p and correction are 0 and 1.
+        const float ca = na == -INFINITY ? 1.0f : expf(ma - na);
+        const float cb = nb == -INFINITY ? 1.0f : expf(mb - nb);
+        sa *= ca;
+        sb *= cb;
+        u32 pa[4][4];  // P as A fragments, 16 keys each
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float p0 = na == -INFINITY ? 0.0f : expf(sc[j][0] - na);
+            float p1 = na == -INFINITY ? 0.0f : expf(sc[j][1] - na);
+            float p2 = nb == -INFINITY ? 0.0f : expf(sc[j][2] - nb);
+            float p3 = nb == -INFINITY ? 0.0f : expf(sc[j][3] - nb);
+            sa += p0 + p1;
+            sb += p2 + p3;
+            pa[j / 2][(j & 1) * 2 + 0] = pack_h2(p0, p1);
+            pa[j / 2][(j & 1) * 2 + 1] = pack_h2(p2, p3);
+        }
+        ma = na;
+        mb = nb;
+#pragma unroll
+        for (int j = 0; j < DT; j++) {
+            o[j][0] *= ca;
+            o[j][1] *= ca;
+            o[j][2] *= cb;
+            o[j][3] *= cb;
+        }
+        // O += P V over 4 steps of 16 keys.
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+#pragma unroll
+            for (int j = 0; j < DT; j++) {
+                const u16* vr = vt + (8 * j + g) * VLD + 16 * s + 2 * t;
+                u32 b0 = *reinterpret_cast<const u32*>(vr);
+                u32 b1 = *reinterpret_cast<const u32*>(vr + 8);
+                mma_16816(o[j], pa[s], b0, b1);
+            }
+        }
+    }
+    // A row's sum is spread over its four threads.
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        sa += __shfl_xor_sync(FULL_MASK, sa, off);
+        sb += __shfl_xor_sync(FULL_MASK, sb, off);
+    }
+    const long long ld = (long long)n_heads * HD;
+    if (ra < m && la > 0) {
+        const float inv = 1.0f / sa;
+        float* orow = out + (long long)ra * ld + (long long)h * HD + 2 * t;
+#pragma unroll
+        for (int j = 0; j < DT; j++)
+            *reinterpret_cast<float2*>(orow + 8 * j) = make_float2(o[j][0] * inv, o[j][1] * inv);
+    }
+    if (rb < m && lb > 0) {
+        const float inv = 1.0f / sb;
+        float* orow = out + (long long)rb * ld + (long long)h * HD + 2 * t;
+#pragma unroll
+        for (int j = 0; j < DT; j++)
+            *reinterpret_cast<float2*>(orow + 8 * j) = make_float2(o[j][2] * inv, o[j][3] * inv);
+    }
+}
+
+// Dynamic shared memory: none (the tiles are static, 36 KB). hd is 64 or
+// 128; the launcher keeps other shapes, and GPUs before sm_80 (no
+// m16n8k16 f16 mma), on attn_prefill.
+extern "C" __global__ void __launch_bounds__(128) attn_prefill_mma(
+    const float* qkv, const float* kc, const float* vc, const int* pos, int m, int width,
+    int n_heads, int n_kv, int hd, int capacity, float scale, float* out) {
+    pdl_enter();
+#if __CUDA_ARCH__ >= 800
+    // One buffer for both head dimensions (the larger's K and V^T tiles), so
+    // that the two instantiations do not each reserve their own.
+    __shared__ __align__(16) u16 smem[MMA_KEYS * (128 + 8) + 128 * (MMA_KEYS + 8)];
+    if (hd == 64)
+        attn_prefill_mma_body<64>(qkv, kc, vc, pos, m, width, n_heads, n_kv, capacity, scale, out, smem);
+    else if (hd == 128)
+        attn_prefill_mma_body<128>(qkv, kc, vc, pos, m, width, n_heads, n_kv, capacity, scale, out, smem);
+#endif
+}

@@ -4,7 +4,13 @@
 // top-k -> top-p -> min-p on the untempered logits and a draw from
 // softmax(logit / T) of what is left, with xoshiro256** seeded like the host.
 //
-// Candidate sets are never sorted. Every filter keeps a prefix of the order
+// Two filtered paths. sample_topk (0 < top_k <= TOPK_MAX over a large
+// vocabulary, the default settings): every block takes its chunk's top_k by
+// radix select on a unique 64-bit rank (logit key, then id), the last block
+// to finish takes the global top_k of those candidates the same way, sorts
+// them, and then runs the host's own sequence of sums on the sorted list, so
+// its sums are the host's. sample_filter (every other setting, one block):
+// candidate sets are never sorted; every filter keeps a prefix of the order
 // (logit descending, id ascending), so a set is a boundary (key, id) in that
 // order, and "the shortest prefix whose count / probability mass reaches X"
 // is found with a 4-pass radix select over the logits' order-preserving keys
@@ -155,8 +161,11 @@ extern "C" __global__ void sample_argmax(const float* x, int V, float* part_v, i
 
 // ---------------------------------------------------------------- filtered draw
 
+// The order-preserving key of a logit. -0.0 takes +0.0's key: the host's
+// comparison holds them equal (their ids then decide).
 __device__ __forceinline__ u32 fkey(float f) {
     u32 u = __float_as_uint(f);
+    if (u == 0x80000000u) u = 0u;
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
@@ -193,6 +202,7 @@ __device__ __forceinline__ double measure(const Ctx& c, int kind, float l) {
 
 struct Shared {
     double hist[256];
+    int ihist[256];  // the histogram of M_COUNT passes: integer counts
     double warp_part[32];
     double dscratch;
     float fscratch[32];
@@ -201,6 +211,60 @@ struct Shared {
     double above;
     int found_id;
 };
+
+// One count for `bin` (-1: none) in the shared histogram h. Lanes with the
+// same bin add together (one atomic per distinct bin a warp instruction): the
+// first radix passes see most values in a few bins, where per-lane atomics on
+// one address would serialise. Every lane of the warp must call it.
+__device__ __forceinline__ void hist_add(int* h, int bin) {
+    const unsigned peers = __match_any_sync(FULL_MASK, bin);
+    if (bin >= 0 && (int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&h[bin], __popc(peers));
+}
+
+// One warp finds the highest bin of the 256-bin histogram h at which the
+// running measure, summed from the top bin down and starting at above0,
+// reaches X (exceeds it when strict): its index in `chosen` (-1 when the whole
+// histogram stays below) and the running measure before it in `above`, in
+// every lane. Lane l holds bins 255 - 8l .. 248 - 8l; a warp scan gives each
+// lane the sum above its bins, so the search takes a few steps instead of a
+// chain of 256 dependent additions. For f64 measures the sums associate in
+// another order than a serial scan: the same values to rounding, as the
+// histogram's atomic additions (in no fixed order) already are.
+template <typename T>
+__device__ __forceinline__ void warp_pick_bin(const T* h, T above0, T X, bool strict, int& chosen,
+                                              T& above) {
+    const int lane = threadIdx.x & 31;
+    T c[8];
+    T sum = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        c[j] = h[255 - 8 * lane - j];
+        sum += c[j];
+    }
+    T incl = sum;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        T u = __shfl_up_sync(FULL_MASK, incl, o);
+        if (lane >= o) incl += u;
+    }
+    T excl = __shfl_up_sync(FULL_MASK, incl, 1);
+    T a = above0 + (lane == 0 ? (T)0 : excl);
+    int mine = -1;
+    T mine_above = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        T nb = a + c[j];
+        if (mine < 0 && (strict ? nb > X : nb >= X)) {
+            mine = 255 - 8 * lane - j;
+            mine_above = a;
+        }
+        a = nb;
+    }
+    const unsigned found = __ballot_sync(FULL_MASK, mine >= 0);
+    const int src = found ? __ffs(found) - 1 : 0;
+    chosen = found ? __shfl_sync(FULL_MASK, mine, src) : -1;
+    above = __shfl_sync(FULL_MASK, mine_above, src);
+}
 
 __device__ double block_sum(Shared& s, double v) {
     v = warp_sum_d(v);
@@ -284,30 +348,44 @@ __device__ int walk_ids(Shared& s, const Ctx& c, int kind, Pred pred, double sta
 __device__ bool select_prefix(Shared& s, const Ctx& c, int kind, Bound B, double X, bool strict, Bound* out) {
     u32 pkey = 0, pmask = 0;
     double above = 0.0;
+    const bool count = kind == M_COUNT;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) s.hist[i] = 0.0;
-        __syncthreads();
-        for (int t = threadIdx.x; t < c.V; t += blockDim.x) {
-            float l = c.w[t];
-            if (l == NEG_INF) continue;
-            u32 k = fkey(l);
-            if ((k & pmask) != pkey || !in_bound(k, t, B)) continue;
-            atomicAdd(&s.hist[(k >> shift) & 255], measure(c, kind, l));
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+            s.hist[i] = 0.0;
+            s.ihist[i] = 0;
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            int chosen = -1;
-            double a = above;
-            for (int b = 255; b >= 0; b--) {
-                double nb = a + s.hist[b];
-                if (strict ? nb > X : nb >= X) {
-                    chosen = b;
-                    break;
-                }
-                a = nb;
+        // Trip counts uniform in a warp: hist_add needs every lane.
+        for (int t0 = threadIdx.x & ~31; t0 < c.V; t0 += blockDim.x) {
+            const int t = t0 + (threadIdx.x & 31);
+            int bin = -1;
+            float l = NEG_INF;
+            if (t < c.V) {
+                l = c.w[t];
+                u32 k = fkey(l);
+                if (l != NEG_INF && (k & pmask) == pkey && in_bound(k, t, B)) bin = (k >> shift) & 255;
             }
-            s.chosen = chosen;
-            s.above = a;
+            if (count)
+                hist_add(s.ihist, bin);
+            else if (bin >= 0)
+                atomicAdd(&s.hist[bin], measure(c, kind, l));
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            int chosen;
+            double a;
+            if (count) {
+                // Counts are exact integers: the same choice as in f64.
+                int ai;
+                warp_pick_bin<int>(s.ihist, (int)above, (int)X, strict, chosen, ai);
+                a = (double)ai;
+            } else {
+                warp_pick_bin<double>(s.hist, above, X, strict, chosen, a);
+            }
+            if (threadIdx.x == 0) {
+                s.chosen = chosen;
+                s.above = a;
+            }
         }
         __syncthreads();
         int chosen = s.chosen;
@@ -357,57 +435,328 @@ __device__ double next_f64(SamplerState* st) {
     return (double)(result >> 11) * (1.0 / 9007199254740992.0);
 }
 
-// Top-k over a large vocabulary, first phase: block b takes the contiguous
-// id range [b * chunk, (b + 1) * chunk) and writes its own top_k (in the order
-// logit descending, id ascending) to slot b of cand_v / cand_i, in id order,
-// padded with -inf. The global top_k lies in the union of the slots, and the
-// finite entries of the slots, read in order, have ascending ids: so the
-// filter below can run on the slots by index and map the index it draws to an
-// id at the end, with the same ties and walks as on the whole vocabulary.
-extern "C" __global__ void sample_topk_blocks(const float* w, int V, int top_k, float* cand_v,
-                                              int* cand_i) {
+// Among the +inf logits of w[0..V) (the host keeps exactly those, equally
+// likely, in id order), the one that the uniform u draws. Every thread of the
+// block calls it; rare, so a plain walk over the whole vocabulary.
+__device__ int pick_infinite(Shared& s, const float* w, int V, double u) {
+    Ctx c{w, V, INFINITY, 1.0f};
+    auto is_inf = [&](float l, int t) { return l == INFINITY; };
+    double k = 0.0;
+    for (int t = threadIdx.x; t < V; t += blockDim.x) k += w[t] == INFINITY ? 1.0 : 0.0;
+    double n = block_sum(s, k);
+    int tok = walk_ids(s, c, M_COUNT, is_inf, 0.0, u * n, true);
+    if (tok < 0) tok = walk_ids(s, c, M_COUNT, is_inf, 0.0, n, false);
+    return tok;
+}
+
+// ---------------------------------------------------------------- two-phase top-k
+
+// Threads of sample_topk (the launcher's TOPK_THREADS) and the largest top_k
+// it takes (TOPK_MAX in sampler.rs).
+#define TOPK_THREADS 512
+#define TOPK_MAX 128
+// Candidates the last block copies into shared memory before its selection;
+// when more pass the lower bound, it selects from global memory instead.
+#define TOPK_LIST 4096
+
+// A logit and its id as one unique rank: larger is better in the host's order
+// (logit descending, then id ascending; fkey puts -0.0 with +0.0). Only
+// finite and +inf logits get a rank; every rank is >= 2^55, and 0 marks an
+// empty slot.
+__device__ __forceinline__ u64 rank_of(float l, int id) { return ((u64)fkey(l) << 32) | (u64)(~(u32)id); }
+
+// The logit of a rank. -0.0 comes back as +0.0, which changes nothing below:
+// a zero logit is only compared (equal either way) or has the maximum
+// subtracted from it before an exp (exp(+-0) = 1, and x - +-0 = x).
+__device__ __forceinline__ float rank_logit(u64 r) {
+    const u32 key = (u32)(r >> 32);
+    return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+__device__ __forceinline__ int rank_id(u64 r) { return (int)(~(u32)r); }
+
+struct TopkShared {
+    int hist[2][256];
+    int chosen, above, in_bin;
+    int n_list, n_top;
+    bool last;
+    double u;
+    u64 bound;
+    u64 list[TOPK_LIST];
+    u64 top[TOPK_MAX];  // the selected ranks, in no order
+    u64 sorted[TOPK_MAX];  // ... sorted, best first
+    float logit[TOPK_MAX];
+    float weight[TOPK_MAX];
+    double prob[TOPK_MAX];
+};
+
+// The k largest ranks among the items: radix select, 8 bits a pass from the
+// top, with integer counts, stopping as soon as the chosen bin is taken
+// whole; ranks are unique, so the selection is everything >= the returned
+// threshold. With fewer than k items, 1 (all of them). `items(f)` calls
+// f(rank, valid) for this thread's share in a loop whose trip count is
+// uniform in a warp. Every thread of the block calls it.
+template <typename Items>
+__device__ u64 topk_threshold(TopkShared& s, int k, Items items) {
+    for (int i = threadIdx.x; i < 512; i += blockDim.x) (&s.hist[0][0])[i] = 0;
+    __syncthreads();
+    u64 prefix = 0, mask = 0;
+    int need = k, cur = 0;
+    for (int shift = 56; shift >= 0; shift -= 8) {
+        int* h = s.hist[cur];
+        items([&](u64 r, bool valid) {
+            hist_add(h, valid && (r & mask) == prefix ? (int)((r >> shift) & 255) : -1);
+        });
+        // The other histogram was last read before the previous pass's
+        // second barrier: clear it for the next pass now.
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) s.hist[cur ^ 1][i] = 0;
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            int chosen, above;
+            warp_pick_bin<int>(h, 0, need, false, chosen, above);
+            if (threadIdx.x == 0) {
+                s.chosen = chosen;
+                s.above = above;
+                s.in_bin = chosen >= 0 ? h[chosen] : 0;
+            }
+        }
+        __syncthreads();
+        const int chosen = s.chosen;
+        // Only the first pass can fall short: later ones look inside a bin
+        // that holds at least `need`.
+        if (chosen < 0) return 1;
+        prefix |= (u64)chosen << shift;
+        mask |= 0xffull << shift;
+        need -= s.above;
+        if (s.in_bin == need) return prefix;  // the bin whole: everything >= prefix
+        cur ^= 1;
+    }
+    return prefix;  // not reached: the last pass's bin holds one rank
+}
+
+// The k largest ranks among the items (see topk_threshold) into s.top[0 ..
+// s.n_top), in no order. Every thread of the block calls it.
+template <typename Items>
+__device__ void topk_collect(TopkShared& s, int k, Items items) {
+    if (threadIdx.x == 0) s.n_top = 0;
+    const u64 T = topk_threshold(s, k, items);  // its first barrier orders the store above
+    items([&](u64 r, bool valid) {
+        if (valid && r >= T) {
+            const int i = atomicAdd(&s.n_top, 1);
+            if (i < TOPK_MAX) s.top[i] = r;
+        }
+    });
+    __syncthreads();
+}
+
+// Filtered draw for 0 < top_k <= TOPK_MAX over a large vocabulary, in one
+// launch of gridDim.x blocks of TOPK_THREADS. Block b takes the contiguous
+// ids [b * chunk, (b + 1) * chunk) and writes its top_k ranks to slot b of
+// cand (0 for an empty entry) and the smallest of them to bounds[b] (0 when
+// it has fewer than top_k). The global top_k lies in the union of the slots,
+// and at or above the largest bound (the block holding it has top_k ranks at
+// or above it). The last block to finish (atomic ticket in *counter, reset
+// for the next launch) selects the global top_k from the candidates, sorts
+// them, and runs the host's sequence on the sorted list: the maximum, the
+// top-p normaliser z (f64, in sorted order), min-p, the top-p prefix, and the
+// draw from softmax(logit / T); then writes the id (-1 when no logit is
+// finite) and accepts it into the penalty window. With a +inf maximum, the
+// host keeps every +inf token of the vocabulary, which the slots may not
+// hold: that case walks the whole of w.
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
+    sample_topk(const float* w, int V, int top_k, float top_p, float min_p, float temperature,
+                u64* cand, u64* bounds, unsigned* counter, SamplerState* st, unsigned* counts,
+                int* hist, int window, int* out_id) {
     pdl_enter();
-    __shared__ Shared s;
+    __shared__ TopkShared s;
+    __shared__ Shared fs;
+    const int lane = threadIdx.x & 31;
+    const int k = max(1, min(top_k, TOPK_MAX));  // the launcher passes 1 ..= TOPK_MAX
     const int chunk = (V + gridDim.x - 1) / gridDim.x;
-    const int lo = min(V, (int)blockIdx.x * chunk), hi = min(V, lo + chunk);
-    float* ov = cand_v + (long long)blockIdx.x * top_k;
-    int* oi = cand_i + (long long)blockIdx.x * top_k;
-    for (int i = threadIdx.x; i < top_k; i += blockDim.x) {
-        ov[i] = NEG_INF;
-        oi[i] = 0x7fffffff;
+    const int lo = min(V, (int)blockIdx.x * chunk);
+    const int hi = (int)min((long long)V, (long long)lo + chunk);
+
+    // Phase 1: this block's top k. NaN counts as -inf; -inf never enters.
+    // Four loads in flight before the first is used (a block's chunk is
+    // about 1,200 logits: one round at Qwen's vocabulary).
+    auto chunk_items = [&](auto f) {
+        // 64-bit positions: no overflow for a vocabulary near 2^31.
+        for (long long t0 = lo + (threadIdx.x & ~31); t0 < hi; t0 += 4 * blockDim.x) {
+            float l[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const long long t = t0 + j * blockDim.x + lane;
+                l[j] = t < hi ? w[t] : NEG_INF;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const bool valid = l[j] == l[j] && l[j] != NEG_INF;
+                f(valid ? rank_of(l[j], (int)(t0 + j * blockDim.x + lane)) : 0ull, valid);
+            }
+        }
+    };
+    topk_collect(s, k, chunk_items);
+    const int n = min(s.n_top, k);
+    u64* slot = cand + (long long)blockIdx.x * k;
+    for (int i = threadIdx.x; i < k; i += blockDim.x) slot[i] = i < n ? s.top[i] : 0ull;
+    if (threadIdx.x < 32) {
+        u64 m = ~0ull;
+        for (int i = lane; i < n; i += 32) m = min(m, s.top[i]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = min(m, __shfl_xor_sync(FULL_MASK, m, o));
+        if (lane == 0) bounds[blockIdx.x] = n == k ? m : 0ull;
+    }
+    // Every writer's stores are visible device-wide before the ticket.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s.last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!s.last) return;
+    __threadfence();
+
+    // Phase 2 (the last block): the global top k. Other blocks wrote the
+    // slots: loads go past L1.
+    if (threadIdx.x == 0) {
+        s.u = next_f64(st);  // drawn once per sample, as on the host
+        s.bound = 1;
+        s.n_list = 0;
     }
     __syncthreads();
-    if (hi <= lo) return;
-    Ctx c{w + lo, hi - lo, 0.0f, 1.0f};
-    Bound B{fkey(NEG_INF), -1};  // every finite logit
-    Bound b;
-    if (select_prefix(s, c, M_COUNT, B, (double)top_k, false, &b)) B = b;
-    // Emit the kept values in id order: contiguous segments, then a scan.
-    const int n = hi - lo, nt = blockDim.x;
-    const int seg = (n + nt - 1) / nt;
-    const int a = min(n, (int)threadIdx.x * seg), e = min(n, a + seg);
-    int mine = 0;
-    for (int t = a; t < e; t++) {
-        float l = c.w[t];
-        mine += (l != NEG_INF && in_bound(fkey(l), t, B)) ? 1 : 0;
+    {
+        u64 b = 1;
+        for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x) b = max(b, __ldcg(bounds + i));
+        if (b > 1) atomicMax(&s.bound, b);
     }
-    int at = (int)block_exclusive_scan(s, (double)mine);
-    for (int t = a; t < e; t++) {
-        float l = c.w[t];
-        if (l != NEG_INF && in_bound(fkey(l), t, B) && at < top_k) {
-            ov[at] = l;
-            oi[at] = lo + t;
-            at++;
+    __syncthreads();
+    const u64 L = s.bound;
+    const int total = gridDim.x * k;
+    // The candidates at or above L into shared memory, a warp's in one
+    // atomic, four loads in flight.
+    for (int i0 = threadIdx.x & ~31; i0 < total; i0 += 4 * blockDim.x) {
+        u64 r[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int i = i0 + j * blockDim.x + lane;
+            r[j] = i < total ? __ldcg(cand + i) : 0ull;
         }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const bool keep = r[j] >= L;
+            const unsigned m = __ballot_sync(FULL_MASK, keep);
+            int base = 0;
+            if (lane == 0 && m) base = atomicAdd(&s.n_list, __popc(m));
+            base = __shfl_sync(FULL_MASK, base, 0);
+            const int at = base + __popc(m & ((1u << lane) - 1u));
+            if (keep && at < TOPK_LIST) s.list[at] = r[j];
+        }
+    }
+    __syncthreads();
+    const int n_list = s.n_list;
+    if (n_list <= TOPK_LIST) {
+        topk_collect(s, k, [&](auto f) {
+            for (int i0 = threadIdx.x & ~31; i0 < n_list; i0 += blockDim.x) {
+                const int i = i0 + lane;
+                f(i < n_list ? s.list[i] : 0ull, i < n_list);
+            }
+        });
+    } else {
+        topk_collect(s, k, [&](auto f) {
+            for (int i0 = threadIdx.x & ~31; i0 < total; i0 += blockDim.x) {
+                const int i = i0 + lane;
+                const u64 r = i < total ? __ldcg(cand + i) : 0ull;
+                f(r, r >= L);
+            }
+        });
+    }
+    const int nt = min(s.n_top, k);
+    // Sorted by counting: a rank's place is the number of larger ones.
+    if (threadIdx.x < nt) {
+        const u64 r = s.top[threadIdx.x];
+        int at = 0;
+        for (int j = 0; j < nt; j++) at += s.top[j] > r ? 1 : 0;
+        s.sorted[at] = r;
+    }
+    __syncthreads();
+    const float mx = nt > 0 ? rank_logit(s.sorted[0]) : NEG_INF;
+    const float inv_t = 1.0f / temperature;
+    int tok = -1;
+    if (mx == INFINITY) {
+        tok = pick_infinite(fs, w, V, s.u);
+    } else if (nt > 0) {
+        // The host's terms, each computed once in parallel: exp(l - max) (its
+        // f32 exp, then widened) and the draw's weight exp((l - max) / T).
+        if (threadIdx.x < nt) {
+            const float l = rank_logit(s.sorted[threadIdx.x]);
+            s.logit[threadIdx.x] = l;
+            s.prob[threadIdx.x] = (double)expf(__fsub_rn(l, mx));
+            s.weight[threadIdx.x] = expf(__fmul_rn(__fsub_rn(l, mx), inv_t));
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            // Then the host's sums, in its order (crates/core/src/sampler.rs:
+            // filter, top_p_prefix, draw): chains of f64 additions in lane 0.
+            const bool top_p_on = top_p < 1.0f;
+            if (top_p_on) {
+                double z = 0.0;
+                if (lane == 0)
+                    for (int i = 0; i < nt; i++) z += s.prob[i];
+                z = __shfl_sync(FULL_MASK, z, 0);
+                // Each probability over z, the host's quotients, in parallel.
+                for (int i = lane; i < nt; i += 32) s.prob[i] = s.prob[i] / z;
+                __syncwarp();
+            }
+            if (lane != 0) return;
+            int m = nt;
+            if (min_p > 0.0f) {
+                // Sorted, so min-p keeps a prefix (and at least the maximum).
+                const float thr = __fadd_rn(mx, logf(fminf(min_p, 1.0f)));
+                m = 0;
+                while (m < nt && s.logit[m] >= thr) m++;
+            }
+            if (top_p_on) {
+                double cum = 0.0;
+                for (int i = 0; i < m; i++) {
+                    cum += s.prob[i];
+                    if (cum >= (double)top_p) {
+                        m = i + 1;
+                        break;
+                    }
+                }
+            }
+            double sum = 0.0;
+            for (int i = 0; i < m; i++) sum += (double)s.weight[i];
+            const double target = s.u * sum;
+            double acc = 0.0;
+            int pick = -1;
+            for (int i = 0; i < m; i++) {
+                acc += (double)s.weight[i];
+                if (acc > target) {
+                    pick = i;
+                    break;
+                }
+            }
+            // Rounding left the target at the very top: the last candidate
+            // with any weight, as on the host.
+            for (int i = m - 1; pick < 0 && i >= 0; i--)
+                if (s.weight[i] > 0.0f) pick = i;
+            if (pick < 0) pick = 0;
+            tok = rank_id(s.sorted[pick]);
+        }
+    }
+    if (threadIdx.x == 0) {
+        *out_id = tok;
+        accept_token(tok, V, st, counts, hist, window);
+        *counter = 0;
     }
 }
 
-// One block of SAMPLE_THREADS threads. `map` (null for none) turns the index
-// drawn in `w` into a token id (see sample_topk_blocks).
-extern "C" __global__ void sample_filter(const float* w, int V, int top_k, float top_p,
-                                         float min_p, float temperature, SamplerState* st,
-                                         unsigned* counts, int* hist, int window, int* out_id,
-                                         const int* map) {
+// ---------------------------------------------------------------- one-block filter
+
+// Every filtered setting sample_topk does not take (top_k off or above
+// TOPK_MAX, small vocabularies): one block of SAMPLE_THREADS threads.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+    sample_filter(const float* w, int V, int top_k, float top_p, float min_p, float temperature,
+                  SamplerState* st, unsigned* counts, int* hist, int window, int* out_id) {
     pdl_enter();
     __shared__ Shared s;
     __shared__ double u_shared;
@@ -433,13 +782,7 @@ extern "C" __global__ void sample_filter(const float* w, int V, int top_k, float
     if (mx == NEG_INF) {
         tok = -1;
     } else if (mx == INFINITY) {
-        // Only the +inf tokens stay, equally likely, in id order.
-        auto is_inf = [&](float l, int t) { return l == INFINITY; };
-        double k = 0.0;
-        for (int t = threadIdx.x; t < V; t += blockDim.x) k += w[t] == INFINITY ? 1.0 : 0.0;
-        double n = block_sum(s, k);
-        tok = walk_ids(s, c, M_COUNT, is_inf, 0.0, u * n, true);
-        if (tok < 0) tok = walk_ids(s, c, M_COUNT, is_inf, 0.0, n, false);
+        tok = pick_infinite(s, w, V, u);
     } else {
         const bool top_k_on = top_k > 0 && top_k < V;
         const bool top_p_on = top_p < 1.0f;
@@ -488,8 +831,7 @@ extern "C" __global__ void sample_filter(const float* w, int V, int top_k, float
         }
     }
     if (threadIdx.x == 0) {
-        if (tok >= 0 && map) tok = map[tok];
         *out_id = tok;
-        accept_token(tok, 0x7fffffff, st, counts, hist, window);
+        accept_token(tok, V, st, counts, hist, window);
     }
 }

@@ -175,6 +175,25 @@ impl CudaBackend {
         self.fuse_rope.store(on, Ordering::Relaxed);
     }
 
+    /// The device's compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.dev.cc
+    }
+
+    /// Whether prefill attention rounds Q, K, V and the probabilities to f16
+    /// for tensor-core products (sm_80 and newer, head dimension 64 or 128,
+    /// 16 or more rows; METALLIC_CUDA_ATTN_F16=0 turns it off when the
+    /// backend opens). Decode attention is f32 either way.
+    pub fn attention_f16(&self) -> bool {
+        self.k.attention.f16()
+    }
+
+    /// Turn f16 tensor-core prefill attention on or off (off: the f32
+    /// kernel, e.g. for the exact path).
+    pub fn set_attention_f16(&self, on: bool) {
+        self.k.attention.set_f16(on);
+    }
+
     /// Turn the fused kernels on or off. Graphs captured the other way are
     /// captured again: their launches differ, so their fingerprints do.
     pub fn set_fusion(&self, on: bool) {

@@ -12,9 +12,12 @@ use crate::error::{CudaError, CudaResult};
 
 /// Blocks of the greedy argmax (its partials are sized for this many).
 pub const ARGMAX_BLOCKS: usize = 128;
-/// Blocks of the first top-k phase, and the largest k it takes.
+/// Blocks of the two-phase top-k (`sample_topk`), the largest k it takes
+/// and its threads a block (TOPK_MAX and TOPK_THREADS are also defined in
+/// kernels/sample.cu).
 pub const TOPK_BLOCKS: usize = 128;
 pub const TOPK_MAX: usize = 128;
+pub const TOPK_THREADS: u32 = 512;
 
 pub struct CudaSampler {
     pub(crate) params: SamplerParams,
@@ -31,7 +34,9 @@ pub struct CudaSampler {
     pub(crate) work: DeviceBuffer,
     /// Argmax partials: f32 values, then i32 ids, then the u32 block counter.
     pub(crate) argmax: DeviceBuffer,
-    /// First-phase top-k candidates: values [TOPK_BLOCKS * TOPK_MAX], then ids.
+    /// Two-phase top-k: u64 candidate ranks [TOPK_BLOCKS * TOPK_MAX], each
+    /// block's u64 lower bound [TOPK_BLOCKS], then the u32 block counter
+    /// (zero between launches).
     pub(crate) cand: DeviceBuffer,
     /// Host tokens on their way into the window.
     pub(crate) upload: Option<DeviceBuffer>,
@@ -97,7 +102,11 @@ impl CudaSampler {
         let hist = DeviceBuffer::zeroed(dev, window.max(1) * 4, "sampler history")?;
         let work = DeviceBuffer::new(dev, vocab * 4, "sampler logits")?;
         let argmax = DeviceBuffer::zeroed(dev, ARGMAX_BLOCKS * 8 + 4, "sampler argmax partials")?;
-        let cand = DeviceBuffer::new(dev, TOPK_BLOCKS * TOPK_MAX * 8, "sampler top-k candidates")?;
+        let cand = DeviceBuffer::zeroed(
+            dev,
+            8 * (TOPK_BLOCKS * TOPK_MAX + TOPK_BLOCKS + 1),
+            "sampler top-k candidates",
+        )?;
         Ok(CudaSampler {
             cand,
             params: *params,

@@ -301,3 +301,157 @@ fn device_sampler_draws_what_the_host_sampler_draws() {
         }
     }
 }
+
+/// The two-phase top-k (`sample_topk`: 0 < top_k <= 128 over a large
+/// vocabulary; each of its 128 blocks keeps its own top-k, the last block
+/// selects from those) draws what the host draws where the selection is
+/// delicate: exact ties around the k-th logit, more of them than top_k in
+/// one block and the rest spread over many; -0.0 and +0.0 tied (the host's
+/// comparison holds them equal, the lower id first); +inf logits in several
+/// blocks, more than top_k of them in one (the host keeps every +inf token,
+/// equally likely); and every logit -inf or NaN but one. Top-k from 1 to
+/// TOPK_MAX (128), flat and default settings.
+#[test]
+fn device_top_k_sampler_matches_host_on_ties_signed_zeros_and_infinities() {
+    let Some(gpu) = cuda_or_skip() else { return };
+    let cpu = CpuBackend::new(0).unwrap();
+    // Qwen2.5's vocabulary: every top-k up to 128 takes the two-phase path,
+    // whose blocks take 1,187 ids each.
+    let vocab: usize = 151_936;
+    let chunk = vocab.div_ceil(128);
+
+    // Noise below 3.5 (mean -2, sd 1: the largest of 151,936 is about 2.5),
+    // 20 distinct logits above, and 400 ties at exactly 3.5: 340 spread over
+    // the vocabulary, 60 in one block (block 42).
+    let mut ties: Vec<f32> = randn(vocab, 7).iter().map(|v| v - 2.0).collect();
+    let mut tied_ids: Vec<usize> = (0..340)
+        .map(|i| (i * 379 + 11) % vocab)
+        .chain(50_000..50_060)
+        .collect();
+    tied_ids.sort_unstable();
+    tied_ids.dedup();
+    assert!(
+        50_000 / chunk == 50_059 / chunk,
+        "the cluster lies in one block"
+    );
+    for &i in &tied_ids {
+        ties[i] = 3.5;
+    }
+    for i in 0..20 {
+        ties[i * 7001 + 5] = 4.0 + 0.05 * i as f32;
+    }
+    assert_eq!(ties.iter().filter(|&&l| l == 3.5).count(), tied_ids.len());
+    assert_eq!(ties.iter().filter(|&&l| l > 3.5).count(), 20);
+
+    // Logits at most -1, 10 above zero, and 350 zeros of both signs: 300
+    // spread, 50 in one block (block 75).
+    let mut zeros: Vec<f32> = randn(vocab, 8).iter().map(|v| -(v.abs() + 1.0)).collect();
+    for (n, i) in (0..300)
+        .map(|i| (i * 503 + 7) % vocab)
+        .chain(90_000..90_050)
+        .enumerate()
+    {
+        zeros[i] = if n % 2 == 0 { -0.0 } else { 0.0 };
+    }
+    for i in 0..10 {
+        zeros[i * 15_013 + 2] = 0.25 + 0.05 * i as f32;
+    }
+    assert!(90_000 / chunk == 90_049 / chunk);
+
+    // +inf at 8 neighbouring ids of one block (block 2) and 3 elsewhere
+    // (the last id among them), with NaN and -inf about.
+    let mut infs: Vec<f32> = randn(vocab, 9).iter().map(|v| v * 3.0).collect();
+    for i in (3000..3008).chain([70_001, 140_000, vocab - 1]) {
+        infs[i] = f32::INFINITY;
+    }
+    assert!(3000 / chunk == 3007 / chunk);
+    infs[3008] = f32::NAN;
+    infs[100] = f32::NEG_INFINITY;
+
+    // Every logit -inf or NaN but one.
+    let mut one: Vec<f32> = (0..vocab)
+        .map(|i| {
+            if i % 3 == 0 {
+                f32::NAN
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    one[123_456] = -5.0;
+
+    let base = SamplerParams::default();
+    let flat = SamplerParams {
+        top_k: 40,
+        top_p: 1.0,
+        min_p: 0.0,
+        temperature: 1.5,
+        ..base
+    };
+    let cases = [
+        base,
+        flat,
+        SamplerParams {
+            top_k: 5,
+            top_p: 0.5,
+            temperature: 1.5,
+            ..base
+        },
+        SamplerParams {
+            top_k: 128,
+            top_p: 0.99,
+            min_p: 0.01,
+            temperature: 1.2,
+            ..base
+        },
+        SamplerParams {
+            top_k: 128,
+            top_p: 1.0,
+            min_p: 0.0,
+            temperature: 2.0,
+            ..base
+        },
+        SamplerParams { top_k: 1, ..base },
+        SamplerParams {
+            repeat_penalty: 1.2,
+            presence_penalty: 0.5,
+            frequency_penalty: 0.3,
+            ..flat
+        },
+    ];
+    let history: Vec<u32> = tied_ids.iter().take(40).map(|&i| i as u32).collect();
+    for (name, vals) in [
+        ("ties", &ties),
+        ("signed zeros", &zeros),
+        ("infinities", &infs),
+        ("one finite", &one),
+    ] {
+        let lc = logits_row(&cpu, vals);
+        let lg = logits_row(&gpu, vals);
+        let mut drawn = Vec::new();
+        for (i, p) in cases.iter().enumerate() {
+            for seed in 0..4u64 {
+                let p = SamplerParams { seed, ..*p };
+                let want = draw(&cpu, &lc, vocab, &p, &history, 12);
+                let got = draw(&gpu, &lg, vocab, &p, &history, 12);
+                assert_eq!(got, want, "{name}: case {i} seed {seed}: {p:?}");
+                drawn.extend(want);
+            }
+        }
+        // The cases reach what they are about.
+        let hit = |f: &dyn Fn(f32) -> bool| drawn.iter().any(|&t| f(vals[t as usize]));
+        match name {
+            "ties" => assert!(hit(&|l| l == 3.5), "no tied token drawn"),
+            "signed zeros" => assert!(
+                hit(&|l| l == 0.0 && l.is_sign_negative())
+                    && hit(&|l| l == 0.0 && l.is_sign_positive()),
+                "no -0.0 and +0.0 drawn"
+            ),
+            "infinities" => {
+                assert!(drawn.iter().all(|&t| vals[t as usize] == f32::INFINITY));
+                assert!(hit(&|l| l == f32::INFINITY) && drawn.contains(&(vocab as u32 - 1)));
+            }
+            _ => assert!(drawn.iter().all(|&t| t == 123_456)),
+        }
+    }
+}

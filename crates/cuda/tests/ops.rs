@@ -277,25 +277,51 @@ fn decode_attention_matches_cpu_at_many_lengths() {
     }
 }
 
-/// Prefill (many query rows, 8 a block) over an empty cache and over one
-/// that already holds positions, at row counts that are not multiples of 8
-/// and lengths that are not multiples of the 32-key tile.
+/// Prefill (many query rows) over an empty cache and over one that already
+/// holds positions, at row counts that are not multiples of the kernels'
+/// blocks (8 rows f32, 64 rows f16) and lengths that are not multiples of
+/// their key tiles (32, 64): the f32 kernel within 3e-5 of the CPU, and with
+/// f16 prefill on (the default), where the tensor-core kernel takes 16 or
+/// more rows of head dimension 64 or 128, within 4e-3 (Q, K, V and the
+/// probabilities rounded to f16, ~5e-4 each) and not bit-identical to f32.
 #[test]
 fn prefill_attention_matches_cpu_at_many_lengths() {
     let Some(gpu) = cuda_or_skip() else { return };
+    let default = gpu.attention_f16();
+    let cpu = cpu();
     for hd in [64, 80, 128] {
         let layout = QkvLayout {
             head_dim: hd,
             ..LAYOUT
         };
-        for (prior, m) in [(0, 2), (0, 13), (0, 64), (5, 37), (50, 8), (300, 19)] {
+        for (prior, m) in [
+            (0, 2),
+            (0, 13),
+            (0, 64),
+            (5, 37),
+            (50, 8),
+            (300, 19),
+            (0, 130),
+            (70, 200),
+        ] {
             let a = Attn {
                 layout,
                 capacity: 512,
                 prior,
                 m,
             };
-            attention_case(&gpu, &a);
+            let (want, _, _) = attention_rows(&cpu, &a);
+            gpu.set_attention_f16(false);
+            let (f32_rows, _, _) = attention_rows(&gpu, &a);
+            gpu.set_attention_f16(true);
+            let (f16_rows, _, _) = attention_rows(&gpu, &a);
+            gpu.set_attention_f16(default);
+            let what = format!("prefill attention dim {hd} prior {prior} rows {m}");
+            check(&format!("{what}, f32"), &f32_rows, &want, 3e-5);
+            check(&format!("{what}, f16"), &f16_rows, &want, 4e-3);
+            if matches!(hd, 64 | 128) && m >= 16 && gpu.compute_capability().0 >= 8 {
+                assert_ne!(f16_rows, f32_rows, "{what}: the f16 kernel did not run");
+            }
         }
     }
 }

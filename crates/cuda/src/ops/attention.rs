@@ -1,7 +1,9 @@
 //! Causal grouped-query attention over the f32 KV cache
 //! (`kernels/attention.cu`): a split-KV kernel for one query row (decode)
-//! and a tiled kernel for many (prefill).
+//! and tiled kernels for many (prefill): f16 tensor-core products where the
+//! GPU and head dimension allow, else f32.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use metallic::backend::QkvLayout;
@@ -16,6 +18,12 @@ pub(crate) const SOURCE: KernelSource = kernel_source!("attention");
 
 /// Rows of queries one prefill attention block handles (one warp each).
 const PREFILL_ROWS: usize = 8;
+/// Rows of queries one tensor-core prefill block handles (16 a warp, 4 warps).
+const MMA_ROWS: usize = 64;
+/// Fewest query rows given to the tensor-core prefill kernel: below, its
+/// 64-row blocks would be mostly empty (and the exact path's greedy tests
+/// prefill in chunks of 8 rows).
+const MMA_MIN_ROWS: usize = 16;
 /// Most KV splits of the decode kernel.
 const MAX_SPLITS: usize = 32;
 /// Largest head dimension (each lane owns at most 8 output dimensions).
@@ -24,7 +32,20 @@ pub(crate) const MAX_HEAD_DIM: usize = 256;
 pub(crate) struct Attention {
     decode: Func,
     prefill: Func,
+    prefill_mma: Func,
+    /// Whether prefill may round Q, K, V and P to f16 for tensor-core
+    /// products (`attn_prefill_mma`); METALLIC_CUDA_ATTN_F16=0 turns it off.
+    f16: AtomicBool,
     scratch: Mutex<Option<Scratch>>,
+}
+
+/// METALLIC_CUDA_ATTN_F16=0 (or `off`, `false`, `no`): prefill attention in
+/// f32 on CUDA cores only; on by default.
+fn f16_from_env() -> bool {
+    !matches!(
+        std::env::var("METALLIC_CUDA_ATTN_F16").as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
 }
 
 /// Partial results of split decode attention: per head and split, (max, sum,
@@ -51,8 +72,31 @@ impl Attention {
         Ok(Attention {
             decode: m.function("attn_decode")?,
             prefill,
+            prefill_mma: m.function("attn_prefill_mma")?,
+            f16: AtomicBool::new(f16_from_env()),
             scratch: Mutex::new(None),
         })
+    }
+
+    /// Whether prefill attention may use the f16 tensor-core kernel.
+    pub fn f16(&self) -> bool {
+        self.f16.load(Ordering::Relaxed)
+    }
+
+    pub fn set_f16(&self, on: bool) {
+        self.f16.store(on, Ordering::Relaxed);
+    }
+
+    /// The tensor-core kernel takes this prefill: f16 allowed, sm_80 or
+    /// newer (m16n8k16 f16 mma), head dimension 64 or 128, enough rows, and
+    /// the 16-byte alignment its vector loads assume.
+    fn takes_mma(&self, dev: &Device, m: usize, hd: usize, qkv: u64, cache: &Cache) -> bool {
+        self.f16()
+            && dev.cc.0 >= 8
+            && matches!(hd, 64 | 128)
+            && m >= MMA_MIN_ROWS
+            && (cache.k | cache.v).is_multiple_of(16)
+            && qkv.is_multiple_of(8)
     }
 
     fn scratch(&self, dev: &Arc<Device>, heads: usize, floats: usize) -> CudaResult<(u64, u64)> {
@@ -118,6 +162,27 @@ impl Attention {
                     Arg::from(scale),
                     Arg(part),
                     Arg(counters),
+                    Arg(out),
+                ],
+            )
+        } else if self.takes_mma(dev, m, hd, qkv, cache) {
+            dev.launch(
+                self.prefill_mma,
+                (m.div_ceil(MMA_ROWS) as u32, nh as u32, 1),
+                128,
+                0,
+                &[
+                    Arg(qkv),
+                    Arg(cache.k),
+                    Arg(cache.v),
+                    Arg(pos),
+                    Arg::from(m as i32),
+                    Arg::from(layout.row_width() as i32),
+                    Arg::from(nh as i32),
+                    Arg::from(nkv as i32),
+                    Arg::from(hd as i32),
+                    Arg::from(capacity as i32),
+                    Arg::from(scale),
                     Arg(out),
                 ],
             )

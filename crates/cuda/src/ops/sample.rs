@@ -9,7 +9,7 @@ use crate::compile::KernelSource;
 use crate::device::{Arg, Device, DeviceBuffer, Func};
 use crate::error::CudaResult;
 use crate::kernels::Loader;
-use crate::sampler::{CudaSampler, ARGMAX_BLOCKS, TOPK_BLOCKS, TOPK_MAX};
+use crate::sampler::{CudaSampler, ARGMAX_BLOCKS, TOPK_BLOCKS, TOPK_MAX, TOPK_THREADS};
 
 pub(crate) const SOURCE: KernelSource = kernel_source!("sample");
 
@@ -17,7 +17,7 @@ pub(crate) struct Sample {
     prepare: Func,
     argmax: Func,
     filter: Func,
-    topk_blocks: Func,
+    topk: Func,
     accept: Func,
 }
 
@@ -28,7 +28,7 @@ impl Sample {
             prepare: m.function("sample_prepare")?,
             argmax: m.function("sample_argmax")?,
             filter: m.function("sample_filter")?,
-            topk_blocks: m.function("sample_topk_blocks")?,
+            topk: m.function("sample_topk")?,
             accept: m.function("sampler_accept")?,
         })
     }
@@ -136,44 +136,84 @@ impl Sample {
             );
         }
         let top_k = p.top_k.min(i32::MAX as usize) as i32;
-        // With a small top-k over a large vocabulary, cut the candidates to
-        // each block's top-k first: one block then filters a few thousand
-        // values instead of the whole vocabulary.
-        let two_phase = p.top_k > 0 && p.top_k <= TOPK_MAX && vocab > 4 * TOPK_BLOCKS * p.top_k;
-        let (fsrc, fv, map) = if two_phase {
-            let n = TOPK_BLOCKS * p.top_k;
-            let cv = s.cand.ptr;
-            let ci = s.cand.ptr + (4 * TOPK_BLOCKS * TOPK_MAX) as u64;
-            dev.launch(
-                self.topk_blocks,
+        let filter_args = [
+            Arg::from(top_k),
+            Arg::from(p.top_p),
+            Arg::from(p.min_p),
+            Arg::from(p.temperature),
+        ];
+        // With a small top-k over a large vocabulary, one launch: each block
+        // takes its chunk's top-k, and the last block to finish filters and
+        // draws from the few thousand candidates (`sample_topk`).
+        if p.top_k > 0 && p.top_k <= TOPK_MAX && vocab > 4 * TOPK_BLOCKS * p.top_k {
+            let cand = s.cand.ptr;
+            let bounds = cand + (8 * TOPK_BLOCKS * TOPK_MAX) as u64;
+            let counter = bounds + (8 * TOPK_BLOCKS) as u64;
+            return dev.launch(
+                self.topk,
                 (TOPK_BLOCKS as u32, 1, 1),
-                256,
+                TOPK_THREADS,
                 0,
-                &[Arg(src), Arg::from(v), Arg::from(top_k), Arg(cv), Arg(ci)],
-            )?;
-            (cv, n as i32, ci)
-        } else {
-            (src, v, 0)
-        };
+                &[
+                    Arg(src),
+                    Arg::from(v),
+                    filter_args[0],
+                    filter_args[1],
+                    filter_args[2],
+                    filter_args[3],
+                    Arg(cand),
+                    Arg(bounds),
+                    Arg(counter),
+                    common[0],
+                    common[1],
+                    common[2],
+                    common[3],
+                    Arg(ids),
+                ],
+            );
+        }
         dev.launch(
             self.filter,
             (1, 1, 1),
             1024,
             0,
             &[
-                Arg(fsrc),
-                Arg::from(fv),
-                Arg::from(top_k),
-                Arg::from(p.top_p),
-                Arg::from(p.min_p),
-                Arg::from(p.temperature),
+                Arg(src),
+                Arg::from(v),
+                filter_args[0],
+                filter_args[1],
+                filter_args[2],
+                filter_args[3],
                 common[0],
                 common[1],
                 common[2],
                 common[3],
                 Arg(ids),
-                Arg(map),
             ],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sample.cu sizes its shared arrays by TOPK_MAX and declares its launch
+    /// bounds by TOPK_THREADS: its copies must be the launcher's, or a top-k
+    /// of 128 would write past the arrays and a launch would fail.
+    #[test]
+    fn kernel_and_launcher_agree_on_the_top_k_limits() {
+        let define = |name: &str| -> usize {
+            let line = SOURCE
+                .text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("kernels/sample.cu defines no {name}"));
+            line.trim().parse().expect("a number")
+        };
+        assert_eq!(define("TOPK_MAX"), TOPK_MAX);
+        assert_eq!(define("TOPK_THREADS"), TOPK_THREADS as usize);
+        // The last block ranks and scores its survivors one a thread.
+        assert!(TOPK_THREADS as usize >= TOPK_MAX);
     }
 }
