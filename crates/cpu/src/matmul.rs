@@ -657,9 +657,11 @@ mod tests {
     /// Batch invariance: each row of an m-row product is bit for bit the
     /// one-row product of that row alone, for the decode kernels at every
     /// SIMD level (`vecdot`'s multi-row kernels share each weight block's
-    /// decode between rows), on ragged shapes: odd block counts, 1..13 and
-    /// 50 output rows in stacked parts (whole and partial 16-row tiles), 1..9 activation rows (partial groups of
-    /// the kernels' four) and 31 (the most a decode-sized product has).
+    /// decode between rows), on ragged shapes: odd block counts, 1..=17, 33
+    /// and 50 output rows in stacked parts and 16 and 32 in one (whole and
+    /// partial 16-row tiles of the Q4_0, Q4_1 and Q8_0 tile kernels), 1..9
+    /// activation rows (partial groups of the kernels' four) and 31 (the
+    /// most a decode-sized product has).
     #[test]
     fn every_row_of_a_multi_row_product_is_the_single_row_product() {
         for ty in [
@@ -675,8 +677,8 @@ mod tests {
                 _ => &[32, 96, 160, 896],
             };
             for &k in ks {
-                for n in [1, 5, 13, 50] {
-                    let parts = if n >= 3 {
+                for n in (1..=17).chain([32, 33, 50]) {
+                    let parts = if n >= 3 && n % 16 != 0 {
                         vec![n / 3, n - n / 3]
                     } else {
                         vec![n]
