@@ -230,6 +230,14 @@ pub fn check_env() -> Result<()> {
             }
         }
     }
+    if let Ok(v) = std::env::var("METALLIC_CPU_PREFETCH") {
+        if !v.trim().is_empty() && metallic_cpu::vec_dot::Prefetch::parse(&v).is_none() {
+            bail!(
+                "METALLIC_CPU_PREFETCH={v:?} is not a prefetch (nta, t0, off; \
+                 unset it for the default, nta)"
+            );
+        }
+    }
     metallic::autotune::Mode::check_env().map_err(anyhow::Error::msg)?;
     Ok(())
 }

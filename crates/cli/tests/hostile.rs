@@ -56,6 +56,7 @@ fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         .env_remove("METALLIC_METRICS_JSONL_PATH")
         .env_remove("METALLIC_MATMUL_BACKEND")
         .env_remove("METALLIC_CPU_SIMD")
+        .env_remove("METALLIC_CPU_PREFETCH")
         .env_remove("METALLIC_MATMUL_AUTOTUNE")
         .env("METALLIC_MATMUL_AUTOTUNE", "0")
         .stdin(Stdio::null())
@@ -715,7 +716,11 @@ fn output_paths_are_checked_before_work() {
 // Finding 11: environment variables, the sampler's message, byte-size overflow.
 #[test]
 fn unclear_cases_name_their_cause() {
-    for var in ["METALLIC_CPU_SIMD", "METALLIC_MATMUL_AUTOTUNE"] {
+    for var in [
+        "METALLIC_CPU_SIMD",
+        "METALLIC_CPU_PREFETCH",
+        "METALLIC_MATMUL_AUTOTUNE",
+    ] {
         let r = run_env(&gen(model(), &["hi"]), &[(var, "bogus")]);
         fails(&r, var, &[var, "bogus"]);
     }

@@ -70,25 +70,18 @@ pub fn vecdot_with(
 /// faster than 4 KiB or 16 KiB, 2026-11-29, noisy shared machine).
 const PREFETCH_BYTES: usize = 8192;
 
-/// Prefetches `bytes` as non-temporal (`prefetchnta`): weights are read once
-/// a token, and keeping them out of the outer caches' replacement made
-/// Qwen2.5-0.5B Q4_0 decode ~5% faster than `_MM_HINT_T0` on the development
-/// machine (five alternating rounds, 155 -> 164 tok/s, weights in huge
-/// pages); Q8_0, Q4_K_M and SmolLM2 Q4_1 within the noise either way.
+/// Prefetches `bytes` as [`vec_dot::prefetch_hint`] says: non-temporal
+/// (`prefetchnta`) by default, as weights are read once a token, and keeping
+/// them out of the outer caches' replacement made Qwen2.5-0.5B Q4_0 decode
+/// ~5% faster than `_MM_HINT_T0` on the development machine (five
+/// alternating rounds, 155 -> 164 tok/s, weights in huge pages); Q8_0,
+/// Q4_K_M and SmolLM2 Q4_1 within the noise either way.
 #[inline(always)]
 fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
+    let hint = vec_dot::prefetch_hint();
     for off in (0..bytes.len()).step_by(64) {
-        // SAFETY: a prefetch has no architectural effect; the address is
-        // inside a live slice, and SSE is part of the x86-64 baseline.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_NTA }>(
-                bytes.as_ptr().add(off) as *const i8,
-            )
-        };
+        vec_dot::prefetch_line(hint, bytes[off..].as_ptr());
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
 }
 
 /// Weight rows per group kernel call: [`vec_dot::GROUP_ROWS`] for short

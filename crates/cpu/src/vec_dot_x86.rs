@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use crate::q8_act::{Q8Row, QK};
-use crate::vec_dot::{TILE_ACTS, TILE_ROWS};
+use crate::vec_dot::{Prefetch, TILE_ACTS, TILE_ROWS};
 
 #[inline(always)]
 unsafe fn f16_load(p: *const u8) -> f32 {
@@ -463,7 +463,7 @@ impl QuantKind {
 pub unsafe fn q4_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
     // The tile kernel's arithmetic (every lane the same row): the decode
     // drivers run Q4_0 in tiles, and a row must get the same bits either way.
-    q4_tile::<1, false>(w.as_ptr(), 0, &[a], &[])[0][0]
+    q4_tile::<1, false>(w.as_ptr(), 0, &[a], &[], Prefetch::Off)[0][0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -475,7 +475,7 @@ pub unsafe fn q4_0_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q4_1_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
     // As `q4_0_avx512`: Q4_1's tile kernel, every lane the same row.
-    q4_tile::<1, true>(w.as_ptr(), 0, &[a], &[])[0][0]
+    q4_tile::<1, true>(w.as_ptr(), 0, &[a], &[], Prefetch::Off)[0][0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -486,7 +486,7 @@ pub unsafe fn q4_1_avx512_rows(w: &[u8], a: &[Q8Row<'_>], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub unsafe fn q8_0_avx512(w: &[u8], a: Q8Row<'_>) -> f32 {
     // As `q4_0_avx512`: Q8_0's tile kernel, every lane the same row.
-    q8_0_tile::<1>(w.as_ptr(), 0, &[a], &[])[0][0]
+    q8_0_tile::<1>(w.as_ptr(), 0, &[a], &[], Prefetch::Off)[0][0]
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
@@ -852,6 +852,35 @@ pub unsafe fn f16_avx512(w: &[u8], x: &[f32]) -> f32 {
     s
 }
 
+/// `N` cache lines of `next` from byte `at` on (fewer at its end), with
+/// `hint`: a tile kernel's look-ahead, one block's share of the next tile.
+#[inline(always)]
+unsafe fn prefetch_next<const N: usize>(hint: Prefetch, next: &[u8], at: usize) {
+    let pf = next.as_ptr();
+    if at + 64 * N <= next.len() {
+        // One test of the hint a block, the lines unrolled.
+        match hint {
+            Prefetch::Nta => {
+                for l in 0..N {
+                    _mm_prefetch::<_MM_HINT_NTA>(pf.add(at + 64 * l) as *const i8);
+                }
+            }
+            Prefetch::T0 => {
+                for l in 0..N {
+                    _mm_prefetch::<_MM_HINT_T0>(pf.add(at + 64 * l) as *const i8);
+                }
+            }
+            Prefetch::Off => {}
+        }
+    } else {
+        let mut l = at;
+        while l < next.len() {
+            crate::vec_dot::prefetch_line(hint, pf.add(l));
+            l += 64;
+        }
+    }
+}
+
 /// [`TILE_ROWS`] Q4_0 weight rows (Q4_1 with `MIN`; from `w` on, `stride`
 /// bytes apart; 0 repeats one row in every lane) against `R` activation
 /// rows, in the rows' GGUF layout: the decode kernel of Q4_0 and Q4_1
@@ -891,6 +920,7 @@ unsafe fn q4_tile<const R: usize, const MIN: bool>(
     stride: usize,
     a: &[Q8Row<'_>; R],
     next: &[u8],
+    hint: Prefetch,
 ) -> [[f32; TILE_ROWS]; R] {
     // Block bytes; offset of the nibbles (after d, and m for Q4_1).
     let (bytes, qs_at) = if MIN { (20, 4) } else { (18, 2) };
@@ -900,7 +930,6 @@ unsafe fn q4_tile<const R: usize, const MIN: bool>(
     let nib = _mm512_set1_epi8(0x0f);
     let eight = _mm512_set1_epi8(8);
     let nb = a[0].d.len();
-    let pf = next.as_ptr();
     let mut acc = [_mm512_setzero_ps(); R];
     let mut acc_m = [_mm512_setzero_ps(); R];
     for b in 0..nb {
@@ -909,18 +938,7 @@ unsafe fn q4_tile<const R: usize, const MIN: bool>(
         // one contiguous stream a tile ahead. Prefetching each row 28
         // blocks ahead instead (the same ~8 KiB in flight) made the short
         // rows' products ~30% slower (`metallic probe -t 2`).
-        let at = 320 * b;
-        if at + 320 <= next.len() {
-            for l in 0..5 {
-                _mm_prefetch::<_MM_HINT_NTA>(pf.add(at + 64 * l) as *const i8);
-            }
-        } else {
-            let mut l = at;
-            while l < next.len() {
-                _mm_prefetch::<_MM_HINT_NTA>(pf.add(l) as *const i8);
-                l += 64;
-            }
-        }
+        prefetch_next::<5>(hint, next, 320 * b);
         let mut lo = [_mm512_setzero_si512(); 4];
         let mut hi = [_mm512_setzero_si512(); 4];
         // The 16 rows' block scales in lane order (lane 4i + j's from row
@@ -1067,27 +1085,16 @@ unsafe fn q8_0_tile<const R: usize>(
     stride: usize,
     a: &[Q8Row<'_>; R],
     next: &[u8],
+    hint: Prefetch,
 ) -> [[f32; TILE_ROWS]; R] {
     // Rows 0..8 from q[0], rows 8..16 from q[1] (each at + i * stride).
     let mut q: [*const u8; 2] = [w, w.add(8 * stride)];
     let flip = _mm512_set1_epi8(-128);
     let nb = a[0].d.len();
-    let pf = next.as_ptr();
     let mut acc = [_mm512_setzero_ps(); R];
     for b in 0..nb {
         // The next tile, nine lines a block: one stream a tile ahead.
-        let at = 576 * b;
-        if at + 576 <= next.len() {
-            for l in 0..9 {
-                _mm_prefetch::<_MM_HINT_NTA>(pf.add(at + 64 * l) as *const i8);
-            }
-        } else {
-            let mut l = at;
-            while l < next.len() {
-                _mm_prefetch::<_MM_HINT_NTA>(pf.add(l) as *const i8);
-                l += 64;
-            }
-        }
+        prefetch_next::<9>(hint, next, 576 * b);
         // The 16 rows' block scales in row order, four rows' to a 64-bit
         // word in general registers (as in `q4_tile`).
         let word = |h: usize, i: usize| {
@@ -1171,10 +1178,15 @@ unsafe fn full_tile(
         a: &[Q8Row<'_>; R],
         next: &[u8],
     ) -> [[f32; TILE_ROWS]; R] {
+        let hint = if next.is_empty() {
+            Prefetch::Off
+        } else {
+            crate::vec_dot::prefetch_hint()
+        };
         match kind {
-            TileKind::Q4_0 => q4_tile::<R, false>(w, stride, a, next),
-            TileKind::Q4_1 => q4_tile::<R, true>(w, stride, a, next),
-            TileKind::Q8_0 => q8_0_tile::<R>(w, stride, a, next),
+            TileKind::Q4_0 => q4_tile::<R, false>(w, stride, a, next, hint),
+            TileKind::Q4_1 => q4_tile::<R, true>(w, stride, a, next, hint),
+            TileKind::Q8_0 => q8_0_tile::<R>(w, stride, a, next, hint),
         }
     }
     let mut put = |r: usize, v: &[f32; TILE_ROWS]| {
