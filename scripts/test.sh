@@ -19,13 +19,22 @@ fi
 
 # NVRTC from PyPI (no GPU needed), so that the kernel-compile test builds every
 # CUDA kernel for sm_90 and sm_75 here too. Installed once into .nvrtc/ (git-
-# ignored); any failure only skips that test, with its message.
+# ignored); any failure only skips that test, with its message. Pinned to
+# 13.0, the GPU machine's CUDA: a later NVRTC accepts code that 13.0 rejects
+# (13.5 compiles a lambda with an `auto` parameter in JIT mode; 13.0, on the
+# GPU machine, refused it when the backend opened).
+nvrtc_version=13.0
 if [ -z "${METALLIC_CUDA_LIB_DIR:-}" ]; then
   lib=$(ls -d .nvrtc/nvidia/cu*/lib 2>/dev/null | head -1 || true)
+  if [ -n "$lib" ] && ! ls "$lib"/libnvrtc-builtins.so.$nvrtc_version >/dev/null 2>&1; then
+    echo "replacing .nvrtc/ (not NVRTC $nvrtc_version)"
+    rm -rf .nvrtc
+    lib=
+  fi
   if [ -z "$lib" ]; then
-    echo "installing NVRTC (nvidia-cuda-nvrtc) into .nvrtc/ for the kernel-compile test"
+    echo "installing NVRTC $nvrtc_version (nvidia-cuda-nvrtc) into .nvrtc/ for the kernel-compile test"
     timeout 600 python3 -m pip install --quiet --disable-pip-version-check --no-deps \
-      --target .nvrtc 'nvidia-cuda-nvrtc>=13,<14' >/dev/null 2>&1 \
+      --target .nvrtc "nvidia-cuda-nvrtc==$nvrtc_version.*" >/dev/null 2>&1 \
       || echo "warning: NVRTC could not be installed; the kernel-compile test will skip" >&2
     lib=$(ls -d .nvrtc/nvidia/cu*/lib 2>/dev/null | head -1 || true)
   fi

@@ -536,6 +536,68 @@ __device__ u64 topk_threshold(TopkShared& s, int k, Items items) {
 
 // The k largest ranks among the items (see topk_threshold) into s.top[0 ..
 // s.n_top), in no order. Every thread of the block calls it.
+// The item walks topk_collect takes (f(rank, valid) for each item; every
+// lane of a warp calls f the same number of times). Functors rather than
+// generic lambdas: NVRTC in JIT mode (CUDA 13.0's) takes a lambda with an
+// `auto` parameter for a host function and rejects it.
+
+// A block's chunk [lo, hi) of the logits, four loads in flight before the
+// first is used (a block's chunk is about 1,200 logits: one round at Qwen's
+// vocabulary); 64-bit positions, so a vocabulary near 2^31 cannot overflow.
+// NaN counts as -inf; -inf never enters.
+struct ChunkItems {
+    const float* w;
+    long long lo, hi;
+    int lane;
+    template <typename F>
+    __device__ void operator()(F f) const {
+        for (long long t0 = lo + (threadIdx.x & ~31); t0 < hi; t0 += 4 * blockDim.x) {
+            float l[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const long long t = t0 + j * blockDim.x + lane;
+                l[j] = t < hi ? w[t] : NEG_INF;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const bool valid = l[j] == l[j] && l[j] != NEG_INF;
+                f(valid ? rank_of(l[j], (int)(t0 + j * blockDim.x + lane)) : 0ull, valid);
+            }
+        }
+    }
+};
+
+// The last block's shared list of candidates.
+struct ListItems {
+    const u64* list;
+    int n;
+    int lane;
+    template <typename F>
+    __device__ void operator()(F f) const {
+        for (int i0 = threadIdx.x & ~31; i0 < n; i0 += blockDim.x) {
+            const int i = i0 + lane;
+            f(i < n ? list[i] : 0ull, i < n);
+        }
+    }
+};
+
+// Every block's slots, read past L1 (other blocks wrote them), those at or
+// above the bound L valid (the list overflowed).
+struct CandItems {
+    const u64* cand;
+    int total;
+    u64 L;
+    int lane;
+    template <typename F>
+    __device__ void operator()(F f) const {
+        for (int i0 = threadIdx.x & ~31; i0 < total; i0 += blockDim.x) {
+            const int i = i0 + lane;
+            const u64 r = i < total ? __ldcg(cand + i) : 0ull;
+            f(r, r >= L);
+        }
+    }
+};
+
 template <typename Items>
 __device__ void topk_collect(TopkShared& s, int k, Items items) {
     if (threadIdx.x == 0) s.n_top = 0;
@@ -579,22 +641,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     // Phase 1: this block's top k. NaN counts as -inf; -inf never enters.
     // Four loads in flight before the first is used (a block's chunk is
     // about 1,200 logits: one round at Qwen's vocabulary).
-    auto chunk_items = [&](auto f) {
-        // 64-bit positions: no overflow for a vocabulary near 2^31.
-        for (long long t0 = lo + (threadIdx.x & ~31); t0 < hi; t0 += 4 * blockDim.x) {
-            float l[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const long long t = t0 + j * blockDim.x + lane;
-                l[j] = t < hi ? w[t] : NEG_INF;
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const bool valid = l[j] == l[j] && l[j] != NEG_INF;
-                f(valid ? rank_of(l[j], (int)(t0 + j * blockDim.x + lane)) : 0ull, valid);
-            }
-        }
-    };
+    const ChunkItems chunk_items{w, lo, hi, lane};
     topk_collect(s, k, chunk_items);
     const int n = min(s.n_top, k);
     u64* slot = cand + (long long)blockIdx.x * k;
@@ -653,20 +700,9 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     __syncthreads();
     const int n_list = s.n_list;
     if (n_list <= TOPK_LIST) {
-        topk_collect(s, k, [&](auto f) {
-            for (int i0 = threadIdx.x & ~31; i0 < n_list; i0 += blockDim.x) {
-                const int i = i0 + lane;
-                f(i < n_list ? s.list[i] : 0ull, i < n_list);
-            }
-        });
+        topk_collect(s, k, ListItems{s.list, n_list, lane});
     } else {
-        topk_collect(s, k, [&](auto f) {
-            for (int i0 = threadIdx.x & ~31; i0 < total; i0 += blockDim.x) {
-                const int i = i0 + lane;
-                const u64 r = i < total ? __ldcg(cand + i) : 0ull;
-                f(r, r >= L);
-            }
-        });
+        topk_collect(s, k, CandItems{cand, total, L, lane});
     }
     const int nt = min(s.n_top, k);
     // Sorted by counting: a rank's place is the number of larger ones.

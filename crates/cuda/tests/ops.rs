@@ -281,7 +281,7 @@ fn decode_attention_matches_cpu_at_many_lengths() {
 /// holds positions, at row counts that are not multiples of the kernels'
 /// blocks (8 rows f32, 64 rows f16) and lengths that are not multiples of
 /// their key tiles (32, 64): the f32 kernel within 3e-5 of the CPU, and with
-/// f16 prefill on (the default), where the tensor-core kernel takes 16 or
+/// f16 prefill on (`set_attention_f16`), where the tensor-core kernel takes 16 or
 /// more rows of head dimension 64 or 128, within 4e-3 (Q, K, V and the
 /// probabilities rounded to f16, ~5e-4 each) and not bit-identical to f32.
 #[test]

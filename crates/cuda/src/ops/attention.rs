@@ -34,17 +34,20 @@ pub(crate) struct Attention {
     prefill: Func,
     prefill_mma: Func,
     /// Whether prefill may round Q, K, V and P to f16 for tensor-core
-    /// products (`attn_prefill_mma`); METALLIC_CUDA_ATTN_F16=0 turns it off.
+    /// products (`attn_prefill_mma`): METALLIC_CUDA_ATTN_F16=1 turns it on.
+    /// Off by default until its GPU test
+    /// (`prefill_attention_matches_cpu_at_many_lengths`) has run on a GPU
+    /// and its quality has been measured (KLD, docs/quality.md).
     f16: AtomicBool,
     scratch: Mutex<Option<Scratch>>,
 }
 
-/// METALLIC_CUDA_ATTN_F16=0 (or `off`, `false`, `no`): prefill attention in
-/// f32 on CUDA cores only; on by default.
+/// METALLIC_CUDA_ATTN_F16=1 (or `on`, `true`, `yes`): prefill attention on
+/// tensor cores in f16 (see `Attention::f16`); off by default.
 fn f16_from_env() -> bool {
-    !matches!(
+    matches!(
         std::env::var("METALLIC_CUDA_ATTN_F16").as_deref(),
-        Ok("0" | "off" | "false" | "no")
+        Ok("1" | "on" | "true" | "yes")
     )
 }
 
