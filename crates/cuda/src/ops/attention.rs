@@ -168,51 +168,33 @@ impl Attention {
                     Arg(out),
                 ],
             )
-        } else if self.takes_mma(dev, m, hd, qkv, cache) {
-            dev.launch(
-                self.prefill_mma,
-                (m.div_ceil(MMA_ROWS) as u32, nh as u32, 1),
-                128,
-                0,
-                &[
-                    Arg(qkv),
-                    Arg(cache.k),
-                    Arg(cache.v),
-                    Arg(pos),
-                    Arg::from(m as i32),
-                    Arg::from(layout.row_width() as i32),
-                    Arg::from(nh as i32),
-                    Arg::from(nkv as i32),
-                    Arg::from(hd as i32),
-                    Arg::from(capacity as i32),
-                    Arg::from(scale),
-                    Arg(out),
-                ],
-            )
         } else {
-            let rows = PREFILL_ROWS;
-            // K tile transposed and padded [hd][33], V tile [32][hd], queries [rows][hd].
-            let smem = (hd * 33 + 32 * hd + rows * hd) * 4;
-            dev.launch(
-                self.prefill,
-                (m.div_ceil(rows) as u32, nh as u32, 1),
-                (rows * 32) as u32,
-                smem as u32,
-                &[
-                    Arg(qkv),
-                    Arg(cache.k),
-                    Arg(cache.v),
-                    Arg(pos),
-                    Arg::from(m as i32),
-                    Arg::from(layout.row_width() as i32),
-                    Arg::from(nh as i32),
-                    Arg::from(nkv as i32),
-                    Arg::from(hd as i32),
-                    Arg::from(capacity as i32),
-                    Arg::from(scale),
-                    Arg(out),
-                ],
-            )
+            // Both prefill kernels take the same arguments.
+            let args = [
+                Arg(qkv),
+                Arg(cache.k),
+                Arg(cache.v),
+                Arg(pos),
+                Arg::from(m as i32),
+                Arg::from(layout.row_width() as i32),
+                Arg::from(nh as i32),
+                Arg::from(nkv as i32),
+                Arg::from(hd as i32),
+                Arg::from(capacity as i32),
+                Arg::from(scale),
+                Arg(out),
+            ];
+            if self.takes_mma(dev, m, hd, qkv, cache) {
+                // Static shared memory (K and V^T tiles, 36 KB).
+                let grid = (m.div_ceil(MMA_ROWS) as u32, nh as u32, 1);
+                dev.launch(self.prefill_mma, grid, 128, 0, &args)
+            } else {
+                let rows = PREFILL_ROWS;
+                // K tile transposed and padded [hd][33], V tile [32][hd], queries [rows][hd].
+                let smem = (hd * 33 + 32 * hd + rows * hd) * 4;
+                let grid = (m.div_ceil(rows) as u32, nh as u32, 1);
+                dev.launch(self.prefill, grid, (rows * 32) as u32, smem as u32, &args)
+            }
         }
     }
 }
