@@ -299,23 +299,14 @@ impl Vecdot {
                 }
                 (self.pre[seg.ty as usize][m - 1], xq)
             };
-            let sm = dev.sm_count as usize;
-            let (warps, blocks) = matvec_grid(dev, seg.rows / fu.rows_per_column());
-            // Each block quantises (or copies) the activations into shared
-            // memory once; cap the blocks so that this is amortised over many
-            // rows while every SM is still filled several times.
-            let blocks = blocks.min(sm * self.warps_per_sm / warps);
-            // Split-K where the rows alone leave the SMs short of warps (the
-            // 4-warp grid) and the per-warp registers are few (m <= 2).
-            let mut split = if may_split && warps == 4 && m <= 2 {
-                self.split()
-            } else {
-                1
-            };
-            let limit = self.max_threads[!fused as usize][seg.ty as usize][m - 1] as usize;
-            while split > 1 && warps * split * 32 > limit {
-                split /= 2;
-            }
+            // Split-K only where the per-warp registers are few (m <= 2).
+            let limit = self.max_threads[!fused as usize][seg.ty as usize][m - 1];
+            let (warps, blocks, split) = self.grid(
+                dev,
+                seg.rows / fu.rows_per_column(),
+                may_split && m <= 2,
+                limit,
+            );
             // One row quantised in the block: the variant that preloads the
             // fewest units holding a lane's share of its row (both rows for
             // SwiGLU), at most 4, where its registers allow the block.
@@ -355,6 +346,33 @@ impl Vecdot {
             && layout.head_dim.is_multiple_of(2)
     }
 
+    /// Warps a block, blocks and warps a row (split-K) of a one-row-a-warp
+    /// product over `rows` rows: [`matvec_grid`]'s blocks capped so that
+    /// each block's one quantisation (or copy) of the activations into
+    /// shared memory is amortised over many rows while every SM is still
+    /// filled several times; split-K (where `may_split`) only where the rows
+    /// alone leave the SMs short of warps (the 4-warp grid), halved until
+    /// the block fits the kernel's `limit` threads.
+    fn grid(
+        &self,
+        dev: &Device,
+        rows: usize,
+        may_split: bool,
+        limit: u32,
+    ) -> (usize, usize, usize) {
+        let (warps, blocks) = matvec_grid(dev, rows);
+        let blocks = blocks.min(dev.sm_count as usize * self.warps_per_sm / warps);
+        let mut split = if may_split && warps == 4 {
+            self.split()
+        } else {
+            1
+        };
+        while split > 1 && warps * split * 32 > limit as usize {
+            split /= 2;
+        }
+        (warps, blocks, split)
+    }
+
     /// The fused QKV product of one decode row: `qkv = norm(x) W^T (+
     /// bias)` with the Q and K heads rotated and the K and V heads written
     /// into the f32 caches `[kv_heads, capacity, head_dim]` at `pos[0]` (not
@@ -389,13 +407,7 @@ impl Vecdot {
         let seg = &w.segs[0];
         let bias = w.bias.as_ref().map_or(0, |b| b.ptr);
         let (f, limit) = self.rope[seg.ty as usize];
-        let sm = dev.sm_count as usize;
-        let (warps, blocks) = matvec_grid(dev, n / 2);
-        let blocks = blocks.min(sm * self.warps_per_sm / warps);
-        let mut split = if warps == 4 { self.split() } else { 1 };
-        while split > 1 && warps * split * 32 > limit as usize {
-            split /= 2;
-        }
+        let (warps, blocks, split) = self.grid(dev, n / 2, true, limit);
         let fu = Fusion {
             norm,
             eps,
