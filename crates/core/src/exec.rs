@@ -301,16 +301,15 @@ impl<'b, B: Backend> Exec<'b, B> {
         out: &mut B::Tensor,
         scratch: FusedScratch<'_, B::Tensor>,
     ) -> Result<()> {
-        let FusedScratch { normed, product } = scratch;
         let name = self.dispatch.impl_name(imp);
         let b_name = self.backend.name();
         let kind = OpKind::Matmul(shape.op);
         if self.backend.fuses(imp, w, m, norm.is_some(), epilogue) {
-            let scratch = FusedScratch { normed, product };
             return self.op(kind, name, Some(shape), |b| {
                 b.matmul_fused(imp, x, norm.as_ref(), w, m, epilogue, out, scratch)
             });
         }
+        let FusedScratch { normed, product } = scratch;
         // The same ops as `matmul_composed`, each recorded as itself.
         let input: &B::Tensor = match (&norm, normed) {
             (None, _) => x,
