@@ -182,8 +182,8 @@ impl CudaBackend {
 
     /// Whether prefill attention rounds Q, K, V and the probabilities to f16
     /// for tensor-core products (sm_80 and newer, head dimension 64 or 128,
-    /// 16 or more rows; opt-in, METALLIC_CUDA_ATTN_F16=1 when the backend
-    /// opens, until validated on a GPU). Decode attention is f32 either way.
+    /// 16 or more rows; on by default, METALLIC_CUDA_ATTN_F16=0 when the
+    /// backend opens turns it off). Decode attention is f32 either way.
     pub fn attention_f16(&self) -> bool {
         self.k.attention.f16()
     }

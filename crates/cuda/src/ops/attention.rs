@@ -34,20 +34,21 @@ pub(crate) struct Attention {
     prefill: Func,
     prefill_mma: Func,
     /// Whether prefill may round Q, K, V and P to f16 for tensor-core
-    /// products (`attn_prefill_mma`): METALLIC_CUDA_ATTN_F16=1 turns it on.
-    /// Off by default until its GPU test
-    /// (`prefill_attention_matches_cpu_at_many_lengths`) has run on a GPU
-    /// and its quality has been measured (KLD, docs/quality.md).
+    /// products (`attn_prefill_mma`): on by default, METALLIC_CUDA_ATTN_F16=0
+    /// turns it off. Measured on an H200 (BENCHMARKS.md, 2026-11-30): pp512
+    /// of Qwen2.5-0.5B 2.15x the f32 kernel's, KL divergence against float32
+    /// unchanged within its error (docs/quality.md).
     f16: AtomicBool,
     scratch: Mutex<Option<Scratch>>,
 }
 
-/// METALLIC_CUDA_ATTN_F16=1 (or `on`, `true`, `yes`): prefill attention on
-/// tensor cores in f16 (see `Attention::f16`); off by default.
+/// METALLIC_CUDA_ATTN_F16=0 (or `off`, `false`, `no`): prefill attention in
+/// f32 on CUDA cores (see `Attention::f16`); on tensor cores in f16 by
+/// default.
 fn f16_from_env() -> bool {
-    matches!(
+    !matches!(
         std::env::var("METALLIC_CUDA_ATTN_F16").as_deref(),
-        Ok("1" | "on" | "true" | "yes")
+        Ok("0" | "off" | "false" | "no")
     )
 }
 
