@@ -234,7 +234,7 @@ pub fn check_env() -> Result<()> {
         if !v.trim().is_empty() && metallic_cpu::vec_dot::Prefetch::parse(&v).is_none() {
             bail!(
                 "METALLIC_CPU_PREFETCH={v:?} is not a prefetch (nta, t0, off; \
-                 unset it for the default, nta)"
+                 unset it for the default, t0)"
             );
         }
     }

@@ -70,12 +70,8 @@ pub fn vecdot_with(
 /// faster than 4 KiB or 16 KiB, 2026-11-29, noisy shared machine).
 const PREFETCH_BYTES: usize = 8192;
 
-/// Prefetches `bytes` as [`vec_dot::prefetch_hint`] says: non-temporal
-/// (`prefetchnta`) by default, as weights are read once a token, and keeping
-/// them out of the outer caches' replacement made Qwen2.5-0.5B Q4_0 decode
-/// ~5% faster than `_MM_HINT_T0` on the development machine (five
-/// alternating rounds, 155 -> 164 tok/s, weights in huge pages); Q8_0,
-/// Q4_K_M and SmolLM2 Q4_1 within the noise either way.
+/// Prefetches `bytes` as [`vec_dot::prefetch_hint`] says (`prefetcht0` by
+/// default: see [`vec_dot::Prefetch`] for why not non-temporal).
 #[inline(always)]
 fn prefetch(bytes: &[u8]) {
     let hint = vec_dot::prefetch_hint();

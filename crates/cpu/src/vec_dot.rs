@@ -513,12 +513,14 @@ pub fn kernels() -> &'static Kernels {
 }
 
 /// How `vecdot`'s decode drivers and tile kernels prefetch the weights
-/// ahead of use (`METALLIC_CPU_PREFETCH`): `prefetchnta` by default (on the
-/// development machine's Zen 5, ~5% faster Q4_0 decode than `prefetcht0`),
-/// `prefetcht0`, or none (the hardware prefetchers alone, as llama.cpp's
+/// ahead of use (`METALLIC_CPU_PREFETCH`): `prefetcht0` by default,
+/// `prefetchnta`, or none (the hardware prefetchers alone, as llama.cpp's
 /// kernels run). A prefetch has no architectural effect: every choice gives
-/// the same bits. For measuring other CPUs (Intel's `prefetchnta` fills L1
-/// only, so a long row's look-ahead may be evicted before use there).
+/// the same bits. `t0` is the default because on an Intel Xeon (the GPU
+/// machine's host, 2 MiB L2 a core) `prefetchnta`, which fills L1 only
+/// there, lost 1.3-1.9x of decode speed at 2 threads (BENCHMARKS.md,
+/// 2026-11-30), while on the development machine's Zen 5 the two measured
+/// alike within the noise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prefetch {
     Nta,
@@ -538,14 +540,14 @@ impl Prefetch {
 }
 
 /// The prefetch `METALLIC_CPU_PREFETCH` asks for (read once), else
-/// [`Prefetch::Nta`]; the CLI refuses a malformed value before any work.
+/// [`Prefetch::T0`]; the CLI refuses a malformed value before any work.
 pub fn prefetch_hint() -> Prefetch {
     static P: OnceLock<Prefetch> = OnceLock::new();
     *P.get_or_init(|| {
         std::env::var("METALLIC_CPU_PREFETCH")
             .ok()
             .and_then(|s| Prefetch::parse(&s))
-            .unwrap_or(Prefetch::Nta)
+            .unwrap_or(Prefetch::T0)
     })
 }
 

@@ -912,7 +912,7 @@ unsafe fn prefetch_next<const N: usize>(hint: Prefetch, next: &[u8], at: usize) 
 /// `acc_m = fma(m_w, s_a, acc_m)` (`s_a` the activation block's sum), the
 /// row's result `acc + acc_m`: every lane alone as well.
 ///
-/// `next` is prefetched (non-temporal) over the tile's blocks, five lines a
+/// `next` is prefetched (as `prefetch_hint` says) over the tile's blocks, five lines a
 /// block: the driver passes the next tile's bytes.
 #[inline(always)]
 unsafe fn q4_tile<const R: usize, const MIN: bool>(
@@ -1076,7 +1076,7 @@ unsafe fn q4_tile<const R: usize, const MIN: bool>(
 /// dot is exact in the integers (|dot| <= 32 * 127 * 128 < 2^24, so its
 /// float conversion is exact too).
 ///
-/// `next` is prefetched (non-temporal) over the tile's blocks, nine lines a
+/// `next` is prefetched (as `prefetch_hint` says) over the tile's blocks, nine lines a
 /// block (a tile's block is 8.5 lines): the driver passes the next tile's
 /// bytes.
 #[inline(always)]
