@@ -230,9 +230,6 @@ pub fn decode_impl_for(s: &MatmulShape, role: Role) -> usize {
 /// the calling thread: waking the pool and joining it costs ~10-20 µs, about
 /// what one core needs to stream 64 KiB from memory and multiply it.
 pub const SERIAL_WORK: usize = 64 << 10;
-/// Work per task the row kernels aim at once they go parallel: large enough
-/// that a task's scheduling is a few percent of it.
-const TASK_WORK: usize = 32 << 10;
 
 /// How the row kernels (`fdot`, `vecdot`) split a product's `n` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,9 +247,14 @@ pub fn work(w: &CpuLinear, m: usize) -> usize {
 }
 
 /// The split of `w`'s rows for `m` activation rows over `threads`: serial
-/// below [`SERIAL_WORK`]; else tasks of about [`TASK_WORK`], at least one and
-/// at most four per thread (a few spare tasks let work stealing even out a
-/// core that is slowed by something else, as on a shared machine).
+/// below [`SERIAL_WORK`]; else one contiguous run of rows per thread. Each
+/// task starts cold (its kernels prefetch only ahead of the rows they are
+/// on; `vecdot`'s tiles the next tile), so fewer, longer tasks read closer
+/// to the memory's speed: one task a thread instead of up to four (spares
+/// for work stealing on a shared machine) made Qwen2.5-0.5B decode 1% (Q8_0)
+/// and 4% (Q4_0) faster at 2 threads on the shared development machine
+/// (BENCHMARKS.md, 2026-11-30), where a 16-row Q8_0 tile of the down
+/// projection (82 KB) had been a whole task at 16 threads.
 pub fn split(w: &CpuLinear, m: usize, threads: usize) -> Split {
     let n = w.info.n.max(1);
     let work = work(w, m);
@@ -262,7 +264,7 @@ pub fn split(w: &CpuLinear, m: usize, threads: usize) -> Split {
             parallel: false,
         };
     }
-    let tasks = (work / TASK_WORK).clamp(threads, threads * 4).min(n);
+    let tasks = threads.min(n);
     Split {
         rows: n.div_ceil(tasks),
         parallel: true,
@@ -882,7 +884,7 @@ mod tests {
     }
 
     #[test]
-    fn row_split_is_serial_for_small_products_and_sized_by_work_otherwise() {
+    fn row_split_is_serial_for_small_products_and_one_task_a_thread_otherwise() {
         // 64 rows of 896 Q8_0 values: 61 KB, under the serial threshold.
         let small = linear(GgmlType::Q8_0, 896, &[64], false);
         assert!(work(&small, 1) < SERIAL_WORK);
@@ -895,15 +897,12 @@ mod tests {
         );
         assert!(row_kernel(FDOT, &small, 1) && row_kernel(VECDOT, &small, 1));
         assert!(!row_kernel(GEMM, &small, 1));
-        // 4864 rows of 896: 4.6 MB, parallel with one to four tasks per thread.
+        // 4864 rows of 896: 4.6 MB, parallel with one task per thread.
         let big = linear(GgmlType::Q8_0, 896, &[4000, 864], false);
         for threads in [2, 3, 16] {
             let s = split(&big, 1, threads);
             let tasks = 4864usize.div_ceil(s.rows);
-            assert!(
-                s.parallel && (threads..=4 * threads).contains(&tasks),
-                "{threads}: {s:?}"
-            );
+            assert!(s.parallel && tasks == threads, "{threads}: {s:?}");
         }
         // One thread never goes to the pool.
         assert!(!split(&big, 1, 1).parallel);
