@@ -763,7 +763,9 @@ mod tests {
     /// bit what the one-row kernel gives it, and what the multi-row and
     /// group entry points give it, for full and partial tiles (1..=16 rows),
     /// 1..=4 activation rows, odd and even block counts, rows more than a
-    /// row apart, with or without a next tile to prefetch; and it agrees
+    /// row apart, with a whole, a partial or no next tile to prefetch, and
+    /// rows long enough (152 blocks: Q8_0's 5,168 bytes) to be prefetched
+    /// along the rows into the next tile; and it agrees
     /// with the scalar kernel to float32 summation order (1e-5 of sum |w x|).
     #[test]
     fn tile_kernel_gives_each_pair_its_one_row_result_bit_for_bit() {
@@ -788,7 +790,7 @@ mod tests {
         }
         let (bytes, _) = block_bytes(ty).unwrap();
         for kern in levels {
-            for nb in [1usize, 2, 3, 7, 28, 29] {
+            for nb in [1usize, 2, 3, 7, 28, 29, 152] {
                 let k = nb * QK;
                 let row_bytes = nb * bytes;
                 for (gap, rows) in [
@@ -811,7 +813,7 @@ mod tests {
                         let mut acts = Q8Acts::default();
                         acts.quantize(&x, m, k);
                         let a: Vec<Q8Row<'_>> = (0..m).map(|i| acts.row(i)).collect();
-                        for next in [next, &[][..]] {
+                        for next in [next, &next[..3 * stride], &[][..]] {
                             let mut out = vec![f32::NAN; TILE_ACTS * TILE_ROWS];
                             kern.quant_tile(ty, tile, stride, rows, &a, &mut out, next);
                             for (j, row) in a.iter().enumerate() {
@@ -864,7 +866,7 @@ mod tests {
             GgmlType::Q5_1,
         ] {
             let (bytes, _) = block_bytes(ty).unwrap();
-            for nb in [1usize, 2, 3, 7, 28, 29] {
+            for nb in [1usize, 2, 3, 7, 28, 29, 152] {
                 let k = nb * QK;
                 let row_bytes = nb * bytes;
                 for (gap, rows) in [(0usize, 1usize), (0, 2), (0, 3), (0, 4), (bytes, 4)] {

@@ -852,6 +852,39 @@ pub unsafe fn f16_avx512(w: &[u8], x: &[f32]) -> f32 {
     s
 }
 
+/// Q8_0 rows at least this long (bytes) are prefetched along each row,
+/// [`ROW_AHEAD`] bytes ahead, instead of a tile ahead: a tile of them (16
+/// rows: 82 KB for Qwen2.5-0.5B's 4864-value down projection) is wider than
+/// L1, and prefetched a whole tile ahead its lines were evicted or late
+/// (that product read 59-73% of the streaming read, 78-84% along the rows;
+/// `metallic probe -t 2`, 2026-11-30). The 4-bit tiles of the same
+/// product (44-49 KB) measured alike either way and keep the tile-ahead
+/// stream, as do short rows, where prefetching along the rows was slower.
+const LONG_ROW_BYTES: usize = 4096;
+/// How far along each long row the prefetch runs (of 128, 256 and 512
+/// bytes, 256 measured fastest).
+const ROW_AHEAD: usize = 256;
+
+/// The line `off` bytes into each of a tile's [`TILE_ROWS`] rows (`stride`
+/// apart from `w`); past the row's end, as far into the rows of `next`
+/// (the next tile, empty at a task's end).
+#[inline(always)]
+unsafe fn prefetch_rows(hint: Prefetch, w: *const u8, stride: usize, off: usize, next: &[u8]) {
+    if off < stride {
+        for i in 0..TILE_ROWS {
+            crate::vec_dot::prefetch_line(hint, w.add(i * stride + off));
+        }
+    } else {
+        let off = off - stride;
+        for i in 0..TILE_ROWS {
+            let at = i * stride + off;
+            if at < next.len() {
+                crate::vec_dot::prefetch_line(hint, next.as_ptr().add(at));
+            }
+        }
+    }
+}
+
 /// `N` cache lines of `next` from byte `at` on (fewer at its end), with
 /// `hint`: a tile kernel's look-ahead, one block's share of the next tile.
 #[inline(always)]
@@ -1078,7 +1111,8 @@ unsafe fn q4_tile<const R: usize, const MIN: bool>(
 ///
 /// `next` is prefetched (as `prefetch_hint` says) over the tile's blocks, nine lines a
 /// block (a tile's block is 8.5 lines): the driver passes the next tile's
-/// bytes.
+/// bytes. Rows of [`LONG_ROW_BYTES`] or more are prefetched along each row
+/// instead, [`ROW_AHEAD`] bytes ahead, running into `next` at their end.
 #[inline(always)]
 unsafe fn q8_0_tile<const R: usize>(
     w: *const u8,
@@ -1092,9 +1126,18 @@ unsafe fn q8_0_tile<const R: usize>(
     let flip = _mm512_set1_epi8(-128);
     let nb = a[0].d.len();
     let mut acc = [_mm512_setzero_ps(); R];
+    let long = stride >= LONG_ROW_BYTES;
+    // Along the rows the tile's own lines are prefetched, also in a task's
+    // last tile (where `hint` is off: there is no next tile).
+    let row_hint = crate::vec_dot::prefetch_hint();
     for b in 0..nb {
-        // The next tile, nine lines a block: one stream a tile ahead.
-        prefetch_next::<9>(hint, next, 576 * b);
+        if long {
+            // Each row's line ROW_AHEAD bytes past this block: 16 streams.
+            prefetch_rows(row_hint, w, stride, 34 * b + ROW_AHEAD, next);
+        } else {
+            // The next tile, nine lines a block: one stream a tile ahead.
+            prefetch_next::<9>(hint, next, 576 * b);
+        }
         // The 16 rows' block scales in row order, four rows' to a 64-bit
         // word in general registers (as in `q4_tile`).
         let word = |h: usize, i: usize| {
