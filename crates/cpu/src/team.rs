@@ -12,9 +12,10 @@
 //! store and a cache-line transfer. Workers that see no job for
 //! [`SPIN`] park on a condition variable, so an idle process burns no CPU.
 //!
-//! Tasks are taken from an atomic counter: each is a contiguous range of
-//! rows (streamed in order, see `matmul::split`), and a thread slowed by
-//! something else on a shared machine takes fewer of them.
+//! Tasks are taken from an atomic counter: the row kernels make one
+//! contiguous range of rows per thread (streamed in order, see
+//! `matmul::split`), and the share of a thread that joins late (slowed by
+//! something else on a shared machine) goes to the first one done.
 
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
