@@ -43,42 +43,67 @@ __device__ __forceinline__ void fma_chunk(float (&acc)[M], uint4 v, const float*
     }
 }
 
-// One weight row's partial dot products (this lane's chunks) into acc.
-template <int T, int M>
-__device__ __forceinline__ void float_row(float (&acc)[M], const u8* p0, int row, int k,
-                                          const float* x, const float* nw, const float (&sc)[M]) {
-    const int lane = threadIdx.x & 31;
-    const int per = T == T_F32 ? 4 : 8;  // values per 16-byte chunk
-    const int nch = k / per;
-    const uint4* wr = reinterpret_cast<const uint4*>(p0) + (long long)row * nch;
-    int c = lane;
-    for (; c + 96 < nch; c += 128) {
-        uint4 v[4];
+// This lane's chunks c0, c0 + 32, c0 + 64, c0 + 96 of a weight row (those
+// below nch; the rest are never used): four 16-byte loads in flight at once,
+// so a row of k = 896 f16 values (112 chunks) costs one memory round trip,
+// not the three a chunk-at-a-time tail took on lanes 16-31.
+__device__ __forceinline__ void float_load(uint4 (&v)[4], const uint4* wr, int c0, int nch) {
 #pragma unroll
-        for (int u = 0; u < 4; u++) v[u] = ldg_stream(wr + c + 32 * u);
-#pragma unroll
-        for (int u = 0; u < 4; u++) fma_chunk<T, M>(acc, v[u], x, k, c + 32 * u, nw, sc);
+    for (int u = 0; u < 4; u++) {
+        const int c = c0 + 32 * u;
+        v[u] = c < nch ? ldg_stream(wr + c) : make_uint4(0, 0, 0, 0);
     }
-    for (; c < nch; c += 32) fma_chunk<T, M>(acc, ldg_stream(wr + c), x, k, c, nw, sc);
 }
 
+// acc += the loaded chunks' products, in chunk order (the loads' zeros for
+// chunks past the row are skipped, not multiplied: 0 * inf would be NaN).
+template <int T, int M>
+__device__ __forceinline__ void float_fma(float (&acc)[M], const uint4 (&v)[4], int c0, int nch,
+                                          int k, const float* x, const float* nw,
+                                          const float (&sc)[M]) {
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+        if (c0 + 32 * u < nch) fma_chunk<T, M>(acc, v[u], x, k, c0 + 32 * u, nw, sc);
+}
+
+// One warp a row (both rows of a SwiGLU pair together, their loads in
+// flight at once); each lane sums its chunks in ascending order, as a plain
+// walk over the row would. The warp's first batch of weights is loaded
+// before the wait on the producer kernel (weights do not depend on it).
 template <int T, int M>
 __device__ void fdot_float(MATVEC_ARGS) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int nr = matvec_rows(n, epi);
+    const bool glu = epi == EPI_SWIGLU;
+    const int nch = k / (T == T_F32 ? 4 : 8);  // 16-byte chunks a row
+    const uint4* w = reinterpret_cast<const uint4*>(p0);
+    int row = blockIdx.x * warps + (threadIdx.x >> 5);
+    uint4 v[4], vu[4];
+    if (row < nr) {
+        float_load(v, w + (long long)row * nch, lane, nch);
+        if (glu) float_load(vu, w + (long long)(row + nr) * nch, lane, nch);
+    }
     pdl_enter();
     float sc[M];
     if (nw) rms_scales<M>(x, k, eps, sc);
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int nr = matvec_rows(n, epi);
-    for (int row = blockIdx.x * warps + (threadIdx.x >> 5); row < nr; row += gridDim.x * warps) {
-        float acc[M];
+    bool preloaded = true;
+    for (; row < nr; row += gridDim.x * warps) {
+        const uint4* wr = w + (long long)row * nch;
+        const uint4* wu = w + (long long)(row + nr) * nch;
+        float acc[M], up[M];
 #pragma unroll
-        for (int m = 0; m < M; m++) acc[m] = 0.0f;
-        float_row<T, M>(acc, p0, row, k, x, nw, sc);
-        if (epi == EPI_SWIGLU) {
-            float up[M];
-#pragma unroll
-            for (int m = 0; m < M; m++) up[m] = 0.0f;
-            float_row<T, M>(up, p0, row + nr, k, x, nw, sc);
+        for (int m = 0; m < M; m++) acc[m] = up[m] = 0.0f;
+        for (int c0 = lane; c0 < nch; c0 += 128) {
+            if (!preloaded) {
+                float_load(v, wr, c0, nch);
+                if (glu) float_load(vu, wu, c0, nch);
+            }
+            preloaded = false;
+            float_fma<T, M>(acc, v, c0, nch, k, x, nw, sc);
+            if (glu) float_fma<T, M>(up, vu, c0, nch, k, x, nw, sc);
+        }
+        preloaded = false;
+        if (glu) {
             matvec_store_swiglu<M>(acc, up, lane, row, nr, out, ldo, bias);
         } else {
             matvec_store<M>(acc, lane, row, out, ldo, bias, epi);
