@@ -29,8 +29,8 @@ mod vec_dot_x86;
 use std::time::Instant;
 
 use metallic::backend::{
-    Backend, DType, KvLayer, LinearInfo, MatmulImpl, MatmulShape, MemoryInfo, PagedLayout,
-    QkvLayout, Rope, TimingKind, WeightView,
+    matmul_composed, Backend, DType, Epilogue, FusedScratch, KvLayer, LinearInfo, MatmulImpl,
+    MatmulShape, MemoryInfo, NormPrologue, PagedLayout, QkvLayout, Rope, TimingKind, WeightView,
 };
 use metallic::error::{Error, Result};
 use metallic::sampler::{Sampler, SamplerParams};
@@ -45,6 +45,10 @@ pub struct CpuBackend {
     /// thread taking part and no pool hand-off per product (team.rs); none
     /// with `METALLIC_CPU_TEAM=0` (the rayon pool then runs them, to compare).
     team: Option<team::Team>,
+    /// Decode's gate|up product and SwiGLU as one team job
+    /// (`matmul_vecdot::vecdot_swiglu`); METALLIC_CPU_FUSE=0 runs them apart,
+    /// to compare (the same bits either way).
+    fuse: bool,
     threads: usize,
     /// `(n, k, type)` of the model's output projections (`output.weight`,
     /// or the tied `token_embd.weight`) uploaded here: the default rule
@@ -150,9 +154,14 @@ impl CpuBackend {
                 )))
             }
         };
+        let fuse = !matches!(
+            std::env::var("METALLIC_CPU_FUSE").as_deref().map(str::trim),
+            Ok("0" | "off" | "false" | "no")
+        );
         Ok(CpuBackend {
             pool,
             team,
+            fuse,
             threads,
             outputs: Default::default(),
             sample_scratch: std::sync::Mutex::new(Vec::new()),
@@ -480,6 +489,64 @@ impl Backend for CpuBackend {
                 self.run(!serial, || matmul::run(imp, x, w, m, out))
             }
         }
+    }
+
+    fn fuses(&self, imp: usize, w: &CpuLinear, m: usize, norm: bool, epilogue: Epilogue) -> bool {
+        // Only gate|up + SwiGLU of a decode step on the team (one hand-off a
+        // layer fewer, see matmul_vecdot::vecdot_swiglu); the norm runs first
+        // on this thread, as it would apart.
+        let _ = norm;
+        let imp = if imp == matmul::DECODE {
+            matmul::decode_impl_for(&matmul::shape_of(w, m), w.role)
+        } else {
+            imp
+        };
+        self.fuse
+            && epilogue == Epilogue::SwiGlu
+            && m == 1
+            && self.team.is_some()
+            && imp == matmul::VECDOT
+            && matmul_vecdot::fuses_swiglu(w)
+    }
+
+    fn matmul_fused(
+        &self,
+        imp: usize,
+        x: &CpuTensor,
+        norm: Option<&NormPrologue<'_, CpuTensor>>,
+        w: &CpuLinear,
+        m: usize,
+        epilogue: Epilogue,
+        out: &mut CpuTensor,
+        scratch: FusedScratch<'_, CpuTensor>,
+    ) -> Result<()> {
+        let team = match &self.team {
+            Some(team) if self.fuses(imp, w, m, norm.is_some(), epilogue) => team,
+            _ => return matmul_composed(self, imp, x, norm, w, m, epilogue, out, scratch),
+        };
+        let FusedScratch { normed, product } = scratch;
+        let missing = |what: &str| {
+            Error::InvalidArgument(format!(
+                "matmul_fused: gate|up + SwiGLU needs a `{what}` scratch buffer"
+            ))
+        };
+        let input: &CpuTensor = match norm {
+            Some(nm) => {
+                let h = normed.ok_or_else(|| missing("normed"))?;
+                self.rms_norm(x, nm.weight, m, w.info.k, nm.eps, h)?;
+                h
+            }
+            None => x,
+        };
+        let gate_up = f32s_mut(
+            product.ok_or_else(|| missing("product"))?,
+            "gate|up product",
+        )?;
+        let input = f32s(input, "matmul x")?;
+        let out = f32s_mut(out, "swiglu out")?;
+        team::with(team, || {
+            matmul_vecdot::vecdot_swiglu(input, w, gate_up, out)
+        })
     }
 
     fn rope(

@@ -59,6 +59,75 @@ pub fn vecdot_with(
     })
 }
 
+/// Whether [`vecdot_swiglu`] takes this gate|up weight: an even row count
+/// and every part dotted with 8-bit activations.
+pub fn fuses_swiglu(w: &CpuLinear) -> bool {
+    w.info.n.is_multiple_of(2)
+        && w.info.k.is_multiple_of(crate::q8_act::QK)
+        && w.parts
+            .iter()
+            .all(|p| vec_dot::supported(p.ty) && vec_dot::needs_q8(p.ty))
+}
+
+/// Decode's gate|up product and SwiGLU in one job: for one activation row,
+/// `out[j] = silu(g_j) * u_j` with `g|u = x w^T` (`w` holds the `ffn` gate
+/// rows, then the `ffn` up rows; the product lands in `gate_up`, [2 ffn]).
+/// Each task takes gate rows `a..b` and up rows `ffn + a..ffn + b`, then
+/// writes `out[a..b]` itself: one hand-off to the threads a layer fewer
+/// than the product followed by `swiglu`, with the same bits (each row's
+/// dot product does not depend on the rows beside it, and the SwiGLU kernel
+/// gives the same bits wherever a range starts). `w` must pass
+/// [`fuses_swiglu`].
+pub fn vecdot_swiglu(x: &[f32], w: &CpuLinear, gate_up: &mut [f32], out: &mut [f32]) -> Result<()> {
+    let kern = vec_dot::kernels();
+    let (n, k) = (w.info.n, w.info.k);
+    let ffn = n / 2;
+    if !fuses_swiglu(w) {
+        return Err(Error::InvalidArgument(format!(
+            "vecdot_swiglu: a gate|up weight of {n} rows of {k} values in types {:?} \
+             (needs an even row count, rows a multiple of 32 long, 8-bit-activation types)",
+            w.parts.iter().map(|p| p.ty).collect::<Vec<_>>()
+        )));
+    }
+    crate::matmul::check_buffers(x, w, 1, gate_up)?;
+    if out.len() < ffn {
+        return Err(Error::InvalidArgument(format!(
+            "vecdot_swiglu: output holds {} values, {ffn} needed",
+            out.len()
+        )));
+    }
+    ACTS.with_borrow_mut(|acts| {
+        acts.quantize(x, 1, k);
+        let a = acts.row(0);
+        let gu = SharedOut::new(gate_up);
+        let o = SharedOut::new(out);
+        let mut split = crate::matmul::split(w, 1, crate::matmul::threads());
+        split.rows = ffn.div_ceil(n.div_ceil(split.rows.max(1)));
+        if split.parallel && w.parts.iter().any(|p| kern.has_tile(p.ty)) {
+            split.rows = split.rows.next_multiple_of(vec_dot::TILE_ROWS);
+        }
+        let ahead = (PREFETCH_BYTES / w.parts[0].row_bytes.max(1)).max(1);
+        let swiglu = crate::swiglu_simd::kernel();
+        crate::matmul::try_for_each_task(split, ffn, |rows| -> Result<()> {
+            one_row(kern, w, a, rows.clone(), gu, ahead);
+            one_row(kern, w, a, ffn + rows.start..ffn + rows.end, gu, ahead);
+            // SAFETY: this task alone wrote gate_up's columns `rows` and
+            // `ffn + rows` (just now) and alone writes out[rows]; both
+            // buffers outlive the tasks and hold 2 ffn and ffn values
+            // (checked above).
+            let (g, u, o) = unsafe {
+                (
+                    std::slice::from_raw_parts(gu.ptr().add(rows.start), rows.len()),
+                    std::slice::from_raw_parts(gu.ptr().add(ffn + rows.start), rows.len()),
+                    std::slice::from_raw_parts_mut(o.ptr().add(rows.start), rows.len()),
+                )
+            };
+            swiglu.row(o, g, u);
+            Ok(())
+        })
+    })
+}
+
 /// How far ahead of the row being multiplied its chunk's rows are prefetched.
 /// Hardware prefetchers stop at 4 KiB page boundaries, so weights streamed
 /// from DRAM stall at every new page; prefetching ~8 KiB ahead took SmolLM2

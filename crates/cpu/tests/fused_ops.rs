@@ -312,3 +312,108 @@ fn default_rope_kv_store_rotates_then_caches() {
         "other positions untouched"
     );
 }
+
+/// A quantised gate|up weight `[2 ffn, k]` of type `ty`, uploaded.
+fn quant_linear(
+    b: &CpuBackend,
+    ty: GgmlType,
+    w: &[f32],
+    n: usize,
+    k: usize,
+) -> (Arc<GgufFile>, <CpuBackend as Backend>::Linear) {
+    let mut g = GgufWriter::new();
+    let data = metallic_gguf::quant::quantize(ty, w).unwrap();
+    g.add_tensor("w", ty, &[k as u64, n as u64], data).unwrap();
+    let f = Arc::new(GgufFile::from_bytes(g.to_bytes().unwrap()).unwrap());
+    let view = metallic::backend::WeightView::new(f.clone(), f.tensor("w").unwrap().clone());
+    let lin = b.upload_linear(&[view], None).unwrap();
+    (f, lin)
+}
+
+/// Decode's gate|up product with SwiGLU runs as one job on the CPU's team
+/// (`fuses` says so for one row on `vecdot`), and its output is bit for bit
+/// the product then `swiglu`: tile types (Q4_0, Q4_1, Q8_0), row-group
+/// types (Q4_K, Q5_0), with and without the norm, `ffn` a multiple of the
+/// 16-row tile or not, on 3 and 1 threads.
+#[test]
+fn gate_up_with_swiglu_fused_on_the_team_equals_product_then_swiglu() {
+    for threads in [3, 1] {
+        let b = CpuBackend::new(threads).unwrap();
+        for (ty, k) in [
+            (GgmlType::Q4_0, 64),
+            (GgmlType::Q4_1, 96),
+            (GgmlType::Q8_0, 64),
+            (GgmlType::Q4_K, 256),
+            (GgmlType::Q5_0, 128),
+        ] {
+            for ffn in [1536, 40, 7] {
+                let n = 2 * ffn;
+                let (_f, lin) = quant_linear(&b, ty, &vals(n * k, 3), n, k);
+                let x = CpuTensor::F32(vals(k, 4));
+                let nw = CpuTensor::F32(vals(k, 5).iter().map(|v| v + 1.5).collect());
+                let imp = b
+                    .matmul_impls()
+                    .iter()
+                    .position(|i| i.name == "vecdot")
+                    .expect("vecdot");
+                assert!(
+                    threads == 1 || b.fuses(imp, &lin, 1, true, Epilogue::SwiGlu),
+                    "{ty:?} ffn {ffn}: one decode row on the team is fused"
+                );
+                assert!(!b.fuses(imp, &lin, 2, true, Epilogue::SwiGlu));
+                assert!(!b.fuses(imp, &lin, 1, true, Epilogue::AddInto));
+                for norm in [false, true] {
+                    let nm = NormPrologue {
+                        weight: &nw,
+                        eps: 1e-6,
+                    };
+                    let nm = norm.then_some(&nm);
+                    let run = |fused: bool| {
+                        let mut h = CpuTensor::F32(vec![0.0; k]);
+                        let mut gu = CpuTensor::F32(vec![0.0; n]);
+                        let mut out = CpuTensor::F32(vec![f32::NAN; ffn]);
+                        let scratch = FusedScratch::both(&mut h, &mut gu);
+                        if fused {
+                            b.matmul_fused(
+                                imp,
+                                &x,
+                                nm,
+                                &lin,
+                                1,
+                                Epilogue::SwiGlu,
+                                &mut out,
+                                scratch,
+                            )
+                            .unwrap();
+                        } else {
+                            metallic::backend::matmul_composed(
+                                &b,
+                                imp,
+                                &x,
+                                nm,
+                                &lin,
+                                1,
+                                Epilogue::SwiGlu,
+                                &mut out,
+                                scratch,
+                            )
+                            .unwrap();
+                        }
+                        f32s(&out).to_vec()
+                    };
+                    let (a, c) = (run(true), run(false));
+                    assert!(
+                        a.iter().all(|v| v.is_finite()),
+                        "{ty:?}: every output written"
+                    );
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&a),
+                        bits(&c),
+                        "{ty:?} ffn {ffn} norm {norm} threads {threads}: fused differs"
+                    );
+                }
+            }
+        }
+    }
+}
