@@ -313,6 +313,19 @@ fn default_rope_kv_store_rotates_then_caches() {
     );
 }
 
+/// `Backend::matmul_fused` or the composition it stands for.
+type FusedOp = fn(
+    &CpuBackend,
+    usize,
+    &CpuTensor,
+    Option<&NormPrologue<'_, CpuTensor>>,
+    &<CpuBackend as Backend>::Linear,
+    usize,
+    Epilogue,
+    &mut CpuTensor,
+    FusedScratch<'_, CpuTensor>,
+) -> metallic::error::Result<()>;
+
 /// A quantised gate|up weight `[2 ffn, k]` of type `ty`, uploaded.
 fn quant_linear(
     b: &CpuBackend,
@@ -373,32 +386,23 @@ fn gate_up_with_swiglu_fused_on_the_team_equals_product_then_swiglu() {
                         let mut gu = CpuTensor::F32(vec![0.0; n]);
                         let mut out = CpuTensor::F32(vec![f32::NAN; ffn]);
                         let scratch = FusedScratch::both(&mut h, &mut gu);
-                        if fused {
-                            b.matmul_fused(
-                                imp,
-                                &x,
-                                nm,
-                                &lin,
-                                1,
-                                Epilogue::SwiGlu,
-                                &mut out,
-                                scratch,
-                            )
-                            .unwrap();
+                        let op: FusedOp = if fused {
+                            CpuBackend::matmul_fused
                         } else {
-                            metallic::backend::matmul_composed(
-                                &b,
-                                imp,
-                                &x,
-                                nm,
-                                &lin,
-                                1,
-                                Epilogue::SwiGlu,
-                                &mut out,
-                                scratch,
-                            )
-                            .unwrap();
-                        }
+                            metallic::backend::matmul_composed::<CpuBackend>
+                        };
+                        op(
+                            &b,
+                            imp,
+                            &x,
+                            nm,
+                            &lin,
+                            1,
+                            Epilogue::SwiGlu,
+                            &mut out,
+                            scratch,
+                        )
+                        .unwrap();
                         f32s(&out).to_vec()
                     };
                     let (a, c) = (run(true), run(false));
