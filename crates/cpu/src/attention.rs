@@ -303,10 +303,21 @@ fn attend_rows<S: Keys>(
             s.kt.fill(0.0);
         }
         s.offs.clear();
-        for j in 0..nk {
-            let at = keys.at(rows.start, kvh, t0 + j);
-            s.offs.push(at);
-            S::Elem::to_f32_slice(&vc[at..at + hd], &mut s.v[j * hdp..j * hdp + hd]);
+        s.offs
+            .extend((0..nk).map(|j| keys.at(rows.start, kvh, t0 + j)));
+        // The value tile straight from an f32 cache where its rows lie one
+        // after another unpadded (the flat cache, a paged block): the copy
+        // was a third of a long context's attention time. Same values.
+        let direct = match S::Elem::as_f32(vc) {
+            Some(vf) if hd == hdp && s.offs.windows(2).all(|w| w[1] == w[0] + hd) => {
+                Some(&vf[s.offs[0]..s.offs[0] + nk * hd])
+            }
+            _ => None,
+        };
+        if direct.is_none() {
+            for (j, &at) in s.offs.iter().enumerate() {
+                S::Elem::to_f32_slice(&vc[at..at + hd], &mut s.v[j * hdp..j * hdp + hd]);
+            }
         }
         if let Some(kc) = S::Elem::as_f32(kc) {
             kern.pack_keys(kc, &s.offs, hd, &mut s.kt);
@@ -328,7 +339,7 @@ fn attend_rows<S: Keys>(
         }
         let mut tile = Tile {
             kt: &s.kt,
-            v: &s.v,
+            v: direct.unwrap_or(&s.v),
             hd,
             hdp,
             nk,
