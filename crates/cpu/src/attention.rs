@@ -268,9 +268,11 @@ pub(crate) fn attend<S: Keys>(
 }
 
 /// Keys a position chunk of a long decode step takes at least (see
-/// [`position_chunks`]): four tiles, so that a chunk's fixed costs (its
-/// queries, its partial results) stay small beside its keys.
-const CHUNK_MIN: usize = 4 * TILE;
+/// [`position_chunks`]): two tiles, so that a chunk's fixed costs (its
+/// queries, its partial results) stay small beside its keys. Two tiles
+/// rather than four: SmolLM2 decode at ~300 keys on 2 threads, seven
+/// alternating rounds, 1-9% faster every round (BENCHMARKS.md).
+const CHUNK_MIN: usize = 2 * TILE;
 
 /// How many chunks of positions a single-row step of `len` keys is cut into,
 /// per KV head: 1 (no split) below two chunks' worth of keys; else enough
