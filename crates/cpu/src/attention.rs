@@ -485,24 +485,26 @@ fn attend_rows<S: Keys>(
         kern.tile(&mut tile, &s.active);
     }
     let out_width = l.n_heads * hd;
-    if let Dest::Partial { buf, chunk, chunks } = dest {
-        for hh in 0..g {
-            let h = kvh * group + hs.start + hh;
-            // SAFETY: query head h's slot of this chunk belongs to this task
-            // alone; the buffer holds n_heads * chunks slots of hd + 2.
-            let slot = unsafe {
-                std::slice::from_raw_parts_mut(
-                    buf.ptr().add((h * chunks + chunk) * (hd + 2)),
-                    hd + 2,
-                )
-            };
-            slot[0] = s.ml[hh][0];
-            slot[1] = s.ml[hh][1];
-            slot[2..].copy_from_slice(&s.o[hh * hdp..][..hd]);
+    let out = match dest {
+        Dest::Out(out) => out,
+        Dest::Partial { buf, chunk, chunks } => {
+            for hh in 0..g {
+                let h = kvh * group + hs.start + hh;
+                // SAFETY: query head h's slot of this chunk belongs to this task
+                // alone; the buffer holds n_heads * chunks slots of hd + 2.
+                let slot = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        buf.ptr().add((h * chunks + chunk) * (hd + 2)),
+                        hd + 2,
+                    )
+                };
+                slot[0] = s.ml[hh][0];
+                slot[1] = s.ml[hh][1];
+                slot[2..].copy_from_slice(&s.o[hh * hdp..][..hd]);
+            }
+            return;
         }
-        return;
-    }
-    let Dest::Out(out) = dest else { unreachable!() };
+    };
     for (r, i) in rows.enumerate() {
         for hh in 0..g {
             let qi = r * g + hh;

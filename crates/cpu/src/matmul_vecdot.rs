@@ -101,6 +101,8 @@ pub fn vecdot_swiglu(x: &[f32], w: &CpuLinear, gate_up: &mut [f32], out: &mut [f
         let a = acts.row(0);
         let gu = SharedOut::new(gate_up);
         let o = SharedOut::new(out);
+        // As many tasks as the plain product would have, each over pairs of
+        // gate and up rows instead of rows.
         let mut split = crate::matmul::split(w, 1, crate::matmul::threads());
         split.rows = ffn.div_ceil(n.div_ceil(split.rows.max(1)));
         if split.parallel && w.parts.iter().any(|p| kern.has_tile(p.ty)) {
