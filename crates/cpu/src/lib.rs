@@ -20,7 +20,7 @@ mod rope;
 mod shared_out;
 mod stream;
 mod swiglu_simd;
-mod team;
+pub mod team;
 mod tensor;
 pub mod vec_dot;
 #[cfg(target_arch = "x86_64")]

@@ -12,10 +12,18 @@
 //! store and a cache-line transfer. Workers that see no job for
 //! [`SPIN`] park on a condition variable, so an idle process burns no CPU.
 //!
-//! Tasks are taken from an atomic counter: the row kernels make one
-//! contiguous range of rows per thread (streamed in order, see
-//! `matmul::split`), and the share of a thread that joins late (slowed by
-//! something else on a shared machine) goes to the first one done.
+//! Each thread first takes its own tasks (task `i` of a job with as many
+//! tasks as threads is thread `i`'s, so a row kernel's thread streams the
+//! same rows token after token), each claimed on a line of its own; then
+//! any task still unclaimed, so that the share of a thread that joins late
+//! (slowed by something else on a shared machine) goes to one that is done.
+//! A job's start and end touch no line that every thread writes: with a
+//! shared task counter and a shared count of the workers in a job (four
+//! contended read-modify-writes a thread a job, most of them in the burst
+//! when every worker wakes at once), a job of 16 tasks of 2 us took 5.0-5.4
+//! us on a 16-core Xeon; with the lines apart 3.9-4.0 us
+//! (`examples/decode_products_bench.rs`), where a SmolLM2 decode product
+//! at 16 threads takes 6-14 us.
 
 use crossbeam_utils::CachePadded;
 use std::cell::Cell;
@@ -30,43 +38,71 @@ use std::time::{Duration, Instant};
 /// a busy CPU.
 const SPIN: Duration = Duration::from_millis(2);
 
-/// A job: its tasks and the next one to take, on the calling thread's stack
-/// while `Team::run` runs it. `next` has a cache line of its own: every
-/// thread increments it once a task, and on the line of `f` and `tasks`
-/// (which every thread reads once a task) each increment would take that
-/// line from every other thread too.
+/// Jobs of at most this many tasks claim each task on a line of its own;
+/// larger ones (prefill's many small tasks) share one counter, whose cost
+/// their tasks amortise.
+const CLAIMS: usize = 64;
+
+/// A worker's `busy` value while it is in no job (generations start at 1).
+const IDLE: usize = 0;
+
+/// A job: its tasks, on the calling thread's stack while `Team::run` runs
+/// it. `generation` tags its claims; `next` is the shared counter of jobs
+/// of more than [`CLAIMS`] tasks, on a line of its own.
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync + 'a),
     tasks: usize,
+    generation: usize,
     next: CachePadded<AtomicUsize>,
 }
 
 impl Job<'_> {
-    fn take_tasks(&self) {
-        loop {
-            let t = self.next.fetch_add(1, Ordering::Relaxed);
-            if t >= self.tasks {
-                break;
+    /// Run the tasks thread `me` of `threads` gets: its own (`me`, `me +
+    /// threads`, ...), then any other still unclaimed.
+    fn take_tasks(&self, s: &Shared, me: usize, threads: usize) {
+        if self.tasks > CLAIMS {
+            loop {
+                let t = self.next.fetch_add(1, Ordering::Relaxed);
+                if t >= self.tasks {
+                    break;
+                }
+                (self.f)(t);
             }
-            (self.f)(t);
+            return;
+        }
+        let g = self.generation;
+        // Exclusive by the swap alone: the task's writes reach the caller
+        // through `busy` (workers) or are the caller's own.
+        let claim = |t: usize| s.claims[t].swap(g, Ordering::Relaxed) != g;
+        for t in (me..self.tasks).step_by(threads.max(1)) {
+            if claim(t) {
+                (self.f)(t);
+            }
+        }
+        for t in 0..self.tasks {
+            if s.claims[t].load(Ordering::Relaxed) != g && claim(t) {
+                (self.f)(t);
+            }
         }
     }
 }
 
-/// What the caller and the workers share. `generation`, the line idle
-/// workers spin on, is written by the caller alone, once a job; `active`,
-/// which every worker increments and decrements once a job, has a line of
-/// its own, so that those writes do not take the spun-on line from every
-/// spinning worker (false sharing: with 16 threads, ~30 such transfers a
-/// job). The other fields change at most twice a job (`job`) or rarely.
+/// What the caller and the workers share. `generation` and `job`, which
+/// idle workers spin on and read once a job, share a line written by the
+/// caller alone (twice a job); every other line a job touches is written by
+/// one thread: a worker's `busy`, a task's claim.
 struct Shared {
-    /// Bumped for every job: what idle workers spin (then wait) on.
-    generation: CachePadded<AtomicUsize>,
-    /// The job being run, or null. Workers enter it by raising `active`
-    /// before they read it; the caller clears it before it waits for
-    /// `active` to fall to zero, so a worker either counts or sees null.
-    job: AtomicPtr<()>,
-    active: CachePadded<AtomicUsize>,
+    head: CachePadded<Head>,
+    /// Per worker (index `i - 1` for worker `i`): the generation of the job
+    /// it is in, or [`IDLE`]. A worker sets it before it reads `job`; the
+    /// caller clears `job` before it waits for every `busy` to leave its
+    /// generation, so a worker either is waited for or sees no job.
+    busy: Box<[CachePadded<AtomicUsize>]>,
+    /// Per task slot (jobs of at most [`CLAIMS`] tasks): the generation
+    /// that last claimed it.
+    claims: Box<[CachePadded<AtomicUsize>]>,
+    /// Threads a job is split over (the caller and the workers asked for).
+    threads: usize,
     /// Workers parked (or about to park) on `wake`.
     sleeping: AtomicUsize,
     park: Mutex<()>,
@@ -74,6 +110,13 @@ struct Shared {
     stop: AtomicBool,
     /// A task panicked on a worker: the caller panics too once all are out.
     panicked: AtomicBool,
+}
+
+struct Head {
+    /// Bumped for every job: what idle workers spin (then wait) on.
+    generation: AtomicUsize,
+    /// The job being run, or null.
+    job: AtomicPtr<()>,
 }
 
 thread_local! {
@@ -126,24 +169,34 @@ pub struct Team {
 impl Team {
     /// A team of `threads` (the caller plus `threads - 1` workers). A worker
     /// that cannot be started leaves a smaller team, not an error: the
-    /// caller runs the tasks the missing workers would have.
+    /// caller and the others run the tasks the missing workers would have.
     pub fn new(threads: usize) -> Team {
+        let threads = threads.max(1);
+        let padded = |n: usize| {
+            (0..n)
+                .map(|_| CachePadded::new(AtomicUsize::new(IDLE)))
+                .collect()
+        };
         let shared = Arc::new(Shared {
-            generation: CachePadded::new(AtomicUsize::new(0)),
-            job: AtomicPtr::new(std::ptr::null_mut()),
-            active: CachePadded::new(AtomicUsize::new(0)),
+            head: CachePadded::new(Head {
+                generation: AtomicUsize::new(0),
+                job: AtomicPtr::new(std::ptr::null_mut()),
+            }),
+            busy: padded(threads - 1),
+            claims: padded(CLAIMS),
+            threads,
             sleeping: AtomicUsize::new(0),
             park: Mutex::new(()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
         });
-        let workers = (1..threads.max(1))
+        let workers = (1..threads)
             .filter_map(|i| {
                 let s = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("metallic-team-{i}"))
-                    .spawn(move || worker(&s))
+                    .spawn(move || worker(&s, i))
                     .ok()
             })
             .collect();
@@ -176,14 +229,18 @@ impl Team {
             return;
         };
         let s = &*self.shared;
+        // Only a caller holding `running` (or the team's drop) writes it.
+        let generation = s.head.generation.load(Ordering::Relaxed) + 1;
         let job = Job {
             f,
             tasks,
+            generation,
             next: CachePadded::new(AtomicUsize::new(0)),
         };
-        s.job
+        s.head
+            .job
             .store(&job as *const Job<'_> as *mut (), Ordering::SeqCst);
-        s.generation.fetch_add(1, Ordering::SeqCst);
+        s.head.generation.store(generation, Ordering::SeqCst);
         if s.sleeping.load(Ordering::SeqCst) > 0 {
             // Taking the lock orders this notify after a parking worker's
             // last look at the generation (it holds the lock until it waits).
@@ -193,8 +250,8 @@ impl Team {
         IN_TEAM.with(|c| c.set(true));
         // Closes the job and waits for the workers in it, also when a task
         // of this thread panics: `job` must outlive every worker's use.
-        let close = Close(s);
-        job.take_tasks();
+        let close = Close(s, generation);
+        job.take_tasks(s, 0, s.threads);
         drop(close);
         if s.panicked.swap(false, Ordering::SeqCst) {
             panic!("a task of the CPU decode team panicked");
@@ -203,15 +260,18 @@ impl Team {
 }
 
 /// Clears the published job and waits until no worker is inside it.
-struct Close<'a>(&'a Shared);
+struct Close<'a>(&'a Shared, usize);
 
 impl Drop for Close<'_> {
     fn drop(&mut self) {
-        self.0.job.store(std::ptr::null_mut(), Ordering::SeqCst);
-        let mut spins = 0u32;
-        while self.0.active.load(Ordering::SeqCst) > 0 {
-            spins = spins.wrapping_add(1);
-            relax(spins);
+        let (s, generation) = (self.0, self.1);
+        s.head.job.store(std::ptr::null_mut(), Ordering::SeqCst);
+        for b in s.busy.iter() {
+            let mut spins = 0u32;
+            while b.load(Ordering::SeqCst) == generation {
+                spins = spins.wrapping_add(1);
+                relax(spins);
+            }
         }
         IN_TEAM.with(|c| c.set(false));
     }
@@ -221,7 +281,7 @@ impl Drop for Team {
     fn drop(&mut self) {
         let s = &*self.shared;
         s.stop.store(true, Ordering::SeqCst);
-        s.generation.fetch_add(1, Ordering::SeqCst);
+        s.head.generation.fetch_add(1, Ordering::SeqCst);
         drop(s.park.lock().unwrap_or_else(|e| e.into_inner()));
         s.wake.notify_all();
         for w in self.workers.drain(..) {
@@ -243,8 +303,11 @@ fn relax(spins: u32) {
     }
 }
 
-fn worker(s: &Shared) {
+/// Worker `me` (1..threads): spin, then park, until a new generation; enter
+/// its job if it is still the published one.
+fn worker(s: &Shared, me: usize) {
     IN_TEAM.with(|c| c.set(true));
+    let busy = &s.busy[me - 1];
     // The generation the team was created with, not a fresh load: a job or
     // the team's drop may bump it before this thread first runs.
     let mut seen = 0;
@@ -253,7 +316,7 @@ fn worker(s: &Shared) {
         let start = Instant::now();
         let mut spins = 0u32;
         seen = loop {
-            let g = s.generation.load(Ordering::SeqCst);
+            let g = s.head.generation.load(Ordering::SeqCst);
             if g != seen {
                 break g;
             }
@@ -262,7 +325,7 @@ fn worker(s: &Shared) {
             if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 let mut lock = s.park.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleeping.fetch_add(1, Ordering::SeqCst);
-                while s.generation.load(Ordering::SeqCst) == seen {
+                while s.head.generation.load(Ordering::SeqCst) == seen {
                     lock = s.wake.wait(lock).unwrap_or_else(|e| e.into_inner());
                 }
                 s.sleeping.fetch_sub(1, Ordering::SeqCst);
@@ -271,20 +334,28 @@ fn worker(s: &Shared) {
         if s.stop.load(Ordering::SeqCst) {
             return;
         }
-        s.active.fetch_add(1, Ordering::SeqCst);
-        let job = s.job.load(Ordering::SeqCst) as *const Job<'static>;
-        if !job.is_null() {
-            // SAFETY: the caller published `job` and clears it before waiting
-            // for `active` to reach zero; this worker raised `active` before
-            // reading it, so the job lives until the decrement below. Only
-            // the lifetime is erased.
+        // Announce the generation, then read the job, then check that the
+        // generation has not moved: the caller publishes a job before its
+        // generation, so a job read before an unchanged generation is that
+        // generation's, and its caller, which clears the job before it
+        // reads `busy`, waits for this worker (sequentially consistent
+        // order: either it sees `busy` or this thread sees the cleared job).
+        busy.store(seen, Ordering::SeqCst);
+        let job = s.head.job.load(Ordering::SeqCst) as *const Job<'static>;
+        if !job.is_null() && s.head.generation.load(Ordering::SeqCst) == seen {
+            // SAFETY: see above: the job's caller waits for `busy` to leave
+            // `seen` before the job goes out of scope. Only the lifetime is
+            // erased.
             let job: &Job<'_> = unsafe { &*job };
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.take_tasks()));
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                job.take_tasks(s, me, s.threads)
+            }));
             if run.is_err() {
                 s.panicked.store(true, Ordering::SeqCst);
             }
         }
-        s.active.fetch_sub(1, Ordering::SeqCst);
+        // Release: the tasks' writes before the caller's return.
+        busy.store(IDLE, Ordering::Release);
     }
 }
 
@@ -296,7 +367,9 @@ mod tests {
     fn every_task_runs_once_on_teams_of_every_size() {
         for threads in [1, 2, 3, 8] {
             let team = Team::new(threads);
-            for tasks in [0, 1, 2, 7, 100] {
+            // Fewer, as many and more tasks than threads; both sides of
+            // the claimed-slot limit.
+            for tasks in [0, 1, 2, 7, CLAIMS, CLAIMS + 1, 100] {
                 for _round in 0..50 {
                     let seen: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
                     team.run(tasks, &|t| {
