@@ -121,9 +121,10 @@ __device__ __forceinline__ float4 ldg_f4(const float* p) {
 #define EPI_STORE 0
 #define EPI_ADD 1
 #define EPI_SWIGLU 2
-// EPI_ROPE (vecdot only, the fused QKV product of decode): rows in the pairs
-// that rotary embedding moves together (rope_slot), one warp a pair; the pair
-// is rotated, written, and its K or V values stored in the cache (RopeKv).
+// EPI_ROPE (the fused QKV product of decode, one activation row; the
+// `_rope_m1` kernels only): rows in the pairs that rotary embedding moves
+// together (rope_slot), one warp a pair; the pair is rotated, written, and
+// its K or V values stored in the cache (RopeKv, rope_store_pair below).
 #define EPI_ROPE 3
 
 #define MATVEC_ARGS                                                                      \
@@ -309,7 +310,7 @@ __device__ __forceinline__ int matvec_rows(int n, int epi) {
 // 2j + 1) in style 0 (normal), (j, j + dim/2) in style 1 (neox): true. The
 // other slots (the unrotated tail [dim, hd) of Q and K heads, and V heads)
 // are two neighbours: false. Shared by rope_kv_store.cu and the fused QKV
-// product of matmul_vecdot.cu, so that both move the same values.
+// products (EPI_ROPE below), so that they move the same values.
 __device__ __forceinline__ bool rope_slot(int h, int j, int n_heads, int n_kv, int dim, int style,
                                           int& i0, int& i1) {
     const int half = dim / 2;
@@ -337,6 +338,84 @@ __device__ __forceinline__ void rope_rotate(float& x0, float& x1, int j, int p, 
     x0 = y0;
     x1 = y1;
 }
+
+// ---------------------------------------------------------------- the fused QKV product (EPI_ROPE)
+// Shared by the decode QKV products of matmul_vecdot.cu and matmul_fdot.cu:
+// a warp computes the two rows that rope moves together, then rotates and
+// stores them (rope_store_pair), so both kernels move the values
+// rope_kv_store.cu makes of the unfused product.
+
+// EPI_ROPE's arguments: positions [m], the layer's f32 caches [n_kv,
+// capacity, hd], the rotary parameters (rope_kv_store.cu's).
+struct RopeKv {
+    const int* pos;
+    float* kc;
+    float* vc;
+    const float* factors;
+    int capacity, n_heads, n_kv, hd, dim, style;
+    float theta, pos_scale;
+};
+
+// The two weight rows of a warp's pair p: SwiGLU's gate row p and up row
+// p + nr; EPI_ROPE's pair of slot j of head h (rope_slot); else row p alone.
+__device__ __forceinline__ void pair_rows(int p, int epi, int nr, const RopeKv& rk, int& ra,
+                                          int& rb) {
+    ra = p;
+    rb = p + nr;
+    if (epi == EPI_ROPE) {
+        const int slots = rk.hd / 2, h = p / slots, j = p % slots;
+        int i0, i1;
+        rope_slot(h, j, rk.n_heads, rk.n_kv, rk.dim, rk.style, i0, i1);
+        ra = h * rk.hd + i0;
+        rb = h * rk.hd + i1;
+    }
+}
+
+// EPI_ROPE's store (lane 0 after the reductions): the pair's product plus
+// bias, as matvec_store writes it, rotated where the slot rotates (the
+// values rope_kv_store.cu makes of it), written to out and, for K and V
+// heads at positions inside the cache, to the cache.
+template <int M>
+__device__ __forceinline__ void rope_store_pair(float (&a)[M], float (&b)[M], int lane, int p,
+                                                int ra, int rb, float* out, int ldo,
+                                                const float* bias, const RopeKv& rk) {
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        a[m] = warp_sum(a[m]);
+        b[m] = warp_sum(b[m]);
+    }
+    if (lane != 0) return;
+    const int slots = rk.hd / 2, h = p / slots, j = p % slots;
+    int i0, i1;
+    const bool rot = rope_slot(h, j, rk.n_heads, rk.n_kv, rk.dim, rk.style, i0, i1);
+    const float ba = bias ? bias[ra] : 0.0f, bb = bias ? bias[rb] : 0.0f;
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        float x0 = a[m] + ba, x1 = b[m] + bb;
+        const int pos = rk.pos[m];
+        if (rot) rope_rotate(x0, x1, j, pos, rk.dim, rk.theta, rk.pos_scale, rk.factors);
+        out[(long long)m * ldo + ra] = x0;
+        out[(long long)m * ldo + rb] = x1;
+        if (h >= rk.n_heads && pos >= 0 && pos < rk.capacity) {
+            const bool is_v = h >= rk.n_heads + rk.n_kv;
+            const int kvh = h - rk.n_heads - (is_v ? rk.n_kv : 0);
+            float* c = (is_v ? rk.vc : rk.kc) + ((long long)kvh * rk.capacity + pos) * rk.hd;
+            c[i0] = x0;
+            c[i1] = x1;
+        }
+    }
+}
+
+// An EPI_ROPE kernel's arguments after MATVEC_ARGS: the positions, then
+// rope_kv_store.cu's arguments from n_heads on, in its order (the launchers
+// build them in one place, ops/matmul_fdot.rs's rope_args).
+#define ROPE_KV_ARGS                                                                        \
+    const int *pos, int n_heads, int n_kv, int hd, int dim, float theta, float pos_scale, \
+        const float *factors, int style, float *kc, float *vc, int capacity
+
+// ROPE_KV_ARGS gathered into a RopeKv.
+#define ROPE_KV \
+    RopeKv { pos, kc, vc, factors, capacity, n_heads, n_kv, hd, dim, style, theta, pos_scale }
 
 // ---------------------------------------------------------------- attention
 

@@ -3,11 +3,13 @@
 // the same arithmetic as the CPU's `fdot` (only the summation order differs).
 // Every lane streams 16-byte chunks of its warp's weight row; the partial sums
 // meet in a shuffle reduction. The norm prologue and the epilogues
-// (common.cuh's MATVEC_ARGS) apply rms_norm.cu's, add.cu's and swiglu.cu's
-// operations, so a fused product equals the separate kernels' result (the
-// norm's scale but in rare ties of its f64 sum order).
+// (common.cuh's MATVEC_ARGS) apply rms_norm.cu's, add.cu's, swiglu.cu's and
+// rope_kv_store.cu's operations, so a fused product equals the separate
+// kernels' result (the norm's scale but in rare ties of its f64 sum order).
 //
 //  * fdot_<f32|f16|bf16>_m<M>: float weights.
+//  * fdot_<f32|f16|bf16>_rope_m1: float weights, decode's fused QKV product
+//    (EPI_ROPE: bias, rope and the KV-cache write in the epilogue).
 //  * fdot_<quant>_m<M>: quantised weights, 32 values at a time with the
 //    reference dequantisation's operations (formats.cuh decode32).
 
@@ -70,40 +72,59 @@ __device__ __forceinline__ void float_fma(float (&acc)[M], const uint4 (&v)[4], 
 // flight at once); each lane sums its chunks in ascending order, as a plain
 // walk over the row would. The warp's first batch of weights is loaded
 // before the wait on the producer kernel (weights do not depend on it).
-template <int T, int M>
-__device__ void fdot_float(MATVEC_ARGS) {
+//
+// ROPE (EPI_ROPE, the fused QKV product of decode): the warp takes the pair
+// of rows that rope rotates together (pair_rows), loaded and summed as
+// SwiGLU's gate and up rows are, so each row's sum has the bits of the
+// plain product's; rope_store_pair then adds the bias, rotates and writes
+// the pair and its cache values. A template flag, not the run-time `epi`
+// alone, so that the other kernels carry none of it.
+template <int T, int M, bool ROPE = false>
+__device__ void fdot_float(MATVEC_ARGS, const RopeKv rk = RopeKv{}) {
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     const int nr = matvec_rows(n, epi);
-    const bool glu = epi == EPI_SWIGLU;
+    const bool glu = !ROPE && epi == EPI_SWIGLU;
+    const bool two = ROPE || glu;
     const int nch = k / (T == T_F32 ? 4 : 8);  // 16-byte chunks a row
     const uint4* w = reinterpret_cast<const uint4*>(p0);
     int row = blockIdx.x * warps + (threadIdx.x >> 5);
+    // The warp's weight rows: row (and SwiGLU's up row row + nr), or the pair.
+    int ra = row, rb = row + nr;
+    if (ROPE) pair_rows(row, EPI_ROPE, nr, rk, ra, rb);
     uint4 v[4], vu[4];
     if (row < nr) {
-        float_load(v, w + (long long)row * nch, lane, nch);
-        if (glu) float_load(vu, w + (long long)(row + nr) * nch, lane, nch);
+        float_load(v, w + (long long)ra * nch, lane, nch);
+        if (two) float_load(vu, w + (long long)rb * nch, lane, nch);
     }
     pdl_enter();
     float sc[M];
     if (nw) rms_scales<M>(x, k, eps, sc);
     bool preloaded = true;
     for (; row < nr; row += gridDim.x * warps) {
-        const uint4* wr = w + (long long)row * nch;
-        const uint4* wu = w + (long long)(row + nr) * nch;
+        if (ROPE) {
+            pair_rows(row, EPI_ROPE, nr, rk, ra, rb);
+        } else {
+            ra = row;
+            rb = row + nr;
+        }
+        const uint4* wr = w + (long long)ra * nch;
+        const uint4* wu = w + (long long)rb * nch;
         float acc[M], up[M];
 #pragma unroll
         for (int m = 0; m < M; m++) acc[m] = up[m] = 0.0f;
         for (int c0 = lane; c0 < nch; c0 += 128) {
             if (!preloaded) {
                 float_load(v, wr, c0, nch);
-                if (glu) float_load(vu, wu, c0, nch);
+                if (two) float_load(vu, wu, c0, nch);
             }
             preloaded = false;
             float_fma<T, M>(acc, v, c0, nch, k, x, nw, sc);
-            if (glu) float_fma<T, M>(up, vu, c0, nch, k, x, nw, sc);
+            if (two) float_fma<T, M>(up, vu, c0, nch, k, x, nw, sc);
         }
         preloaded = false;
-        if (glu) {
+        if (ROPE) {
+            rope_store_pair<M>(acc, up, lane, row, ra, rb, out, ldo, bias, rk);
+        } else if (glu) {
             matvec_store_swiglu<M>(acc, up, lane, row, nr, out, ldo, bias);
         } else {
             matvec_store<M>(acc, lane, row, out, ldo, bias, epi);
@@ -173,3 +194,14 @@ MATVEC_ALL_M(fdot_q5_1, fdot_quant, T_Q5_1)
 MATVEC_ALL_M(fdot_q5_k, fdot_quant, T_Q5_K)
 MATVEC_ALL_M(fdot_q2_k, fdot_quant, T_Q2_K)
 MATVEC_ALL_M(fdot_q3_k, fdot_quant, T_Q3_K)
+
+// The fused QKV product of decode (EPI_ROPE) on float weights: one
+// activation row; the arguments of matmul_vecdot.cu's vecdot_<t>_rope_m1
+// (common.cuh's ROPE_KV_ARGS after MATVEC_ARGS).
+#define FDOT_ROPE(NAME, T)                                               \
+    extern "C" __global__ void NAME##_rope_m1(MATVEC_ARGS, ROPE_KV_ARGS) { \
+        fdot_float<T, 1, true>(MATVEC_PASS, ROPE_KV);                     \
+    }
+FDOT_ROPE(fdot_f32, T_F32)
+FDOT_ROPE(fdot_f16, T_F16)
+FDOT_ROPE(fdot_bf16, T_BF16)

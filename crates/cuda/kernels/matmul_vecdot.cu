@@ -319,67 +319,6 @@ __device__ __forceinline__ void quantize_block(const float* x, int k, i8* xq, XG
     }
 }
 
-// EPI_ROPE's arguments: positions [m], the layer's f32 caches [n_kv,
-// capacity, hd], the rotary parameters (rope_kv_store.cu's).
-struct RopeKv {
-    const int* pos;
-    float* kc;
-    float* vc;
-    const float* factors;
-    int capacity, n_heads, n_kv, hd, dim, style;
-    float theta, pos_scale;
-};
-
-// The two weight rows of a warp's pair p: SwiGLU's gate row p and up row
-// p + nr; EPI_ROPE's pair of slot j of head h (rope_slot); else row p alone.
-__device__ __forceinline__ void pair_rows(int p, int epi, int nr, const RopeKv& rk, int& ra,
-                                          int& rb) {
-    ra = p;
-    rb = p + nr;
-    if (epi == EPI_ROPE) {
-        const int slots = rk.hd / 2, h = p / slots, j = p % slots;
-        int i0, i1;
-        rope_slot(h, j, rk.n_heads, rk.n_kv, rk.dim, rk.style, i0, i1);
-        ra = h * rk.hd + i0;
-        rb = h * rk.hd + i1;
-    }
-}
-
-// EPI_ROPE's store (lane 0 after the reductions): the pair's product plus
-// bias, as matvec_store writes it, rotated where the slot rotates (the
-// values rope_kv_store.cu makes of it), written to out and, for K and V
-// heads at positions inside the cache, to the cache.
-template <int M>
-__device__ __forceinline__ void rope_store_pair(float (&a)[M], float (&b)[M], int lane, int p,
-                                                int ra, int rb, float* out, int ldo,
-                                                const float* bias, const RopeKv& rk) {
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-        a[m] = warp_sum(a[m]);
-        b[m] = warp_sum(b[m]);
-    }
-    if (lane != 0) return;
-    const int slots = rk.hd / 2, h = p / slots, j = p % slots;
-    int i0, i1;
-    const bool rot = rope_slot(h, j, rk.n_heads, rk.n_kv, rk.dim, rk.style, i0, i1);
-    const float ba = bias ? bias[ra] : 0.0f, bb = bias ? bias[rb] : 0.0f;
-#pragma unroll
-    for (int m = 0; m < M; m++) {
-        float x0 = a[m] + ba, x1 = b[m] + bb;
-        const int pos = rk.pos[m];
-        if (rot) rope_rotate(x0, x1, j, pos, rk.dim, rk.theta, rk.pos_scale, rk.factors);
-        out[(long long)m * ldo + ra] = x0;
-        out[(long long)m * ldo + rb] = x1;
-        if (h >= rk.n_heads && pos >= 0 && pos < rk.capacity) {
-            const bool is_v = h >= rk.n_heads + rk.n_kv;
-            const int kvh = h - rk.n_heads - (is_v ? rk.n_kv : 0);
-            float* c = (is_v ? rk.vc : rk.kc) + ((long long)kvh * rk.capacity + pos) * rk.hd;
-            c[i0] = x0;
-            c[i1] = x1;
-        }
-    }
-}
-
 // PRE: `x` holds the activations already quantised by quantize_act (copied
 // to shared memory); else `x` is f32 and each block quantises it itself,
 // normed first when nw is set (PRE takes no norm: the launcher never asks).
@@ -570,14 +509,9 @@ VECDOT_PRELOAD(vecdot_q5_1, T_Q5_1, )
 // block; the one-block types preload a unit of each row of the pair. After
 // MATVEC_ARGS the positions, then rope_kv_store.cu's arguments from n_heads
 // on, in its order.
-#define VECDOT_ROPE(NAME, T, R)                                                                \
-    extern "C" __global__ void NAME##_rope_m1(MATVEC_ARGS, const int* pos, int n_heads, int n_kv, \
-                                              int hd, int dim, float theta, float pos_scale,      \
-                                              const float* factors, int style, float* kc,         \
-                                              float* vc, int capacity) {                          \
-        const RopeKv r{pos, kc, vc, factors, capacity, n_heads, n_kv, hd, dim, style, theta,      \
-                       pos_scale};                                                                \
-        vecdot_quant<T, 1, false, R>(MATVEC_PASS, r);                                             \
+#define VECDOT_ROPE(NAME, T, R)                                          \
+    extern "C" __global__ void NAME##_rope_m1(MATVEC_ARGS, ROPE_KV_ARGS) { \
+        vecdot_quant<T, 1, false, R>(MATVEC_PASS, ROPE_KV);                 \
     }
 VECDOT_ROPE(vecdot_q8_0, T_Q8_0, 2)
 VECDOT_ROPE(vecdot_q4_0, T_Q4_0, 2)

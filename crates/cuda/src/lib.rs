@@ -71,7 +71,8 @@ pub struct CudaBackend {
     /// backend opens.
     fuse: AtomicBool,
     /// The QKV product with rope and the KV-cache write in its epilogue
-    /// (decode, one row, `vecdot`; then rope + kv_store is not its own
+    /// (decode, one row, `vecdot`, or float weights on `vecdot` or `fdot`:
+    /// `matmul::fuses_rope`; then rope + kv_store is not its own
     /// kernel): on with the other fusions, METALLIC_CUDA_FUSE_ROPE=0 turns
     /// it off alone (same results; measured in BENCHMARKS.md).
     fuse_rope: AtomicBool,
@@ -676,9 +677,8 @@ impl Backend for CudaBackend {
     ) -> bool {
         self.rope_fusion()
             && self.fuses_rope_kv_store(cache)
-            && imp == matmul::VECDOT
             && m == 1
-            && ops::matmul_vecdot::Vecdot::supports_rope(w, layout)
+            && matmul::fuses_rope(imp, w, layout)
     }
 
     fn matmul_rope_kv_store(
@@ -713,8 +713,8 @@ impl Backend for CudaBackend {
         let kp = cache.k.ptr_of(DType::F32, need, "k cache")?;
         let vp = cache.v.ptr_of(DType::F32, need, "v cache")?;
         self.dev.bind()?;
-        Ok(self.k.vecdot.launch_rope(
-            &self.dev, xp, w, op, nw, norm.eps, pp, layout, &p, kp, vp, capacity,
+        Ok(matmul::run_rope(
+            &self.dev, &self.k, imp, xp, w, op, nw, norm.eps, pp, layout, &p, kp, vp, capacity,
         )?)
     }
 

@@ -14,7 +14,11 @@
 //!
 //! `vecdot` and `fdot` also run a product with an RMS norm of its input and a
 //! residual-add or SwiGLU epilogue in one kernel ([`fuses`], `Fusion`):
-//! `Backend::matmul_fused` of the decode path.
+//! `Backend::matmul_fused` of the decode path. The decode QKV product also
+//! takes rope and the KV-cache write into its epilogue ([`fuses_rope`],
+//! [`run_rope`]): `vecdot`'s dp4a kernels for their types, and the `fdot`
+//! kernels for float weights under `vecdot` or `fdot` (both multiply float
+//! rows with the `fdot` kernels).
 //!
 //! `vecdot_chunked` is the batch-invariant path (`metallic serve
 //! --deterministic`): a `vecdot` kernel quantises each activation row by
@@ -33,14 +37,16 @@
 
 use std::sync::Arc;
 
-use metallic::backend::{MatmulImpl, MatmulShape};
+use metallic::backend::{MatmulImpl, MatmulShape, QkvLayout};
 
 use crate::device::Device;
 use crate::error::{CudaError, CudaResult};
 use crate::kernels::Kernels;
 use crate::linear::CudaLinear;
 use crate::ops::matmul_cublas::Blas;
-use crate::ops::matmul_fdot::Fusion;
+use crate::ops::matmul_fdot::{Fdot, Fusion};
+use crate::ops::matmul_vecdot::Vecdot;
+use crate::ops::rope::RopeParams;
 use crate::ops::{matmul_fdot, matmul_vecdot};
 use crate::wtype::WType;
 
@@ -117,6 +123,61 @@ pub fn fuses(imp: usize, w: &CudaLinear, m: usize, fu: &Fusion) -> bool {
     (imp == VECDOT || imp == FDOT)
         && (1..=matmul_fdot::MAX_M).contains(&m)
         && matmul_fdot::check_fusion(w, fu).is_ok()
+}
+
+/// Whether implementation `imp` runs the decode QKV product of `w` (one
+/// row) with rope and the KV-cache write in its epilogue ([`run_rope`]), in
+/// the arithmetic its plain product has, so that the result is the bits of
+/// the product then `rope_kv_store`: `vecdot` with its dp4a kernels, and
+/// float weights on `vecdot` or `fdot`, which both multiply them with the
+/// `fdot` kernels. Never `fdot` on quantised weights (its kernels there
+/// are not `vecdot`'s), `cublas` or `vecdot_chunked`.
+pub fn fuses_rope(imp: usize, w: &CudaLinear, layout: &QkvLayout) -> bool {
+    match imp {
+        VECDOT => Vecdot::supports_rope(w, layout) || Fdot::supports_rope(w, layout),
+        FDOT => Fdot::supports_rope(w, layout),
+        _ => false,
+    }
+}
+
+/// The decode QKV product of one row with implementation `imp`: `qkv =
+/// norm(x) W^T (+ bias)` rotated, and its K and V heads written into the
+/// f32 caches at `pos[0]`, in one kernel where [`fuses_rope`] says so.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_rope(
+    dev: &Arc<Device>,
+    k: &Kernels,
+    imp: usize,
+    x: u64,
+    w: &CudaLinear,
+    out: u64,
+    norm: u64,
+    eps: f32,
+    pos: u64,
+    layout: &QkvLayout,
+    p: &RopeParams,
+    k_cache: u64,
+    v_cache: u64,
+    capacity: usize,
+) -> CudaResult<()> {
+    if !fuses_rope(imp, w, layout) {
+        return Err(CudaError::Invalid(format!(
+            "matmul implementation #{imp} has no fused QKV product for {} rows of {} values \
+             in {} parts",
+            w.info.n,
+            w.info.k,
+            w.segs.len()
+        )));
+    }
+    if Fdot::supports_rope(w, layout) {
+        k.fdot.launch_rope(
+            dev, x, w, out, norm, eps, pos, layout, p, k_cache, v_cache, capacity,
+        )
+    } else {
+        k.vecdot.launch_rope(
+            dev, x, w, out, norm, eps, pos, layout, p, k_cache, v_cache, capacity,
+        )
+    }
 }
 
 /// `out = epilogue(norm(x)[m, k] W^T (+ bias))` with implementation `imp`;

@@ -263,8 +263,10 @@ fn rope_kv_store_matches_rope_then_kv_store() {
 /// (`matmul_rope_kv_store`, one kernel) equals the normed product then
 /// rope_kv_store bit for bit: qkv and both caches, both rope styles, a
 /// partial rotary dimension, frequency factors, a position outside the
-/// cache (rotated, not stored), weight types with and without preloaded
-/// units, with and without a bias.
+/// cache (rotated, not stored), with and without a bias. Quantised weight
+/// types with and without preloaded units (`vecdot`'s dp4a kernels), and
+/// F16, BF16 and F32 weights (the `fdot` kernels) under both `vecdot` and
+/// `fdot`, with rows of one chunk a lane and of several batches of chunks.
 #[test]
 fn qkv_product_with_rope_and_store_matches_product_then_rope_kv_store() {
     let Some(gpu) = cuda_or_skip() else { return };
@@ -273,18 +275,32 @@ fn qkv_product_with_rope_and_store_matches_product_then_rope_kv_store() {
         n_kv_heads: 2,
         head_dim: 64,
     };
-    let (k, capacity) = (256, 16);
+    let capacity = 16;
     let n = layout.row_width();
     let factors: Vec<f32> = (0..32).map(|i| 1.0 + i as f32 * 0.25).collect();
-    let vecdot = imp(&gpu, "vecdot");
+    let (vecdot, fdot) = (imp(&gpu, "vecdot"), imp(&gpu, "fdot"));
     let default = gpu.rope_fusion();
-    for ty in [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q5_1,
-        GgmlType::Q4_K,
+    for (ty, k) in [
+        (GgmlType::Q8_0, 256),
+        (GgmlType::Q4_0, 256),
+        (GgmlType::Q5_1, 256),
+        (GgmlType::Q4_K, 256),
+        (GgmlType::F16, 256),
+        (GgmlType::F16, 1088),
+        (GgmlType::BF16, 256),
+        (GgmlType::BF16, 1088),
+        (GgmlType::F32, 256),
+        (GgmlType::F32, 1088),
     ] {
-        for bias in [true, false] {
+        let float = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::F32);
+        // `fdot` multiplies quantised rows with its own kernels, not
+        // `vecdot`'s: no fused product there.
+        let imps = if float {
+            vec![vecdot, fdot]
+        } else {
+            vec![vecdot]
+        };
+        for (im, bias) in imps.iter().flat_map(|&i| [(i, true), (i, false)]) {
             let mut tensors = vec![("w", ty, k, n, randn(n * k, 21))];
             if bias {
                 tensors.push(("b", GgmlType::F32, n, 1, randn(n, 22)));
@@ -322,20 +338,23 @@ fn qkv_product_with_rope_and_store_matches_product_then_rope_kv_store() {
                             freq_factors: fac.as_ref(),
                         };
                         assert_eq!(
-                            gpu.fuses_matmul_rope_kv_store(vecdot, &w, 1, &layout, &cache),
+                            gpu.fuses_matmul_rope_kv_store(im, &w, 1, &layout, &cache),
                             fused,
-                            "{ty:?}: the fused QKV product should be used exactly when on"
+                            "{ty:?} imp {im}: the fused QKV product should be used exactly when on"
                         );
+                        if !float {
+                            assert!(!gpu.fuses_matmul_rope_kv_store(fdot, &w, 1, &layout, &cache));
+                        }
                         if fused {
                             gpu.matmul_rope_kv_store(
-                                vecdot, &x, &norm, &w, 1, &mut qkv, &p, &layout, &rope, &mut cache,
+                                im, &x, &norm, &w, 1, &mut qkv, &p, &layout, &rope, &mut cache,
                                 capacity,
                             )
                             .unwrap();
                         } else {
                             let mut normed = gpu.alloc(DType::F32, k, "normed").unwrap();
                             gpu.matmul_fused(
-                                vecdot,
+                                im,
                                 &x,
                                 Some(&norm),
                                 &w,
@@ -359,7 +378,8 @@ fn qkv_product_with_rope_and_store_matches_product_then_rope_kv_store() {
                     };
                     let (a, b) = (run(true), run(false));
                     let what = format!(
-                        "{ty:?} bias {bias} {style:?} dim {dim} factors {with_factors} pos {at}"
+                        "{ty:?} k {k} imp {im} bias {bias} {style:?} dim {dim} \
+                         factors {with_factors} pos {at}"
                     );
                     assert_eq!(a.0, b.0, "{what}: qkv differs");
                     assert_eq!(a.1, b.1, "{what}: K cache differs");
@@ -572,12 +592,17 @@ fn decode_graph_nodes(gpu: &CudaBackend, ty: GgmlType, layers: usize, fused: boo
 /// The fused decode step runs six kernels a layer (norm+QKV, rope+KV
 /// write, attention, O+add, norm+gate|up+SwiGLU, down+add: no separate
 /// quantise, norm, add or SwiGLU kernel), five with the rope fusion on
-/// (norm+QKV+rope+KV write), on 8-bit and 4-bit weights; twelve or more
-/// unfused.
+/// (norm+QKV+rope+KV write), on 8-bit, 4-bit, F16 and BF16 weights (the
+/// float ones on the `fdot` kernels); twelve or more unfused.
 #[test]
 fn fused_decode_runs_six_kernels_a_layer_five_with_the_rope_fusion() {
     let Some(gpu) = cuda_or_skip() else { return };
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ] {
         let per_layer = |fused: bool| {
             let (a, b) = (
                 decode_graph_nodes(&gpu, ty, 2, fused),

@@ -1,10 +1,16 @@
 //! `fdot`: matrix-vector products for up to [`MAX_M`] rows with f32
 //! activations and weights decoded to f32 in registers (`kernels/matmul_fdot.cu`).
 //! The same arithmetic as the CPU's `fdot`: no activation rounding.
+//!
+//! Float weights also take decode's fused QKV product
+//! ([`Fdot::launch_rope`]: rope and the KV-cache write in the epilogue),
+//! whose arguments [`rope_args`] builds for both it and `vecdot`'s.
 
-use metallic::backend::Epilogue;
+use metallic::backend::{Epilogue, QkvLayout};
 
 use super::kernel_source;
+use super::rope::RopeParams;
+use super::rope_kv_store::rotation_args;
 use crate::compile::KernelSource;
 use crate::device::{Arg, Device, Func};
 use crate::error::{CudaError, CudaResult};
@@ -30,6 +36,9 @@ pub(crate) fn supports_k(t: WType, k: usize) -> bool {
 pub(crate) struct Fdot {
     /// `fdot_<type>_m<M>`, by [`WType`] and `M - 1`.
     f: [[Func; MAX_M]; WType::COUNT],
+    /// `fdot_<type>_rope_m1` for the float types (null for the others): the
+    /// fused QKV product of decode.
+    rope: [Func; WType::COUNT],
 }
 
 /// Warps per block and blocks for a matrix-vector launch over `rows` rows:
@@ -132,6 +141,38 @@ pub(crate) fn check_fusion(w: &CudaLinear, fu: &Fusion) -> CudaResult<()> {
     Ok(())
 }
 
+/// `EPI_ROPE` in common.cuh: the fused QKV product's epilogue.
+const EPI_ROPE: i32 = 3;
+
+/// Whether a fused QKV product (`EPI_ROPE`) covers the rows of `w`: one
+/// segment (one kernel), the rows of whole Q, K and V heads, heads of an
+/// even size (a warp takes a pair of values).
+pub(crate) fn rope_rows(w: &CudaLinear, layout: &QkvLayout) -> bool {
+    w.segs.len() == 1 && w.info.n == layout.row_width() && layout.head_dim.is_multiple_of(2)
+}
+
+/// The arguments of a fused QKV product's kernel (`<impl>_<type>_rope_m1`,
+/// common.cuh's `ROPE_KV_ARGS` after `MATVEC_ARGS`): `matvec` (from
+/// [`matvec_args`]) with `EPI_ROPE` for the epilogue, the positions, then
+/// `rope_kv_store`'s arguments from the head counts on.
+pub(crate) fn rope_args(
+    matvec: [Arg; 14],
+    pos: u64,
+    layout: &QkvLayout,
+    p: &RopeParams,
+    k_cache: u64,
+    v_cache: u64,
+    capacity: usize,
+) -> [Arg; 26] {
+    let mut args = [Arg(0); 26];
+    args[..14].copy_from_slice(&matvec);
+    args[12] = Arg::from(EPI_ROPE);
+    args[14] = Arg(pos);
+    args[15..23].copy_from_slice(&rotation_args(layout, p));
+    args[23..].copy_from_slice(&[Arg(k_cache), Arg(v_cache), Arg::from(capacity as i32)]);
+    args
+}
+
 pub(crate) fn check_m(m: usize) -> CudaResult<()> {
     if m == 0 || m > MAX_M {
         return Err(CudaError::Invalid(format!(
@@ -150,7 +191,11 @@ impl Fdot {
                 f[t as usize][m - 1] = module.function(&format!("fdot_{}_m{m}", t.suffix()))?;
             }
         }
-        Ok(Fdot { f })
+        let mut rope = [Func::null(); WType::COUNT];
+        for t in WType::ALL.into_iter().filter(|t| !t.is_quantized()) {
+            rope[t as usize] = module.function(&format!("fdot_{}_rope_m1", t.suffix()))?;
+        }
+        Ok(Fdot { f, rope })
     }
 
     /// One segment's columns of `out[m, ldo] = epilogue(norm(x)[m, k] W^T (+ bias))`.
@@ -196,5 +241,64 @@ impl Fdot {
             self.launch_segment(dev, seg, w.info.k, m, x, out, ldo, bias, fu)?;
         }
         Ok(())
+    }
+    /// Whether [`launch_rope`](Self::launch_rope) runs the product of `w`
+    /// for one row: one segment of float weights whose rows `fdot` reads,
+    /// rows in whole heads of an even size.
+    pub fn supports_rope(w: &CudaLinear, layout: &QkvLayout) -> bool {
+        rope_rows(w, layout) && !w.segs[0].ty.is_quantized() && supports_k(w.segs[0].ty, w.info.k)
+    }
+
+    /// The fused QKV product of one decode row on float weights: `qkv =
+    /// norm(x) W^T (+ bias)` with the Q and K heads rotated and the K and V
+    /// heads written into the f32 caches `[kv_heads, capacity, head_dim]` at
+    /// `pos[0]` (not stored outside it): the bits of the product (as
+    /// [`launch`](Self::launch) computes it) then `rope_kv_store`. One warp
+    /// a pair of rows that rope moves together (`EPI_ROPE` in the kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn launch_rope(
+        &self,
+        dev: &Device,
+        x: u64,
+        w: &CudaLinear,
+        out: u64,
+        norm: u64,
+        eps: f32,
+        pos: u64,
+        layout: &QkvLayout,
+        p: &RopeParams,
+        k_cache: u64,
+        v_cache: u64,
+        capacity: usize,
+    ) -> CudaResult<()> {
+        if !Self::supports_rope(w, layout) {
+            return Err(CudaError::Invalid(format!(
+                "fdot: no fused QKV product for {} rows of {} values in {} parts",
+                w.info.n,
+                w.info.k,
+                w.segs.len()
+            )));
+        }
+        let (n, k) = (w.info.n, w.info.k);
+        let seg = &w.segs[0];
+        let bias = w.bias.as_ref().map_or(0, |b| b.ptr);
+        // The plain product's block (over n rows), so that the norm's scale,
+        // whose f64 sum follows the block's threads (rms_scales), has the
+        // same bits; a warp takes a pair of rows, so half the warps.
+        let (warps, _) = matvec_grid(dev, n);
+        let blocks = (n / 2).div_ceil(warps);
+        let fu = Fusion {
+            norm,
+            eps,
+            epilogue: Epilogue::Store,
+        };
+        let mv = matvec_args(seg, k, x, out, n, bias, &fu, 1);
+        dev.launch(
+            self.rope[seg.ty as usize],
+            (blocks as u32, 1, 1),
+            (warps * 32) as u32,
+            0,
+            &rope_args(mv, pos, layout, p, k_cache, v_cache, capacity),
+        )
     }
 }

@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex};
 
 use metallic::backend::{Epilogue, QkvLayout};
 
-use super::matmul_fdot::{check_fusion, check_m, matvec_args, matvec_grid, Fdot, Fusion, MAX_M};
+use super::matmul_fdot::{
+    check_fusion, check_m, matvec_args, matvec_grid, rope_args, rope_rows, Fdot, Fusion, MAX_M,
+};
 use super::rope::RopeParams;
-use super::rope_kv_store::rotation_args;
 use super::{ew_grid, kernel_source, EW_BLOCK};
 use crate::compile::KernelSource;
 use crate::device::{Arg, Device, DeviceBuffer, Func};
@@ -336,14 +337,10 @@ impl Vecdot {
 
     /// Whether [`launch_rope`](Self::launch_rope) runs the product of `w`
     /// for one row of `k` values: one segment of a type with a `vecdot`
-    /// kernel, rows in whole heads of an even size.
+    /// kernel, rows in whole heads of an even size. (Float weights take
+    /// `fdot`'s: [`Fdot::launch_rope`].)
     pub fn supports_rope(w: &CudaLinear, layout: &QkvLayout) -> bool {
-        let (n, k) = (w.info.n, w.info.k);
-        w.segs.len() == 1
-            && w.segs[0].ty.has_vecdot()
-            && supports(w.segs[0].ty, k, 1)
-            && n == layout.row_width()
-            && layout.head_dim.is_multiple_of(2)
+        rope_rows(w, layout) && w.segs[0].ty.has_vecdot() && supports(w.segs[0].ty, w.info.k, 1)
     }
 
     /// Warps a block, blocks and warps a row (split-K) of a one-row-a-warp
@@ -413,23 +410,13 @@ impl Vecdot {
             eps,
             epilogue: Epilogue::Store,
         };
-        // MATVEC_ARGS (with EPI_ROPE for the epilogue), the positions, then
-        // rope_kv_store's arguments from the head counts on.
-        let mut args = [Arg(0); 26];
-        args[..14].copy_from_slice(&matvec_args(seg, k, x, out, n, bias, &fu, split));
-        args[12] = Arg::from(EPI_ROPE);
-        args[14] = Arg(pos);
-        args[15..23].copy_from_slice(&rotation_args(layout, p));
-        args[23..].copy_from_slice(&[Arg(k_cache), Arg(v_cache), Arg::from(capacity as i32)]);
+        let mv = matvec_args(seg, k, x, out, n, bias, &fu, split);
         dev.launch(
             f,
             (blocks as u32, 1, 1),
             (warps * split * 32) as u32,
             xq_bytes(1, k) as u32,
-            &args,
+            &rope_args(mv, pos, layout, p, k_cache, v_cache, capacity),
         )
     }
 }
-
-/// `EPI_ROPE` in common.cuh.
-const EPI_ROPE: i32 = 3;

@@ -30,7 +30,7 @@ pub(crate) fn supports(layout: &QkvLayout) -> bool {
 
 /// The arguments that say which values rotate and how, in the order every
 /// kernel that rotates a fused QKV row takes them (rope_kv_store.cu's two
-/// kernels, matmul_vecdot.cu's `EPI_ROPE`): the head counts and size, then
+/// kernels, the fused QKV products' `EPI_ROPE`): the head counts and size, then
 /// [`RopeParams::args`].
 pub(crate) fn rotation_args(layout: &QkvLayout, p: &RopeParams) -> [Arg; 8] {
     let r = p.args();
