@@ -20,19 +20,37 @@
 // with one chunk it writes the output itself, otherwise into `part`, and the
 // last of the active blocks of a head to finish (counted in `counters`, which
 // it resets) merges the chunks into out. At most 32 splits.
-template <int HD>
+// The decode block's own shared arrays, declared once in the kernel for
+// every instance of the body.
+struct DecodeShared {
+    __align__(16) float q[256];
+    float wm[4], wl[4];
+    float wacc[4][256];
+    float sw[32];
+    float sinv;
+    bool last;
+};
+
+// Keys and values come from the cache (SM false) or from the block's copy
+// of its chunk in shared memory (SM true: rows t0..t1 at ks / vs, K rows
+// padded to hd + 4 floats so that the lanes' 16-byte loads of 32 different
+// rows fall in different banks); the arithmetic is the same either way.
+template <int HD, bool SM>
 __device__ __forceinline__ void attn_decode_body(const float* qkv, const float* kc,
                                                  const float* vc, const int* pos, int n_heads,
                                                  int n_kv, int hd_rt, int capacity, float scale,
-                                                 float* part, unsigned* counters, float* out) {
+                                                 float* part, unsigned* counters, float* out,
+                                                 const float* ks, const float* vs,
+                                                 DecodeShared& sh) {
     constexpr int DPL = HD ? (HD + 31) / 32 : MAX_DPL;
     const int hd = HD ? HD : hd_rt;
-    __shared__ __align__(16) float q[256];
-    __shared__ float wm[4], wl[4];
-    __shared__ float wacc[4][256];
-    __shared__ float sw[32];
-    __shared__ float sinv;
-    __shared__ bool last;
+    float* q = sh.q;
+    float* wm = sh.wm;
+    float* wl = sh.wl;
+    auto& wacc = sh.wacc;
+    float* sw = sh.sw;
+    float& sinv = sh.sinv;
+    bool& last = sh.last;
     const int h = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int kvh = h / (n_heads / n_kv);
@@ -45,15 +63,20 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, const float* 
     for (int d = threadIdx.x; d < hd; d += blockDim.x) q[d] = qkv[(long long)h * hd + d];
     __syncthreads();
 
-    const float* kb = kc + (long long)kvh * capacity * hd;
-    const float* vb = vc + (long long)kvh * capacity * hd;
+    // Row t of K is at kb + (t - tb) * kst, of V at vb + (t - tb) * vst.
+    const float* kb = SM ? ks : kc + (long long)kvh * capacity * hd;
+    const float* vb = SM ? vs : vc + (long long)kvh * capacity * hd;
+    const int kst = SM ? hd + 4 : hd, vst = hd, tb = SM ? t0 : 0;
     float mw = -INFINITY, lw = 0.0f, acc[DPL];
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0.0f;
     for (int base = t0 + warp * 32; base < t1; base += 128) {
         int t = base + lane;
         float s = -INFINITY;
-        if (t < t1) s = dot_q_k_n<HD>(q, kb + (long long)t * hd, hd) * scale;
+        if (t < t1) {
+            const float* kr = kb + (long long)(t - tb) * kst;
+            s = (SM ? dot_q_k_sm<HD>(q, kr, hd) : dot_q_k_n<HD>(q, kr, hd)) * scale;
+        }
         float nm = fmaxf(mw, warp_max(s));
         float p = t < t1 ? expf(s - nm) : 0.0f;
         float corr = expf(mw - nm);
@@ -67,21 +90,21 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, const float* 
 #pragma unroll
             for (int j = 0; j < 32; j++) {
                 float pj = __shfl_sync(FULL_MASK, p, j);
-                const float* vr = vb + (long long)(base + j) * hd;
+                const float* vr = vb + (long long)(base + j - tb) * vst;
 #pragma unroll
                 for (int i = 0; i < DPL; i++) {
                     int d = lane + 32 * i;
-                    if (d < hd) acc[i] += pj * __ldg(vr + d);
+                    if (d < hd) acc[i] += pj * (SM ? vr[d] : __ldg(vr + d));
                 }
             }
         } else {
             for (int j = 0; j < n; j++) {
                 float pj = __shfl_sync(FULL_MASK, p, j);
-                const float* vr = vb + (long long)(base + j) * hd;
+                const float* vr = vb + (long long)(base + j - tb) * vst;
 #pragma unroll
                 for (int i = 0; i < DPL; i++) {
                     int d = lane + 32 * i;
-                    if (d < hd) acc[i] += pj * __ldg(vr + d);
+                    if (d < hd) acc[i] += pj * (SM ? vr[d] : __ldg(vr + d));
                 }
             }
         }
@@ -148,35 +171,123 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, const float* 
     if (threadIdx.x == 0) counters[h] = 0;
 }
 
+// Chunk bounds of decode block `split` for a filled length L (the body's).
+__device__ __forceinline__ void decode_chunk(int L, int split, int splits, int& t0, int& t1,
+                                             int& active) {
+    const int chunk = max((L + splits - 1) / splits, DECODE_CHUNK_MIN);
+    active = (L + chunk - 1) / chunk;
+    t0 = min(split * chunk, L);
+    t1 = min(L, t0 + chunk);
+}
+
+// 16 bytes global -> shared without the registers (sm_80 on; a plain copy
+// before).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+#else
+    *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+// Copy rows r0..r1 of a KV head's K and V (16-byte pieces, hd % 4 == 0)
+// into the block's shared chunk that starts at row t0.
+__device__ __forceinline__ void stage_rows(const float* kb, const float* vb, int hd, int t0,
+                                           int r0, int r1, float* ks, float* vs, bool async) {
+    const int q4 = hd / 4;  // 16-byte pieces a row
+    const int pieces = (r1 - r0) * q4;
+    for (int i = threadIdx.x; i < pieces; i += blockDim.x) {
+        const int t = r0 + i / q4, d = 4 * (i % q4);
+        float* kd = ks + (t - t0) * (hd + 4) + d;
+        float* vd = vs + (t - t0) * hd + d;
+        const float* kg = kb + (long long)t * hd + d;
+        const float* vg = vb + (long long)t * hd + d;
+        if (async) {
+            cp_async16(kd, kg);
+            cp_async16(vd, vg);
+        } else {
+            *reinterpret_cast<float4*>(kd) = *reinterpret_cast<const float4*>(kg);
+            *reinterpret_cast<float4*>(vd) = *reinterpret_cast<const float4*>(vg);
+        }
+    }
+}
+
+// sm_keys > 0 (the launcher sizes the dynamic shared memory for that many
+// rows of K and V, and only where hd % 4 == 0 and the caches are 16-byte
+// aligned): a block whose chunk has at most sm_keys rows copies them to
+// shared memory, the rows older than the newest ones before the wait for
+// the kernel that writes q and the newest row (PDL): those were written by
+// earlier steps' kernels, long finished. The length read before the wait
+// may be an older step's where launches overlap, so only rows below both
+// lengths' newest row are taken from the early copy; the rest are copied
+// after the wait. Otherwise the chunk's rows are only asked of L2 early.
 extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const float* vc,
                                        const int* pos, int n_heads, int n_kv, int hd,
                                        int capacity, float scale, float* part,
-                                       unsigned* counters, float* out) {
+                                       unsigned* counters, float* out, int sm_keys) {
+    extern __shared__ __align__(16) float sm[];
+    __shared__ DecodeShared sh;
+    const int splits = gridDim.y, split = blockIdx.y;
+    const long long kvh = blockIdx.x / max(n_heads / max(n_kv, 1), 1);
+    const float* kb = kc + kvh * capacity * hd;
+    const float* vb = vc + kvh * capacity * hd;
+    float* ks = sm;
+    float* vs = sm + sm_keys * (hd + 4);
+    int early = 0, e0 = 0;  // rows e0..early were copied before the wait
     {
-        // Ask L2 for this block's chunk of K and V rows before the wait for
-        // the kernel that writes q and the newest row (PDL). Only a hint:
-        // the length read here may be an older step's where launches
-        // overlap, so the range is clamped to the cache and nothing read
-        // here is used.
-        const int L = min(max(pos[0] + 1, 0), capacity), splits = gridDim.y;
-        const int chunk = max((L + splits - 1) / splits, DECODE_CHUNK_MIN);
-        const int t0 = min(blockIdx.y * chunk, L), t1 = min(L, t0 + chunk);
-        const long long kvh = blockIdx.x / max(n_heads / max(n_kv, 1), 1);
-        const char* kb = reinterpret_cast<const char*>(kc + (kvh * capacity + t0) * hd);
-        const char* vb = reinterpret_cast<const char*>(vc + (kvh * capacity + t0) * hd);
-        const long long bytes = (long long)(t1 - t0) * hd * 4;
-        for (long long o = 128LL * threadIdx.x; o < bytes; o += 128LL * blockDim.x) {
-            prefetch_l2(kb + o);
-            prefetch_l2(vb + o);
+        const int L = min(max(pos[0] + 1, 0), capacity);
+        int t0, t1, active;
+        decode_chunk(L, split, splits, t0, t1, active);
+        if (sm_keys > 0 && t1 - t0 <= sm_keys) {
+            e0 = t0;
+            early = max(t0, min(t1, L - 1));
+            stage_rows(kb, vb, hd, t0, t0, early, ks, vs, true);
+        } else {
+            const char* kp = reinterpret_cast<const char*>(kb + (long long)t0 * hd);
+            const char* vp = reinterpret_cast<const char*>(vb + (long long)t0 * hd);
+            const long long bytes = (long long)(t1 - t0) * hd * 4;
+            for (long long o = 128LL * threadIdx.x; o < bytes; o += 128LL * blockDim.x) {
+                prefetch_l2(kp + o);
+                prefetch_l2(vp + o);
+            }
         }
     }
     pdl_enter();
-    if (hd == 64)
-        attn_decode_body<64>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out);
-    else if (hd == 128)
-        attn_decode_body<128>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out);
-    else
-        attn_decode_body<0>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out);
+    const int L = min(pos[0] + 1, capacity);
+    int t0, t1, active;
+    decode_chunk(L, split, splits, t0, t1, active);
+    const bool use_sm = sm_keys > 0 && t1 - t0 <= sm_keys;
+    if (use_sm) {
+        // The early rows count only where the chunk starts where it did
+        // before the wait and below the newest row of this step.
+        const int from = e0 == t0 ? max(t0, min(early, L - 1)) : t0;
+        stage_rows(kb, vb, hd, t0, from, t1, ks, vs, false);
+        cp_async_wait_all();
+        __syncthreads();
+    } else {
+        cp_async_wait_all();
+    }
+    if (hd == 64) {
+        if (use_sm)
+            attn_decode_body<64, true>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out, ks, vs, sh);
+        else
+            attn_decode_body<64, false>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out, ks, vs, sh);
+    } else if (hd == 128) {
+        if (use_sm)
+            attn_decode_body<128, true>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out, ks, vs, sh);
+        else
+            attn_decode_body<128, false>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out, ks, vs, sh);
+    } else if (use_sm) {
+        attn_decode_body<0, true>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out, ks, vs, sh);
+    } else {
+        attn_decode_body<0, false>(qkv, kc, vc, pos, n_heads, n_kv, hd, capacity, scale, part, counters, out, ks, vs, sh);
+    }
 }
 
 // Prefill (many query rows): grid (ceil(m / ROWS), n_heads), ROWS warps, one

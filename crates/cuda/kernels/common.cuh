@@ -455,3 +455,24 @@ __device__ __forceinline__ float dot_q_k_n(const float* q, const float* kr, int 
         return s0 + s1;
     }
 }
+
+// dot_q_k_n over a K row in shared memory (plain loads, same order of sums).
+template <int HD>
+__device__ __forceinline__ float dot_q_k_sm(const float* q, const float* kr, int hd) {
+    if constexpr (HD == 0) {
+        return dot_q_k(q, kr, hd);
+    } else {
+        float4 b[HD / 4];
+#pragma unroll
+        for (int i = 0; i < HD / 4; i++) b[i] = reinterpret_cast<const float4*>(kr)[i];
+        float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < HD / 4; i += 2) {
+            float4 a = *reinterpret_cast<const float4*>(q + 4 * i);
+            s0 += a.x * b[i].x + a.y * b[i].y + a.z * b[i].z + a.w * b[i].w;
+            float4 c = *reinterpret_cast<const float4*>(q + 4 * i + 4);
+            s1 += c.x * b[i + 1].x + c.y * b[i + 1].y + c.z * b[i + 1].z + c.w * b[i + 1].w;
+        }
+        return s0 + s1;
+    }
+}

@@ -28,6 +28,12 @@ const MMA_MIN_ROWS: usize = 16;
 const MAX_SPLITS: usize = 32;
 /// Largest head dimension (each lane owns at most 8 output dimensions).
 pub(crate) const MAX_HEAD_DIM: usize = 256;
+/// Most cache rows a decode block copies to shared memory (the fewest keys
+/// a split takes, so that every chunk of a context up to MAX_SPLITS times
+/// this fits where the head dimension allows).
+const STAGE_KEYS: usize = 256;
+/// Shared memory a decode block may take for its copy of K and V.
+const STAGE_BYTES: usize = 200 * 1024;
 
 pub(crate) struct Attention {
     decode: Func,
@@ -39,7 +45,22 @@ pub(crate) struct Attention {
     /// of Qwen2.5-0.5B 2.15x the f32 kernel's, KL divergence against float32
     /// unchanged within its error (docs/quality.md).
     f16: AtomicBool,
+    /// Whether decode blocks copy their chunk of K and V to shared memory,
+    /// the rows of earlier steps before the wait for their producer (see
+    /// `attn_decode`): on by default, METALLIC_CUDA_ATTN_STAGE=0 turns it
+    /// off (the same results either way).
+    stage: bool,
     scratch: Mutex<Option<Scratch>>,
+}
+
+/// METALLIC_CUDA_ATTN_STAGE=0 (or `off`, `false`, `no`): decode attention
+/// reads K and V from the cache (asked of L2 early) instead of staging them
+/// in shared memory.
+fn stage_from_env() -> bool {
+    !matches!(
+        std::env::var("METALLIC_CUDA_ATTN_STAGE").as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
 }
 
 /// METALLIC_CUDA_ATTN_F16=0 (or `off`, `false`, `no`): prefill attention in
@@ -73,11 +94,14 @@ impl Attention {
         let m = l.module(&SOURCE)?;
         let prefill = m.function("attn_prefill")?;
         l.allow_smem(prefill)?;
+        let decode = m.function("attn_decode")?;
+        l.allow_smem(decode)?;
         Ok(Attention {
-            decode: m.function("attn_decode")?,
+            decode,
             prefill,
             prefill_mma: m.function("attn_prefill_mma")?,
             f16: AtomicBool::new(f16_from_env()),
+            stage: stage_from_env(),
             scratch: Mutex::new(None),
         })
     }
@@ -101,6 +125,19 @@ impl Attention {
             && m >= MMA_MIN_ROWS
             && (cache.k | cache.v).is_multiple_of(16)
             && qkv.is_multiple_of(8)
+    }
+
+    /// Rows of K and V a decode block stages in shared memory (0: none):
+    /// as many as [`STAGE_BYTES`] and the device allow, at most
+    /// [`STAGE_KEYS`], where rows are whole 16-byte pieces.
+    fn stage_keys(&self, dev: &Device, hd: usize, cache: &Cache) -> usize {
+        if !self.stage || !hd.is_multiple_of(4) || !(cache.k | cache.v).is_multiple_of(16) {
+            return 0;
+        }
+        // K rows padded by 4 floats, V rows as they are; the kernel's
+        // static arrays (~5 KB) come out of the same budget.
+        let budget = STAGE_BYTES.min((dev.smem_optin as usize).saturating_sub(8 * 1024));
+        (budget / ((2 * hd + 4) * 4)).min(STAGE_KEYS)
     }
 
     fn scratch(&self, dev: &Arc<Device>, heads: usize, floats: usize) -> CudaResult<(u64, u64)> {
@@ -149,11 +186,12 @@ impl Attention {
             // the launch is the same at every step of a replayed decode.
             let splits = capacity.div_ceil(128).clamp(1, MAX_SPLITS);
             let (part, counters) = self.scratch(dev, nh, nh * splits * (hd + 2))?;
+            let stage = self.stage_keys(dev, hd, cache);
             dev.launch(
                 self.decode,
                 (nh as u32, splits as u32, 1),
                 128,
-                0,
+                (stage * (2 * hd + 4) * 4) as u32,
                 &[
                     Arg(qkv),
                     Arg(cache.k),
@@ -167,6 +205,7 @@ impl Attention {
                     Arg(part),
                     Arg(counters),
                     Arg(out),
+                    Arg::from(stage as i32),
                 ],
             )
         } else {
