@@ -75,7 +75,7 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, const float* 
         float s = -INFINITY;
         if (t < t1) {
             const float* kr = kb + (long long)(t - tb) * kst;
-            s = (SM ? dot_q_k_sm<HD>(q, kr, hd) : dot_q_k_n<HD>(q, kr, hd)) * scale;
+            s = dot_q_k_n<HD, SM>(q, kr, hd) * scale;
         }
         float nm = fmaxf(mw, warp_max(s));
         float p = t < t1 ? expf(s - nm) : 0.0f;

@@ -436,14 +436,19 @@ __device__ __forceinline__ float dot_q_k(const float* q, const float* kr, int hd
 
 // q . k over HD dimensions known at compile time: every load of the row is
 // issued before the first sum (0: the run-time `hd`).
-template <int HD>
+// SM: the row is in shared memory (plain loads; __ldg is for global memory).
+template <int HD, bool SM = false>
 __device__ __forceinline__ float dot_q_k_n(const float* q, const float* kr, int hd) {
     if constexpr (HD == 0) {
         return dot_q_k(q, kr, hd);
     } else {
         float4 b[HD / 4];
 #pragma unroll
-        for (int i = 0; i < HD / 4; i++) b[i] = __ldg(reinterpret_cast<const float4*>(kr) + i);
+        for (int i = 0; i < HD / 4; i++) {
+            const float4* p = reinterpret_cast<const float4*>(kr) + i;
+            if constexpr (SM) b[i] = *p;
+            else b[i] = __ldg(p);
+        }
         float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
         for (int i = 0; i < HD / 4; i += 2) {
@@ -456,23 +461,3 @@ __device__ __forceinline__ float dot_q_k_n(const float* q, const float* kr, int 
     }
 }
 
-// dot_q_k_n over a K row in shared memory (plain loads, same order of sums).
-template <int HD>
-__device__ __forceinline__ float dot_q_k_sm(const float* q, const float* kr, int hd) {
-    if constexpr (HD == 0) {
-        return dot_q_k(q, kr, hd);
-    } else {
-        float4 b[HD / 4];
-#pragma unroll
-        for (int i = 0; i < HD / 4; i++) b[i] = reinterpret_cast<const float4*>(kr)[i];
-        float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-        for (int i = 0; i < HD / 4; i += 2) {
-            float4 a = *reinterpret_cast<const float4*>(q + 4 * i);
-            s0 += a.x * b[i].x + a.y * b[i].y + a.z * b[i].z + a.w * b[i].w;
-            float4 c = *reinterpret_cast<const float4*>(q + 4 * i + 4);
-            s1 += c.x * b[i + 1].x + c.y * b[i + 1].y + c.z * b[i + 1].z + c.w * b[i + 1].w;
-        }
-        return s0 + s1;
-    }
-}
