@@ -713,8 +713,16 @@ impl Backend for CudaBackend {
         let kp = cache.k.ptr_of(DType::F32, need, "k cache")?;
         let vp = cache.v.ptr_of(DType::F32, need, "v cache")?;
         self.dev.bind()?;
+        let st = ops::matmul_fdot::RopeStore {
+            pos: pp,
+            layout,
+            params: &p,
+            k_cache: kp,
+            v_cache: vp,
+            capacity,
+        };
         Ok(matmul::run_rope(
-            &self.dev, &self.k, imp, xp, w, op, nw, norm.eps, pp, layout, &p, kp, vp, capacity,
+            &self.dev, &self.k, imp, xp, w, op, nw, norm.eps, &st,
         )?)
     }
 

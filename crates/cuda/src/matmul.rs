@@ -44,9 +44,8 @@ use crate::error::{CudaError, CudaResult};
 use crate::kernels::Kernels;
 use crate::linear::CudaLinear;
 use crate::ops::matmul_cublas::Blas;
-use crate::ops::matmul_fdot::{Fdot, Fusion};
+use crate::ops::matmul_fdot::{Fdot, Fusion, RopeStore};
 use crate::ops::matmul_vecdot::Vecdot;
-use crate::ops::rope::RopeParams;
 use crate::ops::{matmul_fdot, matmul_vecdot};
 use crate::wtype::WType;
 
@@ -153,30 +152,18 @@ pub(crate) fn run_rope(
     out: u64,
     norm: u64,
     eps: f32,
-    pos: u64,
-    layout: &QkvLayout,
-    p: &RopeParams,
-    k_cache: u64,
-    v_cache: u64,
-    capacity: usize,
+    st: &RopeStore<'_>,
 ) -> CudaResult<()> {
-    if !fuses_rope(imp, w, layout) {
-        return Err(CudaError::Invalid(format!(
-            "matmul implementation #{imp} has no fused QKV product for {} rows of {} values \
-             in {} parts",
-            w.info.n,
-            w.info.k,
-            w.segs.len()
-        )));
+    if !fuses_rope(imp, w, st.layout) {
+        return Err(matmul_fdot::no_rope_product(
+            &format!("matmul implementation #{imp}"),
+            w,
+        ));
     }
-    if Fdot::supports_rope(w, layout) {
-        k.fdot.launch_rope(
-            dev, x, w, out, norm, eps, pos, layout, p, k_cache, v_cache, capacity,
-        )
+    if Fdot::supports_rope(w, st.layout) {
+        k.fdot.launch_rope(dev, x, w, out, norm, eps, st)
     } else {
-        k.vecdot.launch_rope(
-            dev, x, w, out, norm, eps, pos, layout, p, k_cache, v_cache, capacity,
-        )
+        k.vecdot.launch_rope(dev, x, w, out, norm, eps, st)
     }
 }
 

@@ -151,26 +151,45 @@ pub(crate) fn rope_rows(w: &CudaLinear, layout: &QkvLayout) -> bool {
     w.segs.len() == 1 && w.info.n == layout.row_width() && layout.head_dim.is_multiple_of(2)
 }
 
+/// Where a fused QKV product's epilogue puts its values: the positions
+/// `[1]`, the layout and rotary parameters (rope_kv_store.cu's), and the
+/// layer's f32 caches `[kv_heads, capacity, head_dim]`.
+#[derive(Clone, Copy)]
+pub(crate) struct RopeStore<'a> {
+    pub pos: u64,
+    pub layout: &'a QkvLayout,
+    pub params: &'a RopeParams,
+    pub k_cache: u64,
+    pub v_cache: u64,
+    pub capacity: usize,
+}
+
 /// The arguments of a fused QKV product's kernel (`<impl>_<type>_rope_m1`,
 /// common.cuh's `ROPE_KV_ARGS` after `MATVEC_ARGS`): `matvec` (from
 /// [`matvec_args`]) with `EPI_ROPE` for the epilogue, the positions, then
 /// `rope_kv_store`'s arguments from the head counts on.
-pub(crate) fn rope_args(
-    matvec: [Arg; 14],
-    pos: u64,
-    layout: &QkvLayout,
-    p: &RopeParams,
-    k_cache: u64,
-    v_cache: u64,
-    capacity: usize,
-) -> [Arg; 26] {
+pub(crate) fn rope_args(matvec: [Arg; 14], st: &RopeStore<'_>) -> [Arg; 26] {
     let mut args = [Arg(0); 26];
     args[..14].copy_from_slice(&matvec);
     args[12] = Arg::from(EPI_ROPE);
-    args[14] = Arg(pos);
-    args[15..23].copy_from_slice(&rotation_args(layout, p));
-    args[23..].copy_from_slice(&[Arg(k_cache), Arg(v_cache), Arg::from(capacity as i32)]);
+    args[14] = Arg(st.pos);
+    args[15..23].copy_from_slice(&rotation_args(st.layout, st.params));
+    args[23..].copy_from_slice(&[
+        Arg(st.k_cache),
+        Arg(st.v_cache),
+        Arg::from(st.capacity as i32),
+    ]);
     args
+}
+
+/// The error of a launcher asked for a fused QKV product it has no kernel for.
+pub(crate) fn no_rope_product(who: &str, w: &CudaLinear) -> CudaError {
+    CudaError::Invalid(format!(
+        "{who}: no fused QKV product for {} rows of {} values in {} parts",
+        w.info.n,
+        w.info.k,
+        w.segs.len()
+    ))
 }
 
 pub(crate) fn check_m(m: usize) -> CudaResult<()> {
@@ -264,20 +283,10 @@ impl Fdot {
         out: u64,
         norm: u64,
         eps: f32,
-        pos: u64,
-        layout: &QkvLayout,
-        p: &RopeParams,
-        k_cache: u64,
-        v_cache: u64,
-        capacity: usize,
+        st: &RopeStore<'_>,
     ) -> CudaResult<()> {
-        if !Self::supports_rope(w, layout) {
-            return Err(CudaError::Invalid(format!(
-                "fdot: no fused QKV product for {} rows of {} values in {} parts",
-                w.info.n,
-                w.info.k,
-                w.segs.len()
-            )));
+        if !Self::supports_rope(w, st.layout) {
+            return Err(no_rope_product("fdot", w));
         }
         let (n, k) = (w.info.n, w.info.k);
         let seg = &w.segs[0];
@@ -298,7 +307,7 @@ impl Fdot {
             (blocks as u32, 1, 1),
             (warps * 32) as u32,
             0,
-            &rope_args(mv, pos, layout, p, k_cache, v_cache, capacity),
+            &rope_args(mv, st),
         )
     }
 }

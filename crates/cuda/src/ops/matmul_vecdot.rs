@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use metallic::backend::{Epilogue, QkvLayout};
 
 use super::matmul_fdot::{
-    check_fusion, check_m, matvec_args, matvec_grid, rope_args, rope_rows, Fdot, Fusion, MAX_M,
+    check_fusion, check_m, matvec_args, matvec_grid, no_rope_product, rope_args, rope_rows, Fdot,
+    Fusion, RopeStore, MAX_M,
 };
-use super::rope::RopeParams;
 use super::{ew_grid, kernel_source, EW_BLOCK};
 use crate::compile::KernelSource;
 use crate::device::{Arg, Device, DeviceBuffer, Func};
@@ -385,20 +385,10 @@ impl Vecdot {
         out: u64,
         norm: u64,
         eps: f32,
-        pos: u64,
-        layout: &QkvLayout,
-        p: &RopeParams,
-        k_cache: u64,
-        v_cache: u64,
-        capacity: usize,
+        st: &RopeStore<'_>,
     ) -> CudaResult<()> {
-        if !Self::supports_rope(w, layout) {
-            return Err(CudaError::Invalid(format!(
-                "vecdot: no fused QKV product for {} rows of {} values in {} parts",
-                w.info.n,
-                w.info.k,
-                w.segs.len()
-            )));
+        if !Self::supports_rope(w, st.layout) {
+            return Err(no_rope_product("vecdot", w));
         }
         let (n, k) = (w.info.n, w.info.k);
         let seg = &w.segs[0];
@@ -416,7 +406,7 @@ impl Vecdot {
             (blocks as u32, 1, 1),
             (warps * split * 32) as u32,
             xq_bytes(1, k) as u32,
-            &rope_args(mv, pos, layout, p, k_cache, v_cache, capacity),
+            &rope_args(mv, st),
         )
     }
 }
