@@ -261,6 +261,7 @@ impl Fdot {
         }
         Ok(())
     }
+
     /// Whether [`launch_rope`](Self::launch_rope) runs the product of `w`
     /// for one row: one segment of float weights whose rows `fdot` reads,
     /// rows in whole heads of an even size.
