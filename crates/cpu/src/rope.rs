@@ -41,7 +41,7 @@ impl Table {
         if self.freqs.len() == dim / 2
             && self.theta == theta.to_bits()
             && self.dim == dim
-            && self.factors.as_deref() == factors
+            && same_bits(self.factors.as_deref(), factors)
         {
             return;
         }
@@ -62,6 +62,18 @@ impl Table {
             self.at = Some((pos, pos_scale.to_bits()));
         }
         &self.cs
+    }
+}
+
+/// Whether two factor lists hold the same bits (`==` on floats would call
+/// -0.0 and 0.0 equal, whose quotients differ in sign).
+fn same_bits(a: Option<&[f32]>, b: Option<&[f32]>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+        }
+        _ => false,
     }
 }
 
