@@ -271,6 +271,9 @@ extern "C" __global__ void attn_decode(const float* qkv, const float* kc, const 
         cp_async_wait_all();
         __syncthreads();
     } else {
+        // Copies issued before the wait for a chunk that has since moved
+        // (an older length) are not used, but must land before the block
+        // ends.
         cp_async_wait_all();
     }
     if (hd == 64) {
